@@ -1,0 +1,155 @@
+"""`cluster-spark` command line: stage, reduce, run, show and demo.
+
+Config is loaded and validated before a SparkSession is built. Under spark-submit the
+master comes from spark-submit; otherwise `--master` (default local[*]) is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cluster_spark.config import load_config
+from cluster_spark.errors import ClusterSparkError
+
+DEMO_CONFIG = Path(__file__).parents[2] / "conf" / "demo.yaml"
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--date {text!r} is not an ISO date (YYYY-MM-DD)"
+        ) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cluster-spark", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in (
+        ("stage", "stage per-group sufficient statistics into the staging Delta table"),
+        ("reduce", "compute delta-method results from the staged statistics"),
+        ("run", "stage, then reduce"),
+        ("show", "print the results table of one analysis date"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", required=True, type=Path, help="YAML config")
+        p.add_argument("--date", required=True, type=_date, help="analysis date (YYYY-MM-DD)")
+        p.add_argument("--experiment", action="append", help="experiment id (repeatable)")
+        p.add_argument("--root", type=Path, help="base of relative table paths (default: cwd)")
+        p.add_argument("--master", default="local[*]", help="master outside spark-submit")
+    demo = sub.add_parser("demo", help="generate a synthetic cluster experiment and analyse it")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"))
+    demo.add_argument("--orgs", type=int, default=4000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--master", default="local[*]")
+    return parser
+
+
+def _fmt(x: float | None, spec: str = ".4g") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = None) -> None:
+    """A readable results table: one line per metric and variant."""
+    table = Table(show_lines=False)
+    for col in (
+        "experiment",
+        "metric",
+        "variant",
+        "units",
+        "mean",
+        "Δ abs",
+        "Δ rel [CI]",
+        "p",
+        "status",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("experiment", "metric", "variant", "status") else "right"
+        )
+    for r in rows:
+        rel = (
+            ""
+            if r["effect_rel"] is None
+            else (
+                f"{r['effect_rel']:+.2%} [{_fmt(r['effect_rel_ci_low'], '+.2%')}, "
+                f"{_fmt(r['effect_rel_ci_high'], '+.2%')}]"
+            )
+        )
+        table.add_row(
+            r["experiment_id"],
+            r["metric"],
+            r["variant"],
+            str(r["n_units"]),
+            _fmt(r["mean"]),
+            "" if r["effect_abs"] is None else _fmt(r["effect_abs"], "+.4g"),
+            rel,
+            "" if r["p_value"] is None else _fmt(r["p_value"], ".3g"),
+            r["status"],
+        )
+    (console or Console()).print(table)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from cluster_spark import demo, pipeline
+    from cluster_spark.session import build_spark
+
+    console = Console()
+    config = load_config(DEMO_CONFIG, root=args.out)
+    t0 = time.perf_counter()
+    spark = build_spark("cluster_spark demo", local_master=args.master)
+    spark.sparkContext.setLogLevel("ERROR")
+    n_exp, n_ev = demo.write_demo_data(spark, args.out, n_orgs=args.orgs, seed=args.seed)
+    console.print(f"generated {n_exp:,} exposure rows and {n_ev:,} events under {args.out}/data")
+    rows = pipeline.run(spark, config, demo.ANALYSIS_DATE)
+    print_results(rows, console)
+    lifts = ", ".join(f"{v} {lift:+.0%}" for v, lift in demo.LIFT.items() if v != "control")
+    console.print(f"true lift in revenue_per_user: {lifts}")
+    console.print(
+        f"Delta tables: {config.output.staging}, {config.output.results} "
+        f"({time.perf_counter() - t0:.1f}s)"
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, root=args.root)  # validated before Spark starts
+    from cluster_spark import io, pipeline
+    from cluster_spark.session import build_spark
+
+    spark = build_spark(f"cluster_spark {args.command}", local_master=args.master)
+    ids = args.experiment
+    if args.command == "stage":
+        run_id = pipeline.stage(spark, config, args.date, ids)
+        print(f"staged run {run_id} into {config.output.staging}")
+    elif args.command == "reduce":
+        print_results(pipeline.reduce(spark, config, args.date, ids))
+    elif args.command == "run":
+        print_results(pipeline.run(spark, config, args.date, ids))
+    else:
+        ids = ids or [e.id for e in config.experiments]
+        df = io.read_slice(spark, config.output.results, ids, args.date)
+        print_results(r.asDict() for r in df.orderBy("experiment_id", "metric").collect())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run_demo(args) if args.command == "demo" else _run(args)
+    except ClusterSparkError as err:
+        print(f"cluster-spark: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Typed, validated configuration, loaded from YAML before any Spark work.
+
+Errors name the file, the key, the value and the rule that was broken.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cluster_spark.errors import ConfigError
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+Scalar = str | int | float | bool | dt.date | dt.datetime
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Condition(_Model):
+    """One structured filter condition; a component's conditions are AND-ed.
+
+    Filters are structured rather than SQL strings so that no user text is ever
+    evaluated by Spark's SQL parser (no `reflect`, subqueries or UDFs can sneak in).
+    """
+
+    column: str
+    op: Literal["eq", "ne", "in", "not_in", "gt", "ge", "lt", "le", "is_null", "not_null"] = "eq"
+    value: Scalar | list[Scalar] | None = None
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> Condition:
+        if self.op in ("in", "not_in"):
+            if not isinstance(self.value, list) or not self.value:
+                raise ValueError(f"op '{self.op}' needs a non-empty list value")
+        elif self.op in ("is_null", "not_null"):
+            if self.value is not None:
+                raise ValueError(f"op '{self.op}' takes no value")
+        elif self.value is None or isinstance(self.value, list):
+            raise ValueError(f"op '{self.op}' needs one scalar value")
+        return self
+
+
+class Component(_Model):
+    """A per-unit aggregation: `sum(column)`, `count` (rows), `count_distinct(column)` or
+    `unit_count` (1 per exposed unit), over events that pass `filter`."""
+
+    agg: Literal["sum", "count", "count_distinct", "unit_count"]
+    source: Name | None = None
+    column: str | None = None
+    filter: list[Condition] = []
+
+    @model_validator(mode="after")
+    def _column_fits_agg(self) -> Component:
+        if self.agg in ("sum", "count_distinct") and not self.column:
+            raise ValueError(f"agg '{self.agg}' needs a column")
+        if self.agg in ("count", "unit_count") and self.column:
+            raise ValueError(f"agg '{self.agg}' takes no column")
+        if self.agg == "unit_count" and (self.filter or self.source):
+            raise ValueError("agg 'unit_count' takes no source or filter")
+        if self.agg != "unit_count" and not self.source:
+            raise ValueError(f"agg '{self.agg}' needs a source")
+        return self
+
+
+UNIT_COUNT = Component(agg="unit_count")
+
+
+class Metric(_Model):
+    """A mean metric (per exposed assignment unit) or a ratio of two components."""
+
+    kind: Literal["mean", "ratio"]
+    numerator: Component
+    denominator: Component | None = None
+    conversion_rate: bool = True
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> Metric:
+        if self.kind == "ratio" and self.denominator is None:
+            raise ValueError("a ratio metric needs a denominator")
+        if self.kind == "mean" and self.denominator is not None:
+            raise ValueError("a mean metric has no denominator (it is 1 per exposed unit)")
+        return self
+
+    @property
+    def denominator_or_unit(self) -> Component:
+        return self.denominator or UNIT_COUNT
+
+
+class Table(_Model):
+    """A Delta or Parquet table, by path (local or URI) or by metastore name."""
+
+    path: str | None = None
+    table: str | None = None
+    format: Literal["delta", "parquet"] = "delta"
+
+    @model_validator(mode="after")
+    def _one_location(self) -> Table:
+        if (self.path is None) == (self.table is None):
+            raise ValueError("give exactly one of 'path' or 'table'")
+        return self
+
+
+class Source(Table):
+    """A metric source: events with a timestamp and one column per id type."""
+
+    timestamp: str
+    ids: dict[Name, str] = Field(min_length=1)
+
+
+class ExposureSource(Table):
+    """The assignment source: one row per exposure (duplicates allowed)."""
+
+    experiment_id: str = "experiment_id"
+    variant: str = "variant"
+    timestamp: str = "timestamp"
+    ids: dict[Name, str] = Field(min_length=1)
+
+
+class Experiment(_Model):
+    id: Annotated[str, Field(min_length=1)]
+    assignment_unit: Name
+    analysis_unit: Name | None = None
+    control: str
+    variants: dict[str, Annotated[float, Field(gt=0)]] | None = None
+    start: dt.date
+    end: dt.date | None = None
+    metrics: list[Name] = Field(min_length=1)
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    test: Literal["welch", "z"] = "welch"
+
+    @model_validator(mode="after")
+    def _dates_and_variants(self) -> Experiment:
+        if self.end is not None and self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        if self.variants is not None and self.control not in self.variants:
+            raise ValueError(
+                f"control '{self.control}' is not one of variants {list(self.variants)}"
+            )
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError("metrics are listed twice")
+        return self
+
+    def analysis_time(self, analysis_date: dt.date) -> dt.datetime:
+        """End of the analysis: midnight after `analysis_date`, capped by the experiment end."""
+        last = min(analysis_date, self.end) if self.end else analysis_date
+        return dt.datetime.combine(last + dt.timedelta(days=1), dt.time())
+
+
+class Output(_Model):
+    staging: str
+    results: str
+
+
+class Config(_Model):
+    exposures: ExposureSource
+    sources: dict[Name, Source] = Field(min_length=1)
+    metrics: dict[Name, Metric] = Field(min_length=1)
+    experiments: list[Experiment] = Field(min_length=1)
+    output: Output
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        problems = []
+        ids = [e.id for e in self.experiments]
+        if len(set(ids)) != len(ids):
+            problems.append(f"experiments: ids are not unique: {ids}")
+        for name, metric in self.metrics.items():
+            for role in ("numerator", "denominator"):
+                comp = getattr(metric, role)
+                if comp is not None and comp.source and comp.source not in self.sources:
+                    problems.append(
+                        f"metrics.{name}.{role}.source: unknown source '{comp.source}' "
+                        f"(known: {sorted(self.sources)})"
+                    )
+        for i, exp in enumerate(self.experiments):
+            for m in exp.metrics:
+                if m not in self.metrics:
+                    problems.append(
+                        f"experiments[{i}].metrics: unknown metric '{m}' "
+                        f"(known: {sorted(self.metrics)})"
+                    )
+            if exp.assignment_unit not in self.exposures.ids:
+                problems.append(
+                    f"experiments[{i}].assignment_unit: '{exp.assignment_unit}' is not an id "
+                    f"of exposures.ids {sorted(self.exposures.ids)}"
+                )
+            for m in exp.metrics:
+                for src in self.metric_sources(self.metrics.get(m)):
+                    if exp.assignment_unit not in self.sources[src].ids:
+                        problems.append(
+                            f"experiments[{i}]: metric '{m}' reads source '{src}', which has "
+                            f"no '{exp.assignment_unit}' id column"
+                        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def metric_sources(self, metric: Metric | None) -> list[str]:
+        if metric is None:
+            return []
+        comps = (metric.numerator, metric.denominator)
+        return sorted({c.source for c in comps if c and c.source and c.source in self.sources})
+
+    def experiment(self, experiment_id: str) -> Experiment:
+        for exp in self.experiments:
+            if exp.id == experiment_id:
+                return exp
+        raise ConfigError(
+            f"unknown experiment '{experiment_id}' (known: {[e.id for e in self.experiments]})"
+        )
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _resolve(path: str, root: Path) -> str:
+    if _SCHEME.match(path) or Path(path).is_absolute():
+        return path
+    return str((root / path).resolve())
+
+
+def _resolve_paths(raw: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Relative table paths are taken relative to `root`; URIs and absolute paths are kept."""
+    tables = [raw.get("exposures"), *(raw.get("sources") or {}).values()]
+    for table in tables:
+        if isinstance(table, dict) and isinstance(table.get("path"), str):
+            table["path"] = _resolve(table["path"], root)
+    out = raw.get("output")
+    if isinstance(out, dict):
+        for key, value in out.items():
+            if isinstance(value, str):
+                out[key] = _resolve(value, root)
+    return raw
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        rule = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        lines.append(f"  {key} = {shown}: {rule}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, origin: str = "<config>", root: str | Path = ".") -> Config:
+    """Validate a config mapping (e.g. parsed YAML); raise ConfigError naming the key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{origin}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
+    try:
+        return Config.model_validate(_resolve_paths(raw, Path(root)))
+    except ValidationError as err:
+        raise ConfigError(_describe(err, origin)) from None
+
+
+def load_config(path: str | Path, root: str | Path | None = None) -> Config:
+    """Load and validate a YAML config. Relative table paths resolve against `root`
+    (default: the current directory)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(raw, origin=str(path), root=root if root is not None else Path.cwd())

@@ -1,0 +1,80 @@
+"""Stage → reduce → write, for a set of experiments and one analysis date."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from cluster_spark import io, reducer, staging
+from cluster_spark.config import Config
+from cluster_spark.errors import ConfigError
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+
+
+def _chosen(config: Config, experiment_ids: list[str] | None) -> list[str]:
+    ids = experiment_ids or [e.id for e in config.experiments]
+    for e in ids:
+        config.experiment(e)  # raises ConfigError naming the unknown id
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"experiment ids given twice: {ids}")
+    return ids
+
+
+def stage(
+    spark: SparkSession,
+    config: Config,
+    analysis_date: dt.date,
+    experiment_ids: list[str] | None = None,
+    run_id: str | None = None,
+) -> str:
+    """Compute and write the staged statistics; returns the run id."""
+    ids = _chosen(config, experiment_ids)
+    run_id = run_id or new_run_id()
+    df = staging.stage(spark, config, ids, analysis_date, run_id)
+    io.write_slice(df, config.output.staging, ids, analysis_date)
+    return run_id
+
+
+def reduce(
+    spark: SparkSession,
+    config: Config,
+    analysis_date: dt.date,
+    experiment_ids: list[str] | None = None,
+    run_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Read the staged slice, compute comparisons on the driver, write the results slice."""
+    ids = _chosen(config, experiment_ids)
+    staged = io.read_slice(spark, config.output.staging, ids, analysis_date).collect()
+    results = []
+    for exp_id in ids:
+        exp = config.experiment(exp_id)
+        rows = [r.asDict() for r in staged if r["experiment_id"] == exp_id]
+        results += reducer.reduce_experiment(
+            rows,
+            experiment_id=exp_id,
+            control=exp.control,
+            analysis_date=analysis_date,
+            run_id=run_id or (rows[0]["run_id"] if rows else new_run_id()),
+            alpha=exp.alpha,
+            test=exp.test,
+        )
+    df = spark.createDataFrame(results, reducer.RESULT_DDL)
+    io.write_slice(df, config.output.results, ids, analysis_date)
+    return results
+
+
+def run(
+    spark: SparkSession,
+    config: Config,
+    analysis_date: dt.date,
+    experiment_ids: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Stage and reduce in one go (same run id in both tables)."""
+    run_id = stage(spark, config, analysis_date, experiment_ids)
+    return reduce(spark, config, analysis_date, experiment_ids, run_id=run_id)

@@ -1,0 +1,48 @@
+"""SparkSession with Delta Lake, built at the edge (CLI, jobs, tests) and passed in.
+
+No master is set here, so `spark-submit --master ...` decides; `local_master` is only a
+fallback for runs that are not launched by spark-submit (the CLI, pytest).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    "spark.sql.session.timeZone": "UTC",
+}
+
+
+def delta_jars() -> list[str]:
+    """Delta Lake jars fetched by `make jars` (or the directory in CLUSTER_SPARK_JARS)."""
+    jar_dir = Path(os.environ.get("CLUSTER_SPARK_JARS", Path(__file__).parents[2] / ".jars"))
+    return sorted(str(p) for p in jar_dir.glob("*.jar"))
+
+
+def build_spark(
+    app_name: str = "cluster_spark",
+    local_master: str | None = None,
+    extra_conf: dict[str, str] | None = None,
+) -> SparkSession:
+    """Create (or get) a Delta-enabled SparkSession.
+
+    `local_master` is used only when no master was given by spark-submit or the
+    environment. When the jars are already on the classpath (spark-submit --jars or
+    --packages), nothing is added.
+    """
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in {**DELTA_CONF, **(extra_conf or {})}.items():
+        builder = builder.config(key, value)
+    # spark-submit starts the Python driver with a gateway already running and a master set.
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        jars = delta_jars()
+        if jars:
+            builder = builder.config("spark.jars", ",".join(jars))
+        if local_master:
+            builder = builder.master(local_master)
+    return builder.getOrCreate()
