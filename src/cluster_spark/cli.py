@@ -21,6 +21,11 @@ from cluster_spark.config import load_config
 from cluster_spark.errors import ClusterSparkError
 
 DEMO_CONFIG = Path(__file__).parents[2] / "conf" / "demo.yaml"
+DEMO_CONF = {
+    "spark.sql.shuffle.partitions": "8",
+    "spark.databricks.delta.snapshotPartitions": "4",
+    "spark.ui.showConsoleProgress": "false",
+}
 
 
 def _date(text: str) -> dt.date:
@@ -49,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--master", default="local[*]", help="master outside spark-submit")
     demo = sub.add_parser("demo", help="generate a synthetic cluster experiment and analyse it")
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
-    demo.add_argument("--orgs", type=int, default=4000)
+    demo.add_argument("--orgs", type=int, default=8000)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--master", default="local[*]")
     return parser
@@ -96,17 +101,17 @@ def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = N
             "" if r["p_value"] is None else _fmt(r["p_value"], ".3g"),
             r["status"],
         )
-    (console or Console()).print(table)
+    (console or Console(width=150)).print(table)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from cluster_spark import demo, pipeline
     from cluster_spark.session import build_spark
 
-    console = Console()
+    console = Console(width=150)
     config = load_config(DEMO_CONFIG, root=args.out)
     t0 = time.perf_counter()
-    spark = build_spark("cluster_spark demo", local_master=args.master)
+    spark = build_spark("cluster_spark demo", local_master=args.master, extra_conf=DEMO_CONF)
     spark.sparkContext.setLogLevel("ERROR")
     n_exp, n_ev = demo.write_demo_data(spark, args.out, n_orgs=args.orgs, seed=args.seed)
     console.print(f"generated {n_exp:,} exposure rows and {n_ev:,} events under {args.out}/data")

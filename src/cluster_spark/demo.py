@@ -27,13 +27,13 @@ def _offsets(rng: np.random.Generator, n: int, low_days: float, high_days: float
     return np.datetime64(START, "us") + seconds.astype("timedelta64[s]")
 
 
-def generate_frames(n_orgs: int = 4000, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
+def generate_frames(n_orgs: int = 8000, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Exposures (experiment_id, org_id, variant, exposure_ts) and events
     (org_id, user_id, event, value, ts) as pandas frames."""
     rng = np.random.default_rng(seed)
     org_ids = np.array([f"o{i:06d}" for i in range(n_orgs)])
     variant = rng.integers(0, len(VARIANTS), n_orgs)
-    org_effect = rng.lognormal(0.0, 0.6, n_orgs)
+    org_effect = rng.lognormal(0.0, 0.25, n_orgs)
     exposure = _offsets(rng, n_orgs, 0, 7)
 
     dup = rng.random(n_orgs) < 0.10
@@ -54,13 +54,13 @@ def generate_frames(n_orgs: int = 4000, seed: int = 7) -> tuple[pd.DataFrame, pd
     sizes = np.clip(np.round(rng.lognormal(1.4, 1.0, n_orgs)), 1, 500).astype(int)
     user_org = np.repeat(np.arange(n_orgs), sizes)
     n_users = len(user_org)
-    activity = rng.gamma(2.0, 0.5, n_users) * np.sqrt(org_effect[user_org])
+    activity = rng.gamma(2.0, 0.5, n_users) * org_effect[user_org]
     n_events = rng.poisson(8 * activity)
     ev_user = np.repeat(np.arange(n_users), n_events)
     ev_org = user_org[ev_user]
-    purchase = rng.random(len(ev_user)) < np.clip(0.08 * org_effect[ev_org], 0, 0.6)
+    purchase = rng.random(len(ev_user)) < np.clip(0.10 * org_effect[ev_org], 0, 0.6)
     lift = np.array([LIFT[v] for v in VARIANTS])[variant[ev_org]]
-    value = np.where(purchase, rng.gamma(2.0, 20.0, len(ev_user)) * org_effect[ev_org], 0.0)
+    value = np.where(purchase, rng.gamma(4.0, 10.0, len(ev_user)), 0.0)
     events = pd.DataFrame(
         {
             "org_id": org_ids[ev_org],
@@ -73,7 +73,7 @@ def generate_frames(n_orgs: int = 4000, seed: int = 7) -> tuple[pd.DataFrame, pd
     return exposures, events
 
 
-def write_demo_data(spark: SparkSession, root: str | Path, n_orgs: int = 4000, seed: int = 7):
+def write_demo_data(spark: SparkSession, root: str | Path, n_orgs: int = 8000, seed: int = 7):
     """Write the demo's exposures and events as Delta tables under `root/data/`."""
     exposures, events = generate_frames(n_orgs, seed)
     data = Path(root) / "data"

@@ -13,7 +13,13 @@ from collections.abc import Iterable, Mapping
 from functools import reduce
 from typing import Any
 
-from cluster_spark.inference import Comparison, compare
+from cluster_spark.inference import (
+    STATUS_OK,
+    STATUS_TOO_FEW_UNITS,
+    STATUS_ZERO_DENOMINATOR,
+    Comparison,
+    compare,
+)
 from cluster_spark.stats import RatioStats
 
 #: The public results contract (column, Spark SQL type); README documents each column.
@@ -46,10 +52,8 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
 ]
 RESULT_DDL = ", ".join(f"{name} {kind}" for name, kind in RESULT_COLUMNS)
 
-STATUS_OK = "ok"
+#: Treatment rows whose control variant has no units.
 STATUS_NO_CONTROL = "control_missing"
-STATUS_TOO_FEW = "too_few_units"
-STATUS_ZERO_DENOMINATOR = "zero_denominator"
 
 _STAT_FIELDS = ("n_units", "mean_m", "mean_d", "css_mm", "css_dd", "css_md")
 
@@ -57,8 +61,9 @@ _STAT_FIELDS = ("n_units", "mean_m", "mean_d", "css_mm", "css_dd", "css_md")
 def stats_of(row: Mapping[str, Any]) -> RatioStats:
     """One staged row as RatioStats."""
     n, mean_m, mean_d, css_mm, css_dd, css_md = (row[f] for f in _STAT_FIELDS)
-    return RatioStats(int(n), float(mean_m), float(mean_d), float(css_mm), float(css_dd),
-                      float(css_md))
+    return RatioStats(
+        int(n), float(mean_m), float(mean_d), float(css_mm), float(css_dd), float(css_md)
+    )
 
 
 def merge_groups(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], RatioStats]:
@@ -71,7 +76,7 @@ def merge_groups(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Rat
 
 def _group_status(s: RatioStats) -> str:
     if s.n < 2:
-        return STATUS_TOO_FEW
+        return STATUS_TOO_FEW_UNITS
     if s.sum_d == 0:
         return STATUS_ZERO_DENOMINATOR
     return STATUS_OK

@@ -1,0 +1,185 @@
+"""Treatment-vs-control comparisons of ratio metrics and the SRM check (no Spark).
+
+Absolute and relative effects use the delta method (Deng, Knoblich & Lu 2018, §3) with a Welch
+t test and Welch–Satterthwaite degrees of freedom (default) or a z test; see METHODS.md,
+"Comparisons". Data problems never raise: they give null estimates and a status code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from scipy import stats as sps
+
+from cluster_spark.stats import RatioStats
+
+#: Everything is defined.
+STATUS_OK = "ok"
+#: A group has fewer than 2 units: all estimates null.
+STATUS_TOO_FEW_UNITS = "too_few_units"
+#: ΣD = 0 in a group: all estimates null.
+STATUS_ZERO_DENOMINATOR = "zero_denominator"
+#: A standard error is 0: estimates given, the CI and p-value of that effect null.
+STATUS_ZERO_VARIANCE = "zero_variance"
+#: R_C = 0: the absolute effect is given, the relative effect is null.
+STATUS_ZERO_CONTROL_MEAN = "zero_control_mean"
+#: All status codes, in order of precedence (the first that applies is reported).
+STATUSES = (
+    STATUS_TOO_FEW_UNITS,
+    STATUS_ZERO_DENOMINATOR,
+    STATUS_ZERO_VARIANCE,
+    STATUS_ZERO_CONTROL_MEAN,
+    STATUS_OK,
+)
+
+#: Keys of the per-group mappings taken by `compare_raw_sums`.
+RAW_SUM_KEYS = ("n", "sum_m", "sum_d", "sum_mm", "sum_dd", "sum_md")
+
+Test = Literal["welch", "z"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Treatment vs control: absolute (R_T − R_C) and relative ((R_T − R_C)/|R_C|) effects.
+
+    p-values are two-sided; ``df`` is the Welch–Satterthwaite ν (None for the z test).
+    """
+
+    effect_abs: float | None = None
+    effect_abs_ci_low: float | None = None
+    effect_abs_ci_high: float | None = None
+    effect_abs_stderr: float | None = None
+    effect_rel: float | None = None
+    effect_rel_ci_low: float | None = None
+    effect_rel_ci_high: float | None = None
+    effect_rel_stderr: float | None = None
+    p_value: float | None = None
+    p_value_rel: float | None = None
+    df: float | None = None
+    status: str = STATUS_OK
+
+
+def _interval(
+    est: float, se: float, q: float, sf: Callable[[float], float]
+) -> tuple[float | None, float | None, float | None]:
+    """(CI low, CI high, two-sided p) of est ± q·SE, sf the survival function; None if SE = 0."""
+    if se == 0:
+        return None, None, None
+    return est - q * se, est + q * se, float(2.0 * sf(abs(est) / se))
+
+
+def compare(
+    treatment: RatioStats,
+    control: RatioStats,
+    alpha: float = 0.05,
+    test: Test = "welch",
+) -> Comparison:
+    """Delta-method comparison of a treatment group with the control group.
+
+    Absolute: Δ = R_T − R_C, Var = a + b with a = V_T/n_T, b = V_C/n_C.
+    Relative: Δ% = Δ/|R_C|, Var ≈ a/R_C² + R_T² b/R_C⁴ (Deng, Knoblich & Lu 2018, §3).
+    Welch: t with ν = (a+b)² / (a²/(n_T−1) + b²/(n_C−1)) for both effects; z: normal.
+    CI = est ± q·SE with q the 1 − alpha/2 quantile. Raises only for invalid ``alpha`` or
+    ``test``; data problems give a status code (see ``STATUSES``).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    if test not in ("welch", "z"):
+        raise ValueError(f"test must be 'welch' or 'z', got {test!r}")
+    if treatment.n < 2 or control.n < 2:
+        return Comparison(status=STATUS_TOO_FEW_UNITS)
+    r_t, r_c = treatment.ratio, control.ratio
+    v_t, v_c = treatment.unit_variance, control.unit_variance
+    if r_t is None or r_c is None or v_t is None or v_c is None:
+        return Comparison(status=STATUS_ZERO_DENOMINATOR)
+
+    a, b = v_t / treatment.n, v_c / control.n
+    df = None
+    dist = sps.norm()  # z test; with a = b = 0 no interval is computed
+    if test == "welch" and a + b > 0:
+        wa, wb = a / (a + b), b / (a + b)  # ν in scale-free form: no under/overflow
+        df = 1.0 / (wa * wa / (treatment.n - 1) + wb * wb / (control.n - 1))
+        dist = sps.t(df)
+    q = float(dist.ppf(1 - alpha / 2))
+
+    effect_abs = r_t - r_c
+    se_abs = math.sqrt(a + b)
+    low, high, p = _interval(effect_abs, se_abs, q, dist.sf)
+    out = {
+        "effect_abs": effect_abs,
+        "effect_abs_ci_low": low,
+        "effect_abs_ci_high": high,
+        "effect_abs_stderr": se_abs,
+        "p_value": p,
+        "df": df,
+    }
+    zero_se = se_abs == 0
+    if r_c != 0:
+        effect_rel = effect_abs / abs(r_c)
+        k = r_t / r_c
+        se_rel = math.sqrt(a + k * k * b) / abs(r_c)
+        low, high, p = _interval(effect_rel, se_rel, q, dist.sf)
+        out |= {
+            "effect_rel": effect_rel,
+            "effect_rel_ci_low": low,
+            "effect_rel_ci_high": high,
+            "effect_rel_stderr": se_rel,
+            "p_value_rel": p,
+        }
+        zero_se = zero_se or se_rel == 0
+    if zero_se:
+        status = STATUS_ZERO_VARIANCE
+    elif r_c == 0:
+        status = STATUS_ZERO_CONTROL_MEAN
+    else:
+        status = STATUS_OK
+    return Comparison(**out, status=status)
+
+
+def compare_raw_sums(
+    treatment: Mapping[str, float],
+    control: Mapping[str, float],
+    alpha: float = 0.05,
+    test: Test = "welch",
+) -> Comparison:
+    """`compare` from per-group raw sums, without Spark.
+
+    Each mapping holds the keys ``RAW_SUM_KEYS`` — n, ΣM, ΣD, ΣM², ΣD², ΣMD over the group's
+    units — as warehouse SQL produces them. Raw sums lose precision when means are large
+    relative to the spread (see `RatioStats.from_raw_sums`).
+    """
+    return compare(
+        RatioStats.from_raw_sums(*(treatment[k] for k in RAW_SUM_KEYS)),
+        RatioStats.from_raw_sums(*(control[k] for k in RAW_SUM_KEYS)),
+        alpha=alpha,
+        test=test,
+    )
+
+
+def srm_test(
+    observed: Mapping[str, int],
+    expected_weights: Mapping[str, float] | None = None,
+) -> tuple[float, float]:
+    """Sample-ratio-mismatch check: Pearson χ² statistic and p-value of assignment-unit counts.
+
+    ``expected_weights`` (any positive scale; normalized) defaults to an equal split over the
+    observed variants; a weighted variant missing from ``observed`` counts 0 units. With no
+    units at all the result is (0.0, 1.0). Raises ValueError for fewer than 2 variants, a
+    non-positive weight or an observed variant without a weight.
+    """
+    weights = dict.fromkeys(observed, 1.0) if expected_weights is None else expected_weights
+    unknown = set(observed) - set(weights)
+    if unknown:
+        raise ValueError(f"observed variants without an expected weight: {sorted(unknown)}")
+    if len(weights) < 2 or any(not w > 0 for w in weights.values()):
+        raise ValueError(f"need >= 2 variants with positive weights, got {dict(weights)}")
+    counts = [observed.get(k, 0) for k in weights]
+    total, wsum = sum(counts), sum(weights.values())
+    if total == 0:
+        return 0.0, 1.0
+    expected = [total * w / wsum for w in weights.values()]
+    res = sps.chisquare(counts, expected)
+    return float(res.statistic), float(res.pvalue)

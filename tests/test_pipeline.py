@@ -1,0 +1,123 @@
+"""End to end on tiny data: stage + reduce into Delta, read back, rerun, fail safely."""
+
+from __future__ import annotations
+
+import pytest
+from delta.tables import DeltaTable
+
+from cluster_spark import pipeline
+from cluster_spark.errors import ConfigError, InputError
+from tests.helpers import ANALYSIS_DATE, EVENT_DDL, EXPOSURE_DDL, make_config, write_delta
+from tests.test_staging import EVENTS, EXPOSURES
+
+# The documented results contract (README "Output tables"), written out independently.
+RESULT_SCHEMA = [
+    ("experiment_id", "string"),
+    ("analysis_date", "date"),
+    ("metric", "string"),
+    ("variant", "string"),
+    ("control_variant", "string"),
+    ("n_units", "bigint"),
+    ("numerator_sum", "double"),
+    ("denominator_sum", "double"),
+    ("mean", "double"),
+    ("stderr", "double"),
+    ("effect_abs", "double"),
+    ("effect_abs_stderr", "double"),
+    ("effect_abs_ci_low", "double"),
+    ("effect_abs_ci_high", "double"),
+    ("effect_rel", "double"),
+    ("effect_rel_stderr", "double"),
+    ("effect_rel_ci_low", "double"),
+    ("effect_rel_ci_high", "double"),
+    ("p_value", "double"),
+    ("p_value_rel", "double"),
+    ("df", "double"),
+    ("alpha", "double"),
+    ("test", "string"),
+    ("status", "string"),
+    ("run_id", "string"),
+]
+
+
+@pytest.fixture()
+def tiny(spark, tmp_path):
+    write_delta(spark, EXPOSURES, EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, EVENTS, EVENT_DDL, tmp_path / "events")
+    return tmp_path
+
+
+def _results(spark, config):
+    return spark.read.format("delta").load(config.output.results)
+
+
+def test_run_writes_documented_results(spark, tiny):
+    config = make_config(tiny)
+    pipeline.run(spark, config, ANALYSIS_DATE)
+    df = _results(spark, config)
+    assert [(f.name, f.dataType.simpleString()) for f in df.schema.fields] == RESULT_SCHEMA
+    rows = {(r.metric, r.variant): r for r in df.collect()}
+    assert len(rows) == 4
+    ctrl, treat = rows[("revenue_per_user", "control")], rows[("revenue_per_user", "treatment")]
+    # Hand-computed from the unit table in test_staging: control 17/3, treatment 21/4.
+    assert ctrl.mean == pytest.approx(17 / 3) and treat.mean == pytest.approx(21 / 4)
+    assert (ctrl.n_units, ctrl.numerator_sum, ctrl.denominator_sum) == (2, 17.0, 3.0)
+    assert ctrl.effect_abs is None and ctrl.p_value is None and ctrl.status == "ok"
+    assert treat.effect_abs == pytest.approx(21 / 4 - 17 / 3)
+    assert treat.effect_rel == pytest.approx((21 / 4 - 17 / 3) / (17 / 3))
+    assert treat.effect_abs_ci_low < treat.effect_abs < treat.effect_abs_ci_high
+    assert treat.control_variant == "control" and treat.status == "ok"
+    assert rows[("purchases_per_org", "treatment")].mean == pytest.approx(2 / 3)
+    staged = spark.read.format("delta").load(config.output.staging)
+    assert staged.count() == 4
+    assert {r.run_id for r in df.collect()} == {r.run_id for r in staged.collect()}
+
+
+def test_rerun_replaces_rows(spark, tiny):
+    config = make_config(tiny)
+    pipeline.run(spark, config, ANALYSIS_DATE)
+    first = {(r.metric, r.variant, r.mean) for r in _results(spark, config).collect()}
+    pipeline.run(spark, config, ANALYSIS_DATE)
+    again = _results(spark, config).collect()
+    assert len(again) == 4 and len({r.run_id for r in again}) == 1
+    assert {(r.metric, r.variant, r.mean) for r in again} == first
+    assert spark.read.format("delta").load(config.output.staging).count() == 4
+
+
+def test_other_dates_and_experiments_are_kept(spark, tiny):
+    import datetime as dt
+
+    config = make_config(tiny)
+    pipeline.run(spark, config, ANALYSIS_DATE)
+    pipeline.run(spark, config, ANALYSIS_DATE - dt.timedelta(days=1))
+    dates = sorted({r.analysis_date for r in _results(spark, config).collect()})
+    assert dates == [ANALYSIS_DATE - dt.timedelta(days=1), ANALYSIS_DATE]
+
+
+def test_failed_run_leaves_tables_as_they_were(spark, tiny):
+    config = make_config(tiny)
+    pipeline.run(spark, config, ANALYSIS_DATE)
+    versions = {
+        p: DeltaTable.forPath(spark, p).history(1).collect()[0].version
+        for p in (config.output.staging, config.output.results)
+    }
+    (tiny / "events").rename(tiny / "events_moved")  # the metric source disappears
+    with pytest.raises(InputError):
+        pipeline.run(spark, config, ANALYSIS_DATE)
+    for path, version in versions.items():
+        assert DeltaTable.forPath(spark, path).history(1).collect()[0].version == version
+    assert _results(spark, config).count() == 4
+
+
+def test_unknown_experiment_is_a_config_error(spark, tiny):
+    with pytest.raises(ConfigError, match="unknown experiment 'nope'"):
+        pipeline.run(spark, make_config(tiny), ANALYSIS_DATE, ["nope"])
+
+
+def test_control_without_units(spark, tmp_path):
+    exposures = [e for e in EXPOSURES if e[2] != "control"]
+    write_delta(spark, exposures, EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, EVENTS, EVENT_DDL, tmp_path / "events")
+    rows = pipeline.run(spark, make_config(tmp_path), ANALYSIS_DATE)
+    assert {r["status"] for r in rows} == {"control_missing"}
+    assert all(r["effect_abs"] is None for r in rows)

@@ -1,0 +1,121 @@
+"""Staging on tiny hand-made data: every expected unit value is written out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cluster_spark import staging
+from cluster_spark.errors import InputError
+from tests.helpers import ANALYSIS_DATE, EVENT_DDL, EXPOSURE_DDL, at, make_config, write_delta
+
+EXPOSURES = [
+    ("e1", "o1", "control", at(0, 10)),
+    ("e1", "o1", "control", at(1)),  # duplicate exposure: the first one counts
+    ("e1", "o2", "control", at(0)),
+    ("e1", "o3", "treatment", at(0)),
+    ("e1", "o4", "treatment", at(1)),
+    ("e1", "o5", "control", at(0)),
+    ("e1", "o5", "treatment", at(0, 1)),  # o5 in two variants: excluded
+    ("e1", "o6", "treatment", at(2)),  # exposed, no events: zeros
+    ("e1", "o7", "control", at(8)),  # exposed at the analysis time: not yet in
+    ("e1", None, "control", at(0)),  # null id: dropped
+    ("e2", "o1", "treatment", at(0)),  # another experiment: ignored
+]
+EVENTS = [
+    ("o1", "u1", "purchase", 10.0, at(0, 12)),
+    ("o1", "u2", "page_view", 0.0, at(0, 11)),
+    ("o1", "u1", "purchase", 5.0, at(0, 9)),  # before o1's exposure
+    ("o2", "u3", "page_view", 0.0, at(1)),
+    ("o2", "u3", "purchase", 7.0, at(1, 1)),
+    ("o3", "u4", "purchase", 20.0, at(0, 5)),
+    ("o3", "u5", "page_view", 0.0, at(2)),
+    ("o3", "u6", "page_view", 0.0, at(3)),
+    ("o3", "u4", "purchase", 1.0, at(8)),  # exactly at the analysis time: counted
+    ("o3", "u4", "purchase", 50.0, at(8, 1)),  # after the analysis time
+    ("o4", "u7", "purchase", 4.0, at(0, 23)),  # before o4's exposure
+    ("o4", "u7", "page_view", 0.0, at(1, 1)),
+    ("o5", "u8", "purchase", 100.0, at(1)),  # excluded unit
+    (None, "u9", "purchase", 3.0, at(1)),  # null id
+]
+# Per unit (M, D), worked out by hand from the rows above.
+EXPECTED_UNITS = {
+    ("revenue_per_user", "control"): [(10, 2), (7, 1)],  # o1, o2
+    ("revenue_per_user", "treatment"): [(21, 3), (0, 1), (0, 0)],  # o3, o4, o6
+    ("purchases_per_org", "control"): [(1, 1), (1, 1)],
+    ("purchases_per_org", "treatment"): [(2, 1), (0, 1), (0, 1)],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_delta(spark, EXPOSURES, EXPOSURE_DDL, root / "exposures")
+    write_delta(spark, EVENTS, EVENT_DDL, root / "events")
+    return root
+
+
+def test_staged_statistics_match_hand_computed_units(spark, tiny):
+    config = make_config(tiny)
+    rows = staging.stage(spark, config, ["e1"], ANALYSIS_DATE, "r1").collect()
+    got = {(r.metric, r.variant): r for r in rows}
+    assert set(got) == set(EXPECTED_UNITS)
+    for key, units in EXPECTED_UNITS.items():
+        m, d = np.array(units, dtype=float).T
+        r = got[key]
+        assert r.experiment_id == "e1" and r.analysis_date == ANALYSIS_DATE and r.run_id == "r1"
+        assert r.n_units == len(m)
+        assert (r.sum_m, r.sum_d) == pytest.approx((m.sum(), d.sum()))
+        assert (r.mean_m, r.mean_d) == pytest.approx((m.mean(), d.mean()))
+        assert r.css_mm == pytest.approx(((m - m.mean()) ** 2).sum())
+        assert r.css_dd == pytest.approx(((d - d.mean()) ** 2).sum())
+        assert r.css_md == pytest.approx(((m - m.mean()) * (d - d.mean())).sum())
+
+
+def test_simple_ratio_counts_numerator_without_denominator(spark, tmp_path):
+    """conversion_rate off: a unit with M > 0 and D = 0 keeps its numerator."""
+    write_delta(spark, [("e1", "o1", "control", at(0))], EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, [("o1", "u1", "purchase", 5.0, at(1))], EVENT_DDL, tmp_path / "events")
+    from cluster_spark.config import parse_config
+    from tests.helpers import config_dict
+
+    raw = config_dict(tmp_path)
+    raw["metrics"]["revenue_per_view"] = {
+        "kind": "ratio",
+        "numerator": {"source": "events", "agg": "sum", "column": "value"},
+        "denominator": {
+            "source": "events",
+            "agg": "count",
+            "filter": [{"column": "event", "op": "eq", "value": "page_view"}],
+        },
+    }
+    raw["metrics"]["revenue_per_view_cr"] = {**raw["metrics"]["revenue_per_view"]}
+    raw["metrics"]["revenue_per_view"]["conversion_rate"] = False
+    raw["experiments"][0]["metrics"] = ["revenue_per_view", "revenue_per_view_cr"]
+    rows = staging.stage(spark, parse_config(raw), ["e1"], ANALYSIS_DATE, "r").collect()
+    sums = {r.metric: (r.sum_m, r.sum_d) for r in rows}
+    assert sums == {"revenue_per_view": (5.0, 0.0), "revenue_per_view_cr": (0.0, 0.0)}
+
+
+def test_missing_column_is_named(spark, tmp_path):
+    write_delta(spark, EXPOSURES[:3], EXPOSURE_DDL, tmp_path / "exposures")
+    spark.createDataFrame(
+        [("o1", "u1", 1.0, at(1))], "org_id string, user_id string, value double, ts timestamp"
+    ).write.format("delta").save(str(tmp_path / "events"))
+    with pytest.raises(InputError, match="missing column 'event'"):
+        staging.stage(spark, make_config(tmp_path), ["e1"], ANALYSIS_DATE, "r").collect()
+
+
+def test_wrong_column_type_is_named(spark, tmp_path):
+    write_delta(spark, EXPOSURES[:3], EXPOSURE_DDL, tmp_path / "exposures")
+    spark.createDataFrame(
+        [("o1", "u1", "purchase", "ten", at(1))],
+        "org_id string, user_id string, event string, value string, ts timestamp",
+    ).write.format("delta").save(str(tmp_path / "events"))
+    with pytest.raises(InputError, match="column 'value' has type string, expected numeric"):
+        staging.stage(spark, make_config(tmp_path), ["e1"], ANALYSIS_DATE, "r")
+
+
+def test_missing_table_is_named(spark, tmp_path):
+    with pytest.raises(InputError, match="exposures"):
+        staging.stage(spark, make_config(tmp_path), ["e1"], ANALYSIS_DATE, "r")
