@@ -66,7 +66,11 @@ def config_dict(root, experiments: list[dict[str, Any]] | None = None) -> dict[s
                 "metrics": ["revenue_per_user", "purchases_per_org"],
             }
         ],
-        "output": {"staging": f"{root}/staging", "results": f"{root}/results"},
+        "output": {
+            "staging": f"{root}/staging",
+            "results": f"{root}/results",
+            "diagnostics": f"{root}/diagnostics",
+        },
     }
 
 

@@ -57,7 +57,7 @@ def tiny(spark, tmp_path_factory):
 
 def test_staged_statistics_match_hand_computed_units(spark, tiny):
     config = make_config(tiny)
-    rows = staging.stage(spark, config, ["e1"], ANALYSIS_DATE, "r1").collect()
+    rows = staging.stage(spark, config, ["e1"], ANALYSIS_DATE, "r1").stats.collect()
     got = {(r.metric, r.variant): r for r in rows}
     assert set(got) == set(EXPECTED_UNITS)
     for key, units in EXPECTED_UNITS.items():
@@ -92,7 +92,7 @@ def test_simple_ratio_counts_numerator_without_denominator(spark, tmp_path):
     raw["metrics"]["revenue_per_view_cr"] = {**raw["metrics"]["revenue_per_view"]}
     raw["metrics"]["revenue_per_view"]["conversion_rate"] = False
     raw["experiments"][0]["metrics"] = ["revenue_per_view", "revenue_per_view_cr"]
-    rows = staging.stage(spark, parse_config(raw), ["e1"], ANALYSIS_DATE, "r").collect()
+    rows = staging.stage(spark, parse_config(raw), ["e1"], ANALYSIS_DATE, "r").stats.collect()
     sums = {r.metric: (r.sum_m, r.sum_d) for r in rows}
     assert sums == {"revenue_per_view": (5.0, 0.0), "revenue_per_view_cr": (0.0, 0.0)}
 
@@ -103,7 +103,7 @@ def test_missing_column_is_named(spark, tmp_path):
         [("o1", "u1", 1.0, at(1))], "org_id string, user_id string, value double, ts timestamp"
     ).write.format("delta").save(str(tmp_path / "events"))
     with pytest.raises(InputError, match="missing column 'event'"):
-        staging.stage(spark, make_config(tmp_path), ["e1"], ANALYSIS_DATE, "r").collect()
+        staging.stage(spark, make_config(tmp_path), ["e1"], ANALYSIS_DATE, "r").stats.collect()
 
 
 def test_wrong_column_type_is_named(spark, tmp_path):

@@ -20,7 +20,6 @@ from rich.table import Table
 from cluster_spark.config import load_config
 from cluster_spark.errors import ClusterSparkError
 
-DEMO_CONFIG = Path(__file__).parents[2] / "conf" / "demo.yaml"
 DEMO_CONF = {
     "spark.sql.shuffle.partitions": "8",
     "spark.databricks.delta.snapshotPartitions": "4",
@@ -53,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--root", type=Path, help="base of relative table paths (default: cwd)")
         p.add_argument("--master", default="local[*]", help="master outside spark-submit")
     demo = sub.add_parser("demo", help="generate a synthetic cluster experiment and analyse it")
+    demo.add_argument("--config", type=Path, default=Path("conf/demo.yaml"))
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     demo.add_argument("--orgs", type=int, default=8000)
     demo.add_argument("--seed", type=int, default=7)
@@ -109,7 +109,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from cluster_spark.session import build_spark
 
     console = Console(width=150)
-    config = load_config(DEMO_CONFIG, root=args.out)
+    config = load_config(args.config, root=args.out)
     t0 = time.perf_counter()
     spark = build_spark("cluster_spark demo", local_master=args.master, extra_conf=DEMO_CONF)
     spark.sparkContext.setLogLevel("ERROR")

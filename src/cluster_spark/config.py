@@ -47,14 +47,54 @@ class Condition(_Model):
         return self
 
 
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class Window(_Model):
+    """Cohort window: days `start_day..end_day` after the unit's own exposure (0-indexed,
+    timestamp-exact: `exposure + start·24h ≤ ts < exposure + (end+1)·24h`)."""
+
+    start_day: Annotated[int, Field(ge=0)] = 0
+    end_day: Annotated[int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        if self.end_day < self.start_day:
+            raise ValueError(f"end_day {self.end_day} is before start_day {self.start_day}")
+        return self
+
+    @property
+    def horizon(self) -> dt.timedelta:
+        """Time from exposure to the end of the window."""
+        return dt.timedelta(days=self.end_day + 1)
+
+
+class Winsorize(_Model):
+    """Clamp unit values at percentiles pooled across variants (per experiment)."""
+
+    lower: Fraction | None = None
+    upper: Fraction | None = None
+    ignore_zeros: bool = True
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Winsorize:
+        if self.lower is None and self.upper is None:
+            raise ValueError("give a lower and/or an upper percentile")
+        if self.lower is not None and self.upper is not None and self.lower >= self.upper:
+            raise ValueError(f"lower {self.lower} is not below upper {self.upper}")
+        return self
+
+
 class Component(_Model):
     """A per-unit aggregation: `sum(column)`, `count` (rows), `count_distinct(column)` or
-    `unit_count` (1 per exposed unit), over events that pass `filter`."""
+    `unit_count` (1 per exposed unit), over events that pass `filter` and `window`."""
 
     agg: Literal["sum", "count", "count_distinct", "unit_count"]
     source: Name | None = None
     column: str | None = None
     filter: list[Condition] = []
+    window: Window | None = None
+    winsorize: Winsorize | None = None
 
     @model_validator(mode="after")
     def _column_fits_agg(self) -> Component:
@@ -62,8 +102,8 @@ class Component(_Model):
             raise ValueError(f"agg '{self.agg}' needs a column")
         if self.agg in ("count", "unit_count") and self.column:
             raise ValueError(f"agg '{self.agg}' takes no column")
-        if self.agg == "unit_count" and (self.filter or self.source):
-            raise ValueError("agg 'unit_count' takes no source or filter")
+        if self.agg == "unit_count" and (self.filter or self.source or self.window):
+            raise ValueError("agg 'unit_count' takes no source, filter or window")
         if self.agg != "unit_count" and not self.source:
             raise ValueError(f"agg '{self.agg}' needs a source")
         return self
@@ -79,6 +119,8 @@ class Metric(_Model):
     numerator: Component
     denominator: Component | None = None
     conversion_rate: bool = True
+    completed_windows_only: bool = False
+    bake_hours: Annotated[float, Field(ge=0)] = 0
     description: str = ""
 
     @model_validator(mode="after")
@@ -92,6 +134,14 @@ class Metric(_Model):
     @property
     def denominator_or_unit(self) -> Component:
         return self.denominator or UNIT_COUNT
+
+    @property
+    def components(self) -> dict[str, Component]:
+        return {"num": self.numerator, "den": self.denominator_or_unit}
+
+    @property
+    def winsorized(self) -> bool:
+        return any(c.winsorize for c in self.components.values())
 
 
 class Table(_Model):
@@ -115,6 +165,21 @@ class Source(Table):
     ids: dict[Name, str] = Field(min_length=1)
 
 
+class IdMapping(Table):
+    """Maps one id type to another (e.g. user_id → org_id) for sources that lack the
+    assignment unit's id, as GrowthBook's identifier join tables do."""
+
+    from_id: Name
+    to_id: Name
+    columns: dict[Name, str] = Field(min_length=2, max_length=2)
+
+    @model_validator(mode="after")
+    def _columns(self) -> IdMapping:
+        if set(self.columns) != {self.from_id, self.to_id}:
+            raise ValueError(f"columns must name exactly '{self.from_id}' and '{self.to_id}'")
+        return self
+
+
 class ExposureSource(Table):
     """The assignment source: one row per exposure (duplicates allowed)."""
 
@@ -135,6 +200,10 @@ class Experiment(_Model):
     metrics: list[Name] = Field(min_length=1)
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     test: Literal["welch", "z"] = "welch"
+    #: An analysis unit seen under several assignment units: drop its rows everywhere,
+    #: keep the rows of its first assignment unit (earliest event), or fail the run.
+    multi_unit_policy: Literal["drop", "keep_first", "fail"] = "drop"
+    srm_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.001
 
     @model_validator(mode="after")
     def _dates_and_variants(self) -> Experiment:
@@ -157,6 +226,7 @@ class Experiment(_Model):
 class Output(_Model):
     staging: str
     results: str
+    diagnostics: str
 
 
 class Config(_Model):
@@ -164,6 +234,7 @@ class Config(_Model):
     sources: dict[Name, Source] = Field(min_length=1)
     metrics: dict[Name, Metric] = Field(min_length=1)
     experiments: list[Experiment] = Field(min_length=1)
+    id_mappings: list[IdMapping] = []
     output: Output
 
     @model_validator(mode="after")
@@ -194,14 +265,26 @@ class Config(_Model):
                 )
             for m in exp.metrics:
                 for src in self.metric_sources(self.metrics.get(m)):
-                    if exp.assignment_unit not in self.sources[src].ids:
+                    if self.unit_route(src, exp.assignment_unit) is None:
                         problems.append(
                             f"experiments[{i}]: metric '{m}' reads source '{src}', which has "
-                            f"no '{exp.assignment_unit}' id column"
+                            f"no '{exp.assignment_unit}' id column and no id_mappings entry "
+                            f"from one of its ids {sorted(self.sources[src].ids)}"
                         )
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def unit_route(self, source: str, unit_type: str) -> IdMapping | str | None:
+        """How a source reaches an assignment unit: its own id column (str), an id
+        mapping from one of its ids, or None."""
+        ids = self.sources[source].ids
+        if unit_type in ids:
+            return ids[unit_type]
+        for mapping in self.id_mappings:
+            if mapping.to_id == unit_type and mapping.from_id in ids:
+                return mapping
+        return None
 
     def metric_sources(self, metric: Metric | None) -> list[str]:
         if metric is None:
@@ -229,7 +312,11 @@ def _resolve(path: str, root: Path) -> str:
 
 def _resolve_paths(raw: dict[str, Any], root: Path) -> dict[str, Any]:
     """Relative table paths are taken relative to `root`; URIs and absolute paths are kept."""
-    tables = [raw.get("exposures"), *(raw.get("sources") or {}).values()]
+    tables = [
+        raw.get("exposures"),
+        *(raw.get("sources") or {}).values(),
+        *(raw.get("id_mappings") or []),
+    ]
     for table in tables:
         if isinstance(table, dict) and isinstance(table.get("path"), str):
             table["path"] = _resolve(table["path"], root)

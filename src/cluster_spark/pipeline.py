@@ -36,8 +36,12 @@ def stage(
     """Compute and write the staged statistics; returns the run id."""
     ids = _chosen(config, experiment_ids)
     run_id = run_id or new_run_id()
-    df = staging.stage(spark, config, ids, analysis_date, run_id)
-    io.write_slice(df, config.output.staging, ids, analysis_date)
+    staged = staging.stage(spark, config, ids, analysis_date, run_id)
+    try:
+        io.write_slice(staged.stats, config.output.staging, ids, analysis_date)
+        io.write_slice(staged.diagnostics, config.output.diagnostics, ids, analysis_date)
+    finally:
+        staged.release()
     return run_id
 
 
@@ -51,18 +55,16 @@ def reduce(
     """Read the staged slice, compute comparisons on the driver, write the results slice."""
     ids = _chosen(config, experiment_ids)
     staged = io.read_slice(spark, config.output.staging, ids, analysis_date).collect()
+    diags = io.read_slice(spark, config.output.diagnostics, ids, analysis_date).collect()
     results = []
     for exp_id in ids:
-        exp = config.experiment(exp_id)
         rows = [r.asDict() for r in staged if r["experiment_id"] == exp_id]
         results += reducer.reduce_experiment(
             rows,
-            experiment_id=exp_id,
-            control=exp.control,
+            config.experiment(exp_id),
             analysis_date=analysis_date,
             run_id=run_id or (rows[0]["run_id"] if rows else new_run_id()),
-            alpha=exp.alpha,
-            test=exp.test,
+            diagnostics=[d.asDict() for d in diags if d["experiment_id"] == exp_id],
         )
     df = spark.createDataFrame(results, reducer.RESULT_DDL)
     io.write_slice(df, config.output.results, ids, analysis_date)

@@ -1,27 +1,35 @@
 """The Spark staging job: exposures × metric events → per-unit (M_i, D_i) → per-group
-sufficient statistics in centered form.
+sufficient statistics in centered form, plus data-quality counts.
 
 One pass over each metric source computes the components of every metric of every
 experiment; only (experiment, metric, variant) rows leave Spark. Aggregation uses Spark's
 built-ins only: `var_pop`/`covar_pop` are computed with stable online updates and merged
-with Chan et al.'s pairwise formulas inside Spark.
+with Chan et al.'s pairwise formulas inside Spark. Metric options follow METHODS.md
+(Statsig ratio-metric settings): conversion rate, cohort windows, completed-window and
+bake rules, winsorization at percentiles pooled across variants.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cluster_spark.config import Component, Condition, Config, Experiment, Metric
+from cluster_spark.config import Component, Condition, Config, Experiment, IdMapping, Metric
+from cluster_spark.errors import DataQualityError
 from cluster_spark.io import check_columns, describe, read_table
 
 UNIT = "_unit"
 TS = "_ts"
+SUB = "_sub"  # the analysis-unit id (e.g. user_id), where a source has it
+
+#: Relative rank accuracy of `percentile_approx` is 1/PERCENTILE_ACCURACY (exact below
+#: that many distinct values per experiment and metric).
+PERCENTILE_ACCURACY = 100_000
 
 STAGING_SCHEMA = T.StructType(
     [
@@ -29,17 +37,30 @@ STAGING_SCHEMA = T.StructType(
         T.StructField("analysis_date", T.DateType(), False),
         T.StructField("metric", T.StringType(), False),
         T.StructField("variant", T.StringType(), False),
+        T.StructField("winsorized", T.BooleanType(), False),
         T.StructField("n_units", T.LongType(), False),
-        T.StructField("sum_m", T.DoubleType(), False),
-        T.StructField("sum_d", T.DoubleType(), False),
-        T.StructField("mean_m", T.DoubleType(), False),
-        T.StructField("mean_d", T.DoubleType(), False),
-        T.StructField("css_mm", T.DoubleType(), False),
-        T.StructField("css_dd", T.DoubleType(), False),
-        T.StructField("css_md", T.DoubleType(), False),
+        T.StructField("sum_m", T.DoubleType(), True),
+        T.StructField("sum_d", T.DoubleType(), True),
+        T.StructField("mean_m", T.DoubleType(), True),
+        T.StructField("mean_d", T.DoubleType(), True),
+        T.StructField("css_mm", T.DoubleType(), True),
+        T.StructField("css_dd", T.DoubleType(), True),
+        T.StructField("css_md", T.DoubleType(), True),
+        T.StructField("n_zero_denominator", T.LongType(), False),
+        T.StructField("n_incomplete_window", T.LongType(), False),
+        T.StructField("n_unbaked", T.LongType(), False),
+        T.StructField("num_lower_cap", T.DoubleType(), True),
+        T.StructField("num_upper_cap", T.DoubleType(), True),
+        T.StructField("den_lower_cap", T.DoubleType(), True),
+        T.StructField("den_upper_cap", T.DoubleType(), True),
         T.StructField("run_id", T.StringType(), False),
     ]
 )
+DIAGNOSTICS_DDL = (
+    "experiment_id string, analysis_date date, metric string, variant string, "
+    "check string, value bigint, run_id string"
+)
+_STAT_COLUMNS = [f.name for f in STAGING_SCHEMA.fields[5:20]]
 
 
 def condition(c: Condition) -> Column:
@@ -60,9 +81,28 @@ def condition(c: Condition) -> Column:
     return ops[c.op]()
 
 
-def component_agg(comp: Component) -> Column:
+def _hours(h: float) -> Column:
+    return F.lit(dt.timedelta(hours=h))
+
+
+def event_condition(comp: Component, bake_hours: float) -> Column:
+    """Which joined events count for a component: its filter, after the unit's exposure,
+    inside its cohort window, and mature under the bake delay."""
+    exposure = F.col("exposure_ts")
+    keep = F.col(TS) >= exposure
+    if comp.window is not None:
+        keep &= F.col(TS) >= exposure + F.lit(dt.timedelta(days=comp.window.start_day))
+        keep &= F.col(TS) < exposure + F.lit(comp.window.horizon)
+    if bake_hours:
+        keep &= F.col(TS) <= F.col("analysis_ts") - _hours(bake_hours)
+    for c in comp.filter:
+        keep &= condition(c)
+    return keep
+
+
+def component_agg(comp: Component, bake_hours: float) -> Column:
     """Per-unit aggregation of one component over the joined events (null if no event)."""
-    keep = reduce(lambda a, b: a & b, (condition(c) for c in comp.filter), F.lit(True))
+    keep = event_condition(comp, bake_hours)
     if comp.agg == "sum":
         return F.sum(F.when(keep, F.col(comp.column).cast("double")))
     if comp.agg == "count":
@@ -76,23 +116,55 @@ def component_agg(comp: Component) -> Column:
 class Plan:
     """The experiments of one assignment-unit type, analysed together in one pass."""
 
+    config: Config
     unit_type: str
     experiments: tuple[Experiment, ...]
     analysis_date: dt.date
 
-    def metrics(self, config: Config) -> dict[str, Metric]:
+    @property
+    def metrics(self) -> dict[str, Metric]:
         names = sorted({m for e in self.experiments for m in e.metrics})
-        return {n: config.metrics[n] for n in names}
+        return {n: self.config.metrics[n] for n in names}
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted({s for m in self.metrics.values() for s in self.config.metric_sources(m)})
+
+    @property
+    def analysis_unit(self) -> str | None:
+        """The analysis-unit id type, if one experiment of the plan declares it."""
+        units = {e.analysis_unit for e in self.experiments} - {None}
+        return units.pop() if len(units) == 1 else None
 
 
-def _col_name(metric: str, role: str) -> str:
-    return f"{metric}__{role}"
+@dataclass
+class Staged:
+    """Lazy outputs of one staging run; `release()` frees what was persisted."""
+
+    stats: DataFrame
+    diagnostics: DataFrame
+    persisted: list[DataFrame] = field(default_factory=list)
+
+    def release(self) -> None:
+        for df in self.persisted:
+            df.unpersist()
 
 
-def exposed_units(spark: SparkSession, config: Config, plan: Plan) -> DataFrame:
+def _diag(df: DataFrame, check: str, value: Column, metric=None, variant=None) -> DataFrame:
+    return df.select(
+        "experiment_id",
+        F.lit(metric).cast("string").alias("metric"),
+        (variant if variant is not None else F.lit(None)).cast("string").alias("variant"),
+        F.lit(check).alias("check"),
+        value.cast("bigint").alias("value"),
+    )
+
+
+def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame]:
     """First exposure per (experiment, unit) within each experiment's dates; units seen in
-    two variants are dropped. Columns: experiment_id, _unit, variant, exposure_ts, analysis_ts."""
-    src = config.exposures
+    two variants are dropped. Returns (units, diagnostics). Units have columns
+    experiment_id, _unit, variant, exposure_ts, start_ts, analysis_ts."""
+    src = plan.config.exposures
     df = read_table(spark, src)
     unit_col = src.ids[plan.unit_type]
     check_columns(
@@ -107,7 +179,7 @@ def exposed_units(spark: SparkSession, config: Config, plan: Plan) -> DataFrame:
         ],
         "experiment_id string, start_ts timestamp, analysis_ts timestamp",
     )
-    exposures = (
+    rows = (
         df.select(
             F.col(src.experiment_id).cast("string").alias("experiment_id"),
             F.col(unit_col).cast("string").alias(UNIT),
@@ -115,102 +187,360 @@ def exposed_units(spark: SparkSession, config: Config, plan: Plan) -> DataFrame:
             F.col(src.timestamp).cast("timestamp").alias(TS),
         )
         .join(F.broadcast(bounds), "experiment_id")
-        .where(F.col(UNIT).isNotNull() & F.col("variant").isNotNull() & F.col(TS).isNotNull())
-        .where((F.col(TS) >= F.col("start_ts")) & (F.col(TS) < F.col("analysis_ts")))
+        .withColumn("_null", F.col(UNIT).isNull() | F.col("variant").isNull() | F.col(TS).isNull())
     )
-    return (
-        exposures.groupBy("experiment_id", UNIT)
+    in_window = (F.col(TS) >= F.col("start_ts")) & (F.col(TS) < F.col("analysis_ts"))
+    per_unit = (
+        rows.where(~F.col("_null") & in_window)
+        .groupBy("experiment_id", UNIT)
         .agg(
             F.min(TS).alias("exposure_ts"),
             F.min("variant").alias("variant"),
             F.count_distinct("variant").alias("n_variants"),
+            F.count(F.lit(1)).alias("n_rows"),
+            F.first("start_ts").alias("start_ts"),
             F.first("analysis_ts").alias("analysis_ts"),
         )
-        .where(F.col("n_variants") == 1)
-        .drop("n_variants")
     )
+    units = per_unit.where(F.col("n_variants") == 1).drop("n_variants", "n_rows")
+    per_exp = per_unit.groupBy("experiment_id").agg(
+        F.sum(F.col("n_rows") - 1).alias("dup"),
+        F.count(F.when(F.col("n_variants") > 1, 1)).alias("multi"),
+    )
+    nulls = rows.groupBy("experiment_id").agg(F.count(F.when(F.col("_null"), 1)).alias("n"))
+    counts = units.groupBy("experiment_id", "variant").count()
+    diagnostics = reduce(
+        DataFrame.unionByName,
+        [
+            _diag(per_exp, "duplicate_exposures", F.col("dup")),
+            _diag(per_exp, "units_in_several_variants", F.col("multi")),
+            _diag(nulls, "exposures_with_null_ids", F.col("n")),
+            _diag(counts, "assignment_units", F.col("count"), variant=F.col("variant")),
+        ],
+    )
+    return units, diagnostics
+
+
+def _map_ids(spark: SparkSession, events: DataFrame, mapping: IdMapping) -> DataFrame:
+    """Attach the assignment-unit id to events through an id mapping table."""
+    table = read_table(spark, mapping)
+    src_col, dst_col = mapping.columns[mapping.from_id], mapping.columns[mapping.to_id]
+    check_columns(table, {src_col: "id", dst_col: "id"}, f"id mapping {describe(mapping)}")
+    pairs = (
+        table.select(
+            F.col(src_col).cast("string").alias("_from"), F.col(dst_col).cast("string").alias(UNIT)
+        )
+        .where(F.col("_from").isNotNull() & F.col(UNIT).isNotNull())
+        .distinct()
+    )
+    return events.join(pairs, "_from").drop("_from")
+
+
+def source_events(
+    spark: SparkSession, plan: Plan, source: str, columns: set[str]
+) -> tuple[DataFrame, str]:
+    """The source's events with `_unit` (the assignment unit), `_ts`, `_sub` (the analysis
+    unit, null if the source lacks it) and the columns the metrics read."""
+    config = plan.config
+    src = config.sources[source]
+    df = read_table(spark, src)
+    route = config.unit_route(source, plan.unit_type)
+    key_col = route if isinstance(route, str) else src.ids[route.from_id]
+    sub_col = src.ids.get(plan.analysis_unit) if plan.analysis_unit else None
+    required = {key_col: "id", src.timestamp: "timestamp"}
+    if sub_col:
+        required[sub_col] = "id"
+    for column in columns:
+        required.setdefault(column, "any")
+    where = f"source '{source}' ({describe(src)})"
+    check_columns(df, required, where)
+    events = df.select(
+        F.col(key_col).cast("string").alias(UNIT if isinstance(route, str) else "_from"),
+        F.col(src.timestamp).cast("timestamp").alias(TS),
+        (F.col(sub_col).cast("string") if sub_col else F.lit(None).cast("string")).alias(SUB),
+        *[F.col(c) for c in sorted(columns - {key_col, src.timestamp})],
+    )
+    if isinstance(route, IdMapping):
+        events = _map_ids(spark, events.where(F.col("_from").isNotNull()), route)
+    return events, where
+
+
+def _numeric_columns(comps: dict[str, Component]) -> dict[str, str]:
+    return {c.column: "numeric" for c in comps.values() if c.agg == "sum"}
+
+
+def apply_multi_unit_policy(
+    joined: DataFrame, plan: Plan, where: str
+) -> tuple[DataFrame, DataFrame]:
+    """Analysis units (e.g. users) seen under several assignment units (orgs) within an
+    experiment break the design (GrowthBook): drop, keep the first, or fail, per experiment.
+    Returns (events, diagnostics)."""
+    subs = (
+        joined.where(F.col(SUB).isNotNull())
+        .groupBy("experiment_id", SUB)
+        .agg(F.count_distinct(UNIT).alias("n_units"), F.min_by(UNIT, TS).alias("_first_unit"))
+    )
+    bad = subs.where(F.col("n_units") > 1)
+    diag = _diag(
+        bad.groupBy("experiment_id").count(), "analysis_units_in_several_units", F.col("count")
+    )
+    policies = {e.id: e.multi_unit_policy for e in plan.experiments}
+    failing = [e for e, p in policies.items() if p == "fail"]
+    if failing:
+        found = bad.where(F.col("experiment_id").isin(failing)).limit(5).collect()
+        if found:
+            shown = ", ".join(f"{r['experiment_id']}:{r[SUB]}" for r in found)
+            raise DataQualityError(
+                f"{where}: analysis units seen under several assignment units ({shown}); "
+                f"multi_unit_policy is 'fail'"
+            )
+    keep_first = F.col("experiment_id").isin([e for e, p in policies.items() if p != "drop"])
+    flagged = joined.join(
+        bad.select("experiment_id", SUB, "_first_unit"), ["experiment_id", SUB], "left"
+    )
+    kept = flagged.where(
+        F.col("_first_unit").isNull() | (keep_first & (F.col(UNIT) == F.col("_first_unit")))
+    ).drop("_first_unit")
+    return kept, diag
 
 
 def source_unit_aggregates(
-    spark: SparkSession, config: Config, plan: Plan, source: str, units: DataFrame
-) -> DataFrame:
-    """One pass over one metric source: every component that reads it, per exposed unit."""
-    src = config.sources[source]
-    df = read_table(spark, src)
-    unit_col = src.ids[plan.unit_type]
+    spark: SparkSession, plan: Plan, source: str, units: DataFrame
+) -> tuple[DataFrame, DataFrame]:
+    """One pass over one metric source: every component that reads it, per exposed unit.
+    Returns (per-unit aggregates, diagnostics)."""
     comps = {
-        _col_name(name, role): comp
-        for name, metric in plan.metrics(config).items()
-        for role, comp in (("num", metric.numerator), ("den", metric.denominator_or_unit))
+        f"{name}__{role}": (comp, metric.bake_hours)
+        for name, metric in plan.metrics.items()
+        for role, comp in metric.components.items()
         if comp.source == source
     }
-    required = {unit_col: "id", src.timestamp: "timestamp"}
-    for comp in comps.values():
-        if comp.agg == "sum":
-            required[comp.column] = "numeric"
-        elif comp.column:
-            required.setdefault(comp.column, "any")
-        for cond in comp.filter:
-            required.setdefault(cond.column, "any")
-    check_columns(df, required, f"source '{source}' ({describe(src)})")
-
-    events = df.select(
-        F.col(unit_col).cast("string").alias(UNIT),
-        F.col(src.timestamp).cast("timestamp").alias(TS),
-        *[F.col(c) for c in sorted(set(required) - {unit_col, src.timestamp})],
-    ).where(F.col(UNIT).isNotNull())
-    joined = events.join(
-        F.broadcast(units.select("experiment_id", UNIT, "exposure_ts", "analysis_ts")), UNIT
-    ).where((F.col(TS) >= F.col("exposure_ts")) & (F.col(TS) <= F.col("analysis_ts")))
-    return joined.groupBy("experiment_id", UNIT).agg(
-        *[component_agg(c).alias(name) for name, c in comps.items()]
+    columns = {c.column for c, _ in comps.values() if c.column}
+    columns |= {cond.column for c, _ in comps.values() for cond in c.filter}
+    events, where = source_events(spark, plan, source, columns)
+    check_columns(events, _numeric_columns({k: c for k, (c, _) in comps.items()}), where)
+    joined = (
+        events.where(F.col(UNIT).isNotNull())
+        .join(
+            F.broadcast(
+                units.select("experiment_id", UNIT, "exposure_ts", "start_ts", "analysis_ts")
+            ),
+            UNIT,
+        )
+        .where((F.col(TS) >= F.col("start_ts")) & (F.col(TS) <= F.col("analysis_ts")))
     )
+    ids = joined.sparkSession.createDataFrame(
+        [(e.id,) for e in plan.experiments], "experiment_id string"
+    )
+    null_ids = events.agg(F.count(F.when(F.col(UNIT).isNull(), 1)).alias("n")).crossJoin(ids)
+    diags = [_diag(null_ids, f"events_with_null_ids:{source}", F.col("n"))]
+    if plan.analysis_unit:
+        joined, multi = apply_multi_unit_policy(joined, plan, where)
+        diags.append(multi)
+    aggs = joined.groupBy("experiment_id", UNIT).agg(
+        *[component_agg(c, bake).alias(name) for name, (c, bake) in comps.items()],
+        F.count(F.when(F.col(TS) < F.col("exposure_ts"), 1)).alias(f"_pre__{source}"),
+        F.count_distinct(F.when(F.col(TS) >= F.col("exposure_ts"), F.col(SUB))).alias(
+            f"_subs__{source}"
+        ),
+    )
+    pre = aggs.groupBy("experiment_id").agg(F.sum(f"_pre__{source}").alias("n"))
+    diags.append(_diag(pre, f"events_before_exposure:{source}", F.col("n")))
+    return aggs, reduce(DataFrame.unionByName, diags)
 
 
-def unit_values(spark: SparkSession, config: Config, plan: Plan) -> DataFrame:
-    """Long per-unit values: experiment_id, variant, _unit, metric, m, d (zeros for units
-    without events; `m := 0` where `d = 0` for conversion-rate ratio metrics)."""
-    units = exposed_units(spark, config, plan)
-    metrics = plan.metrics(config)
+def _included(metric: Metric) -> tuple[Column, Column]:
+    """(completed-window rule holds, bake rule holds) for a unit, per METHODS.md."""
+    exposure, analysis = F.col("exposure_ts"), F.col("analysis_ts")
+    complete, baked = F.lit(True), F.lit(True)
+    for comp in metric.components.values():
+        horizon = comp.window.horizon if comp.window else dt.timedelta(0)
+        if metric.completed_windows_only and comp.window:
+            complete &= exposure + F.lit(horizon) <= analysis
+        if metric.bake_hours:
+            baked &= exposure + F.lit(horizon) + _hours(metric.bake_hours) <= analysis
+    return complete, baked
+
+
+def unit_values(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame]:
+    """Long per-unit values: experiment_id, variant, _unit, metric, m, d, complete, baked,
+    plus the analysis-unit counts; zeros for units without events. Returns
+    (values, diagnostics)."""
+    units, diags = exposed_units(spark, plan)
     wide = units
-    for source in sorted({s for m in metrics.values() for s in config.metric_sources(m)}):
-        aggs = source_unit_aggregates(spark, config, plan, source, units)
+    sub_cols = []
+    for source in plan.sources:
+        aggs, source_diag = source_unit_aggregates(spark, plan, source, units)
         wide = wide.join(aggs, ["experiment_id", UNIT], "left")
+        diags = diags.unionByName(source_diag)
+        sub_cols.append(F.coalesce(F.col(f"_subs__{source}"), F.lit(0)))
 
     def value(name: str, role: str, comp: Component) -> Column:
         if comp.agg == "unit_count":
             return F.lit(1.0)
-        return F.coalesce(F.col(_col_name(name, role)).cast("double"), F.lit(0.0))
+        return F.coalesce(F.col(f"{name}__{role}").cast("double"), F.lit(0.0))
 
     entries = []
-    for name, metric in metrics.items():
-        m = value(name, "num", metric.numerator)
-        d = value(name, "den", metric.denominator_or_unit)
-        if metric.kind == "ratio" and metric.conversion_rate:
-            m = F.when(d == 0, F.lit(0.0)).otherwise(m)
-        entries.append(F.struct(F.lit(name).alias("metric"), m.alias("m"), d.alias("d")))
+    for name, metric in plan.metrics.items():
+        complete, baked = _included(metric)
+        entries.append(
+            F.struct(
+                F.lit(name).alias("metric"),
+                value(name, "num", metric.numerator).alias("m"),
+                value(name, "den", metric.denominator_or_unit).alias("d"),
+                complete.alias("complete"),
+                baked.alias("baked"),
+            )
+        )
     wanted = F.create_map(
         *[x for e in plan.experiments for x in (F.lit(e.id), F.array(*map(F.lit, e.metrics)))]
     )
-    return (
-        wide.select("experiment_id", "variant", UNIT, F.explode(F.array(*entries)).alias("v"))
-        .select("experiment_id", "variant", UNIT, "v.metric", "v.m", "v.d")
+    analysis_units = reduce(lambda a, b: F.greatest(a, b), sub_cols) if sub_cols else F.lit(0)
+    values = (
+        wide.select(
+            "experiment_id",
+            "variant",
+            UNIT,
+            analysis_units.alias("_n_subs"),
+            F.explode(F.array(*entries)).alias("v"),
+        )
+        .select("experiment_id", "variant", UNIT, "_n_subs", "v.*")
         .where(F.array_contains(F.element_at(wanted, F.col("experiment_id")), F.col("metric")))
+    )
+    if plan.analysis_unit:
+        first_metric = {e.id: e.metrics[0] for e in plan.experiments}
+        one_row = F.col("metric") == F.element_at(
+            F.create_map(*[F.lit(x) for kv in first_metric.items() for x in kv]),
+            F.col("experiment_id"),
+        )
+        counts = (
+            values.where(one_row)
+            .groupBy("experiment_id", "variant")
+            .agg(F.sum("_n_subs").alias("n"))
+        )
+        diags = diags.unionByName(
+            _diag(counts, "analysis_units", F.col("n"), variant=F.col("variant"))
+        )
+    return values.drop("_n_subs"), diags
+
+
+def _caps(values: DataFrame, plan: Plan) -> DataFrame | None:
+    """Winsorization thresholds per (experiment, metric), from the unit values of included
+    units pooled across variants (never per variant), over non-zero values by default."""
+    aggs = []
+    for name, metric in plan.metrics.items():
+        for role, col in (("num", "m"), ("den", "d")):
+            w = metric.components[role].winsorize
+            if w is None:
+                continue
+            keep = (F.col("metric") == name) & F.col("complete") & F.col("baked")
+            if w.ignore_zeros:
+                keep &= F.col(col) != 0
+            for side, q in (("lower", w.lower), ("upper", w.upper)):
+                if q is not None:
+                    pct = F.percentile_approx(F.when(keep, F.col(col)), q, PERCENTILE_ACCURACY)
+                    aggs.append(pct.alias(f"{name}|{role}_{side}_cap"))
+    if not aggs:
+        return None
+    wide = values.groupBy("experiment_id").agg(*aggs)
+    caps = [
+        F.struct(
+            F.lit(name).alias("metric"),
+            *[
+                (F.col(f"`{name}|{k}`") if f"{name}|{k}" in wide.columns else F.lit(None))
+                .cast("double")
+                .alias(k)
+                for k in ("num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap")
+            ],
+        )
+        for name, metric in plan.metrics.items()
+        if metric.winsorized
+    ]
+    return wide.select("experiment_id", F.explode(F.array(*caps)).alias("c")).select(
+        "experiment_id", "c.*"
     )
 
 
-def group_statistics(values: DataFrame) -> DataFrame:
-    """Per (experiment, metric, variant): n, sums, means and centered co-moments."""
-    n = F.count(F.lit(1))
-    return values.groupBy("experiment_id", "metric", "variant").agg(
+def _clamp(col: str, low: str, high: str, ignore_zeros: Column) -> Column:
+    x = F.col(col)
+    clamped = F.least(F.greatest(x, F.coalesce(F.col(low), x)), F.coalesce(F.col(high), x))
+    return F.when(ignore_zeros & (x == 0), x).otherwise(clamped)
+
+
+def winsorize(values: DataFrame, plan: Plan) -> tuple[DataFrame, list[DataFrame]]:
+    """Add `winsorized` rows (clamped values) beside the raw rows of winsorized metrics.
+    Returns (values with a `winsorized` flag and cap columns, frames to unpersist)."""
+    cap_cols = ["num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap"]
+    names = [n for n, m in plan.metrics.items() if m.winsorized]
+    if not names:
+        return values.select(
+            "*",
+            F.lit(False).alias("winsorized"),
+            *[F.lit(None).cast("double").alias(c) for c in cap_cols],
+        ), []
+    values = values.persist()
+    caps = _caps(values, plan)
+    with_caps = values.join(F.broadcast(caps), ["experiment_id", "metric"], "left")
+
+    def ignores_zeros(role: str) -> Column:
+        flags = {n: plan.metrics[n].components[role].winsorize for n in names}
+        pairs = [F.lit(x) for n, w in flags.items() for x in (n, bool(w and w.ignore_zeros))]
+        return F.coalesce(F.element_at(F.create_map(*pairs), F.col("metric")), F.lit(False))
+
+    ignore_num, ignore_den = ignores_zeros("num"), ignores_zeros("den")
+    capped = with_caps.where(F.col("metric").isin(names)).select(
+        "experiment_id",
+        "variant",
+        UNIT,
+        "metric",
+        _clamp("m", "num_lower_cap", "num_upper_cap", ignore_num).alias("m"),
+        _clamp("d", "den_lower_cap", "den_upper_cap", ignore_den).alias("d"),
+        "complete",
+        "baked",
+        F.lit(True).alias("winsorized"),
+        *cap_cols,
+    )
+    raw = with_caps.select(
+        "experiment_id",
+        "variant",
+        UNIT,
+        "metric",
+        "m",
+        "d",
+        "complete",
+        "baked",
+        F.lit(False).alias("winsorized"),
+        *cap_cols,
+    )
+    return raw.unionByName(capped), [values]
+
+
+def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
+    """Per (experiment, metric, variant, winsorized): n, sums, means and centered
+    co-moments of the included units, and counts of the excluded ones."""
+    conversion = [n for n, m in plan.metrics.items() if m.kind == "ratio" and m.conversion_rate]
+    m = F.when(F.col("metric").isin(conversion) & (F.col("d") == 0), F.lit(0.0)).otherwise(
+        F.col("m")
+    )
+    inc = F.col("complete") & F.col("baked")
+    mi, di = F.when(inc, m), F.when(inc, F.col("d"))
+    n = F.count(F.when(inc, 1))
+    return values.groupBy("experiment_id", "metric", "variant", "winsorized").agg(
         n.alias("n_units"),
-        F.sum("m").alias("sum_m"),
-        F.sum("d").alias("sum_d"),
-        F.avg("m").alias("mean_m"),
-        F.avg("d").alias("mean_d"),
-        (F.var_pop("m") * n).alias("css_mm"),
-        (F.var_pop("d") * n).alias("css_dd"),
-        (F.covar_pop("m", "d") * n).alias("css_md"),
+        F.sum(mi).alias("sum_m"),
+        F.sum(di).alias("sum_d"),
+        F.avg(mi).alias("mean_m"),
+        F.avg(di).alias("mean_d"),
+        (F.var_pop(mi) * n).alias("css_mm"),
+        (F.var_pop(di) * n).alias("css_dd"),
+        (F.covar_pop(mi, di) * n).alias("css_md"),
+        F.count(F.when(inc & (F.col("d") == 0), 1)).alias("n_zero_denominator"),
+        F.count(F.when(~F.col("complete"), 1)).alias("n_incomplete_window"),
+        F.count(F.when(F.col("complete") & ~F.col("baked"), 1)).alias("n_unbaked"),
+        *[
+            F.first(c, ignorenulls=True).alias(c)
+            for c in ("num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap")
+        ],
     )
 
 
@@ -219,7 +549,8 @@ def plans(config: Config, experiment_ids: list[str], analysis_date: dt.date) -> 
     chosen = [config.experiment(e) for e in experiment_ids]
     types = sorted({e.assignment_unit for e in chosen})
     return [
-        Plan(t, tuple(e for e in chosen if e.assignment_unit == t), analysis_date) for t in types
+        Plan(config, t, tuple(e for e in chosen if e.assignment_unit == t), analysis_date)
+        for t in types
     ]
 
 
@@ -229,18 +560,34 @@ def stage(
     experiment_ids: list[str],
     analysis_date: dt.date,
     run_id: str,
-) -> DataFrame:
-    """The staged statistics of these experiments (a lazy DataFrame in STAGING_SCHEMA)."""
-    frames = [
-        group_statistics(unit_values(spark, config, plan))
-        for plan in plans(config, experiment_ids, analysis_date)
-    ]
-    stats = reduce(DataFrame.unionByName, frames)
-    return stats.select(
-        "experiment_id",
-        F.lit(analysis_date).alias("analysis_date"),
-        "metric",
-        "variant",
-        *[F.col(f.name).cast(f.dataType) for f in STAGING_SCHEMA.fields[4:12]],
-        F.lit(run_id).alias("run_id"),
+) -> Staged:
+    """The staged statistics (STAGING_SCHEMA) and diagnostics of these experiments, lazy."""
+    stats, diags, persisted = [], [], []
+    for plan in plans(config, experiment_ids, analysis_date):
+        values, diag = unit_values(spark, plan)
+        values, cached = winsorize(values, plan)
+        stats.append(group_statistics(values, plan))
+        diags.append(diag)
+        persisted += cached
+    meta = [F.lit(analysis_date).alias("analysis_date")]
+    return Staged(
+        stats=reduce(DataFrame.unionByName, stats).select(
+            "experiment_id",
+            *meta,
+            "metric",
+            "variant",
+            "winsorized",
+            *[F.col(c).cast(STAGING_SCHEMA[c].dataType) for c in _STAT_COLUMNS],
+            F.lit(run_id).alias("run_id"),
+        ),
+        diagnostics=reduce(DataFrame.unionByName, diags).select(
+            "experiment_id",
+            *meta,
+            "metric",
+            "variant",
+            "check",
+            "value",
+            F.lit(run_id).alias("run_id"),
+        ),
+        persisted=persisted,
     )
