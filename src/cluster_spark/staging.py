@@ -160,6 +160,10 @@ def _diag(df: DataFrame, check: str, value: Column, metric=None, variant=None) -
     )
 
 
+def _experiment_ids(spark: SparkSession, plan: Plan) -> DataFrame:
+    return spark.createDataFrame([(e.id,) for e in plan.experiments], "experiment_id string")
+
+
 def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame]:
     """First exposure per (experiment, unit) within each experiment's dates; units seen in
     two variants are dropped. Returns (units, diagnostics). Units have columns
@@ -204,7 +208,7 @@ def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame
     )
     units = per_unit.where(F.col("n_variants") == 1).drop("n_variants", "n_rows")
     per_exp = per_unit.groupBy("experiment_id").agg(
-        F.sum(F.col("n_rows") - 1).alias("dup"),
+        F.sum(F.when(F.col("n_variants") == 1, F.col("n_rows") - 1)).alias("dup"),
         F.count(F.when(F.col("n_variants") > 1, 1)).alias("multi"),
     )
     nulls = rows.groupBy("experiment_id").agg(F.count(F.when(F.col("_null"), 1)).alias("n"))
@@ -281,9 +285,10 @@ def apply_multi_unit_policy(
         .agg(F.count_distinct(UNIT).alias("n_units"), F.min_by(UNIT, TS).alias("_first_unit"))
     )
     bad = subs.where(F.col("n_units") > 1)
-    diag = _diag(
-        bad.groupBy("experiment_id").count(), "analysis_units_in_several_units", F.col("count")
+    counts = _experiment_ids(joined.sparkSession, plan).join(
+        bad.groupBy("experiment_id").count(), "experiment_id", "left"
     )
+    diag = _diag(counts, "analysis_units_in_several_units", F.coalesce(F.col("count"), F.lit(0)))
     policies = {e.id: e.multi_unit_policy for e in plan.experiments}
     failing = [e for e, p in policies.items() if p == "fail"]
     if failing:
@@ -329,10 +334,9 @@ def source_unit_aggregates(
         )
         .where((F.col(TS) >= F.col("start_ts")) & (F.col(TS) <= F.col("analysis_ts")))
     )
-    ids = joined.sparkSession.createDataFrame(
-        [(e.id,) for e in plan.experiments], "experiment_id string"
+    null_ids = events.agg(F.count(F.when(F.col(UNIT).isNull(), 1)).alias("n")).crossJoin(
+        _experiment_ids(spark, plan)
     )
-    null_ids = events.agg(F.count(F.when(F.col(UNIT).isNull(), 1)).alias("n")).crossJoin(ids)
     diags = [_diag(null_ids, f"events_with_null_ids:{source}", F.col("n"))]
     if plan.analysis_unit:
         joined, multi = apply_multi_unit_policy(joined, plan, where)

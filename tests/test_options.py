@@ -1,0 +1,289 @@
+"""Metric options on tiny hand-made data; expected unit values are worked out by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from cluster_spark import pipeline, staging
+from cluster_spark.config import parse_config
+from cluster_spark.errors import DataQualityError, InputError
+from tests.helpers import ANALYSIS_DATE, EVENT_DDL, EXPOSURE_DDL, at, config_dict, write_delta
+
+PURCHASE = [{"column": "event", "op": "eq", "value": "purchase"}]
+REVENUE = {"source": "events", "agg": "sum", "column": "value", "filter": PURCHASE}
+
+# Analysis time T = 2026-03-10 00:00 = at(8).
+UNITS = [
+    ("e1", "o1", "control", at(0)),
+    ("e1", "o2", "control", at(1)),
+    ("e1", "o3", "treatment", at(0)),
+    ("e1", "o4", "treatment", at(6)),  # window [0,1] completes exactly at T
+    ("e1", "o5", "treatment", at(6, 1)),  # completes 1h after T
+    ("e1", "o6", "treatment", at(7, 12)),  # exposed 12h before T
+]
+WINDOW_EVENTS = [
+    ("o1", "u1", "purchase", 10.0, at(0)),  # exactly at exposure: counted
+    ("o1", "u1", "purchase", 5.0, at(2)),  # exactly at exposure + 2·24h: outside [0,1]
+    ("o1", "u1", "purchase", 3.0, at(1, 23 + 59 / 60)),  # 1 minute before: inside
+    ("o2", "u2", "purchase", 7.0, at(1, 1)),
+    ("o3", "u3", "purchase", 4.0, at(1)),  # exactly at exposure + 24h: starts day 1
+    ("o4", "u4", "purchase", 6.0, at(7)),  # exactly at T − 24h: mature for a 24h bake
+    ("o5", "u5", "purchase", 100.0, at(6, 2)),
+    ("o3", "u3", "purchase", 9.0, at(7) + dt.timedelta(seconds=1)),  # not mature
+    ("o6", "u6", "purchase", 2.0, at(7, 13)),
+]
+
+
+def _stats(spark, raw, experiment="e1"):
+    staged = staging.stage(spark, parse_config(raw), [experiment], ANALYSIS_DATE, "r")
+    try:
+        return {(r.metric, r.variant, r.winsorized): r for r in staged.stats.collect()}
+    finally:
+        staged.release()
+
+
+def _assert_units(row, units):
+    m = np.asarray(units, dtype=float)
+    assert row.n_units == len(m)
+    assert row.sum_m == pytest.approx(m.sum())
+    assert row.css_mm == pytest.approx(((m - m.mean()) ** 2).sum())
+
+
+@pytest.fixture()
+def window_data(spark, tmp_path):
+    write_delta(spark, UNITS, EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, WINDOW_EVENTS, EVENT_DDL, tmp_path / "events")
+    raw = config_dict(tmp_path)
+    raw["metrics"] = {
+        "rev_d01": {
+            "kind": "mean",
+            "completed_windows_only": True,
+            "numerator": {**REVENUE, "window": {"start_day": 0, "end_day": 1}},
+        },
+        "rev_d1": {
+            "kind": "mean",
+            "numerator": {**REVENUE, "window": {"start_day": 1, "end_day": 1}},
+        },
+        "rev_baked": {"kind": "mean", "bake_hours": 24, "numerator": REVENUE},
+    }
+    raw["experiments"][0]["metrics"] = list(raw["metrics"])
+    return raw
+
+
+def test_cohort_windows_completed_windows_and_bake(spark, window_data):
+    got = _stats(spark, window_data)
+    # [0,1] window, completed only: o5 and o6 have not completed theirs.
+    _assert_units(got[("rev_d01", "control", False)], [13, 7])
+    _assert_units(got[("rev_d01", "treatment", False)], [4, 6])
+    assert got[("rev_d01", "treatment", False)].n_incomplete_window == 2
+    # [1,1] window, every unit: day 1 after each unit's own exposure.
+    _assert_units(got[("rev_d1", "control", False)], [3, 0])
+    _assert_units(got[("rev_d1", "treatment", False)], [4, 6, 0, 0])
+    # 24h bake: events after T − 24h not counted; o6 (exposed after T − 24h) left out.
+    _assert_units(got[("rev_baked", "control", False)], [18, 7])
+    _assert_units(got[("rev_baked", "treatment", False)], [4, 6, 100])
+    assert got[("rev_baked", "treatment", False)].n_unbaked == 1
+    assert got[("rev_baked", "control", False)].n_unbaked == 0
+
+
+WINSOR_UNITS = [
+    ("e1", f"o{i}", v, at(0)) for i, v in enumerate(["control"] * 4 + ["treatment"] * 4)
+]
+WINSOR_VALUES = {"control": [1, 2, 2, 10], "treatment": [2, 3, 50, 0]}
+
+
+@pytest.fixture()
+def winsor_data(spark, tmp_path):
+    values = WINSOR_VALUES["control"] + WINSOR_VALUES["treatment"]
+    events = [(f"o{i}", f"u{i}", "purchase", float(v), at(1)) for i, v in enumerate(values)]
+    write_delta(spark, WINSOR_UNITS, EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, events, EVENT_DDL, tmp_path / "events")
+    raw = config_dict(tmp_path)
+    raw["metrics"] = {
+        "rev_w": {
+            "kind": "mean",
+            "numerator": {**REVENUE, "winsorize": {"lower": 0.2, "upper": 0.8}},
+        },
+        "rev_w0": {
+            "kind": "mean",
+            "numerator": {**REVENUE, "winsorize": {"upper": 0.8, "ignore_zeros": False}},
+        },
+    }
+    raw["experiments"][0]["metrics"] = ["rev_w", "rev_w0"]
+    return raw
+
+
+def test_winsorization_pools_variants_and_handles_ties(spark, winsor_data):
+    got = _stats(spark, winsor_data)
+    pooled = np.array(WINSOR_VALUES["control"] + WINSOR_VALUES["treatment"], dtype=float)
+    nonzero = pooled[pooled != 0]
+    low = np.quantile(nonzero, 0.2, method="inverted_cdf")  # 2 (a three-way tie)
+    high = np.quantile(nonzero, 0.8, method="inverted_cdf")  # 10
+    assert (low, high) == (2, 10)
+    for variant, vals in WINSOR_VALUES.items():
+        v = np.array(vals, dtype=float)
+        capped = np.where(v == 0, 0, np.clip(v, low, high))  # zeros are left alone
+        row = got[("rev_w", variant, True)]
+        assert (row.num_lower_cap, row.num_upper_cap) == (low, high)
+        _assert_units(row, capped)
+        _assert_units(got[("rev_w", variant, False)], v)  # uncapped beside capped
+    high0 = np.quantile(pooled, 0.8, method="inverted_cdf")  # with zeros: 10
+    for variant, vals in WINSOR_VALUES.items():
+        _assert_units(got[("rev_w0", variant, True)], np.minimum(vals, high0))
+        assert got[("rev_w0", variant, True)].num_lower_cap is None
+
+
+def test_winsorized_results_report_uncapped(spark, winsor_data):
+    rows = pipeline.run(spark, parse_config(winsor_data), ANALYSIS_DATE)
+    t = next(r for r in rows if r["metric"] == "rev_w" and r["variant"] == "treatment")
+    assert t["winsorized"] is True
+    assert t["mean"] == pytest.approx((2 + 3 + 10 + 0) / 4)
+    assert t["mean_uncapped"] == pytest.approx((2 + 3 + 50 + 0) / 4)
+    assert t["effect_abs_uncapped"] == pytest.approx(55 / 4 - 15 / 4)
+    assert t["effect_abs"] == pytest.approx(15 / 4 - 16 / 4)
+    assert (t["num_lower_cap"], t["num_upper_cap"]) == (2.0, 10.0)
+
+
+def test_percentile_approx_is_exact_on_moderate_data(spark):
+    """README claim: exact (inverse-CDF) below PERCENTILE_ACCURACY values."""
+    from pyspark.sql import functions as F
+
+    rng = np.random.default_rng(1)
+    x = np.round(rng.lognormal(3, 1.5, 20_000), 2)
+    df = spark.createDataFrame([(float(v),) for v in x], "x double")
+    qs = [0.01, 0.5, 0.99, 0.999]
+    got = df.agg(F.percentile_approx("x", qs, staging.PERCENTILE_ACCURACY)).first()[0]
+    assert got == [np.quantile(x, q, method="inverted_cdf") for q in qs]
+
+
+def test_numerator_and_denominator_from_different_sources_and_id_mapping(spark, tmp_path):
+    write_delta(spark, UNITS[:3], EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, WINDOW_EVENTS, EVENT_DDL, tmp_path / "events")
+    spark.createDataFrame(
+        [("u1", at(0, 1)), ("u1", at(0, 2)), ("u2", at(1, 2)), ("u3", at(0, 5)), ("u9", at(1))],
+        "uid string, ts timestamp",
+    ).write.format("delta").save(str(tmp_path / "sessions"))
+    spark.createDataFrame(
+        [("u1", "o1"), ("u2", "o2"), ("u3", "o3")], "uid string, org string"
+    ).write.format("delta").save(str(tmp_path / "users"))
+    raw = config_dict(tmp_path)
+    raw["sources"]["sessions"] = {
+        "path": f"{tmp_path}/sessions",
+        "timestamp": "ts",
+        "ids": {"user_id": "uid"},
+    }
+    raw["id_mappings"] = [
+        {
+            "path": f"{tmp_path}/users",
+            "from_id": "user_id",
+            "to_id": "org_id",
+            "columns": {"user_id": "uid", "org_id": "org"},
+        }
+    ]
+    raw["metrics"] = {
+        "revenue_per_session": {
+            "kind": "ratio",
+            "numerator": REVENUE,
+            "denominator": {"source": "sessions", "agg": "count"},
+        }
+    }
+    raw["experiments"][0]["metrics"] = ["revenue_per_session"]
+    got = _stats(spark, raw)
+    c, t = (
+        got[("revenue_per_session", "control", False)],
+        got[("revenue_per_session", "treatment", False)],
+    )
+    # o1: revenue 10+5+3, 2 sessions; o2: 7, 1 session; o3: 4+9 (no bake), 1 session.
+    assert (c.sum_m, c.sum_d, c.n_units) == (25.0, 3.0, 2)
+    assert (t.sum_m, t.sum_d, t.n_units) == (13.0, 1.0, 1)
+
+
+MULTI_EVENTS = [
+    ("o1", "u1", "purchase", 10.0, at(1)),
+    ("o3", "u1", "purchase", 20.0, at(2)),  # u1 also under o3: breaks the design
+    ("o1", "u2", "purchase", 1.0, at(1)),
+    ("o3", "u3", "purchase", 2.0, at(1)),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "control", "treatment"),
+    [("drop", ([1.0], [1.0]), ([2.0], [1.0])), ("keep_first", ([11.0], [2.0]), ([2.0], [1.0]))],
+)
+def test_multi_unit_policy(spark, tmp_path, policy, control, treatment):
+    write_delta(spark, UNITS[:3], EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, MULTI_EVENTS, EVENT_DDL, tmp_path / "events")
+    raw = config_dict(tmp_path)
+    raw["experiments"][0]["metrics"] = ["revenue_per_user"]
+    raw["experiments"][0]["multi_unit_policy"] = policy
+    got = _stats(spark, raw)
+    for variant, (m, d) in (("control", control), ("treatment", treatment)):
+        r = got[("revenue_per_user", variant, False)]
+        # o2 (control) has no events: (0, 0) joins the hand-computed units.
+        ms, ds = ([*m, 0.0], [*d, 0.0]) if variant == "control" else (m, d)
+        assert (r.sum_m, r.sum_d, r.n_units) == (sum(ms), sum(ds), len(ms))
+    raw["experiments"][0]["multi_unit_policy"] = "fail"
+    with pytest.raises(DataQualityError, match="e1:u1"):
+        _stats(spark, raw)
+
+
+def test_diagnostics_table(spark, tmp_path):
+    from tests.test_staging import EVENTS, EXPOSURES
+
+    write_delta(spark, EXPOSURES, EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, EVENTS, EVENT_DDL, tmp_path / "events")
+    config = parse_config(config_dict(tmp_path))
+    rows = pipeline.run(spark, config, ANALYSIS_DATE)
+    diag = spark.read.format("delta").load(config.output.diagnostics).collect()
+    got = {(d.check, d.variant): d.value for d in diag if d.metric is None}
+    assert got == {
+        ("duplicate_exposures", None): 1,
+        ("units_in_several_variants", None): 1,
+        ("exposures_with_null_ids", None): 1,
+        ("events_with_null_ids:events", None): 1,
+        ("events_before_exposure:events", None): 2,
+        ("analysis_units_in_several_units", None): 0,
+        ("assignment_units", "control"): 2,
+        ("assignment_units", "treatment"): 3,
+        ("analysis_units", "control"): 3,
+        ("analysis_units", "treatment"): 4,
+    }
+    t = next(r for r in rows if r["variant"] == "treatment")
+    assert t["n_analysis_units"] == 4
+    # SRM on 2 vs 3 units, equal split: χ² = (2−2.5)²/2.5·2 = 0.2.
+    assert t["srm_chi2"] == pytest.approx(0.2) and t["srm_flag"] is False
+
+
+HOSTILE = [
+    "reflect('java.lang.Runtime', 'getRuntime')",
+    "java_method('java.lang.System', 'exit', 1)",
+    "event) OR (1=1",
+    "(SELECT max(value) FROM events)",
+    "`event`; DROP TABLE x; --",
+]
+
+
+@pytest.mark.parametrize("column", HOSTILE)
+def test_hostile_filter_columns_are_missing_columns(spark, tmp_path, column):
+    write_delta(spark, UNITS[:3], EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, WINDOW_EVENTS, EVENT_DDL, tmp_path / "events")
+    raw = config_dict(tmp_path)
+    raw["metrics"]["purchases_per_org"]["numerator"]["filter"] = [
+        {"column": column, "op": "eq", "value": 1}
+    ]
+    with pytest.raises(InputError, match="missing column"):
+        _stats(spark, raw)
+
+
+def test_hostile_filter_values_are_plain_literals(spark, tmp_path):
+    write_delta(spark, UNITS[:3], EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, WINDOW_EVENTS, EVENT_DDL, tmp_path / "events")
+    raw = config_dict(tmp_path)
+    raw["metrics"]["purchases_per_org"]["numerator"]["filter"] = [
+        {"column": "event", "op": "in", "value": ["x' OR '1'='1", *HOSTILE]}
+    ]
+    got = _stats(spark, raw)
+    assert got[("purchases_per_org", "control", False)].sum_m == 0

@@ -1,0 +1,434 @@
+"""spark-submit on a real Spark standalone cluster on 127.0.0.1: one master, two workers.
+
+The cluster is started from the pip pyspark's `bin/spark-class` (no REST server, free ports,
+1 core / 1 GiB per worker). The demo data is analysed once in local mode (the test's session)
+and then by `scripts/submit.sh --master spark://...` (spark-submit + `--jars` + `--py-files
+dist/cluster_spark.zip`) into other roots; the results tables must agree to ~1e-9. The fault
+test SIGKILLs one worker (and so its executor) while the staging job runs: the job must
+still finish with the same results, and the test prints what the driver saw.
+
+Every process started here is in its own process group and is killed in the fixture
+finalizers, even on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyspark
+import pytest
+
+from cluster_spark import demo, pipeline
+from cluster_spark.config import load_config
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "conf" / "demo.yaml"
+SUBMIT = ROOT / "scripts" / "submit.sh"
+SPARK_HOME = Path(pyspark.__file__).resolve().parent
+N_ORGS = 1500
+# Short jobs on 2 cores: C1 only and a serial GC roughly halve JVM warm-up (35 s vs 85 s).
+FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+SUBMIT_CONF = {
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.cores.max": "2",  # and wait for both executors before the first task:
+    "spark.scheduler.minRegisteredResourcesRatio": "1.0",
+    "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s",
+    "spark.executor.memory": "768m",
+    "spark.executor.extraJavaOptions": FAST_JVM,
+    "spark.sql.shuffle.partitions": "4",
+    "spark.default.parallelism": "4",
+    "spark.databricks.delta.snapshotPartitions": "2",
+}
+SUBMIT_TIMEOUT = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYSPARK_GATEWAY", "_PYSPARK", "SPARK_"))
+    }
+    env.update(SPARK_HOME=str(SPARK_HOME), SPARK_LOCAL_IP="127.0.0.1", **extra)
+    return env
+
+
+def _kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left of it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except FileNotFoundError:
+        return f"({path} missing)"
+
+
+@dataclass
+class Worker:
+    name: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def worker_id_suffix(self) -> str:  # worker ids end in "-<host>-<port>"
+        return f"-127.0.0.1-{self.port}"
+
+
+@dataclass
+class Cluster:
+    """A standalone master and workers, each `bin/spark-class` in its own process group."""
+
+    workdir: Path
+    master_port: int = field(default_factory=_free_port)
+    webui_port: int = field(default_factory=_free_port)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    workers: dict[str, Worker] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"spark://127.0.0.1:{self.master_port}"
+
+    def _spawn(self, args: list[str], log: Path, **env: str) -> subprocess.Popen:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [str(SPARK_HOME / "bin" / "spark-class"), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                env=_env(**env),
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def start(self, n_workers: int = 2) -> None:
+        conf_dir = self.workdir / "conf"  # empty: no stray spark-defaults/spark-env
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        props = self.workdir / "daemon.properties"
+        props.write_text("spark.master.rest.enabled false\nspark.ui.enabled false\n")
+        daemon_env = {"SPARK_CONF_DIR": str(conf_dir), "SPARK_DAEMON_JAVA_OPTS": FAST_JVM}
+        self.master = self._spawn(
+            [
+                "org.apache.spark.deploy.master.Master",
+                "--host", "127.0.0.1",
+                "--port", str(self.master_port),
+                "--webui-port", str(self.webui_port),
+                "--properties-file", str(props),
+            ],
+            self.workdir / "master.log",
+            **daemon_env,
+        )  # fmt: skip
+        self._props, self._daemon_env = props, daemon_env
+        for i in range(n_workers):
+            self.start_worker(f"w{i + 1}")
+        self.wait_workers(n_workers)
+
+    def start_worker(self, name: str) -> Worker:
+        port, work = _free_port(), self.workdir / name
+        work.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / f"{name}-{port}.log"
+        proc = self._spawn(
+            [
+                "org.apache.spark.deploy.worker.Worker",
+                "--host", "127.0.0.1",
+                "--port", str(port),
+                "--webui-port", str(_free_port()),
+                "--cores", "1",
+                "--memory", "1g",
+                "--work-dir", str(work),
+                "--properties-file", str(self._props),
+                self.url,
+            ],
+            log,
+            **self._daemon_env,
+        )  # fmt: skip
+        self.workers[name] = Worker(name, port, proc, log)
+        return self.workers[name]
+
+    def state(self) -> dict:
+        url = f"http://127.0.0.1:{self.webui_port}/json/"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.load(resp)
+
+    def alive_workers(self) -> list[dict]:
+        try:
+            return [w for w in self.state()["workers"] if w["state"] == "ALIVE"]
+        except OSError:
+            return []
+
+    def wait_workers(self, n: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.alive_workers()) >= n:
+                return
+            if self.master.poll() is not None:
+                break
+            time.sleep(0.5)
+        logs = "\n".join(f"--- {p.name}\n{_tail(p)}" for p in sorted(self.workdir.glob("*.log")))
+        raise AssertionError(f"{n} workers did not register within {timeout}s\n{logs}")
+
+    def ensure_workers(self, n: int = 2) -> None:
+        """Replace dead workers (a fault test may have run first) until `n` are alive."""
+        for name, worker in list(self.workers.items()):
+            if worker.proc.poll() is not None:
+                self.start_worker(name)
+        self.wait_workers(n)
+
+    def kill_worker(self, name: str) -> None:
+        """SIGKILL a worker's process group: the worker JVM and its executor JVMs."""
+        os.killpg(self.workers[name].proc.pid, signal.SIGKILL)
+        self.workers[name].proc.wait(10)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _kill_group(proc)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("no java")
+    c = Cluster(tmp_path_factory.mktemp("standalone"))
+    t0 = time.perf_counter()
+    try:
+        c.start(2)
+        print(f"\nstandalone cluster {c.url}: 2 workers up in {time.perf_counter() - t0:.1f}s")
+        yield c
+    finally:
+        c.stop()
+
+
+@dataclass
+class Demo:
+    data: Path
+    local_root: Path
+    local_results: dict
+
+
+def _rows(spark, path: str) -> dict[tuple, dict]:
+    rows = spark.read.format("delta").load(path).collect()
+    out = {(r.experiment_id, r.metric, r.variant): r.asDict() for r in rows}
+    assert len(out) == len(rows), "duplicate result keys"
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_data(spark, tmp_path_factory):
+    """Demo data written once; local-mode results as the reference."""
+    base = tmp_path_factory.mktemp("demo")
+    t0 = time.perf_counter()
+    demo.write_demo_data(spark, base, n_orgs=N_ORGS, seed=11)
+    local_root = base / "local"
+    local_root.mkdir()
+    (local_root / "data").symlink_to(base / "data")
+    config = load_config(CONFIG, root=local_root)
+    pipeline.run(spark, config, demo.ANALYSIS_DATE)
+    print(f"\ndemo data + local-mode run: {time.perf_counter() - t0:.1f}s")
+    return Demo(base / "data", local_root, _rows(spark, config.output.results))
+
+
+def _new_root(d: Demo, name: str) -> Path:
+    root = d.local_root.parent / name
+    root.mkdir()
+    (root / "data").symlink_to(d.data)
+    return root
+
+
+def _submit_cmd(master: str, root: Path) -> list[str]:
+    conf = [a for k, v in SUBMIT_CONF.items() for a in ("--conf", f"{k}={v}")]
+    return [
+        str(SUBMIT),
+        "--master", master,
+        "--driver-java-options", FAST_JVM,
+        *conf,
+        "--",
+        "run",
+        "--config", str(CONFIG),
+        "--date", demo.ANALYSIS_DATE.isoformat(),
+        "--root", str(root),
+    ]  # fmt: skip
+
+
+def _start_submit(cluster: Cluster, root: Path) -> tuple[subprocess.Popen, Path]:
+    log = root.parent / f"{root.name}.driver.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            _submit_cmd(cluster.url, root),
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=root,
+            env=_env(SUBMIT_ECHO="1"),
+            start_new_session=True,
+        )
+    cluster.procs.append(proc)  # killed with the cluster if the test fails
+    return proc, log
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = SUBMIT_TIMEOUT) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        pytest.fail(f"spark-submit did not finish in {timeout}s\n{_tail(log, 80)}")
+    assert proc.returncode == 0, f"spark-submit exited {proc.returncode}\n{_tail(log, 80)}"
+    return out.decode(errors="replace")
+
+
+def assert_same_results(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for key, exp in expected.items():
+        act = actual[key]
+        for col, want in exp.items():
+            if col == "run_id":
+                continue
+            got = act[col]
+            if isinstance(want, float) and isinstance(got, float):
+                same = (math.isnan(want) and math.isnan(got)) or math.isclose(
+                    got, want, rel_tol=1e-9, abs_tol=1e-12
+                )
+                assert same, f"{key} {col}: {got!r} != {want!r}"
+            else:
+                assert got == want, f"{key} {col}: {got!r} != {want!r}"
+
+
+def test_submit_on_standalone_cluster_matches_local(spark, cluster, demo_data):
+    cluster.ensure_workers(2)
+    root = _new_root(demo_data, "cluster")
+    t0 = time.perf_counter()
+    proc, log = _start_submit(cluster, root)
+    out = _finish(proc, log)
+    took = time.perf_counter() - t0
+    driver_log = log.read_text(errors="replace")
+    print(f"\nspark-submit on {cluster.url}: {took:.1f}s\n{driver_log.splitlines()[0]}")
+    assert "checkout_redesign" in out
+    # Both workers ran an executor of this application, and tasks ran on both.
+    added = re.findall(r"Executor added: (\S+)/(\d+) on (worker-\S+)", driver_log)
+    assert len({w for _, _, w in added}) == 2, added
+    executors = set(re.findall(r"Finished task .* \(executor (\d+)\)", driver_log))
+    assert len(executors) == 2, executors
+    # The package came from the zip given to --py-files.
+    assert "cluster_spark.zip" in driver_log
+    apps = cluster.state()["completedapps"]
+    assert any(a["state"] == "FINISHED" for a in apps), apps
+    assert_same_results(_rows(spark, str(root / "results")), demo_data.local_results)
+
+
+START_RE = re.compile(r"Starting task (\S+) in stage (\S+) \(TID (\d+)\) \([^,]*,\s*executor (\d+)")
+FINISH_RE = re.compile(r"Finished task (\S+) in stage (\S+) \(TID (\d+)\) .*\(executor (\d+)\)")
+
+
+def _executor_on(worker: Worker, log_text: str) -> str | None:
+    for exec_id, worker_id in re.findall(r"Executor added: \S+/(\d+) on (worker-\S+)", log_text):
+        if worker_id.endswith(worker.worker_id_suffix):
+            return exec_id
+    return None
+
+
+def test_submit_survives_worker_loss(spark, cluster, demo_data):
+    """SIGKILL a worker while the staging job runs: the job still finishes, same results."""
+    cluster.ensure_workers(2)
+    root = _new_root(demo_data, "fault")
+    victim = cluster.workers["w2"]
+    t0 = time.perf_counter()
+    proc, log = _start_submit(cluster, root)
+    killed: dict | None = None
+    while proc.poll() is None and time.perf_counter() - t0 < SUBMIT_TIMEOUT:
+        text = log.read_text(errors="replace")
+        exec_id = _executor_on(victim, text)
+        if exec_id is not None:
+            finished = {t for _, _, t, e in FINISH_RE.findall(text) if e == exec_id}
+            running = [
+                (task, stage, tid)
+                for task, stage, tid, e in START_RE.findall(text)
+                if e == exec_id and tid not in finished
+            ]
+            # Kill once the victim has finished work (its shuffle output is lost too)
+            # and is running a task right now.
+            if finished and running:
+                cluster.kill_worker(victim.name)
+                killed = {
+                    "worker": victim.name,
+                    "executor": exec_id,
+                    "after_s": round(time.perf_counter() - t0, 1),
+                    "running_tasks": running,
+                    "staging_committed": any((root / "staging" / "_delta_log").glob("*.json")),
+                }
+                break
+        time.sleep(0.05)
+    assert killed, f"the victim never ran a task before the job ended\n{_tail(log, 60)}"
+    # The kill landed in the middle of the staging job (nothing committed yet).
+    assert not killed["staging_committed"], killed
+    assert victim.proc.poll() is not None
+
+    out = _finish(proc, log, timeout=max(30.0, SUBMIT_TIMEOUT - (time.perf_counter() - t0)))
+    took = time.perf_counter() - t0
+    text = log.read_text(errors="replace")
+    lines = text.splitlines()
+    ex = killed["executor"]
+    lost_executor = [
+        ln for ln in lines if re.search(rf"Lost executor {ex}\b|Executor lost: {ex}\b", ln)
+    ]
+    lost_tasks = [ln for ln in lines if "Lost task" in ln]
+    resubmitted = [ln for ln in lines if "Resubmitted" in ln or "FetchFailed" in ln]
+    # "<task>.<attempt> in stage <stage>.<attempt>": attempts > 0 are retries.
+    retried = [
+        f"task {task} in stage {stage} on executor {e}"
+        for task, stage, _tid, e in FINISH_RE.findall(text)
+        if not (task.endswith(".0") and stage.endswith(".0"))
+    ]
+    report = {
+        **killed,
+        "job_s": round(took, 1),
+        "lost_executor": [ln[18:200] for ln in lost_executor[:3]],
+        "lost_tasks": [ln[18:220] for ln in lost_tasks[:6]],
+        "resubmitted": [ln[18:200] for ln in resubmitted[:6]],
+        "finished_retries": retried[:10],
+        "alive_workers": len(cluster.alive_workers()),
+    }
+    print("\nworker-loss run:\n" + json.dumps(report, indent=1))
+    assert "checkout_redesign" in out
+    assert lost_executor, f"driver never noticed executor {ex} was lost\n{_tail(log, 60)}"
+    assert lost_tasks or resubmitted, "no task or stage was retried after the loss"
+    # Everything after the loss ran on the surviving executor.
+    assert report["alive_workers"] == 1
+    after = text[text.index(lost_executor[0]) :]
+    assert {e for *_, e in FINISH_RE.findall(after)} - {ex}, "no task finished after the loss"
+    assert_same_results(_rows(spark, str(root / "results")), demo_data.local_results)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python tests/test_submit_cluster.py
+    sys.exit(pytest.main([__file__, "-s", "-q"]))
