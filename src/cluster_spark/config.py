@@ -322,9 +322,9 @@ def _resolve_paths(raw: dict[str, Any], root: Path) -> dict[str, Any]:
             table["path"] = _resolve(table["path"], root)
     out = raw.get("output")
     if isinstance(out, dict):
-        for key, value in out.items():
-            if isinstance(value, str):
-                out[key] = _resolve(value, root)
+        for key in Output.model_fields:
+            if isinstance(out.get(key), str):
+                out[key] = _resolve(out[key], root)
     return raw
 
 

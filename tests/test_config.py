@@ -1,0 +1,98 @@
+"""Config validation happens before Spark: errors name the file, key, value and rule."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import yaml
+
+from cluster_spark.config import load_config, parse_config
+from cluster_spark.errors import ConfigError
+from tests.helpers import config_dict
+
+
+def _with(change):
+    raw = config_dict("/data")
+    change(raw)
+    return raw
+
+
+def _set(path, value):
+    def change(raw):
+        node = raw
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            ("metrics", "revenue_per_user", "numerator", "agg"),
+            "median",
+            r"metrics.revenue_per_user.numerator.agg = 'median': Input should be 'sum'",
+        ),
+        (
+            ("metrics", "revenue_per_user", "numerator", "winsorize"),
+            {"upper": 1.5},
+            r"winsorize.upper = 1.5: Input should be less than 1",
+        ),
+        (
+            ("metrics", "revenue_per_user", "numerator", "winsorize"),
+            {"lower": 0},
+            r"winsorize.lower = 0: Input should be greater than 0",
+        ),
+        (
+            ("metrics", "revenue_per_user", "numerator", "window"),
+            {"start_day": 3, "end_day": 1},
+            r"end_day 1 is before start_day 3",
+        ),
+        (("experiments", 0, "metrics"), ["revenue_per_user", "nope"], r"unknown metric 'nope'"),
+        (("experiments", 0, "alpha"), 2, r"experiments.0.alpha = 2: Input should be less than 1"),
+        (("experiments", 0, "start"), "yesterday", r"experiments.0.start = 'yesterday'"),
+        (
+            ("metrics", "purchases_per_org", "numerator", "source"),
+            "clicks",
+            r"unknown source 'clicks'",
+        ),
+        (("metrics", "revenue_per_user", "numerator", "column"), None, r"agg 'sum' needs a column"),
+        (("experiments", 0, "assignment_unit"), "team_id", r"'team_id' is not an id"),
+        (("output", "typo"), "x", r"output.typo = 'x': Extra inputs are not permitted"),
+    ],
+)
+def test_errors_name_key_value_and_rule(path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_with(_set(path, value)), origin="conf/x.yaml")
+
+
+def test_error_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_with(_set(("experiments", 0, "alpha"), -1))))
+    with pytest.raises(ConfigError, match=rf"{path}: invalid configuration"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_relative_paths_resolve_against_root(tmp_path):
+    raw = config_dict("data")
+    raw["output"]["results"] = "s3://bucket/results"
+    config = parse_config(raw, root=tmp_path)
+    assert config.exposures.path == str(tmp_path / "data" / "exposures")
+    assert config.output.results == "s3://bucket/results"
+
+
+def test_analysis_time_is_midnight_after_the_date_capped_by_end():
+    exp = parse_config(config_dict("/d")).experiments[0]
+    assert exp.analysis_time(dt.date(2026, 3, 9)) == dt.datetime(2026, 3, 10)
+    capped = exp.model_copy(update={"end": dt.date(2026, 3, 5)})
+    assert capped.analysis_time(dt.date(2026, 3, 9)) == dt.datetime(2026, 3, 6)
+
+
+def test_example_configs_are_valid():
+    for path in ("conf/demo.yaml", "conf/example.yaml"):
+        assert load_config(path).experiments
