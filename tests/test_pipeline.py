@@ -136,3 +136,20 @@ def test_control_without_units(spark, tmp_path):
     rows = pipeline.run(spark, make_config(tmp_path), ANALYSIS_DATE)
     assert {r["status"] for r in rows} == {"control_missing"}
     assert all(r["effect_abs"] is None for r in rows)
+
+
+def test_crash_between_staging_and_results_keeps_previous_results(spark, tiny, monkeypatch):
+    """Inject a failure after the staging commit, before the results commit."""
+    config = make_config(tiny)
+    pipeline.run(spark, config, ANALYSIS_DATE)
+    before = sorted(map(tuple, _results(spark, config).collect()))
+    version = DeltaTable.forPath(spark, config.output.results).history(1).first().version
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("driver died while reducing")
+
+    monkeypatch.setattr(pipeline.reducer, "reduce_experiment", crash)
+    with pytest.raises(RuntimeError, match="driver died"):
+        pipeline.run(spark, config, ANALYSIS_DATE)
+    assert DeltaTable.forPath(spark, config.output.results).history(1).first().version == version
+    assert sorted(map(tuple, _results(spark, config).collect())) == before
