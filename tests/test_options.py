@@ -287,3 +287,38 @@ def test_hostile_filter_values_are_plain_literals(spark, tmp_path):
     ]
     got = _stats(spark, raw)
     assert got[("purchases_per_org", "control", False)].sum_m == 0
+
+
+def test_cuped_pre_period_values_are_staged(spark, tmp_path):
+    units = [
+        ("e1", "o1", "control", at(3)),
+        ("e1", "o2", "control", at(3)),
+        ("e1", "o5", "control", at(1)),
+        ("e1", "o3", "treatment", at(3)),
+        ("e1", "o4", "treatment", at(4)),
+    ]
+    events = [
+        ("o1", "u1", "purchase", 5.0, at(1)),  # exactly exposure − 2 days: pre-period
+        ("o1", "u1", "purchase", 7.0, at(0, 23)),  # before the lookback
+        ("o1", "u1", "purchase", 10.0, at(3, 1)),
+        ("o2", "u2", "purchase", 3.0, at(2, 12)),
+        ("o5", "u5", "purchase", 9.0, at(-0.5)),  # before the experiment start, in lookback
+        ("o3", "u3", "purchase", 4.0, at(2, 23)),
+        ("o3", "u3", "purchase", 8.0, at(5)),
+        ("o4", "u4", "purchase", 2.0, at(4)),  # exactly at exposure: post-period
+        ("o4", "u4", "purchase", 6.0, at(3)),
+    ]
+    write_delta(spark, units, EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, events, EVENT_DDL, tmp_path / "events")
+    raw = config_dict(tmp_path)
+    raw["metrics"] = {"rev": {"kind": "mean", "numerator": REVENUE}}
+    raw["experiments"][0].update(metrics=["rev"], cuped_lookback_days=2)
+    got = _stats(spark, raw)
+    expected = {"control": ([10, 0, 0], [5, 3, 9]), "treatment": ([8, 2], [4, 6])}
+    for variant, (m, x) in expected.items():
+        m, x = np.array(m, float), np.array(x, float)
+        r = got[("rev", variant, False)]
+        assert r.mean_m == pytest.approx(m.mean()) and r.mean_x == pytest.approx(x.mean())
+        assert r.mean_y == 1.0 and r.css_yy == 0.0 and r.css_xy == 0.0
+        assert r.css_xx == pytest.approx(((x - x.mean()) ** 2).sum())
+        assert r.css_mx == pytest.approx(((m - m.mean()) * (x - x.mean())).sum())

@@ -204,6 +204,8 @@ class Experiment(_Model):
     #: keep the rows of its first assignment unit (earliest event), or fail the run.
     multi_unit_policy: Literal["drop", "keep_first", "fail"] = "drop"
     srm_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.001
+    #: CUPED: days of pre-exposure data per unit, `[exposure − lookback, exposure)`.
+    cuped_lookback_days: Annotated[int, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _dates_and_variants(self) -> Experiment:

@@ -31,6 +31,19 @@ SUB = "_sub"  # the analysis-unit id (e.g. user_id), where a source has it
 #: that many distinct values per experiment and metric).
 PERCENTILE_ACCURACY = 100_000
 
+#: Pre-period (CUPED) moments: null unless the experiment sets cuped_lookback_days.
+CUPED_COLUMNS = (
+    "mean_x",
+    "mean_y",
+    "css_xx",
+    "css_yy",
+    "css_mx",
+    "css_my",
+    "css_dx",
+    "css_dy",
+    "css_xy",
+)
+
 STAGING_SCHEMA = T.StructType(
     [
         T.StructField("experiment_id", T.StringType(), False),
@@ -46,6 +59,7 @@ STAGING_SCHEMA = T.StructType(
         T.StructField("css_mm", T.DoubleType(), True),
         T.StructField("css_dd", T.DoubleType(), True),
         T.StructField("css_md", T.DoubleType(), True),
+        *[T.StructField(c, T.DoubleType(), True) for c in CUPED_COLUMNS],
         T.StructField("n_zero_denominator", T.LongType(), False),
         T.StructField("n_incomplete_window", T.LongType(), False),
         T.StructField("n_unbaked", T.LongType(), False),
@@ -60,7 +74,8 @@ DIAGNOSTICS_DDL = (
     "experiment_id string, analysis_date date, metric string, variant string, "
     "check string, value bigint, run_id string"
 )
-_STAT_COLUMNS = [f.name for f in STAGING_SCHEMA.fields[5:20]]
+_KEYS = ("experiment_id", "analysis_date", "metric", "variant", "winsorized", "run_id")
+_STAT_COLUMNS = [f.name for f in STAGING_SCHEMA.fields if f.name not in _KEYS]
 
 
 def condition(c: Condition) -> Column:
@@ -100,9 +115,18 @@ def event_condition(comp: Component, bake_hours: float) -> Column:
     return keep
 
 
-def component_agg(comp: Component, bake_hours: float) -> Column:
-    """Per-unit aggregation of one component over the joined events (null if no event)."""
-    keep = event_condition(comp, bake_hours)
+def pre_condition(comp: Component) -> Column:
+    """Pre-period events for CUPED: the component's filter in `[exposure − lookback,
+    exposure)` (Deng et al. 2013)."""
+    keep = (F.col(TS) >= F.col("pre_start_ts")) & (F.col(TS) < F.col("exposure_ts"))
+    for c in comp.filter:
+        keep &= condition(c)
+    return keep
+
+
+def component_agg(comp: Component, keep: Column) -> Column:
+    """Per-unit aggregation of one component over the joined events that pass `keep`
+    (null if no event)."""
     if comp.agg == "sum":
         return F.sum(F.when(keep, F.col(comp.column).cast("double")))
     if comp.agg == "count":
@@ -129,6 +153,11 @@ class Plan:
     @property
     def sources(self) -> list[str]:
         return sorted({s for m in self.metrics.values() for s in self.config.metric_sources(m)})
+
+    @property
+    def cuped(self) -> bool:
+        """Whether any experiment of the plan uses CUPED (pre-period values are staged)."""
+        return any(e.cuped_lookback_days for e in self.experiments)
 
     @property
     def analysis_unit(self) -> str | None:
@@ -178,10 +207,15 @@ def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame
     )
     bounds = spark.createDataFrame(
         [
-            (e.id, dt.datetime.combine(e.start, dt.time()), e.analysis_time(plan.analysis_date))
+            (
+                e.id,
+                dt.datetime.combine(e.start, dt.time()),
+                e.analysis_time(plan.analysis_date),
+                e.cuped_lookback_days or 0,
+            )
             for e in plan.experiments
         ],
-        "experiment_id string, start_ts timestamp, analysis_ts timestamp",
+        "experiment_id string, start_ts timestamp, analysis_ts timestamp, lookback_days int",
     )
     rows = (
         df.select(
@@ -204,9 +238,14 @@ def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame
             F.count(F.lit(1)).alias("n_rows"),
             F.first("start_ts").alias("start_ts"),
             F.first("analysis_ts").alias("analysis_ts"),
+            F.first("lookback_days").alias("lookback_days"),
+        )
+        .withColumn(
+            "pre_start_ts",
+            F.col("exposure_ts") - F.make_dt_interval(days=F.col("lookback_days")),
         )
     )
-    units = per_unit.where(F.col("n_variants") == 1).drop("n_variants", "n_rows")
+    units = per_unit.where(F.col("n_variants") == 1).drop("n_variants", "n_rows", "lookback_days")
     per_exp = per_unit.groupBy("experiment_id").agg(
         F.sum(F.when(F.col("n_variants") == 1, F.col("n_rows") - 1)).alias("dup"),
         F.count(F.when(F.col("n_variants") > 1, 1)).alias("multi"),
@@ -328,11 +367,20 @@ def source_unit_aggregates(
         events.where(F.col(UNIT).isNotNull())
         .join(
             F.broadcast(
-                units.select("experiment_id", UNIT, "exposure_ts", "start_ts", "analysis_ts")
+                units.select(
+                    "experiment_id", UNIT, "exposure_ts", "start_ts", "analysis_ts", "pre_start_ts"
+                )
             ),
             UNIT,
         )
-        .where((F.col(TS) >= F.col("start_ts")) & (F.col(TS) <= F.col("analysis_ts")))
+        .where(
+            (F.col(TS) >= F.least("start_ts", "pre_start_ts")) & (F.col(TS) <= F.col("analysis_ts"))
+        )
+    )
+    pre_aggs = (
+        [component_agg(c, pre_condition(c)).alias(f"{name}_pre") for name, (c, _) in comps.items()]
+        if plan.cuped
+        else []
     )
     null_ids = events.agg(F.count(F.when(F.col(UNIT).isNull(), 1)).alias("n")).crossJoin(
         _experiment_ids(spark, plan)
@@ -342,8 +390,14 @@ def source_unit_aggregates(
         joined, multi = apply_multi_unit_policy(joined, plan, where)
         diags.append(multi)
     aggs = joined.groupBy("experiment_id", UNIT).agg(
-        *[component_agg(c, bake).alias(name) for name, (c, bake) in comps.items()],
-        F.count(F.when(F.col(TS) < F.col("exposure_ts"), 1)).alias(f"_pre__{source}"),
+        *[
+            component_agg(c, event_condition(c, bake)).alias(name)
+            for name, (c, bake) in comps.items()
+        ],
+        *pre_aggs,
+        F.count(
+            F.when((F.col(TS) < F.col("exposure_ts")) & (F.col(TS) >= F.col("start_ts")), 1)
+        ).alias(f"_pre__{source}"),
         F.count_distinct(F.when(F.col(TS) >= F.col("exposure_ts"), F.col(SUB))).alias(
             f"_subs__{source}"
         ),
@@ -379,10 +433,12 @@ def unit_values(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame]:
         diags = diags.unionByName(source_diag)
         sub_cols.append(F.coalesce(F.col(f"_subs__{source}"), F.lit(0)))
 
-    def value(name: str, role: str, comp: Component) -> Column:
+    def value(name: str, role: str, comp: Component, suffix: str = "") -> Column:
         if comp.agg == "unit_count":
             return F.lit(1.0)
-        return F.coalesce(F.col(f"{name}__{role}").cast("double"), F.lit(0.0))
+        if suffix and not plan.cuped:
+            return F.lit(0.0)
+        return F.coalesce(F.col(f"{name}__{role}{suffix}").cast("double"), F.lit(0.0))
 
     entries = []
     for name, metric in plan.metrics.items():
@@ -392,6 +448,8 @@ def unit_values(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame]:
                 F.lit(name).alias("metric"),
                 value(name, "num", metric.numerator).alias("m"),
                 value(name, "den", metric.denominator_or_unit).alias("d"),
+                value(name, "num", metric.numerator, "_pre").alias("x"),
+                value(name, "den", metric.denominator_or_unit, "_pre").alias("y"),
                 complete.alias("complete"),
                 baked.alias("baked"),
             )
@@ -499,6 +557,8 @@ def winsorize(values: DataFrame, plan: Plan) -> tuple[DataFrame, list[DataFrame]
         "metric",
         _clamp("m", "num_lower_cap", "num_upper_cap", ignore_num).alias("m"),
         _clamp("d", "den_lower_cap", "den_upper_cap", ignore_den).alias("d"),
+        "x",
+        "y",
         "complete",
         "baked",
         F.lit(True).alias("winsorized"),
@@ -511,6 +571,8 @@ def winsorize(values: DataFrame, plan: Plan) -> tuple[DataFrame, list[DataFrame]
         "metric",
         "m",
         "d",
+        "x",
+        "y",
         "complete",
         "baked",
         F.lit(False).alias("winsorized"),
@@ -526,9 +588,34 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
     m = F.when(F.col("metric").isin(conversion) & (F.col("d") == 0), F.lit(0.0)).otherwise(
         F.col("m")
     )
+    x = F.when(F.col("metric").isin(conversion) & (F.col("y") == 0), F.lit(0.0)).otherwise(
+        F.col("x")
+    )
     inc = F.col("complete") & F.col("baked")
-    mi, di = F.when(inc, m), F.when(inc, F.col("d"))
+    mi, di, xi, yi = (
+        F.when(inc, m),
+        F.when(inc, F.col("d")),
+        F.when(inc, x),
+        F.when(inc, F.col("y")),
+    )
     n = F.count(F.when(inc, 1))
+    cuped = (
+        [F.avg(xi).alias("mean_x"), F.avg(yi).alias("mean_y")]
+        + [
+            (F.covar_pop(a, b) * n).alias(f"css_{na}{nb}")
+            for (na, a), (nb, b) in [
+                (("x", xi), ("x", xi)),
+                (("y", yi), ("y", yi)),
+                (("m", mi), ("x", xi)),
+                (("m", mi), ("y", yi)),
+                (("d", di), ("x", xi)),
+                (("d", di), ("y", yi)),
+                (("x", xi), ("y", yi)),
+            ]
+        ]
+        if plan.cuped
+        else [F.lit(None).alias(c) for c in CUPED_COLUMNS]
+    )
     return values.groupBy("experiment_id", "metric", "variant", "winsorized").agg(
         n.alias("n_units"),
         F.sum(mi).alias("sum_m"),
@@ -538,6 +625,7 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
         (F.var_pop(mi) * n).alias("css_mm"),
         (F.var_pop(di) * n).alias("css_dd"),
         (F.covar_pop(mi, di) * n).alias("css_md"),
+        *cuped,
         F.count(F.when(inc & (F.col("d") == 0), 1)).alias("n_zero_denominator"),
         F.count(F.when(~F.col("complete"), 1)).alias("n_incomplete_window"),
         F.count(F.when(F.col("complete") & ~F.col("baked"), 1)).alias("n_unbaked"),

@@ -1,0 +1,402 @@
+"""CUPED / regression adjustment of ratio metrics by linearization (no Spark).
+
+A group is summarised by its size, the means of the unit-level quadruples (M_i, D_i, X_i, Y_i) —
+in-experiment numerator and denominator, pre-period numerator and denominator of the same
+metric — and the 10 distinct centered sums of their 4×4 co-moment matrix. As for `RatioStats`,
+centered sums stay accurate for large means and merge exactly with the pairwise formulas of
+Chan, Golub & LeVeque (1979).
+
+The adjustment follows METHODS.md, "Variance reduction and decisions": CUPED (Deng, Xu, Kohavi &
+Walker, "Improving the sensitivity of online controlled experiments by utilizing pre-experiment
+data", WSDM 2013) applied to the delta-method linearizations of R = ΣM/ΣD and P = ΣX/ΣY
+(Deng, Knoblich & Lu, "Applying the Delta Method in Metric Analytics", KDD 2018, §3 and §4).
+
+Undefined quantities are ``None``; data problems never raise and never give NaN: they give a
+status code and, where the adjustment cannot be made or does not help, the unadjusted numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+
+from scipy import stats as sps
+
+from cluster_spark.inference import (
+    STATUS_OK,
+    STATUS_TOO_FEW_UNITS,
+    STATUS_ZERO_CONTROL_MEAN,
+    STATUS_ZERO_DENOMINATOR,
+    STATUS_ZERO_VARIANCE,
+    Comparison,
+    Test,
+    _interval,
+    compare,
+)
+from cluster_spark.stats import RatioStats
+
+#: Pre-period data unusable (ΣY = 0 or V_P = 0 in a group): unadjusted numbers reported.
+STATUS_CUPED_NO_PRE_DATA = "cuped_fallback_no_pre_data"
+#: The adjustment does not reduce the variance (Var_adj ≥ Var_unadj): unadjusted numbers.
+STATUS_CUPED_NO_GAIN = "cuped_fallback_no_gain"
+#: Status codes of `compare_cuped`, in order of precedence (the first that applies).
+CUPED_STATUSES = (
+    STATUS_TOO_FEW_UNITS,
+    STATUS_ZERO_DENOMINATOR,
+    STATUS_CUPED_NO_PRE_DATA,
+    STATUS_CUPED_NO_GAIN,
+    STATUS_ZERO_VARIANCE,
+    STATUS_ZERO_CONTROL_MEAN,
+    STATUS_OK,
+)
+
+_VARS = ("m", "d", "x", "y")
+#: The 10 upper-triangle pairs of (M, D, X, Y), in the order of `CupedStats.css`.
+_PAIRS = (
+    ("m", "m"),
+    ("d", "d"),
+    ("x", "x"),
+    ("y", "y"),
+    ("m", "d"),
+    ("m", "x"),
+    ("m", "y"),
+    ("d", "x"),
+    ("d", "y"),
+    ("x", "y"),
+)
+#: Names of the centered-sum fields, in the order of `CupedStats.css`.
+CSS_FIELDS = tuple(f"css_{a}{b}" for a, b in _PAIRS)
+
+
+def _css_name(a: str, b: str) -> str:
+    i, j = sorted((_VARS.index(a), _VARS.index(b)))
+    return f"css_{_VARS[i]}{_VARS[j]}"
+
+
+@dataclass(frozen=True)
+class CupedStats:
+    """Sufficient statistics of quadruples (M_i, D_i, X_i, Y_i), i = 1..n, in centered form.
+
+    ``mean_v`` is the mean of V and ``css_ab = Σ(A − Ā)(B − B̄)`` for the 10 pairs of
+    `CSS_FIELDS` (the upper triangle of the 4×4 co-moment matrix over (M, D, X, Y)).
+    """
+
+    n: int
+    mean_m: float
+    mean_d: float
+    mean_x: float
+    mean_y: float
+    css_mm: float
+    css_dd: float
+    css_xx: float
+    css_yy: float
+    css_md: float
+    css_mx: float
+    css_my: float
+    css_dx: float
+    css_dy: float
+    css_xy: float
+
+    @classmethod
+    def empty(cls) -> CupedStats:
+        """Statistics of no units: the identity of ``+``."""
+        return cls(0, *([0.0] * 14))
+
+    @classmethod
+    def from_values(
+        cls,
+        m: Iterable[float],
+        d: Iterable[float],
+        x: Iterable[float],
+        y: Iterable[float],
+    ) -> CupedStats:
+        """Two-pass centered statistics of unit-level values (lists, tuples or numpy arrays).
+
+        Raises ValueError when the four sequences differ in length (a programming error).
+        """
+        cols = {v: [float(t) for t in vals] for v, vals in zip(_VARS, (m, d, x, y), strict=True)}
+        lengths = {len(c) for c in cols.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"m, d, x, y differ in length: {[len(c) for c in cols.values()]}")
+        n = lengths.pop()
+        if n == 0:
+            return cls.empty()
+        means = {v: math.fsum(c) / n for v, c in cols.items()}
+        dev = {v: [t - means[v] for t in c] for v, c in cols.items()}
+        css = {
+            f"css_{a}{b}": math.fsum(p * q for p, q in zip(dev[a], dev[b], strict=True))
+            for a, b in _PAIRS
+        }
+        return cls(n=n, **{f"mean_{v}": means[v] for v in _VARS}, **css)
+
+    def __add__(self, other: CupedStats) -> CupedStats:
+        """Statistics of the union of two disjoint sets of units.
+
+        The pairwise update of Chan, Golub & LeVeque (1979) applied to every entry of the
+        co-moment matrix: with δ_v = mean_v,B − mean_v,A and w = n_A n_B / n,
+        ``css_ab = css_ab,A + css_ab,B + δ_a δ_b w`` and ``mean_v = mean_v,A + δ_v n_B / n``.
+        The empty statistics are the identity.
+        """
+        if not isinstance(other, CupedStats):
+            return NotImplemented
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        w = self.n * other.n / n
+        delta = {v: getattr(other, f"mean_{v}") - getattr(self, f"mean_{v}") for v in _VARS}
+        means = {f"mean_{v}": getattr(self, f"mean_{v}") + delta[v] * other.n / n for v in _VARS}
+        css = {
+            name: getattr(self, name) + getattr(other, name) + delta[a] * delta[b] * w
+            for name, (a, b) in zip(CSS_FIELDS, _PAIRS, strict=True)
+        }
+        return CupedStats(n=n, **means, **css)
+
+    @property
+    def css(self) -> tuple[float, ...]:
+        """The 10 centered sums in the order of `CSS_FIELDS`."""
+        return tuple(getattr(self, name) for name in CSS_FIELDS)
+
+    @property
+    def sum_m(self) -> float:
+        """ΣM."""
+        return self.n * self.mean_m
+
+    @property
+    def sum_d(self) -> float:
+        """ΣD."""
+        return self.n * self.mean_d
+
+    @property
+    def sum_x(self) -> float:
+        """ΣX."""
+        return self.n * self.mean_x
+
+    @property
+    def sum_y(self) -> float:
+        """ΣY."""
+        return self.n * self.mean_y
+
+    @property
+    def ratio(self) -> float | None:
+        """R = ΣM/ΣD; None when ΣD = 0 (including no units)."""
+        return None if self.sum_d == 0 else self.sum_m / self.sum_d
+
+    @property
+    def pre_ratio(self) -> float | None:
+        """P = ΣX/ΣY, the same metric in the pre-period; None when ΣY = 0."""
+        return None if self.sum_y == 0 else self.sum_x / self.sum_y
+
+    @property
+    def covariance(self) -> tuple[tuple[float, ...], ...] | None:
+        """Λ, the 4×4 sample covariance matrix (n−1) of (M, D, X, Y); None when n < 2."""
+        if self.n < 2:
+            return None
+        return tuple(
+            tuple(getattr(self, _css_name(a, b)) / (self.n - 1) for b in _VARS) for a in _VARS
+        )
+
+    @property
+    def ratio_stats(self) -> RatioStats:
+        """The (M, D) part as `RatioStats` (what `inference.compare` takes)."""
+        return RatioStats(self.n, self.mean_m, self.mean_d, self.css_mm, self.css_dd, self.css_md)
+
+    @property
+    def pre_stats(self) -> RatioStats:
+        """The (X, Y) part as `RatioStats`."""
+        return RatioStats(self.n, self.mean_x, self.mean_y, self.css_xx, self.css_yy, self.css_xy)
+
+    def gradient_r(self) -> tuple[float, float, float, float] | None:
+        """g_R = (1/d̄, −m̄/d̄², 0, 0), the gradient of R = m̄/d̄ over (M, D, X, Y) means."""
+        if self.sum_d == 0:
+            return None
+        return (1.0 / self.mean_d, -self.mean_m / self.mean_d**2, 0.0, 0.0)
+
+    def gradient_p(self) -> tuple[float, float, float, float] | None:
+        """g_P = (0, 0, 1/ȳ, −x̄/ȳ²), the gradient of P = x̄/ȳ over (M, D, X, Y) means."""
+        if self.sum_y == 0:
+            return None
+        return (0.0, 0.0, 1.0 / self.mean_y, -self.mean_x / self.mean_y**2)
+
+    def quadratic_form(
+        self, g1: tuple[float, ...], g2: tuple[float, ...] | None = None
+    ) -> float | None:
+        """g1ᵀ Λ g2 (g2 defaults to g1) from the centered sums; None when n < 2 or not finite."""
+        if self.n < 2:
+            return None
+        g2 = g1 if g2 is None else g2
+        total = math.fsum(
+            g1[i] * g2[j] * getattr(self, _css_name(a, b))
+            for i, a in enumerate(_VARS)
+            for j, b in enumerate(_VARS)
+            if g1[i] != 0 and g2[j] != 0
+        )
+        v = total / (self.n - 1)
+        return v if math.isfinite(v) else None
+
+
+@dataclass(frozen=True)
+class CupedComparison:
+    """Treatment vs control after CUPED adjustment, with the unadjusted comparison beside it.
+
+    Effect fields mean what they mean in `inference.Comparison`, for the adjusted effect
+    Δ_adj = R_adj,T − R_adj,C and the relative lift Δ_adj/|R_C| when ``adjusted`` is true,
+    and they are copies of ``unadjusted`` when it is false (a fallback). ``theta`` and
+    ``variance_reduction`` = 1 − Var_adj/Var_unadj (of the absolute effect) are given whenever
+    they could be computed — also for the no-gain fallback, where the reduction is ≤ 0 and the
+    adjustment was *not* applied. ``unadjusted.status`` keeps the status of the unadjusted
+    numbers (e.g. ``zero_control_mean``) when ``status`` is a fallback code.
+    """
+
+    effect_abs: float | None = None
+    effect_abs_ci_low: float | None = None
+    effect_abs_ci_high: float | None = None
+    effect_abs_stderr: float | None = None
+    effect_rel: float | None = None
+    effect_rel_ci_low: float | None = None
+    effect_rel_ci_high: float | None = None
+    effect_rel_stderr: float | None = None
+    p_value: float | None = None
+    p_value_rel: float | None = None
+    df: float | None = None
+    theta: float | None = None
+    variance_reduction: float | None = None
+    adjusted: bool = False
+    status: str = STATUS_OK
+    unadjusted: Comparison = field(default_factory=Comparison)
+
+
+def _from_unadjusted(unadjusted: Comparison, status: str, **extra: float | None) -> CupedComparison:
+    values = {f.name: getattr(unadjusted, f.name) for f in fields(Comparison) if f.name != "status"}
+    return CupedComparison(**values, **extra, status=status, unadjusted=unadjusted)
+
+
+@dataclass(frozen=True)
+class _GroupTerms:
+    n: int
+    r: float
+    p: float
+    v_r: float
+    v_p: float
+    c: float
+
+
+def _group_terms(s: CupedStats) -> _GroupTerms | None:
+    """R, P, V_R = g_RᵀΛg_R, V_P = g_PᵀΛg_P and C = g_RᵀΛg_P; None if P or V_P is unusable."""
+    g_r, g_p = s.gradient_r(), s.gradient_p()
+    r, p = s.ratio, s.pre_ratio
+    if g_r is None or g_p is None or r is None or p is None:
+        return None
+    v_r, v_p, c = s.quadratic_form(g_r), s.quadratic_form(g_p), s.quadratic_form(g_r, g_p)
+    if v_r is None or v_p is None or c is None or not v_p > 0:
+        return None
+    return _GroupTerms(s.n, r, p, max(v_r, 0.0), v_p, c)
+
+
+def _welch_df(a: float, b: float, n_t: int, n_c: int) -> float | None:
+    """ν = (a+b)²/(a²/(n_T−1) + b²/(n_C−1)) in the scale-free form of `inference.compare`."""
+    if not a + b > 0:
+        return None
+    wa, wb = a / (a + b), b / (a + b)
+    return 1.0 / (wa * wa / (n_t - 1) + wb * wb / (n_c - 1))
+
+
+def compare_cuped(
+    treatment: CupedStats,
+    control: CupedStats,
+    alpha: float = 0.05,
+    test: Test = "welch",
+) -> CupedComparison:
+    """CUPED-adjusted delta-method comparison of a treatment group with the control group.
+
+    Per group g (METHODS.md, "Variance reduction and decisions"; Deng et al. 2013 for CUPED,
+    Deng, Knoblich & Lu 2018 for the linearization), with Λ the sample covariance (n−1) of
+    (M, D, X, Y), g_R = (1/d̄, −m̄/d̄², 0, 0) and g_P = (0, 0, 1/ȳ, −x̄/ȳ²):
+    V_R = g_RᵀΛg_R, V_P = g_PᵀΛg_P, C = g_RᵀΛg_P. Then
+
+    - θ = (C_C + C_T)/(V_P,C + V_P,T), R_adj = R − θP, Δ_adj = R_adj,T − R_adj,C;
+    - Var(Δ_adj) = a + b, a = (V_R + θ²V_P − 2θC)_T/n_T, b likewise for control (θ treated
+      as fixed, as in CUPED);
+    - Welch–Satterthwaite ν from a and b with `inference.compare`'s formula (used for both
+      effects), or the normal distribution for ``test="z"``; CI = est ± q·SE.
+
+    Relative lift L = Δ_adj/|R_C| (R_C unadjusted) by the delta method over both groups'
+    means (m̄, d̄, x̄, ȳ)_T and (m̄, d̄, x̄, ȳ)_C, θ fixed. Its gradient is
+    ∇_T L = (g_R,T − θ g_P,T)/|R_C| and ∇_C L = −(k g_R,C − θ g_P,C)/|R_C| with
+    k = 1 + Δ_adj/R_C (from ∂|R_C|⁻¹/∂R_C = −sign(R_C)/R_C²), so
+    Var(L) = [a + (k²V_R − 2kθC + θ²V_P)_C/n_C] / R_C². With θ = 0 this is
+    `inference.compare`'s (a + (R_T/R_C)² b)/R_C².
+
+    Fallbacks (the numbers of ``inference.compare`` on the (M, D) part): status
+    ``cuped_fallback_no_pre_data`` when ΣY = 0 or V_P = 0 in a group, ``cuped_fallback_no_gain``
+    when Var_adj ≥ Var_unadj (including Var_unadj = 0). Too few units or ΣD = 0 give
+    `inference`'s status and null estimates. Raises only for invalid ``alpha`` or ``test``.
+    """
+    unadjusted = compare(treatment.ratio_stats, control.ratio_stats, alpha=alpha, test=test)
+    if unadjusted.status in (STATUS_TOO_FEW_UNITS, STATUS_ZERO_DENOMINATOR):
+        return _from_unadjusted(unadjusted, unadjusted.status)
+    t, c = _group_terms(treatment), _group_terms(control)
+    if t is None or c is None:
+        return _from_unadjusted(unadjusted, STATUS_CUPED_NO_PRE_DATA)
+
+    theta = (c.c + t.c) / (c.v_p + t.v_p)
+    var_unadj = t.v_r / t.n + c.v_r / c.n
+    a = max(t.v_r + theta * theta * t.v_p - 2.0 * theta * t.c, 0.0) / t.n
+    b = max(c.v_r + theta * theta * c.v_p - 2.0 * theta * c.c, 0.0) / c.n
+    var_adj = a + b
+    if not (math.isfinite(theta) and math.isfinite(var_adj) and math.isfinite(var_unadj)):
+        return _from_unadjusted(unadjusted, STATUS_CUPED_NO_PRE_DATA)
+    reduction = 1.0 - var_adj / var_unadj if var_unadj > 0 else None
+    if not var_adj < var_unadj:
+        return _from_unadjusted(
+            unadjusted, STATUS_CUPED_NO_GAIN, theta=theta, variance_reduction=reduction
+        )
+
+    df = _welch_df(a, b, t.n, c.n) if test == "welch" else None
+    dist = sps.norm() if df is None else sps.t(df)
+    q = float(dist.ppf(1 - alpha / 2))
+
+    effect_abs = (t.r - theta * t.p) - (c.r - theta * c.p)
+    se_abs = math.sqrt(var_adj)
+    low, high, p = _interval(effect_abs, se_abs, q, dist.sf)
+    out: dict[str, float | None] = {
+        "effect_abs": effect_abs,
+        "effect_abs_ci_low": low,
+        "effect_abs_ci_high": high,
+        "effect_abs_stderr": se_abs,
+        "p_value": p,
+        "df": df,
+    }
+    zero_se = se_abs == 0
+    if c.r != 0:
+        effect_rel = effect_abs / abs(c.r)
+        k = 1.0 + effect_abs / c.r
+        b_rel = max(k * k * c.v_r - 2.0 * k * theta * c.c + theta * theta * c.v_p, 0.0) / c.n
+        se_rel = math.sqrt(a + b_rel) / abs(c.r)
+        if math.isfinite(se_rel):
+            low, high, p = _interval(effect_rel, se_rel, q, dist.sf)
+            out |= {
+                "effect_rel": effect_rel,
+                "effect_rel_ci_low": low,
+                "effect_rel_ci_high": high,
+                "effect_rel_stderr": se_rel,
+                "p_value_rel": p,
+            }
+            zero_se = zero_se or se_rel == 0
+    # effect_rel stays None when R_C = 0 (or when 1/|R_C| overflows, a denormal R_C)
+    if zero_se:
+        status = STATUS_ZERO_VARIANCE
+    elif out.get("effect_rel") is None:
+        status = STATUS_ZERO_CONTROL_MEAN
+    else:
+        status = STATUS_OK
+    return CupedComparison(
+        **out,
+        theta=theta,
+        variance_reduction=reduction,
+        adjusted=True,
+        status=status,
+        unadjusted=unadjusted,
+    )
