@@ -206,6 +206,12 @@ class Experiment(_Model):
     srm_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.001
     #: CUPED: days of pre-exposure data per unit, `[exposure − lookback, exposure)`.
     cuped_lookback_days: Annotated[int, Field(gt=0)] | None = None
+    relative_ci: Literal["delta", "fieller"] = "delta"
+    #: Always-valid confidence sequences (asymptotic CS, Waudby-Smith et al. 2024), tuned
+    #: to be tightest at `sequential_n_star` assignment units (default: the current count).
+    sequential: bool = False
+    sequential_n_star: Annotated[int, Field(gt=1)] | None = None
+    power: Annotated[float, Field(gt=0, lt=1)] = 0.8
 
     @model_validator(mode="after")
     def _dates_and_variants(self) -> Experiment:

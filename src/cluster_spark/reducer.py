@@ -13,7 +13,9 @@ from collections.abc import Iterable, Mapping
 from functools import reduce
 from typing import Any
 
+from cluster_spark import decisions
 from cluster_spark.config import Experiment
+from cluster_spark.cuped import CupedComparison, CupedStats, compare_cuped
 from cluster_spark.inference import (
     STATUS_OK,
     STATUS_TOO_FEW_UNITS,
@@ -22,7 +24,6 @@ from cluster_spark.inference import (
     compare,
     srm_test,
 )
-from cluster_spark.stats import RatioStats
 
 #: The public results contract (column, Spark SQL type); README documents each column.
 RESULT_COLUMNS: list[tuple[str, str]] = [
@@ -62,6 +63,17 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("effect_rel_uncapped_ci_low", "double"),
     ("effect_rel_uncapped_ci_high", "double"),
     ("p_value_uncapped", "double"),
+    ("cuped_applied", "boolean"),
+    ("cuped_theta", "double"),
+    ("variance_reduction", "double"),
+    ("relative_ci_method", "string"),
+    ("effect_abs_cs_low", "double"),
+    ("effect_abs_cs_high", "double"),
+    ("p_value_sequential", "double"),
+    ("p_value_bh", "double"),
+    ("p_value_holm", "double"),
+    ("mde_abs", "double"),
+    ("mde_rel", "double"),
     ("srm_chi2", "double"),
     ("srm_p_value", "double"),
     ("srm_flag", "boolean"),
@@ -73,30 +85,45 @@ RESULT_DDL = ", ".join(f"{name} {kind}" for name, kind in RESULT_COLUMNS)
 STATUS_NO_CONTROL = "control_missing"
 
 CAP_COLUMNS = ("num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap")
-_STAT_FIELDS = ("n_units", "mean_m", "mean_d", "css_mm", "css_dd", "css_md")
+_STAT_FIELDS = (
+    "n_units",
+    "mean_m",
+    "mean_d",
+    "mean_x",
+    "mean_y",
+    "css_mm",
+    "css_dd",
+    "css_xx",
+    "css_yy",
+    "css_md",
+    "css_mx",
+    "css_my",
+    "css_dx",
+    "css_dy",
+    "css_xy",
+)
 
 
-def stats_of(row: Mapping[str, Any]) -> RatioStats:
-    """One staged row as RatioStats."""
-    n, mean_m, mean_d, css_mm, css_dd, css_md = (row[f] for f in _STAT_FIELDS)
-    return RatioStats(
-        int(n), float(mean_m), float(mean_d), float(css_mm), float(css_dd), float(css_md)
-    )
+def stats_of(row: Mapping[str, Any]) -> CupedStats:
+    """One staged row as CupedStats (pre-period moments are 0 when CUPED is off)."""
+    values = {f: row.get(f) for f in _STAT_FIELDS}
+    values["n"] = int(values.pop("n_units"))
+    return CupedStats(**{k: 0.0 if v is None else v for k, v in values.items()})
 
 
 def merge_groups(
     rows: Iterable[Mapping[str, Any]],
-) -> dict[tuple[str, str, bool], RatioStats]:
+) -> dict[tuple[str, str, bool], CupedStats]:
     """Merge staged rows (possibly several partial rows per group) per
-    (metric, variant, winsorized)."""
-    parts: dict[tuple[str, str, bool], list[RatioStats]] = defaultdict(list)
+    (metric, variant, winsorized) with Chan et al.'s pairwise formulas."""
+    parts: dict[tuple[str, str, bool], list[CupedStats]] = defaultdict(list)
     for row in rows:
         key = (row["metric"], row["variant"], bool(row.get("winsorized", False)))
         parts[key].append(stats_of(row))
-    return {key: reduce(RatioStats.__add__, stats) for key, stats in parts.items()}
+    return {key: reduce(CupedStats.__add__, stats) for key, stats in parts.items()}
 
 
-def _group_status(s: RatioStats) -> str:
+def _group_status(s: CupedStats) -> str:
     if s.n < 2:
         return STATUS_TOO_FEW_UNITS
     if s.sum_d == 0:
@@ -149,6 +176,8 @@ def reduce_experiment(
     for metric, variant in keys:
         winsorized = (metric, variant, True) in groups
         s = groups[(metric, variant, winsorized)]
+        r = s.ratio_stats
+        ctrl = groups.get((metric, control, winsorized))
         row: dict[str, Any] = {name: None for name, _ in RESULT_COLUMNS}
         row.update(
             experiment_id=experiment.id,
@@ -161,48 +190,99 @@ def reduce_experiment(
             numerator_sum=s.sum_m,
             denominator_sum=s.sum_d,
             mean=s.ratio,
-            stderr=_sqrt_or_none(s.var_ratio),
+            stderr=_sqrt_or_none(r.var_ratio),
             alpha=experiment.alpha,
             test=experiment.test,
             status=_group_status(s),
             winsorized=winsorized,
+            relative_ci_method=experiment.relative_ci,
             srm_chi2=srm_chi2,
             srm_p_value=srm_p,
             srm_flag=srm_flag,
             run_id=run_id,
         )
+        if ctrl is not None:
+            planned = decisions.mde(
+                ctrl.ratio_stats.unit_variance,
+                ctrl.n,
+                experiment.alpha,
+                experiment.power,
+                baseline=ctrl.ratio,
+            )
+            row.update(mde_abs=planned.absolute, mde_rel=planned.relative)
         if winsorized:
             cap_row = caps[(metric, variant)]
             row.update({k: cap_row[k] for k in CAP_COLUMNS})
             row["mean_uncapped"] = groups[(metric, variant, False)].ratio
-        if variant == control:
-            out.append(row)
-            continue
-        ctrl = groups.get((metric, control, winsorized))
-        if ctrl is None:
-            row["status"] = STATUS_NO_CONTROL
-        else:
-            cmp = compare(s, ctrl, alpha=experiment.alpha, test=experiment.test)
-            row.update(_comparison_columns(cmp))
-            if winsorized:
-                raw = compare(
-                    groups[(metric, variant, False)],
-                    groups[(metric, control, False)],
-                    alpha=experiment.alpha,
-                    test=experiment.test,
-                )
-                row.update(
-                    effect_abs_uncapped=raw.effect_abs,
-                    effect_rel_uncapped=raw.effect_rel,
-                    effect_rel_uncapped_ci_low=raw.effect_rel_ci_low,
-                    effect_rel_uncapped_ci_high=raw.effect_rel_ci_high,
-                    p_value_uncapped=raw.p_value,
-                )
+        if variant != control:
+            if ctrl is None:
+                row["status"] = STATUS_NO_CONTROL
+            else:
+                row.update(compare_groups(s, ctrl, experiment))
+                if winsorized:
+                    row.update(_uncapped(groups, metric, variant, experiment))
         out.append(row)
+    _adjust_p_values(out, control)
     return out
 
 
-def _comparison_columns(c: Comparison) -> dict[str, Any]:
+def compare_groups(t: CupedStats, c: CupedStats, experiment: Experiment) -> dict[str, Any]:
+    """Every comparison column of one treatment vs the control, per the experiment's
+    settings: CUPED (Deng et al. 2013), Fieller or delta-method relative CIs, and
+    always-valid confidence sequences (Waudby-Smith et al. 2024)."""
+    alpha, test = experiment.alpha, experiment.test
+    if experiment.cuped_lookback_days:
+        cc = compare_cuped(t, c, alpha=alpha, test=test)
+        cols = _comparison_columns(cc)
+        cols.update(
+            cuped_applied=cc.adjusted,
+            cuped_theta=cc.theta,
+            variance_reduction=cc.variance_reduction,
+        )
+        adjusted = cc.adjusted
+    else:
+        cols = _comparison_columns(compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test))
+        adjusted = False
+    if experiment.relative_ci == "fieller" and not adjusted:
+        interval = decisions.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test)
+        cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
+    if experiment.sequential:
+        n = t.n + c.n
+        n_star = experiment.sequential_n_star or n
+        est, se = cols["effect_abs"], cols["effect_abs_stderr"]
+        cs = decisions.confidence_sequence(est, se, n, alpha, n_star)
+        cols["effect_abs_cs_low"], cols["effect_abs_cs_high"] = cs or (None, None)
+        cols["p_value_sequential"] = decisions.sequential_p_value(est, se, n, alpha, n_star)
+    return cols
+
+
+def _uncapped(groups, metric: str, variant: str, experiment: Experiment) -> dict[str, Any]:
+    raw = compare(
+        groups[(metric, variant, False)].ratio_stats,
+        groups[(metric, experiment.control, False)].ratio_stats,
+        alpha=experiment.alpha,
+        test=experiment.test,
+    )
+    return {
+        "effect_abs_uncapped": raw.effect_abs,
+        "effect_rel_uncapped": raw.effect_rel,
+        "effect_rel_uncapped_ci_low": raw.effect_rel_ci_low,
+        "effect_rel_uncapped_ci_high": raw.effect_rel_ci_high,
+        "p_value_uncapped": raw.p_value,
+    }
+
+
+def _adjust_p_values(rows: list[dict[str, Any]], control: str) -> None:
+    """Benjamini–Hochberg and Holm adjusted p-values across metrics × variants."""
+    treated = [r for r in rows if r["variant"] != control]
+    pvalues = [r["p_value"] for r in treated]
+    for r, bh, holm in zip(
+        treated, decisions.benjamini_hochberg(pvalues), decisions.holm(pvalues), strict=True
+    ):
+        r["p_value_bh"], r["p_value_holm"] = bh, holm
+
+
+def _comparison_columns(c: Comparison | CupedComparison) -> dict[str, Any]:
     return {
         "effect_abs": c.effect_abs,
         "effect_abs_stderr": c.effect_abs_stderr,

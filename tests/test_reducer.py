@@ -1,0 +1,97 @@
+"""The reducer's wiring of experiment settings, on staged rows built with numpy (no Spark)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.formula.api as smf
+from statsmodels.stats.multitest import multipletests
+
+from cluster_spark.config import Experiment
+from cluster_spark.reducer import reduce_experiment
+
+DATE = dt.date(2026, 3, 9)
+
+
+def staged_row(metric, variant, m, d, x=None, y=None):
+    """A staging row computed independently with numpy (centered sums)."""
+    cols = {"m": np.asarray(m, float), "d": np.asarray(d, float)}
+    if x is not None:
+        cols |= {"x": np.asarray(x, float), "y": np.asarray(y, float)}
+    c = {k: v - v.mean() for k, v in cols.items()}
+    row = {
+        "metric": metric,
+        "variant": variant,
+        "winsorized": False,
+        "n_units": len(m),
+        "run_id": "r",
+    }
+    row |= {f"mean_{k}": v.mean() for k, v in cols.items()}
+    names = list(cols)
+    for i, a in enumerate(names):
+        for b in names[i:]:
+            row[f"css_{a}{b}"] = float((c[a] * c[b]).sum())
+    return row
+
+
+def experiment(**kw):
+    return Experiment(
+        id="e",
+        assignment_unit="org_id",
+        control="control",
+        start=dt.date(2026, 3, 1),
+        metrics=["m1"],
+        **kw,
+    )
+
+
+def test_cuped_in_results_matches_ols_with_pre_period_covariate():
+    """Mean metric, equal group sizes: CUPED's pooled θ and effect equal OLS y ~ t + x."""
+    rng = np.random.default_rng(3)
+    n = 400
+    x = rng.gamma(2, 5, 2 * n)
+    t = np.repeat([0, 1], n)
+    y = 3 + 0.8 * x + 0.7 * t + rng.normal(0, 2, 2 * n)
+    ones = np.ones(n)
+    rows = [
+        staged_row("m1", "control", y[:n], ones, x[:n], ones),
+        staged_row("m1", "treatment", y[n:], ones, x[n:], ones),
+    ]
+    out = reduce_experiment(rows, experiment(cuped_lookback_days=14), DATE, "r")
+    res = next(r for r in out if r["variant"] == "treatment")
+    data = pd.DataFrame({"y": y, "t": t, "xc": x - x.mean()})
+    fit = smf.ols("y ~ t + xc", data=data).fit(cov_type="HC0")
+    assert res["cuped_applied"] is True
+    assert res["effect_abs"] == pytest.approx(fit.params["t"], rel=1e-9)
+    assert res["cuped_theta"] == pytest.approx(fit.params["xc"], rel=1e-9)
+    assert res["effect_abs_stderr"] == pytest.approx(fit.bse["t"], rel=5e-3)
+    naive = y[n:].mean() - y[:n].mean()
+    assert res["variance_reduction"] > 0.5 and res["effect_abs"] != pytest.approx(naive)
+
+
+def test_multiple_testing_sequential_and_fieller_columns():
+    rng = np.random.default_rng(5)
+    rows = []
+    for metric in ("m1", "m2", "m3"):
+        for variant, lift in (("control", 0), ("a", 0.3), ("b", 0.05)):
+            d = rng.integers(1, 6, 300).astype(float)
+            rows.append(staged_row(metric, variant, d * (2 + lift) + rng.normal(0, 2, 300), d))
+    exp = experiment(sequential=True, sequential_n_star=2000, relative_ci="fieller")
+    exp = exp.model_copy(update={"metrics": ["m1", "m2", "m3"]})
+    out = [r for r in reduce_experiment(rows, exp, DATE, "r") if r["variant"] != "control"]
+    p = [r["p_value"] for r in out]
+    assert [r["p_value_bh"] for r in out] == pytest.approx(multipletests(p, method="fdr_bh")[1])
+    assert [r["p_value_holm"] for r in out] == pytest.approx(multipletests(p, method="holm")[1])
+    for r in out:
+        assert r["effect_abs_cs_low"] < r["effect_abs_ci_low"] < r["effect_abs"]
+        assert r["effect_abs_cs_high"] > r["effect_abs_ci_high"]
+        assert r["p_value_sequential"] >= r["p_value"]
+        assert r["relative_ci_method"] == "fieller"
+        # Fieller's interval is asymmetric around the point estimate, unlike the delta one.
+        low, high = r["effect_rel_ci_low"], r["effect_rel_ci_high"]
+        assert low < r["effect_rel"] < high
+        assert high - r["effect_rel"] != pytest.approx(r["effect_rel"] - low, rel=1e-6)
+        assert r["mde_rel"] > 0
