@@ -11,7 +11,7 @@ import statsmodels.formula.api as smf
 from statsmodels.stats.multitest import multipletests
 
 from cluster_spark.config import Experiment
-from cluster_spark.reducer import reduce_experiment
+from cluster_spark.reducer import plan_experiment, reduce_experiment
 
 DATE = dt.date(2026, 3, 9)
 
@@ -95,3 +95,22 @@ def test_multiple_testing_sequential_and_fieller_columns():
         assert low < r["effect_rel"] < high
         assert high - r["effect_rel"] != pytest.approx(r["effect_rel"] - low, rel=1e-6)
         assert r["mde_rel"] > 0
+
+
+def test_plan_pools_variants_and_gives_mde():
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(9)
+    m, d = rng.gamma(2, 3, 600), rng.integers(1, 5, 600).astype(float)
+    rows = [
+        staged_row("m1", "control", m[:300], d[:300]),
+        staged_row("m1", "treatment", m[300:], d[300:]),
+    ]
+    (plan,) = plan_experiment(rows, experiment(), [10_000])
+    r = m.sum() / d.sum()
+    lin = (m - r * d) / d.mean()  # linearized unit values of the pooled sample
+    v = lin.var(ddof=1)
+    assert plan["unit_variance"] == pytest.approx(v, rel=1e-9)
+    z = norm.ppf(0.975) + norm.ppf(0.8)
+    assert plan["mde_rel@10000"] == pytest.approx(z * np.sqrt(2 * v / 10_000) / r, rel=1e-9)
+    assert plan["mde_rel@300"] == pytest.approx(z * np.sqrt(2 * v / 300) / r, rel=1e-9)

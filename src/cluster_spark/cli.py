@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         ("reduce", "compute delta-method results from the staged statistics"),
         ("run", "stage, then reduce"),
         ("show", "print the results table of one analysis date"),
+        ("plan", "minimum detectable effects from staged pre-period statistics"),
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--config", required=True, type=Path, help="YAML config")
@@ -51,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--experiment", action="append", help="experiment id (repeatable)")
         p.add_argument("--root", type=Path, help="base of relative table paths (default: cwd)")
         p.add_argument("--master", default="local[*]", help="master outside spark-submit")
+        if name == "plan":
+            p.add_argument(
+                "--units",
+                type=int,
+                action="append",
+                default=[],
+                help="planned assignment units per group (repeatable)",
+            )
     demo = sub.add_parser("demo", help="generate a synthetic cluster experiment and analyse it")
     demo.add_argument("--config", type=Path, default=Path("conf/demo.yaml"))
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
@@ -76,6 +85,8 @@ def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = N
         "Δ abs",
         "Δ rel [CI]",
         "p",
+        "CUPED var↓",
+        "SRM p",
         "status",
     ):
         table.add_column(
@@ -99,9 +110,35 @@ def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = N
             "" if r["effect_abs"] is None else _fmt(r["effect_abs"], "+.4g"),
             rel,
             "" if r["p_value"] is None else _fmt(r["p_value"], ".3g"),
+            "" if r.get("variance_reduction") is None else _fmt(r["variance_reduction"], ".0%"),
+            "" if r.get("srm_p_value") is None else _fmt(r["srm_p_value"], ".3g"),
             r["status"],
         )
     (console or Console(width=150)).print(table)
+
+
+def _print_plan(spark, config, args: argparse.Namespace) -> None:
+    from cluster_spark import io, reducer
+
+    for exp_id in args.experiment or [e.id for e in config.experiments]:
+        staged = io.read_slice(spark, config.output.staging, [exp_id], args.date).collect()
+        rows = reducer.plan_experiment(
+            [r.asDict() for r in staged], config.experiment(exp_id), args.units
+        )
+        table = Table(title=f"{exp_id}: relative MDE (alpha, power from config)")
+        keys = list(rows[0]) if rows else ["metric"]
+        for key in keys:
+            table.add_column(key, justify="left" if key == "metric" else "right")
+        for row in rows:
+            table.add_row(
+                *[
+                    v
+                    if isinstance(v, str)
+                    else (_fmt(v, ".2%") if k.startswith("mde") else _fmt(v))
+                    for k, v in row.items()
+                ]
+            )
+        Console(width=150).print(table)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -140,6 +177,8 @@ def _run(args: argparse.Namespace) -> int:
         print_results(pipeline.reduce(spark, config, args.date, ids))
     elif args.command == "run":
         print_results(pipeline.run(spark, config, args.date, ids))
+    elif args.command == "plan":
+        _print_plan(spark, config, args)
     else:
         ids = ids or [e.id for e in config.experiments]
         df = io.read_slice(spark, config.output.results, ids, args.date)

@@ -3,7 +3,8 @@
 Org sizes are heavy-tailed (log-normal), users of one org share an org effect (so they are
 correlated), and `treatment_a` raises the value of each purchase by `LIFT` — a known true
 lift in revenue per user. Some orgs are exposed twice and a few in two variants, and users
-are active before their org's exposure, so the data-quality rules have work to do.
+are active in the two weeks before their org's exposure (a CUPED pre-period), so the
+data-quality rules and the variance reduction have work to do.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def generate_frames(n_orgs: int = 8000, seed: int = 7) -> tuple[pd.DataFrame, pd
             "user_id": np.array([f"u{i:07d}" for i in range(n_users)])[ev_user],
             "event": np.where(purchase, "purchase", "page_view"),
             "value": np.round(value * (1 + lift), 2),
-            "ts": _offsets(rng, len(ev_user), -3, 28),
+            "ts": _offsets(rng, len(ev_user), -14, 28),
         }
     )
     return exposures, events

@@ -297,3 +297,28 @@ def _comparison_columns(c: Comparison | CupedComparison) -> dict[str, Any]:
         "df": c.df,
         "status": c.status,
     }
+
+
+def plan_experiment(
+    rows: Iterable[Mapping[str, Any]], experiment: Experiment, planned_units: Iterable[int]
+) -> list[dict[str, Any]]:
+    """Minimum detectable effects from staged pre-period (or A/A) statistics.
+
+    All variants are pooled per metric (Chan merge), giving the per-assignment-unit
+    linearized variance V; the MDE for n units per group is
+    `(z_{1−α/2} + z_power)·sqrt(2V/n)` (`decisions.mde`).
+    """
+    groups = merge_groups(rows)
+    pooled: dict[str, CupedStats] = {}
+    for (metric, variant, winsorized), s in groups.items():
+        if winsorized or (metric, variant, True) not in groups:
+            pooled[metric] = pooled[metric] + s if metric in pooled else s
+    out = []
+    for metric, s in sorted(pooled.items()):
+        r = s.ratio_stats
+        row = {"metric": metric, "units": s.n, "mean": s.ratio, "unit_variance": r.unit_variance}
+        for n in (s.n // 2, *planned_units):
+            planned = decisions.mde(r.unit_variance, n, experiment.alpha, experiment.power, s.ratio)
+            row[f"mde_rel@{n}"] = planned.relative
+        out.append(row)
+    return out
