@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "stage, then reduce"),
         ("show", "print the results table of one analysis date"),
         ("plan", "minimum detectable effects from staged pre-period statistics"),
+        ("report", "write a self-contained HTML report per experiment"),
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--config", required=True, type=Path, help="YAML config")
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--experiment", action="append", help="experiment id (repeatable)")
         p.add_argument("--root", type=Path, help="base of relative table paths (default: cwd)")
         p.add_argument("--master", default="local[*]", help="master outside spark-submit")
+        if name == "report":
+            p.add_argument("--out", type=Path, default=Path("out/reports"), help="directory")
         if name == "plan":
             p.add_argument(
                 "--units",
@@ -117,6 +120,22 @@ def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = N
     (console or Console(width=150)).print(table)
 
 
+def write_experiment_report(spark, config, experiment_id: str, date: dt.date, out: Path) -> Path:
+    """Read one experiment's results and diagnostics slices and write its HTML report."""
+    from cluster_spark import io, report
+
+    def rows(path: str) -> list[dict[str, Any]]:
+        return [r.asDict() for r in io.read_slice(spark, path, [experiment_id], date).collect()]
+
+    return report.write_report(
+        out / f"{experiment_id}_{date.isoformat()}.html",
+        experiment_id,
+        date,
+        rows(config.output.results),
+        rows(config.output.diagnostics),
+    )
+
+
 def _print_plan(spark, config, args: argparse.Namespace) -> None:
     from cluster_spark import io, reducer
 
@@ -154,11 +173,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     console.print(f"generated {n_exp:,} exposure rows and {n_ev:,} events under {args.out}/data")
     rows = pipeline.run(spark, config, demo.ANALYSIS_DATE)
     print_results(rows, console)
+    page = write_experiment_report(spark, config, demo.EXPERIMENT_ID, demo.ANALYSIS_DATE, args.out)
     lifts = ", ".join(f"{v} {lift:+.0%}" for v, lift in demo.LIFT.items() if v != "control")
     console.print(f"true lift in revenue_per_user: {lifts}")
     console.print(
-        f"Delta tables: {config.output.staging}, {config.output.results} "
-        f"({time.perf_counter() - t0:.1f}s)"
+        f"Delta tables: {config.output.staging}, {config.output.results}, "
+        f"{config.output.diagnostics}; report: {page} ({time.perf_counter() - t0:.1f}s)"
     )
     return 0
 
@@ -179,6 +199,9 @@ def _run(args: argparse.Namespace) -> int:
         print_results(pipeline.run(spark, config, args.date, ids))
     elif args.command == "plan":
         _print_plan(spark, config, args)
+    elif args.command == "report":
+        for exp_id in ids or [e.id for e in config.experiments]:
+            print(f"wrote {write_experiment_report(spark, config, exp_id, args.date, args.out)}")
     else:
         ids = ids or [e.id for e in config.experiments]
         df = io.read_slice(spark, config.output.results, ids, args.date)
