@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -117,7 +118,7 @@ def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = N
             "" if r.get("srm_p_value") is None else _fmt(r["srm_p_value"], ".3g"),
             r["status"],
         )
-    (console or Console(width=150)).print(table)
+    (console or Console(width=170)).print(table)
 
 
 def write_experiment_report(spark, config, experiment_id: str, date: dt.date, out: Path) -> Path:
@@ -157,15 +158,17 @@ def _print_plan(spark, config, args: argparse.Namespace) -> None:
                     for k, v in row.items()
                 ]
             )
-        Console(width=150).print(table)
+        Console(width=170).print(table)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from cluster_spark import demo, pipeline
     from cluster_spark.session import build_spark
 
-    console = Console(width=150)
+    console = Console(width=170)
     config = load_config(args.config, root=args.out)
+    for table in ("data", "staging", "results", "diagnostics"):  # the demo starts afresh
+        shutil.rmtree(args.out / table, ignore_errors=True)
     t0 = time.perf_counter()
     spark = build_spark("cluster_spark demo", local_master=args.master, extra_conf=DEMO_CONF)
     spark.sparkContext.setLogLevel("ERROR")

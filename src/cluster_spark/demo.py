@@ -62,13 +62,15 @@ def generate_frames(n_orgs: int = 8000, seed: int = 7) -> tuple[pd.DataFrame, pd
     purchase = rng.random(len(ev_user)) < np.clip(0.10 * org_effect[ev_org], 0, 0.6)
     lift = np.array([LIFT[v] for v in VARIANTS])[variant[ev_org]]
     value = np.where(purchase, rng.gamma(4.0, 10.0, len(ev_user)), 0.0)
+    ts = _offsets(rng, len(ev_user), -14, 28)
+    lift = np.where(ts >= exposure[ev_org], lift, 0.0)  # the treatment acts after exposure
     events = pd.DataFrame(
         {
             "org_id": org_ids[ev_org],
             "user_id": np.array([f"u{i:07d}" for i in range(n_users)])[ev_user],
             "event": np.where(purchase, "purchase", "page_view"),
             "value": np.round(value * (1 + lift), 2),
-            "ts": _offsets(rng, len(ev_user), -14, 28),
+            "ts": ts,
         }
     )
     return exposures, events

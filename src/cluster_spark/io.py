@@ -80,6 +80,7 @@ def write_slice(
         df.write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", slice_predicate(experiment_ids, analysis_date))
+        .option("mergeSchema", "true")  # new nullable columns are added, never dropped
         .partitionBy("experiment_id")
         .save(path)
     )
