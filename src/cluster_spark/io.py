@@ -5,8 +5,11 @@ never duplicate rows and a failed run leaves the previous results in place."""
 from __future__ import annotations
 
 import datetime as dt
+import random
+import time
 from collections.abc import Iterable, Mapping
 
+from delta import exceptions as delta_errors
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -68,22 +71,48 @@ def slice_predicate(experiment_ids: Iterable[str], analysis_date: dt.date) -> st
     return f"experiment_id IN ({ids}) AND analysis_date = DATE'{analysis_date.isoformat()}'"
 
 
+#: Commit conflicts that a retry resolves: another writer committed first (e.g. both
+#: created the table, or wrote other experiments' partitions at the same time).
+CONFLICTS = (
+    delta_errors.DeltaConcurrentModificationException,
+    delta_errors.ConcurrentWriteException,
+    delta_errors.MetadataChangedException,
+    delta_errors.ProtocolChangedException,
+    delta_errors.ConcurrentAppendException,
+    delta_errors.ConcurrentDeleteReadException,
+    delta_errors.ConcurrentTransactionException,
+)
+
+
 def write_slice(
-    df: DataFrame, path: str, experiment_ids: Iterable[str], analysis_date: dt.date
+    df: DataFrame,
+    path: str,
+    experiment_ids: Iterable[str],
+    analysis_date: dt.date,
+    attempts: int = 5,
 ) -> None:
     """Atomically replace the rows of these experiments on this analysis date.
 
     One Delta commit: readers see the old slice or the new one, never a mix, and a rerun
-    leaves exactly one set of rows. The table is partitioned by `experiment_id`.
+    leaves exactly one set of rows. The table is partitioned by `experiment_id`, so writers
+    of different experiments touch disjoint files; a commit conflict (two first writers
+    creating the table, say) is retried, which is safe because the write is idempotent.
     """
-    (
+    writer = (
         df.write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", slice_predicate(experiment_ids, analysis_date))
         .option("mergeSchema", "true")  # new nullable columns are added, never dropped
         .partitionBy("experiment_id")
-        .save(path)
     )
+    for attempt in range(1, attempts + 1):
+        try:
+            writer.save(path)
+            return
+        except CONFLICTS:
+            if attempt == attempts:
+                raise
+            time.sleep(random.uniform(0.5, 2.0) * attempt)
 
 
 def read_slice(
