@@ -51,3 +51,33 @@ fmt: setup ## format
 
 clean: ## remove generated data (keeps venv and jars)
 	rm -rf out spark-warehouse metastore_db derby.log
+
+# --- production paths (spark-submit, Airflow) ---
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_LOCK := requirements-airflow.lock
+DIST_ZIP := dist/cluster_spark.zip
+SUBMIT_ARGS ?= --master 'local[*]' -- run --config conf/demo.yaml --date 2026-02-01 --root out/demo
+
+.PHONY: dist submit airflow-venv airflow-check test-prod
+
+$(DIST_ZIP): $(shell find src/cluster_spark -type f ! -path '*__pycache__*' 2>/dev/null) scripts/build_zip.py
+	$(PY) scripts/build_zip.py $@
+
+dist: $(DIST_ZIP) ## zip the package for spark-submit --py-files (dist/cluster_spark.zip)
+
+submit: setup dist ## spark-submit jobs/analyze.py: make submit SUBMIT_ARGS='--master spark://h:7077 -- run ...'
+	scripts/submit.sh $(SUBMIT_ARGS)
+
+$(AIRFLOW_VENV)/.installed: $(AIRFLOW_LOCK)
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -r $(AIRFLOW_LOCK)
+	touch $@
+
+airflow-venv: $(AIRFLOW_VENV)/.installed ## Airflow 3 in its own venv (.venv-airflow) from requirements-airflow.lock
+
+airflow-check: airflow-venv ## import dags/ in a DagBag (no import errors), in a throwaway AIRFLOW_HOME
+	$(AIRFLOW_VENV)/bin/python scripts/airflow_dag_check.py
+
+test-prod: setup airflow-venv ## the slow spark-submit (standalone cluster) and Airflow tests only
+	$(PY) -m pytest -q tests/test_submit_cluster.py tests/test_airflow.py

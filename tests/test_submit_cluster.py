@@ -56,6 +56,22 @@ SUBMIT_CONF = {
     "spark.databricks.delta.snapshotPartitions": "2",
 }
 SUBMIT_TIMEOUT = 240
+# WARN, but INFO for the scheduler and the standalone deploy classes: the fault test reads
+# task starts/ends, executor placement and losses from the driver's log. A logger set here
+# keeps its level even if the job calls setLogLevel (which sets the root logger only).
+LOG4J2 = """\
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+logger.scheduler.name = org.apache.spark.scheduler
+logger.scheduler.level = info
+logger.deploy.name = org.apache.spark.deploy
+logger.deploy.level = info
+"""
 
 
 def _free_port() -> int:
@@ -134,10 +150,17 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
+    @property
+    def conf_dir(self) -> Path:
+        """SPARK_CONF_DIR of every process here: no spark-defaults or spark-env, only a
+        log4j2.properties."""
+        return self.workdir / "conf"
+
     def start(self, n_workers: int = 2) -> None:
         """Spawn the master and the workers; `ensure_workers` waits for them."""
-        conf_dir = self.workdir / "conf"  # empty: no stray spark-defaults/spark-env
+        conf_dir = self.conf_dir
         conf_dir.mkdir(parents=True, exist_ok=True)
+        (conf_dir / "log4j2.properties").write_text(LOG4J2)
         props = self.workdir / "daemon.properties"
         props.write_text("spark.master.rest.enabled false\nspark.ui.enabled false\n")
         daemon_env = {"SPARK_CONF_DIR": str(conf_dir), "SPARK_DAEMON_JAVA_OPTS": FAST_JVM}
@@ -316,7 +339,7 @@ def _start_submit(cluster: Cluster, root: Path) -> Submit:
             stderr=err,
             stdin=subprocess.DEVNULL,
             cwd=root,
-            env=_env(SUBMIT_ECHO="1"),
+            env=_env(SUBMIT_ECHO="1", SPARK_CONF_DIR=str(cluster.conf_dir)),
             start_new_session=True,
         )
     cluster.procs.append(proc)  # killed with the cluster if the test fails
@@ -361,14 +384,18 @@ def test_submit_on_standalone_cluster_matches_local(spark, cluster, demo_data):
     print(f"\nspark-submit on {cluster.url}: {took:.1f}s\n{driver_log.splitlines()[0]}")
     assert "checkout_redesign" in out
     # Both workers ran an executor of this application, and tasks ran on both.
-    added = re.findall(r"Executor added: (\S+)/(\d+) on (worker-\S+)", driver_log)
+    added = re.findall(r"Executor added: (app-\S+)/(\d+) on (worker-\S+)", driver_log)
     assert len({w for _, _, w in added}) == 2, added
     executors = set(re.findall(r"Finished task .* \(executor (\d+)\)", driver_log))
     assert len(executors) == 2, executors
-    # The package came from the zip given to --py-files.
-    assert "cluster_spark.zip" in driver_log
-    apps = cluster.state()["completedapps"]
-    assert any(a["state"] == "FINISHED" for a in apps), apps
+    # The driver ran the package from the zip given to --py-files (call sites of its
+    # jobs are in the zip), and each executor fetched the zip into its work dir.
+    assert re.search(r"cluster_spark\.zip/cluster_spark/\w+\.py", driver_log)
+    app_id = added[0][0]
+    fetched = sorted(cluster.workdir.glob(f"w*/{app_id}/*/cluster_spark.zip"))
+    assert len(fetched) == 2, fetched
+    apps = {a["id"]: a["state"] for a in cluster.state()["completedapps"]}
+    assert apps.get(app_id) == "FINISHED", apps
     assert_same_results(_rows(spark, str(root / "results")), demo_data.local_results)
 
 
@@ -376,10 +403,25 @@ START_RE = re.compile(r"Starting task (\S+) in stage (\S+) \(TID (\d+)\) \([^,]*
 FINISH_RE = re.compile(r"Finished task (\S+) in stage (\S+) \(TID (\d+)\) .*\(executor (\d+)\)")
 
 
-def _executor_on(worker: Worker, log_text: str) -> str | None:
-    for exec_id, worker_id in re.findall(r"Executor added: \S+/(\d+) on (worker-\S+)", log_text):
-        if worker_id.endswith(worker.worker_id_suffix):
-            return exec_id
+def _victim(cluster: Cluster, log_text: str) -> tuple[Worker, str, list[str]] | None:
+    """The first (worker, executor, running tasks) whose executor has finished a task (so
+    its shuffle output is lost with it) and is running one right now."""
+    finished = {tid for _, _, tid, _ in FINISH_RE.findall(log_text)}
+    placed = re.findall(r"Executor added: \S+/(\d+) on (worker-\S+)", log_text)
+    for exec_id, worker_id in placed:
+        worker = next(
+            (w for w in cluster.workers.values() if worker_id.endswith(w.worker_id_suffix)), None
+        )
+        if worker is None or worker.proc.poll() is not None:
+            continue
+        done = [tid for _, _, tid, e in FINISH_RE.findall(log_text) if e == exec_id]
+        running = [
+            f"task {task} in stage {stage} (TID {tid})"
+            for task, stage, tid, e in START_RE.findall(log_text)
+            if e == exec_id and tid not in finished
+        ]
+        if done and running:
+            return worker, exec_id, running
     return None
 
 
@@ -387,34 +429,24 @@ def test_submit_survives_worker_loss(spark, cluster, demo_data):
     """SIGKILL a worker while the staging job runs: the job still finishes, same results."""
     cluster.ensure_workers(2)
     root = _new_root(demo_data, "fault")
-    victim = cluster.workers["w2"]
     t0 = time.perf_counter()
     job = _start_submit(cluster, root)
     killed: dict | None = None
     while job.proc.poll() is None and time.perf_counter() - t0 < SUBMIT_TIMEOUT:
-        text = job.log.read_text(errors="replace")
-        exec_id = _executor_on(victim, text)
-        if exec_id is not None:
-            finished = {t for _, _, t, e in FINISH_RE.findall(text) if e == exec_id}
-            running = [
-                (task, stage, tid)
-                for task, stage, tid, e in START_RE.findall(text)
-                if e == exec_id and tid not in finished
-            ]
-            # Kill once the victim has finished work (its shuffle output is lost too)
-            # and is running a task right now.
-            if finished and running:
-                cluster.kill_worker(victim.name)
-                killed = {
-                    "worker": victim.name,
-                    "executor": exec_id,
-                    "after_s": round(time.perf_counter() - t0, 1),
-                    "running_tasks": [f"task {t} in stage {st} (TID {i})" for t, st, i in running],
-                    "staging_committed": any((root / "staging" / "_delta_log").glob("*.json")),
-                }
-                break
+        found = _victim(cluster, job.log.read_text(errors="replace"))
+        if found:
+            victim, exec_id, running = found
+            cluster.kill_worker(victim.name)
+            killed = {
+                "worker": f"{victim.name} (127.0.0.1:{victim.port})",
+                "executor": exec_id,
+                "after_s": round(time.perf_counter() - t0, 1),
+                "running_tasks": running,
+                "staging_committed": any((root / "staging" / "_delta_log").glob("*.json")),
+            }
+            break
         time.sleep(0.05)
-    assert killed, f"the victim never ran a task before the job ended\n{job.tails()}"
+    assert killed, f"no executor was running a task before the job ended\n{job.tails()}"
     # The kill landed in the middle of the staging job (nothing committed yet).
     assert not killed["staging_committed"], killed
     assert victim.proc.poll() is not None
