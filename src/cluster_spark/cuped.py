@@ -31,8 +31,9 @@ from cluster_spark.inference import (
     STATUS_ZERO_VARIANCE,
     Comparison,
     Test,
-    _interval,
     compare,
+    interval,
+    welch_df,
 )
 from cluster_spark.stats import RatioStats
 
@@ -295,14 +296,6 @@ def _group_terms(s: CupedStats) -> _GroupTerms | None:
     return _GroupTerms(s.n, r, p, max(v_r, 0.0), v_p, c)
 
 
-def _welch_df(a: float, b: float, n_t: int, n_c: int) -> float | None:
-    """ν = (a+b)²/(a²/(n_T−1) + b²/(n_C−1)) in the scale-free form of `inference.compare`."""
-    if not a + b > 0:
-        return None
-    wa, wb = a / (a + b), b / (a + b)
-    return 1.0 / (wa * wa / (n_t - 1) + wb * wb / (n_c - 1))
-
-
 def compare_cuped(
     treatment: CupedStats,
     control: CupedStats,
@@ -354,13 +347,13 @@ def compare_cuped(
             unadjusted, STATUS_CUPED_NO_GAIN, theta=theta, variance_reduction=reduction
         )
 
-    df = _welch_df(a, b, t.n, c.n) if test == "welch" else None
+    df = welch_df(a, b, t.n, c.n) if test == "welch" else None
     dist = sps.norm() if df is None else sps.t(df)
     q = float(dist.ppf(1 - alpha / 2))
 
     effect_abs = (t.r - theta * t.p) - (c.r - theta * c.p)
     se_abs = math.sqrt(var_adj)
-    low, high, p = _interval(effect_abs, se_abs, q, dist.sf)
+    low, high, p = interval(effect_abs, se_abs, q, dist.sf)
     out: dict[str, float | None] = {
         "effect_abs": effect_abs,
         "effect_abs_ci_low": low,
@@ -376,7 +369,7 @@ def compare_cuped(
         b_rel = max(k * k * c.v_r - 2.0 * k * theta * c.c + theta * theta * c.v_p, 0.0) / c.n
         se_rel = math.sqrt(a + b_rel) / abs(c.r)
         if math.isfinite(se_rel):
-            low, high, p = _interval(effect_rel, se_rel, q, dist.sf)
+            low, high, p = interval(effect_rel, se_rel, q, dist.sf)
             out |= {
                 "effect_rel": effect_rel,
                 "effect_rel_ci_low": low,

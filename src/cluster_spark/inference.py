@@ -62,7 +62,16 @@ class Comparison:
     status: str = STATUS_OK
 
 
-def _interval(
+def welch_df(a: float, b: float, n_t: int, n_c: int) -> float | None:
+    """Welch–Satterthwaite ν = (a+b)²/(a²/(n_T−1) + b²/(n_C−1)) for variance terms a, b of
+    the two groups, in scale-free form (no under/overflow); None when a + b = 0."""
+    if not a + b > 0:
+        return None
+    wa, wb = a / (a + b), b / (a + b)
+    return 1.0 / (wa * wa / (n_t - 1) + wb * wb / (n_c - 1))
+
+
+def interval(
     est: float, se: float, q: float, sf: Callable[[float], float]
 ) -> tuple[float | None, float | None, float | None]:
     """(CI low, CI high, two-sided p) of est ± q·SE, sf the survival function; None if SE = 0."""
@@ -97,17 +106,13 @@ def compare(
         return Comparison(status=STATUS_ZERO_DENOMINATOR)
 
     a, b = v_t / treatment.n, v_c / control.n
-    df = None
-    dist = sps.norm()  # z test; with a = b = 0 no interval is computed
-    if test == "welch" and a + b > 0:
-        wa, wb = a / (a + b), b / (a + b)  # ν in scale-free form: no under/overflow
-        df = 1.0 / (wa * wa / (treatment.n - 1) + wb * wb / (control.n - 1))
-        dist = sps.t(df)
+    df = welch_df(a, b, treatment.n, control.n) if test == "welch" else None
+    dist = sps.norm() if df is None else sps.t(df)  # with a = b = 0 no interval is computed
     q = float(dist.ppf(1 - alpha / 2))
 
     effect_abs = r_t - r_c
     se_abs = math.sqrt(a + b)
-    low, high, p = _interval(effect_abs, se_abs, q, dist.sf)
+    low, high, p = interval(effect_abs, se_abs, q, dist.sf)
     out = {
         "effect_abs": effect_abs,
         "effect_abs_ci_low": low,
@@ -121,7 +126,7 @@ def compare(
         effect_rel = effect_abs / abs(r_c)
         k = r_t / r_c
         se_rel = math.sqrt(a + k * k * b) / abs(r_c)
-        low, high, p = _interval(effect_rel, se_rel, q, dist.sf)
+        low, high, p = interval(effect_rel, se_rel, q, dist.sf)
         out |= {
             "effect_rel": effect_rel,
             "effect_rel_ci_low": low,
