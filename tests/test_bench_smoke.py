@@ -1,0 +1,67 @@
+"""`bench/run.py --smoke` runs end to end and reports all four measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = (
+    "floor s",
+    "stage s",
+    "reduce s",
+    "cluster_spark s",
+    "per-metric s",
+    "py RSS peak MiB",
+    "JVM heap peak MiB",
+)
+
+
+@pytest.mark.slow
+def test_bench_smoke(tmp_path):
+    md = ROOT / "BENCHMARKS.md"
+    md_before = md.stat().st_mtime_ns if md.exists() else None
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("BENCH_ARGS", "PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET")
+    }
+    command = [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--no-write-md"]
+    proc = subprocess.run(
+        [*command, "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| events |"))
+    for column in COLUMNS:
+        assert f"| {column} |" in header
+    row = next(line for line in lines if line.startswith("| 20,000 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == header.count("|") - 1
+    assert "| target | measured | threshold | result |" in proc.stdout
+
+    report = json.loads((tmp_path / "bench.json").read_text())
+    (size,) = report["rows"]
+    assert size["events"] == 20_000
+    for key in ("floor_s", "stage_s", "reduce_s", "per_metric_s"):
+        assert size[key] > 0, key
+    assert len(size["per_metric_queries"]) == 20
+    # 3 experiments with 3 + 2 + 2 variants, 20 metrics each, 2 of them winsorized
+    assert size["results_rows"] == 20 * 7
+    assert size["staging_rows"] == (20 + 2) * 7
+    assert size["memory"]["py_rss_peak_mib"] > 0
+    assert size["memory"]["jvm_heap_peak_mib"] > 0
+    plan = report["staging_plan_operators"]["staging statistics"]
+    assert plan["Scan events"] >= 1 and plan["HashAggregate"] >= 1
+    assert (md.stat().st_mtime_ns if md.exists() else None) == md_before  # --no-write-md
