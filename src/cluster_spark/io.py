@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping
 
 from delta import exceptions as delta_errors
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cluster_spark.config import Table
@@ -123,3 +124,27 @@ def read_slice(
     except AnalysisException as err:
         raise InputError(f"cannot read Delta table {path}: {err.getMessage()}") from None
     return df.where(slice_predicate(experiment_ids, analysis_date))
+
+
+def literal_frame(
+    spark: SparkSession, rows: Iterable[tuple], columns: list[tuple[str, str]]
+) -> DataFrame:
+    """A small DataFrame of literal rows, built inside the JVM.
+
+    `spark.createDataFrame` of a Python list is scanned through Python worker processes
+    (a `Scan ExistingRDD` in the plan); literals in `inline(array(struct, …))` are not.
+    `columns` are (name, Spark SQL type) pairs.
+    """
+
+    def struct(row: tuple) -> Column:
+        if len(row) != len(columns):
+            raise ValueError(f"row {row!r} does not have {len(columns)} values")
+        return F.struct(
+            *[F.lit(v).cast(kind).alias(name) for v, (name, kind) in zip(row, columns, strict=True)]
+        )
+
+    structs = [struct(tuple(r)) for r in rows]
+    if not structs:
+        empty = [F.lit(None).cast(kind).alias(name) for name, kind in columns]
+        return spark.range(0).select(*empty)
+    return spark.range(1).select(F.inline(F.array(*structs)))

@@ -12,8 +12,10 @@ bake rules, winsorization at percentiles pooled across variants.
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import reduce
+from functools import cached_property, reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -21,7 +23,7 @@ from pyspark.sql import types as T
 
 from cluster_spark.config import Component, Condition, Config, Experiment, IdMapping, Metric
 from cluster_spark.errors import DataQualityError
-from cluster_spark.io import check_columns, describe, read_table
+from cluster_spark.io import check_columns, describe, literal_frame, read_table
 
 UNIT = "_unit"
 TS = "_ts"
@@ -42,6 +44,12 @@ CUPED_COLUMNS = (
     "css_dx",
     "css_dy",
     "css_xy",
+)
+
+#: Moments of the analysis-unit values (m_j, d_j), for the design effect: null unless the
+#: experiment has an analysis unit and the metric qualifies (`analysis_unit_moments`).
+ANALYSIS_UNIT_COLUMNS = tuple(
+    f"au_{c}" for c in ("n_units", "mean_m", "mean_d", "css_mm", "css_dd", "css_md")
 )
 
 STAGING_SCHEMA = T.StructType(
@@ -67,6 +75,8 @@ STAGING_SCHEMA = T.StructType(
         T.StructField("num_upper_cap", T.DoubleType(), True),
         T.StructField("den_lower_cap", T.DoubleType(), True),
         T.StructField("den_upper_cap", T.DoubleType(), True),
+        T.StructField("au_n_units", T.LongType(), True),
+        *[T.StructField(c, T.DoubleType(), True) for c in ANALYSIS_UNIT_COLUMNS[1:]],
         T.StructField("run_id", T.StringType(), False),
     ]
 )
@@ -165,6 +175,25 @@ class Plan:
         units = {e.analysis_unit for e in self.experiments} - {None}
         return units.pop() if len(units) == 1 else None
 
+    @cached_property
+    def components(self) -> dict[tuple[str, str], tuple[str, Component, float]]:
+        """(metric, role) → (column, component, bake hours) of each event component.
+        Components equal but for winsorization (applied per unit later) share one column,
+        so every distinct aggregation is computed once."""
+        columns: dict[str, str] = {}
+        out = {}
+        for name, metric in self.metrics.items():
+            for role, comp in metric.components.items():
+                if comp.agg == "unit_count":
+                    continue
+                key = json.dumps(
+                    [comp.model_dump(mode="json", exclude={"winsorize"}), metric.bake_hours],
+                    sort_keys=True,
+                )
+                column = columns.setdefault(key, f"_c{len(columns)}")
+                out[(name, role)] = (column, comp, metric.bake_hours)
+        return out
+
 
 @dataclass
 class Staged:
@@ -190,13 +219,14 @@ def _diag(df: DataFrame, check: str, value: Column, metric=None, variant=None) -
 
 
 def _experiment_ids(spark: SparkSession, plan: Plan) -> DataFrame:
-    return spark.createDataFrame([(e.id,) for e in plan.experiments], "experiment_id string")
+    return literal_frame(spark, [(e.id,) for e in plan.experiments], [("experiment_id", "string")])
 
 
-def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame]:
+def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame, DataFrame]:
     """First exposure per (experiment, unit) within each experiment's dates; units seen in
-    two variants are dropped. Returns (units, diagnostics). Units have columns
-    experiment_id, _unit, variant, exposure_ts, start_ts, analysis_ts."""
+    two variants are dropped. Returns (units, diagnostics, the persisted per-unit frame
+    both derive from). Units have columns experiment_id, _unit, variant, exposure_ts,
+    start_ts, analysis_ts, pre_start_ts."""
     src = plan.config.exposures
     df = read_table(spark, src)
     unit_col = src.ids[plan.unit_type]
@@ -205,7 +235,8 @@ def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame
         {src.experiment_id: "id", unit_col: "id", src.variant: "any", src.timestamp: "timestamp"},
         f"exposures {describe(src)}",
     )
-    bounds = spark.createDataFrame(
+    bounds = literal_frame(
+        spark,
         [
             (
                 e.id,
@@ -215,27 +246,29 @@ def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame
             )
             for e in plan.experiments
         ],
-        "experiment_id string, start_ts timestamp, analysis_ts timestamp, lookback_days int",
+        [
+            ("experiment_id", "string"),
+            ("start_ts", "timestamp"),
+            ("analysis_ts", "timestamp"),
+            ("lookback_days", "int"),
+        ],
     )
-    rows = (
-        df.select(
-            F.col(src.experiment_id).cast("string").alias("experiment_id"),
-            F.col(unit_col).cast("string").alias(UNIT),
-            F.col(src.variant).cast("string").alias("variant"),
-            F.col(src.timestamp).cast("timestamp").alias(TS),
-        )
-        .join(F.broadcast(bounds), "experiment_id")
-        .withColumn("_null", F.col(UNIT).isNull() | F.col("variant").isNull() | F.col(TS).isNull())
-    )
-    in_window = (F.col(TS) >= F.col("start_ts")) & (F.col(TS) < F.col("analysis_ts"))
+    rows = df.select(
+        F.col(src.experiment_id).cast("string").alias("experiment_id"),
+        F.col(unit_col).cast("string").alias(UNIT),
+        F.col(src.variant).cast("string").alias("variant"),
+        F.col(src.timestamp).cast("timestamp").alias(TS),
+    ).join(F.broadcast(bounds), "experiment_id")
+    null = F.col(UNIT).isNull() | F.col("variant").isNull() | F.col(TS).isNull()
+    valid = ~null & (F.col(TS) >= F.col("start_ts")) & (F.col(TS) < F.col("analysis_ts"))
     per_unit = (
-        rows.where(~F.col("_null") & in_window)
-        .groupBy("experiment_id", UNIT)
+        rows.groupBy("experiment_id", UNIT)
         .agg(
-            F.min(TS).alias("exposure_ts"),
-            F.min("variant").alias("variant"),
-            F.count_distinct("variant").alias("n_variants"),
-            F.count(F.lit(1)).alias("n_rows"),
+            F.min(F.when(valid, F.col(TS))).alias("exposure_ts"),
+            F.min(F.when(valid, F.col("variant"))).alias("variant"),
+            F.max(F.when(valid, F.col("variant"))).alias("_last_variant"),
+            F.count(F.when(valid, 1)).alias("n_rows"),
+            F.count(F.when(null, 1)).alias("n_null"),
             F.first("start_ts").alias("start_ts"),
             F.first("analysis_ts").alias("analysis_ts"),
             F.first("lookback_days").alias("lookback_days"),
@@ -244,24 +277,29 @@ def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame
             "pre_start_ts",
             F.col("exposure_ts") - F.make_dt_interval(days=F.col("lookback_days")),
         )
+        .persist()
     )
-    units = per_unit.where(F.col("n_variants") == 1).drop("n_variants", "n_rows", "lookback_days")
+    exposed = F.col("n_rows") > 0
+    single = F.col("variant") == F.col("_last_variant")
+    units = per_unit.where(exposed & single).select(
+        "experiment_id", UNIT, "variant", "exposure_ts", "start_ts", "analysis_ts", "pre_start_ts"
+    )
     per_exp = per_unit.groupBy("experiment_id").agg(
-        F.sum(F.when(F.col("n_variants") == 1, F.col("n_rows") - 1)).alias("dup"),
-        F.count(F.when(F.col("n_variants") > 1, 1)).alias("multi"),
+        F.coalesce(F.sum(F.when(exposed & single, F.col("n_rows") - 1)), F.lit(0)).alias("dup"),
+        F.count(F.when(exposed & ~single, 1)).alias("multi"),
+        F.sum("n_null").alias("nulls"),
     )
-    nulls = rows.groupBy("experiment_id").agg(F.count(F.when(F.col("_null"), 1)).alias("n"))
     counts = units.groupBy("experiment_id", "variant").count()
     diagnostics = reduce(
         DataFrame.unionByName,
         [
             _diag(per_exp, "duplicate_exposures", F.col("dup")),
             _diag(per_exp, "units_in_several_variants", F.col("multi")),
-            _diag(nulls, "exposures_with_null_ids", F.col("n")),
+            _diag(per_exp, "exposures_with_null_ids", F.col("nulls")),
             _diag(counts, "assignment_units", F.col("count"), variant=F.col("variant")),
         ],
     )
-    return units, diagnostics
+    return units, diagnostics, per_unit
 
 
 def _map_ids(spark: SparkSession, events: DataFrame, mapping: IdMapping) -> DataFrame:
@@ -280,19 +318,19 @@ def _map_ids(spark: SparkSession, events: DataFrame, mapping: IdMapping) -> Data
 
 
 def source_events(
-    spark: SparkSession, plan: Plan, source: str, columns: set[str]
+    spark: SparkSession, plan: Plan, source: str, columns: set[str], sub_col: str | None
 ) -> tuple[DataFrame, str]:
-    """The source's events with `_unit` (the assignment unit), `_ts`, `_sub` (the analysis
-    unit, null if the source lacks it) and the columns the metrics read."""
+    """The source's events with `_unit` (the assignment unit), `_ts`, `_sub` (the column
+    `sub_col` of the first aggregation level, null without one) and the columns the
+    metrics read."""
     config = plan.config
     src = config.sources[source]
     df = read_table(spark, src)
     route = config.unit_route(source, plan.unit_type)
     key_col = route if isinstance(route, str) else src.ids[route.from_id]
-    sub_col = src.ids.get(plan.analysis_unit) if plan.analysis_unit else None
     required = {key_col: "id", src.timestamp: "timestamp"}
     if sub_col:
-        required[sub_col] = "id"
+        required[sub_col] = "id" if sub_col in src.ids.values() else "any"
     for column in columns:
         required.setdefault(column, "any")
     where = f"source '{source}' ({describe(src)})"
@@ -308,23 +346,22 @@ def source_events(
     return events, where
 
 
-def _numeric_columns(comps: dict[str, Component]) -> dict[str, str]:
-    return {c.column: "numeric" for c in comps.values() if c.agg == "sum"}
+def _numeric_columns(comps: Iterable[Component]) -> dict[str, str]:
+    return {c.column: "numeric" for c in comps if c.agg == "sum"}
 
 
-def apply_multi_unit_policy(
-    joined: DataFrame, plan: Plan, where: str
-) -> tuple[DataFrame, DataFrame]:
+def apply_multi_unit_policy(rows: DataFrame, plan: Plan, where: str) -> tuple[DataFrame, DataFrame]:
     """Analysis units (e.g. users) seen under several assignment units (orgs) within an
     experiment break the design (GrowthBook): drop, keep the first, or fail, per experiment.
-    Returns (events, diagnostics)."""
+    `rows` has one row per (experiment, unit, analysis unit) with its first event time
+    `_first_ts`. Returns (rows kept, diagnostics)."""
     subs = (
-        joined.where(F.col(SUB).isNotNull())
+        rows.where(F.col(SUB).isNotNull())
         .groupBy("experiment_id", SUB)
-        .agg(F.count_distinct(UNIT).alias("n_units"), F.min_by(UNIT, TS).alias("_first_unit"))
+        .agg(F.count(F.lit(1)).alias("n_units"), F.min_by(UNIT, "_first_ts").alias("_first_unit"))
     )
     bad = subs.where(F.col("n_units") > 1)
-    counts = _experiment_ids(joined.sparkSession, plan).join(
+    counts = _experiment_ids(rows.sparkSession, plan).join(
         bad.groupBy("experiment_id").count(), "experiment_id", "left"
     )
     diag = _diag(counts, "analysis_units_in_several_units", F.coalesce(F.col("count"), F.lit(0)))
@@ -339,8 +376,10 @@ def apply_multi_unit_policy(
                 f"multi_unit_policy is 'fail'"
             )
     keep_first = F.col("experiment_id").isin([e for e, p in policies.items() if p != "drop"])
-    flagged = joined.join(
-        bad.select("experiment_id", SUB, "_first_unit"), ["experiment_id", SUB], "left"
+    flagged = rows.join(
+        F.broadcast(bad.select("experiment_id", SUB, "_first_unit")),
+        ["experiment_id", SUB],
+        "left",
     )
     kept = flagged.where(
         F.col("_first_unit").isNull() | (keep_first & (F.col(UNIT) == F.col("_first_unit")))
@@ -348,63 +387,120 @@ def apply_multi_unit_policy(
     return kept, diag
 
 
+def _first_level_key(plan: Plan, source: str, comps: Iterable[Component]) -> str | None:
+    """The column of the first aggregation level: the analysis unit when the source has
+    it, else the one column whose distinct values some metric counts, else none."""
+    src = plan.config.sources[source]
+    if plan.analysis_unit and plan.analysis_unit in src.ids:
+        return src.ids[plan.analysis_unit]
+    distinct = {c.column for c in comps if c.agg == "count_distinct"}
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def _two_level(comp: Component, keep: Column, name: str, key_col: str | None):
+    """(first-level aggregation per (unit, key), its merge per unit, its additive value per
+    analysis unit or None). Distinct counts of the key are a 0/1 flag per key;
+    distinct counts of other columns merge value sets (exact, but not additive)."""
+    if comp.agg == "sum":
+        return F.sum(F.when(keep, F.col(comp.column).cast("double"))), F.sum(name), F.col(name)
+    if comp.agg == "count":
+        return F.count(F.when(keep, 1)), F.sum(name), F.col(name)
+    if comp.agg == "count_distinct" and comp.column == key_col:
+        flag = F.when(F.col(name).isNotNull(), F.lit(1))
+        return F.max(F.when(keep & F.col(SUB).isNotNull(), 1)), F.count(name), flag
+    if comp.agg == "count_distinct":
+        merged = F.size(F.array_distinct(F.flatten(F.collect_list(name))))
+        return F.collect_set(F.when(keep, F.col(comp.column))), merged, None
+    raise ValueError(f"component {comp.agg} is not aggregated over events")
+
+
+@dataclass
+class SourceAggregates:
+    """What one pass over a metric source yields (see `source_unit_aggregates`)."""
+
+    per_unit: DataFrame
+    per_analysis_unit: DataFrame | None
+    diagnostics: DataFrame
+    persisted: DataFrame
+
+
 def source_unit_aggregates(
     spark: SparkSession, plan: Plan, source: str, units: DataFrame
-) -> tuple[DataFrame, DataFrame]:
-    """One pass over one metric source: every component that reads it, per exposed unit.
-    Returns (per-unit aggregates, diagnostics)."""
-    comps = {
-        f"{name}__{role}": (comp, metric.bake_hours)
-        for name, metric in plan.metrics.items()
-        for role, comp in metric.components.items()
-        if comp.source == source
+) -> SourceAggregates:
+    """One pass over one metric source for every component that reads it, in two levels.
+
+    The events, joined to the broadcast first exposures, are aggregated once per
+    (experiment, unit, analysis unit) — a small frame that is persisted — and that frame is
+    merged per (experiment, unit). Distinct counts of analysis units become flags at the
+    first level, so no per-term `count(DISTINCT)` (Spark's Expand, one copy of every event
+    per term) is planned. The multi-unit check, the data-quality counts and the
+    per-analysis-unit values for the design effect all read the persisted frame.
+    """
+    parts = {
+        name: (comp, bake) for name, comp, bake in plan.components.values() if comp.source == source
     }
-    columns = {c.column for c, _ in comps.values() if c.column}
-    columns |= {cond.column for c, _ in comps.values() for cond in c.filter}
-    events, where = source_events(spark, plan, source, columns)
-    check_columns(events, _numeric_columns({k: c for k, (c, _) in comps.items()}), where)
-    joined = (
-        events.where(F.col(UNIT).isNotNull())
-        .join(
-            F.broadcast(
-                units.select(
-                    "experiment_id", UNIT, "exposure_ts", "start_ts", "analysis_ts", "pre_start_ts"
-                )
-            ),
-            UNIT,
-        )
-        .where(
-            (F.col(TS) >= F.least("start_ts", "pre_start_ts")) & (F.col(TS) <= F.col("analysis_ts"))
-        )
+    columns = {c.column for c, _ in parts.values() if c.column}
+    columns |= {cond.column for c, _ in parts.values() for cond in c.filter}
+    key_col = _first_level_key(plan, source, [c for c, _ in parts.values()])
+    events, where = source_events(spark, plan, source, columns, key_col)
+    check_columns(events, _numeric_columns(c for c, _ in parts.values()), where)
+    window = units.select(
+        "experiment_id", UNIT, "exposure_ts", "start_ts", "analysis_ts", "pre_start_ts"
     )
-    pre_aggs = (
-        [component_agg(c, pre_condition(c)).alias(f"{name}_pre") for name, (c, _) in comps.items()]
-        if plan.cuped
-        else []
+    in_range = (F.col(TS) >= F.least("start_ts", "pre_start_ts")) & (
+        F.col(TS) <= F.col("analysis_ts")
     )
-    null_ids = events.agg(F.count(F.when(F.col(UNIT).isNull(), 1)).alias("n")).crossJoin(
-        _experiment_ids(spark, plan)
+    # Left join: events without a unit id stay (counted below); events of units that are
+    # not exposed fail `in_range` (null) and go.
+    joined = events.join(F.broadcast(window), UNIT, "left").where(F.col(UNIT).isNull() | in_range)
+    first, second, values = [], [], []
+    for name, (comp, bake) in parts.items():
+        terms = [(name, event_condition(comp, bake))]
+        if plan.cuped:
+            terms.append((f"{name}_pre", pre_condition(comp)))
+        for col, keep in terms:
+            one, two, value = _two_level(comp, keep, col, key_col)
+            first.append(one.alias(col))
+            second.append(two.alias(col))
+            if value is not None:
+                values.append(F.coalesce(value.cast("double"), F.lit(0.0)).alias(col))
+    exposure, start = F.col("exposure_ts"), F.col("start_ts")
+    level1 = (
+        joined.groupBy("experiment_id", UNIT, SUB)
+        .agg(
+            *first,
+            F.min(TS).alias("_first_ts"),
+            F.count(F.when((F.col(TS) < exposure) & (F.col(TS) >= start), 1)).alias("_n_pre"),
+            F.max(F.when(F.col(TS) >= exposure, 1)).alias("_active"),
+            F.count(F.lit(1)).alias("_n_events"),
+        )
+        .persist()
+    )
+    null_ids = (
+        level1.where(F.col(UNIT).isNull())
+        .agg(F.coalesce(F.sum("_n_events"), F.lit(0)).alias("n"))
+        .crossJoin(_experiment_ids(spark, plan))
     )
     diags = [_diag(null_ids, f"events_with_null_ids:{source}", F.col("n"))]
+    rows = level1.where(F.col("experiment_id").isNotNull())
     if plan.analysis_unit:
-        joined, multi = apply_multi_unit_policy(joined, plan, where)
+        rows, multi = apply_multi_unit_policy(rows, plan, where)
         diags.append(multi)
-    aggs = joined.groupBy("experiment_id", UNIT).agg(
-        *[
-            component_agg(c, event_condition(c, bake)).alias(name)
-            for name, (c, bake) in comps.items()
-        ],
-        *pre_aggs,
-        F.count(
-            F.when((F.col(TS) < F.col("exposure_ts")) & (F.col(TS) >= F.col("start_ts")), 1)
-        ).alias(f"_pre__{source}"),
-        F.count_distinct(F.when(F.col(TS) >= F.col("exposure_ts"), F.col(SUB))).alias(
-            f"_subs__{source}"
-        ),
+    per_unit = rows.groupBy("experiment_id", UNIT).agg(
+        *second,
+        F.sum("_n_pre").alias(f"_pre__{source}"),
+        F.count(F.when(F.col(SUB).isNotNull(), F.col("_active"))).alias(f"_subs__{source}"),
     )
-    pre = aggs.groupBy("experiment_id").agg(F.sum(f"_pre__{source}").alias("n"))
+    pre = per_unit.groupBy("experiment_id").agg(F.sum(f"_pre__{source}").alias("n"))
     diags.append(_diag(pre, f"events_before_exposure:{source}", F.col("n")))
-    return aggs, reduce(DataFrame.unionByName, diags)
+    per_analysis_unit = None
+    if plan.analysis_unit and key_col == plan.config.sources[source].ids.get(plan.analysis_unit):
+        per_analysis_unit = rows.where(F.col(SUB).isNotNull()).select(
+            "experiment_id", UNIT, SUB, *values
+        )
+    return SourceAggregates(
+        per_unit, per_analysis_unit, reduce(DataFrame.unionByName, diags), level1
+    )
 
 
 def _included(metric: Metric) -> tuple[Column, Column]:
@@ -420,17 +516,96 @@ def _included(metric: Metric) -> tuple[Column, Column]:
     return complete, baked
 
 
-def unit_values(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame]:
-    """Long per-unit values: experiment_id, variant, _unit, metric, m, d, complete, baked,
-    plus the analysis-unit counts; zeros for units without events. Returns
-    (values, diagnostics)."""
-    units, diags = exposed_units(spark, plan)
+def _conversion(metric: Metric, m: Column, d: Column) -> Column:
+    """The numerator under the conversion-rate rule: 0 where the denominator is 0."""
+    if metric.kind == "ratio" and metric.conversion_rate:
+        return F.when(d == 0, F.lit(0.0)).otherwise(m)
+    return m
+
+
+def _moments(prefix: str, m: Column, d: Column, keep: Column) -> list[Column]:
+    """n, means and centered co-moments (var_pop/covar_pop × n) of (m, d) where `keep`."""
+    mi, di = F.when(keep, m), F.when(keep, d)
+    n = F.count(F.when(keep, 1))
+    return [
+        n.alias(f"{prefix}n_units"),
+        F.avg(mi).alias(f"{prefix}mean_m"),
+        F.avg(di).alias(f"{prefix}mean_d"),
+        (F.var_pop(mi) * n).alias(f"{prefix}css_mm"),
+        (F.var_pop(di) * n).alias(f"{prefix}css_dd"),
+        (F.covar_pop(mi, di) * n).alias(f"{prefix}css_md"),
+    ]
+
+
+def analysis_unit_moments(
+    plan: Plan, per_analysis_unit: list[DataFrame], units: DataFrame
+) -> DataFrame | None:
+    """Per (experiment, metric, variant): n, means and centered co-moments of the values
+    (m_j, d_j) of the analysis units with activity in the metric, treated as independent
+    units — the naive variance in the design effect (Kish 1965; Deng et al. 2018, §3).
+    Only ratio metrics whose components add up over analysis units (sums, counts, distinct
+    analysis units) qualify; inclusion rules are those of the unit."""
+    if not per_analysis_unit:
+        return None
+    subs = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), per_analysis_unit)
+    value_cols = [c for c in subs.columns if c not in ("experiment_id", UNIT, SUB)]
+    if len(per_analysis_unit) > 1:
+        subs = subs.groupBy("experiment_id", UNIT, SUB).agg(
+            *[F.sum(c).alias(c) for c in value_cols]
+        )
+    subs = subs.join(
+        F.broadcast(units.select("experiment_id", UNIT, "variant", "exposure_ts", "analysis_ts")),
+        ["experiment_id", UNIT],
+    )
+    aggs, names = [], []
+    for name, metric in plan.metrics.items():
+        cols = [plan.components.get((name, role), (None,))[0] for role in ("num", "den")]
+        if metric.kind != "ratio" or any(c not in value_cols for c in cols):
+            continue
+        m, d = (F.coalesce(F.col(c), F.lit(0.0)) for c in cols)
+        complete, baked = _included(metric)
+        m = _conversion(metric, m, d)
+        aggs += _moments(f"{name}|", m, d, complete & baked & ((m != 0) | (d != 0)))
+        names.append(name)
+    if not names:
+        return None
+    wide = subs.groupBy("experiment_id", "variant").agg(*aggs)
+    rows = [
+        F.struct(
+            F.lit(name).alias("metric"),
+            *[F.col(f"`{name}|{c[3:]}`").alias(c) for c in ANALYSIS_UNIT_COLUMNS],
+        )
+        for name in names
+    ]
+    return wide.select("experiment_id", "variant", F.explode(F.array(*rows)).alias("a")).select(
+        "experiment_id", "variant", "a.*"
+    )
+
+
+@dataclass
+class UnitValues:
+    """Long per-unit values of one plan and what goes with them."""
+
+    values: DataFrame
+    diagnostics: DataFrame
+    analysis_unit_moments: DataFrame | None
+    persisted: list[DataFrame]
+
+
+def unit_values(spark: SparkSession, plan: Plan) -> UnitValues:
+    """Long per-unit values: experiment_id, variant, _unit, metric, m, d, x, y, complete,
+    baked; zeros for units without events; plus diagnostics and analysis-unit moments."""
+    units, diags, exposures = exposed_units(spark, plan)
+    persisted = [exposures]
     wide = units
-    sub_cols = []
+    sub_cols, per_analysis_unit = [], []
     for source in plan.sources:
-        aggs, source_diag = source_unit_aggregates(spark, plan, source, units)
-        wide = wide.join(aggs, ["experiment_id", UNIT], "left")
-        diags = diags.unionByName(source_diag)
+        agg = source_unit_aggregates(spark, plan, source, units)
+        wide = wide.join(agg.per_unit, ["experiment_id", UNIT], "left")
+        diags = diags.unionByName(agg.diagnostics)
+        persisted.append(agg.persisted)
+        if agg.per_analysis_unit is not None:
+            per_analysis_unit.append(agg.per_analysis_unit)
         sub_cols.append(F.coalesce(F.col(f"_subs__{source}"), F.lit(0)))
 
     def value(name: str, role: str, comp: Component, suffix: str = "") -> Column:
@@ -438,7 +613,8 @@ def unit_values(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame]:
             return F.lit(1.0)
         if suffix and not plan.cuped:
             return F.lit(0.0)
-        return F.coalesce(F.col(f"{name}__{role}{suffix}").cast("double"), F.lit(0.0))
+        column = plan.components[(name, role)][0] + suffix
+        return F.coalesce(F.col(column).cast("double"), F.lit(0.0))
 
     entries = []
     for name, metric in plan.metrics.items():
@@ -483,7 +659,12 @@ def unit_values(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame]:
         diags = diags.unionByName(
             _diag(counts, "analysis_units", F.col("n"), variant=F.col("variant"))
         )
-    return values.drop("_n_subs"), diags
+    return UnitValues(
+        values.drop("_n_subs"),
+        diags,
+        analysis_unit_moments(plan, per_analysis_unit, units),
+        persisted,
+    )
 
 
 def _caps(values: DataFrame, plan: Plan) -> DataFrame | None:
@@ -617,14 +798,9 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
         else [F.lit(None).alias(c) for c in CUPED_COLUMNS]
     )
     return values.groupBy("experiment_id", "metric", "variant", "winsorized").agg(
-        n.alias("n_units"),
+        *_moments("", m, F.col("d"), inc),
         F.sum(mi).alias("sum_m"),
         F.sum(di).alias("sum_d"),
-        F.avg(mi).alias("mean_m"),
-        F.avg(di).alias("mean_d"),
-        (F.var_pop(mi) * n).alias("css_mm"),
-        (F.var_pop(di) * n).alias("css_dd"),
-        (F.covar_pop(mi, di) * n).alias("css_md"),
         *cuped,
         F.count(F.when(inc & (F.col("d") == 0), 1)).alias("n_zero_denominator"),
         F.count(F.when(~F.col("complete"), 1)).alias("n_incomplete_window"),
@@ -656,11 +832,21 @@ def stage(
     """The staged statistics (STAGING_SCHEMA) and diagnostics of these experiments, lazy."""
     stats, diags, persisted = [], [], []
     for plan in plans(config, experiment_ids, analysis_date):
-        values, diag = unit_values(spark, plan)
-        values, cached = winsorize(values, plan)
-        stats.append(group_statistics(values, plan))
-        diags.append(diag)
-        persisted += cached
+        unit = unit_values(spark, plan)
+        values, cached = winsorize(unit.values, plan)
+        group = group_statistics(values, plan)
+        moments = unit.analysis_unit_moments
+        if moments is None:
+            group = group.select("*", *[F.lit(None).alias(c) for c in ANALYSIS_UNIT_COLUMNS])
+        else:
+            keys = ["experiment_id", "metric", "variant"]
+            group = group.join(F.broadcast(moments), keys, "left").select(
+                *[c for c in group.columns],
+                *[F.when(~F.col("winsorized"), F.col(c)).alias(c) for c in ANALYSIS_UNIT_COLUMNS],
+            )
+        stats.append(group)
+        diags.append(unit.diagnostics)
+        persisted += unit.persisted + cached
     meta = [F.lit(analysis_date).alias("analysis_date")]
     return Staged(
         stats=reduce(DataFrame.unionByName, stats).select(
