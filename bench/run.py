@@ -519,12 +519,21 @@ def first_exposures(spark: SparkSession, config: Config, exposures: DataFrame) -
     )
 
 
+def component_agg(comp, keep: Column) -> Column:
+    """Per-unit aggregation of one component over the joined events that pass `keep`."""
+    if comp.agg == "sum":
+        return F.sum(F.when(keep, F.col(comp.column).cast("double")))
+    if comp.agg == "count":
+        return F.count(F.when(keep, F.lit(1)))
+    return F.count_distinct(F.when(keep, F.col(comp.column)))
+
+
 def per_metric_query(
     spark: SparkSession, config: Config, metric: Metric, events: DataFrame, exposures: DataFrame
 ) -> list:
     """One metric, all experiments, as a warehouse tool's query: first exposures ⋈ events
     → per-unit (M, D) → winsorization caps (pooled per experiment) → per-group sums.
-    Reuses staging.component_agg/event_condition so the metric means the same thing."""
+    Reuses staging.event_condition so the metric means the same thing."""
     units = first_exposures(spark, config, exposures)
     joined = (
         events.withColumnRenamed("ts", staging.TS)
@@ -538,7 +547,7 @@ def per_metric_query(
     for role, comp in metric.components.items():
         if comp.agg != "unit_count":
             aggs.append(
-                staging.component_agg(comp, staging.event_condition(comp, metric.bake_hours))
+                component_agg(comp, staging.event_condition(comp, metric.bake_hours))
                 .cast("double")
                 .alias(role)
             )
@@ -1082,7 +1091,7 @@ Seconds are wall-clock{timing_note}.
   `pipeline.reduce` (reads them, driver-side statistics, results Delta table).
 - **per-metric**: the warehouse-tool shape, one query per metric covering all three
   experiments (so 20 queries, not 60): first exposures, events joined to them (broadcast),
-  per-unit aggregation with the same `staging.component_agg`/`event_condition`, units
+  per-unit aggregation with `count(DISTINCT)` and the same `staging.event_condition`, units
   without events as zeros, percentile caps where winsorized, per-group sums, collected.
 - **memory**: Python driver peak RSS (VmHWM after resetting it through
   `/proc/self/clear_refs` at the start of the size; `ru_maxrss` is the whole-process peak)

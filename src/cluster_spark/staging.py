@@ -15,11 +15,12 @@ import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cached_property, reduce
+from functools import cached_property, partial, reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.window import Window
 
 from cluster_spark.config import Component, Condition, Config, Experiment, IdMapping, Metric
 from cluster_spark.errors import DataQualityError
@@ -110,40 +111,29 @@ def _hours(h: float) -> Column:
     return F.lit(dt.timedelta(hours=h))
 
 
-def event_condition(comp: Component, bake_hours: float) -> Column:
-    """Which joined events count for a component: its filter, after the unit's exposure,
-    inside its cohort window, and mature under the bake delay."""
-    exposure = F.col("exposure_ts")
-    keep = F.col(TS) >= exposure
+def event_condition(comp: Component, bake_hours: float, slot: str = "") -> Column:
+    """Which joined events count for a component: its filter, after the unit's exposure
+    and up to the analysis time, inside its cohort window, and mature under the bake delay.
+    `slot` suffixes the exposure columns (see `exposure_slots`)."""
+    exposure, analysis = F.col(f"exposure_ts{slot}"), F.col(f"analysis_ts{slot}")
+    keep = (F.col(TS) >= exposure) & (F.col(TS) <= analysis)
     if comp.window is not None:
         keep &= F.col(TS) >= exposure + F.lit(dt.timedelta(days=comp.window.start_day))
         keep &= F.col(TS) < exposure + F.lit(comp.window.horizon)
     if bake_hours:
-        keep &= F.col(TS) <= F.col("analysis_ts") - _hours(bake_hours)
+        keep &= F.col(TS) <= analysis - _hours(bake_hours)
     for c in comp.filter:
         keep &= condition(c)
     return keep
 
 
-def pre_condition(comp: Component) -> Column:
+def pre_condition(comp: Component, slot: str = "") -> Column:
     """Pre-period events for CUPED: the component's filter in `[exposure − lookback,
     exposure)` (Deng et al. 2013)."""
-    keep = (F.col(TS) >= F.col("pre_start_ts")) & (F.col(TS) < F.col("exposure_ts"))
+    keep = (F.col(TS) >= F.col(f"pre_start_ts{slot}")) & (F.col(TS) < F.col(f"exposure_ts{slot}"))
     for c in comp.filter:
         keep &= condition(c)
     return keep
-
-
-def component_agg(comp: Component, keep: Column) -> Column:
-    """Per-unit aggregation of one component over the joined events that pass `keep`
-    (null if no event)."""
-    if comp.agg == "sum":
-        return F.sum(F.when(keep, F.col(comp.column).cast("double")))
-    if comp.agg == "count":
-        return F.count(F.when(keep, F.lit(1)))
-    if comp.agg == "count_distinct":
-        return F.count_distinct(F.when(keep, F.col(comp.column)))
-    raise ValueError(f"component {comp.agg} is not aggregated over events")
 
 
 @dataclass(frozen=True)
@@ -397,21 +387,56 @@ def _first_level_key(plan: Plan, source: str, comps: Iterable[Component]) -> str
     return distinct.pop() if len(distinct) == 1 else None
 
 
-def _two_level(comp: Component, keep: Column, name: str, key_col: str | None):
-    """(first-level aggregation per (unit, key), its merge per unit, its additive value per
-    analysis unit or None). Distinct counts of the key are a 0/1 flag per key;
-    distinct counts of other columns merge value sets (exact, but not additive)."""
+def _first_level(comp: Component, keep: Column, key_col: str | None) -> Column:
+    """A component aggregated per (unit, first-level key) over the events that pass `keep`.
+    A distinct count of the key becomes a flag (1 or null) per key; distinct counts of
+    other columns keep the set of values."""
     if comp.agg == "sum":
-        return F.sum(F.when(keep, F.col(comp.column).cast("double"))), F.sum(name), F.col(name)
+        return F.sum(F.when(keep, F.col(comp.column).cast("double")))
     if comp.agg == "count":
-        return F.count(F.when(keep, 1)), F.sum(name), F.col(name)
+        return F.count(F.when(keep, 1))
     if comp.agg == "count_distinct" and comp.column == key_col:
-        flag = F.when(F.col(name).isNotNull(), F.lit(1))
-        return F.max(F.when(keep & F.col(SUB).isNotNull(), 1)), F.count(name), flag
+        return F.max(F.when(keep & F.col(SUB).isNotNull(), 1))
     if comp.agg == "count_distinct":
-        merged = F.size(F.array_distinct(F.flatten(F.collect_list(name))))
-        return F.collect_set(F.when(keep, F.col(comp.column))), merged, None
+        return F.collect_set(F.when(keep, F.col(comp.column)))
     raise ValueError(f"component {comp.agg} is not aggregated over events")
+
+
+def _second_level(comp: Component, col: str, key_col: str | None) -> tuple[Column, Column | None]:
+    """(The merge of `_first_level` values per unit, the value of one analysis unit if the
+    component adds up over analysis units, else None: sets of values do not.)"""
+    if comp.agg in ("sum", "count"):
+        return F.sum(col), F.col(col)
+    if comp.column == key_col:
+        return F.count(col), F.when(F.col(col).isNotNull(), F.lit(1))
+    return F.size(F.array_distinct(F.flatten(F.collect_list(col)))), None
+
+
+SLOT_COLUMNS = ("experiment_id", "exposure_ts", "start_ts", "analysis_ts", "pre_start_ts")
+
+
+def _slot(k: int) -> str:
+    return f"__{k}"
+
+
+def exposure_slots(units: DataFrame) -> tuple[DataFrame, int]:
+    """The exposures of each unit side by side: one row per unit, slot k (SLOT_COLUMNS
+    suffixed `__k`) holding its k-th experiment by id. Events joined to this frame stay
+    one row each however many experiments their unit is in (a per-experiment join would
+    copy them). Returns (frame, number of slots = most experiments of one unit, ≥ 1)."""
+    ranked = units.withColumn(
+        "_k", F.row_number().over(Window.partitionBy(UNIT).orderBy("experiment_id")) - 1
+    )
+    most = ranked.agg(F.max("_k")).first()[0]
+    n_slots = 1 if most is None else most + 1
+    slots = ranked.groupBy(UNIT).agg(
+        *[
+            F.first(F.when(F.col("_k") == k, F.col(c)), ignorenulls=True).alias(c + _slot(k))
+            for k in range(n_slots)
+            for c in SLOT_COLUMNS
+        ]
+    )
+    return slots, n_slots
 
 
 @dataclass
@@ -444,36 +469,61 @@ def source_unit_aggregates(
     key_col = _first_level_key(plan, source, [c for c, _ in parts.values()])
     events, where = source_events(spark, plan, source, columns, key_col)
     check_columns(events, _numeric_columns(c for c, _ in parts.values()), where)
-    window = units.select(
-        "experiment_id", UNIT, "exposure_ts", "start_ts", "analysis_ts", "pre_start_ts"
-    )
-    in_range = (F.col(TS) >= F.least("start_ts", "pre_start_ts")) & (
-        F.col(TS) <= F.col("analysis_ts")
-    )
+    slots, n_slots = exposure_slots(units)
+    ks = [_slot(k) for k in range(n_slots)]
+    in_range = {
+        k: (F.col(TS) >= F.least(f"start_ts{k}", f"pre_start_ts{k}"))
+        & (F.col(TS) <= F.col(f"analysis_ts{k}"))
+        for k in ks
+    }
     # Left join: events without a unit id stay (counted below); events of units that are
-    # not exposed fail `in_range` (null) and go.
-    joined = events.join(F.broadcast(window), UNIT, "left").where(F.col(UNIT).isNull() | in_range)
-    first, second, values = [], [], []
+    # not exposed are in no slot's range (null) and go.
+    joined = events.join(F.broadcast(slots), UNIT, "left").where(
+        F.col(UNIT).isNull() | reduce(Column.__or__, in_range.values())
+    )
+    terms = []  # (column, component, its condition for a slot)
     for name, (comp, bake) in parts.items():
-        terms = [(name, event_condition(comp, bake))]
+        terms.append((name, comp, partial(event_condition, comp, bake)))
         if plan.cuped:
-            terms.append((f"{name}_pre", pre_condition(comp)))
-        for col, keep in terms:
-            one, two, value = _two_level(comp, keep, col, key_col)
-            first.append(one.alias(col))
-            second.append(two.alias(col))
-            if value is not None:
-                values.append(F.coalesce(value.cast("double"), F.lit(0.0)).alias(col))
-    exposure, start = F.col("exposure_ts"), F.col("start_ts")
-    level1 = (
-        joined.groupBy("experiment_id", UNIT, SUB)
-        .agg(
-            *first,
-            F.min(TS).alias("_first_ts"),
-            F.count(F.when((F.col(TS) < exposure) & (F.col(TS) >= start), 1)).alias("_n_pre"),
-            F.max(F.when(F.col(TS) >= exposure, 1)).alias("_active"),
-            F.count(F.lit(1)).alias("_n_events"),
+            terms.append((f"{name}_pre", comp, partial(pre_condition, comp)))
+    first, second, values = [], [], []
+    for col, comp, keep in terms:
+        first += [_first_level(comp, keep(slot=k), key_col).alias(col + k) for k in ks]
+        merge, value = _second_level(comp, col, key_col)
+        second.append(merge.alias(col))
+        if value is not None:
+            values.append(F.coalesce(value.cast("double"), F.lit(0.0)).alias(col))
+    for k in ks:
+        r, exposure = in_range[k], F.col(f"exposure_ts{k}")
+        first += [
+            F.min(F.when(r, F.col(TS))).alias(f"_first_ts{k}"),
+            F.count(
+                F.when(r & (F.col(TS) < exposure) & (F.col(TS) >= F.col(f"start_ts{k}")), 1)
+            ).alias(f"_n_pre{k}"),
+            F.max(F.when(r & (F.col(TS) >= exposure), 1)).alias(f"_active{k}"),
+        ]
+    wide = joined.groupBy(UNIT, SUB).agg(*first, F.count(F.lit(1)).alias("_n_events"))
+    # Back to one row per (experiment, unit, analysis unit) with events in range, plus one
+    # row per analysis unit for the events without a unit id.
+    columns = [c for c, _, _ in terms] + ["_first_ts", "_n_pre", "_active"]
+    rows = [
+        F.struct(
+            F.lit(i).alias("_slot"),
+            F.col(f"experiment_id{k}").alias("experiment_id"),
+            *[F.col(c + k).alias(c) for c in columns],
         )
+        for i, k in enumerate(ks)
+    ]
+    ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
+    level1 = (
+        wide.join(F.broadcast(ids), UNIT, "left")
+        .select(UNIT, SUB, "_n_events", F.explode(F.array(*rows)).alias("r"))
+        .select(UNIT, SUB, "_n_events", "r.*")
+        .where(
+            (F.col("experiment_id").isNotNull() & F.col("_first_ts").isNotNull())
+            | (F.col(UNIT).isNull() & (F.col("_slot") == 0))
+        )
+        .drop("_slot")
         .persist()
     )
     null_ids = (
