@@ -64,6 +64,16 @@ def test_pipeline_se_equals_cluster_robust_ols_and_naive_se_is_too_small(
     assert se_1n == pytest.approx(fit.bse["treat"], rel=1e-7)
     assert t["effect_abs_stderr"] == pytest.approx(np.hypot(t["stderr"], c["stderr"]))
 
+    # Design effect: the delta-method variance ÷ the variance if users were independent,
+    # s²_y / N over the group's users (Kish 1965), computed here from the raw user values.
+    for row, arm in ((t, 1), (c, 0)):
+        y = users.loc[users["treat"] == arm, "y"].to_numpy()
+        assert row["design_effect"] == pytest.approx(
+            row["stderr"] ** 2 / (y.var(ddof=1) / len(y)), rel=1e-9
+        )
+        assert row["design_effect"] > 3  # org effect sd 4 vs user sd 2
+    assert rows[("purchases_per_org", "treatment")]["design_effect"] is None  # per org
+
     naive = smf.ols("y ~ treat", data=users).fit()  # i.i.d. users: the wrong analysis
     assert naive.bse["treat"] < 0.5 * t["effect_abs_stderr"]
     assert naive.pvalues["treat"] < t["p_value"]

@@ -21,7 +21,6 @@ from statsmodels.stats.power import NormalIndPower
 
 from cluster_spark.decisions import (
     MinimumDetectableEffect,
-    analysis_unit_variance,
     benjamini_hochberg,
     confidence_sequence,
     design_effect,
@@ -351,18 +350,6 @@ def test_design_effect_of_a_mean_metric_is_one():
     m = rng.gamma(2.0, 3.0, 200)
     stats = RatioStats.from_values(m, np.ones(200))
     assert design_effect(stats, float(np.var(m, ddof=1)), 200) == pytest.approx(1.0, rel=1e-12)
-
-
-def test_analysis_unit_variance_from_staged_sums():
-    users = _users_in_orgs(4, 50, lambda rng, n: rng.integers(1, 6, n), org_sd=1.0)
-    stats, s2, n_users = _group_stats(users)
-    y = users["y"].to_numpy()
-    # n_analysis = ΣD and Σy = ΣM come from the group's RatioStats; only Σy² is extra
-    assert stats.sum_d == pytest.approx(n_users)
-    v = analysis_unit_variance(stats.sum_d, stats.sum_m, float((y * y).sum()))
-    assert v == pytest.approx(s2, rel=1e-9)
-    assert analysis_unit_variance(1, 3.0, 9.0) is None
-    assert analysis_unit_variance(3, 3.0, 3.0) == 0.0
 
 
 def test_design_effect_undefined():

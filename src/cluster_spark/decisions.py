@@ -4,7 +4,7 @@
 - `confidence_sequence`, `sequential_p_value`: always-valid inference by asymptotic
   confidence sequences (Waudby-Smith et al.), tuned for a planned sample size N*.
 - `benjamini_hochberg`, `holm`: adjusted p-values across metrics × variants.
-- `design_effect`, `analysis_unit_variance`, `mde`: clustering cost and power / MDE.
+- `design_effect`, `mde`: clustering cost and power / MDE.
 
 See METHODS.md, "Comparisons" and "Variance reduction and decisions". Data problems give
 ``None``, never an exception or NaN; invalid arguments (alpha outside (0, 1), …) raise
@@ -234,22 +234,6 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
 # ---------------------------------------------------------------- power and design
 
 
-def analysis_unit_variance(n_analysis: float, sum_y: float, sum_yy: float) -> float | None:
-    """Sample variance (n−1) of analysis-unit values y from n, Σy and Σy²; None when n < 2.
-
-    For the metric R = ΣM/ΣD with D_i the number of analysis units in assignment unit i and
-    M_i the sum of their values y, ``n_analysis = ΣD`` and ``sum_y = ΣM`` are already in the
-    group's `RatioStats`; only Σy² over analysis units must be staged in addition. Raw sums
-    cancel when the mean is large relative to the spread (see `RatioStats.from_raw_sums`);
-    stage a centered variance and pass it to `design_effect` directly when that matters.
-    Rounding below 0 is clipped to 0.
-    """
-    if not n_analysis >= 2:
-        return None
-    v = max(sum_yy - sum_y * sum_y / n_analysis, 0.0) / (n_analysis - 1)
-    return v if math.isfinite(v) else None
-
-
 def design_effect(
     stats: RatioStats,
     naive_unit_variance: float | None,
@@ -259,7 +243,8 @@ def design_effect(
 
     ``Var_delta(R) = stats.var_ratio`` is the delta-method variance of R = ΣM/ΣD over the
     group's assignment units (Deng, Knoblich & Lu 2018); ``naive_unit_variance`` is s²_y, the
-    sample variance of the analysis-unit values (see `analysis_unit_variance`), and
+    sample variance of the analysis-unit values (`RatioStats.unit_variance` of the staged
+    analysis-unit moments, which is s²_y when each analysis unit counts once), and
     ``n_analysis_units`` = N their number: s²_y/N is the variance of R if analysis units were
     independent (Kish, "Survey Sampling", 1965). A value above 1 is the factor by which
     clustering inflates the variance (≈ 1 + (k̄ − 1)·ICC for clusters of size k̄). None when

@@ -24,6 +24,7 @@ from cluster_spark.inference import (
     compare,
     srm_test,
 )
+from cluster_spark.stats import RatioStats
 
 #: The public results contract (column, Spark SQL type); README documents each column.
 RESULT_COLUMNS: list[tuple[str, str]] = [
@@ -74,6 +75,7 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("p_value_holm", "double"),
     ("mde_abs", "double"),
     ("mde_rel", "double"),
+    ("design_effect", "double"),
     ("srm_chi2", "double"),
     ("srm_p_value", "double"),
     ("srm_flag", "boolean"),
@@ -123,6 +125,20 @@ def merge_groups(
     return {key: reduce(CupedStats.__add__, stats) for key, stats in parts.items()}
 
 
+def analysis_unit_groups(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], RatioStats]:
+    """The staged moments of analysis-unit values (m_j, d_j) per (metric, variant), merged."""
+    parts: dict[tuple[str, str], list[RatioStats]] = defaultdict(list)
+    for row in rows:
+        if row.get("au_n_units") is None or row.get("winsorized"):
+            continue
+        values = [row[f"au_{c}"] for c in ("mean_m", "mean_d", "css_mm", "css_dd", "css_md")]
+        if int(row["au_n_units"]) > 0 and None not in values:
+            parts[(row["metric"], row["variant"])].append(
+                RatioStats(int(row["au_n_units"]), *values)
+            )
+    return {key: reduce(RatioStats.__add__, stats) for key, stats in parts.items()}
+
+
 def _group_status(s: CupedStats) -> str:
     if s.n < 2:
         return STATUS_TOO_FEW_UNITS
@@ -167,6 +183,7 @@ def reduce_experiment(
     rows = list(rows)
     diagnostics = list(diagnostics)
     groups = merge_groups(rows)
+    naive = analysis_unit_groups(rows)
     caps = {(r["metric"], r["variant"]): r for r in rows if r.get("winsorized")}
     subs = {d["variant"]: d["value"] for d in diagnostics if d["check"] == "analysis_units"}
     srm_chi2, srm_p, srm_flag = srm(experiment, diagnostics)
@@ -210,6 +227,10 @@ def reduce_experiment(
                 baseline=ctrl.ratio,
             )
             row.update(mde_abs=planned.absolute, mde_rel=planned.relative)
+        if (metric, variant) in naive:
+            au = naive[(metric, variant)]
+            raw = groups[(metric, variant, False)].ratio_stats
+            row["design_effect"] = decisions.design_effect(raw, au.unit_variance, au.n)
         if winsorized:
             cap_row = caps[(metric, variant)]
             row.update({k: cap_row[k] for k in CAP_COLUMNS})
