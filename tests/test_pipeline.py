@@ -59,6 +59,7 @@ RESULT_SCHEMA = [
     ("p_value_holm", "double"),
     ("mde_abs", "double"),
     ("mde_rel", "double"),
+    ("design_effect", "double"),
     ("srm_chi2", "double"),
     ("srm_p_value", "double"),
     ("srm_flag", "boolean"),

@@ -446,7 +446,7 @@ class SourceAggregates:
     per_unit: DataFrame
     per_analysis_unit: DataFrame | None
     diagnostics: DataFrame
-    persisted: DataFrame
+    persisted: list[DataFrame]
 
 
 def source_unit_aggregates(
@@ -535,21 +535,23 @@ def source_unit_aggregates(
     rows = level1.where(F.col("experiment_id").isNotNull())
     if plan.analysis_unit:
         rows, multi = apply_multi_unit_policy(rows, plan, where)
+        rows = rows.persist()  # read for per-unit values and per-analysis-unit values
         diags.append(multi)
     per_unit = rows.groupBy("experiment_id", UNIT).agg(
         *second,
         F.sum("_n_pre").alias(f"_pre__{source}"),
         F.count(F.when(F.col(SUB).isNotNull(), F.col("_active"))).alias(f"_subs__{source}"),
     )
-    pre = per_unit.groupBy("experiment_id").agg(F.sum(f"_pre__{source}").alias("n"))
-    diags.append(_diag(pre, f"events_before_exposure:{source}", F.col("n")))
     per_analysis_unit = None
     if plan.analysis_unit and key_col == plan.config.sources[source].ids.get(plan.analysis_unit):
         per_analysis_unit = rows.where(F.col(SUB).isNotNull()).select(
             "experiment_id", UNIT, SUB, *values
         )
     return SourceAggregates(
-        per_unit, per_analysis_unit, reduce(DataFrame.unionByName, diags), level1
+        per_unit,
+        per_analysis_unit,
+        reduce(DataFrame.unionByName, diags),
+        [level1, rows] if plan.analysis_unit else [level1],
     )
 
 
@@ -653,10 +655,16 @@ def unit_values(spark: SparkSession, plan: Plan) -> UnitValues:
         agg = source_unit_aggregates(spark, plan, source, units)
         wide = wide.join(agg.per_unit, ["experiment_id", UNIT], "left")
         diags = diags.unionByName(agg.diagnostics)
-        persisted.append(agg.persisted)
+        persisted += agg.persisted
         if agg.per_analysis_unit is not None:
             per_analysis_unit.append(agg.per_analysis_unit)
         sub_cols.append(F.coalesce(F.col(f"_subs__{source}"), F.lit(0)))
+    # Values and diagnostics (two Spark queries) both read the per-unit frame: persist it.
+    wide = wide.persist()
+    persisted.append(wide)
+    for source in plan.sources:
+        pre = wide.groupBy("experiment_id").agg(F.sum(f"_pre__{source}").alias("n"))
+        diags = diags.unionByName(_diag(pre, f"events_before_exposure:{source}", F.col("n")))
 
     def value(name: str, role: str, comp: Component, suffix: str = "") -> Column:
         if comp.agg == "unit_count":
@@ -760,9 +768,9 @@ def _clamp(col: str, low: str, high: str, ignore_zeros: Column) -> Column:
     return F.when(ignore_zeros & (x == 0), x).otherwise(clamped)
 
 
-def winsorize(values: DataFrame, plan: Plan) -> tuple[DataFrame, list[DataFrame]]:
+def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
     """Add `winsorized` rows (clamped values) beside the raw rows of winsorized metrics.
-    Returns (values with a `winsorized` flag and cap columns, frames to unpersist)."""
+    Returns the values with a `winsorized` flag and the cap columns."""
     cap_cols = ["num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap"]
     names = [n for n, m in plan.metrics.items() if m.winsorized]
     if not names:
@@ -770,8 +778,7 @@ def winsorize(values: DataFrame, plan: Plan) -> tuple[DataFrame, list[DataFrame]
             "*",
             F.lit(False).alias("winsorized"),
             *[F.lit(None).cast("double").alias(c) for c in cap_cols],
-        ), []
-    values = values.persist()
+        )
     caps = _caps(values, plan)
     with_caps = values.join(F.broadcast(caps), ["experiment_id", "metric"], "left")
 
@@ -809,7 +816,7 @@ def winsorize(values: DataFrame, plan: Plan) -> tuple[DataFrame, list[DataFrame]
         F.lit(False).alias("winsorized"),
         *cap_cols,
     )
-    return raw.unionByName(capped), [values]
+    return raw.unionByName(capped)
 
 
 def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
@@ -883,7 +890,7 @@ def stage(
     stats, diags, persisted = [], [], []
     for plan in plans(config, experiment_ids, analysis_date):
         unit = unit_values(spark, plan)
-        values, cached = winsorize(unit.values, plan)
+        values = winsorize(unit.values, plan)
         group = group_statistics(values, plan)
         moments = unit.analysis_unit_moments
         if moments is None:
@@ -896,7 +903,7 @@ def stage(
             )
         stats.append(group)
         diags.append(unit.diagnostics)
-        persisted += unit.persisted + cached
+        persisted += unit.persisted
     meta = [F.lit(analysis_date).alias("analysis_date")]
     return Staged(
         stats=reduce(DataFrame.unionByName, stats).select(
