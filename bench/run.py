@@ -12,7 +12,8 @@ expressions), written as Delta under `--out/data/<events>/` and reused when a ru
 the same parameters finds it there. Every measurement of one size uses the same
 SparkSession and the same Delta files:
 
-1. floor: one `groupBy(org_id, user_id)` with `count(*)` and `sum(value)` over the events,
+1. floor: one `groupBy(org_id, user_id)` with `count(*)`, `sum(value)`, `max(ts)` and
+   `count(event)` over the events (every event column the metrics read),
    written to the `noop` sink (one scan, one shuffle: the least any per-unit job can do);
 2. cluster_spark: `pipeline.stage` (Spark → staging + diagnostics Delta tables) and
    `pipeline.reduce` (driver → results Delta table) for all three experiments;
@@ -478,9 +479,15 @@ def job_group(spark: SparkSession, name: str, counter: dict[str, int]) -> Iterat
 
 
 def floor_query(events: DataFrame) -> None:
+    """One aggregation per (org, user) that reads every event column the metrics read."""
     (
         events.groupBy("org_id", "user_id")
-        .agg(F.count(F.lit(1)).alias("n"), F.sum("value").alias("value"))
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum("value").alias("value"),
+            F.max("ts").alias("ts"),
+            F.count("event").alias("event"),
+        )
         .write.format("noop")
         .mode("overwrite")
         .save()
@@ -1085,8 +1092,9 @@ Seconds are wall-clock{timing_note}.
   counts of `user_id`, several filtered by event type (one also by value), two with cohort
   windows (days 0–6, 0–2), two winsorized at the 99th percentile; every experiment uses all
   20 and has `analysis_unit: user_id` (so the multi-unit check runs).
-- **floor**: `groupBy(org_id, user_id).agg(count(*), sum(value))` over the events, written to
-  the `noop` sink: one scan and one shuffle, no join, one aggregate per group.
+- **floor**: `groupBy(org_id, user_id).agg(count(*), sum(value), max(ts), count(event))` over
+  the events (every event column the metrics read), written to the `noop` sink: one scan
+  and one shuffle, no join, no conditions.
 - **cluster_spark**: `pipeline.stage` (staging + diagnostics Delta tables) and
   `pipeline.reduce` (reads them, driver-side statistics, results Delta table).
 - **per-metric**: the warehouse-tool shape, one query per metric covering all three

@@ -92,15 +92,19 @@ def write_slice(
     analysis_date: dt.date,
     attempts: int = 5,
 ) -> None:
-    """Atomically replace the rows of these experiments on this analysis date.
+    """Atomically replace the rows of these experiments on this analysis date (a small
+    frame: it is written by one task).
 
     One Delta commit: readers see the old slice or the new one, never a mix, and a rerun
     leaves exactly one set of rows. The table is partitioned by `experiment_id`, so writers
     of different experiments touch disjoint files; a commit conflict (two first writers
     creating the table, say) is retried, which is safe because the write is idempotent.
     """
+    # The frames written are group-level rows (a few per metric): one task and one file
+    # per experiment partition, not one per shuffle partition.
     writer = (
-        df.write.format("delta")
+        df.coalesce(1)
+        .write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", slice_predicate(experiment_ids, analysis_date))
         .option("mergeSchema", "true")  # new nullable columns are added, never dropped

@@ -2,7 +2,9 @@
 sufficient statistics in centered form, plus data-quality counts.
 
 One pass over each metric source computes the components of every metric of every
-experiment; only (experiment, metric, variant) rows leave Spark. Aggregation uses Spark's
+experiment, in two aggregation levels: per (unit, analysis unit), with each event joined
+once to all its unit's exposures, then per unit; only (experiment, metric, variant) rows
+leave Spark. Aggregation uses Spark's
 built-ins only: `var_pop`/`covar_pop` are computed with stable online updates and merged
 with Chan et al.'s pairwise formulas inside Spark. Metric options follow METHODS.md
 (Statsig ratio-metric settings): conversion rate, cohort windows, completed-window and
@@ -449,17 +451,87 @@ class SourceAggregates:
     persisted: list[DataFrame]
 
 
+def first_level(
+    plan: Plan,
+    events: DataFrame,
+    units: DataFrame,
+    parts: dict[str, tuple[Component, float]],
+    key_col: str | None,
+) -> DataFrame:
+    """The components `parts` per (experiment, unit, first-level key), persisted.
+
+    Events are joined to the exposure slots of their unit (`exposure_slots`, broadcast)
+    and aggregated once per (unit, key) with one set of aggregates per slot, then turned
+    back into one row per (experiment, unit, key) that has events in the experiment's
+    range; events without a unit id are kept as rows with a null experiment (counted as a
+    data-quality finding). Columns: the component names (suffix `_pre` for CUPED's
+    pre-period), `_first_ts`, `_n_pre` (events before exposure), `_active` (1 if any event
+    after exposure) and `_n_events`.
+    """
+    slots, n_slots = exposure_slots(units)
+    ks = [_slot(k) for k in range(n_slots)]
+    in_range = {
+        k: (F.col(TS) >= F.least(f"start_ts{k}", f"pre_start_ts{k}"))
+        & (F.col(TS) <= F.col(f"analysis_ts{k}"))
+        for k in ks
+    }
+    # Left join: events without a unit id stay; events of units that are not exposed are
+    # in no slot's range (null) and go.
+    joined = events.join(F.broadcast(slots), UNIT, "left").where(
+        F.col(UNIT).isNull() | reduce(Column.__or__, in_range.values())
+    )
+    aggs, columns = [], []
+    for name, (comp, bake) in parts.items():
+        terms = [(name, partial(event_condition, comp, bake))]
+        if plan.cuped:
+            terms.append((f"{name}_pre", partial(pre_condition, comp)))
+        for col, keep in terms:
+            aggs += [_first_level(comp, keep(slot=k), key_col).alias(col + k) for k in ks]
+            columns.append(col)
+    for k in ks:
+        r, exposure = in_range[k], F.col(f"exposure_ts{k}")
+        aggs += [
+            F.min(F.when(r, F.col(TS))).alias(f"_first_ts{k}"),
+            F.count(
+                F.when(r & (F.col(TS) < exposure) & (F.col(TS) >= F.col(f"start_ts{k}")), 1)
+            ).alias(f"_n_pre{k}"),
+            F.max(F.when(r & (F.col(TS) >= exposure), 1)).alias(f"_active{k}"),
+        ]
+    columns += ["_first_ts", "_n_pre", "_active"]
+    per_key = joined.groupBy(UNIT, SUB).agg(*aggs, F.count(F.lit(1)).alias("_n_events"))
+    slot_rows = [
+        F.struct(
+            F.lit(i).alias("_slot"),
+            F.col(f"experiment_id{k}").alias("experiment_id"),
+            *[F.col(c + k).alias(c) for c in columns],
+        )
+        for i, k in enumerate(ks)
+    ]
+    ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
+    return (
+        per_key.join(F.broadcast(ids), UNIT, "left")
+        .select(UNIT, SUB, "_n_events", F.explode(F.array(*slot_rows)).alias("r"))
+        .select(UNIT, SUB, "_n_events", "r.*")
+        .where(
+            (F.col("experiment_id").isNotNull() & F.col("_first_ts").isNotNull())
+            | (F.col(UNIT).isNull() & (F.col("_slot") == 0))
+        )
+        .drop("_slot")
+        .persist()
+    )
+
+
 def source_unit_aggregates(
     spark: SparkSession, plan: Plan, source: str, units: DataFrame
 ) -> SourceAggregates:
     """One pass over one metric source for every component that reads it, in two levels.
 
-    The events, joined to the broadcast first exposures, are aggregated once per
-    (experiment, unit, analysis unit) — a small frame that is persisted — and that frame is
-    merged per (experiment, unit). Distinct counts of analysis units become flags at the
-    first level, so no per-term `count(DISTINCT)` (Spark's Expand, one copy of every event
-    per term) is planned. The multi-unit check, the data-quality counts and the
-    per-analysis-unit values for the design effect all read the persisted frame.
+    `first_level` aggregates the events once per (experiment, unit, analysis unit): a
+    frame far smaller than the events, persisted; it is merged here per (experiment,
+    unit). Distinct counts of analysis units become flags at the first level, so no
+    `count(DISTINCT)` (Spark's Expand: one copy of every event per distinct term) is
+    planned. The multi-unit policy, the data-quality counts and the per-analysis-unit
+    values for the design effect all read the persisted frame.
     """
     parts = {
         name: (comp, bake) for name, comp, bake in plan.components.values() if comp.source == source
@@ -469,63 +541,14 @@ def source_unit_aggregates(
     key_col = _first_level_key(plan, source, [c for c, _ in parts.values()])
     events, where = source_events(spark, plan, source, columns, key_col)
     check_columns(events, _numeric_columns(c for c, _ in parts.values()), where)
-    slots, n_slots = exposure_slots(units)
-    ks = [_slot(k) for k in range(n_slots)]
-    in_range = {
-        k: (F.col(TS) >= F.least(f"start_ts{k}", f"pre_start_ts{k}"))
-        & (F.col(TS) <= F.col(f"analysis_ts{k}"))
-        for k in ks
-    }
-    # Left join: events without a unit id stay (counted below); events of units that are
-    # not exposed are in no slot's range (null) and go.
-    joined = events.join(F.broadcast(slots), UNIT, "left").where(
-        F.col(UNIT).isNull() | reduce(Column.__or__, in_range.values())
-    )
-    terms = []  # (column, component, its condition for a slot)
-    for name, (comp, bake) in parts.items():
-        terms.append((name, comp, partial(event_condition, comp, bake)))
-        if plan.cuped:
-            terms.append((f"{name}_pre", comp, partial(pre_condition, comp)))
-    first, second, values = [], [], []
-    for col, comp, keep in terms:
-        first += [_first_level(comp, keep(slot=k), key_col).alias(col + k) for k in ks]
-        merge, value = _second_level(comp, col, key_col)
-        second.append(merge.alias(col))
-        if value is not None:
-            values.append(F.coalesce(value.cast("double"), F.lit(0.0)).alias(col))
-    for k in ks:
-        r, exposure = in_range[k], F.col(f"exposure_ts{k}")
-        first += [
-            F.min(F.when(r, F.col(TS))).alias(f"_first_ts{k}"),
-            F.count(
-                F.when(r & (F.col(TS) < exposure) & (F.col(TS) >= F.col(f"start_ts{k}")), 1)
-            ).alias(f"_n_pre{k}"),
-            F.max(F.when(r & (F.col(TS) >= exposure), 1)).alias(f"_active{k}"),
-        ]
-    wide = joined.groupBy(UNIT, SUB).agg(*first, F.count(F.lit(1)).alias("_n_events"))
-    # Back to one row per (experiment, unit, analysis unit) with events in range, plus one
-    # row per analysis unit for the events without a unit id.
-    columns = [c for c, _, _ in terms] + ["_first_ts", "_n_pre", "_active"]
-    rows = [
-        F.struct(
-            F.lit(i).alias("_slot"),
-            F.col(f"experiment_id{k}").alias("experiment_id"),
-            *[F.col(c + k).alias(c) for c in columns],
-        )
-        for i, k in enumerate(ks)
-    ]
-    ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
-    level1 = (
-        wide.join(F.broadcast(ids), UNIT, "left")
-        .select(UNIT, SUB, "_n_events", F.explode(F.array(*rows)).alias("r"))
-        .select(UNIT, SUB, "_n_events", "r.*")
-        .where(
-            (F.col("experiment_id").isNotNull() & F.col("_first_ts").isNotNull())
-            | (F.col(UNIT).isNull() & (F.col("_slot") == 0))
-        )
-        .drop("_slot")
-        .persist()
-    )
+    level1 = first_level(plan, events, units, parts, key_col)
+    second, values = [], []
+    for name, (comp, _) in parts.items():
+        for col in [name, f"{name}_pre"] if plan.cuped else [name]:
+            merge, value = _second_level(comp, col, key_col)
+            second.append(merge.alias(col))
+            if value is not None:
+                values.append(F.coalesce(value.cast("double"), F.lit(0.0)).alias(col))
     null_ids = (
         level1.where(F.col(UNIT).isNull())
         .agg(F.coalesce(F.sum("_n_events"), F.lit(0)).alias("n"))
@@ -609,7 +632,7 @@ def analysis_unit_moments(
         F.broadcast(units.select("experiment_id", UNIT, "variant", "exposure_ts", "analysis_ts")),
         ["experiment_id", UNIT],
     )
-    aggs, names = [], []
+    entries = []
     for name, metric in plan.metrics.items():
         cols = [plan.components.get((name, role), (None,))[0] for role in ("num", "den")]
         if metric.kind != "ratio" or any(c not in value_cols for c in cols):
@@ -617,20 +640,19 @@ def analysis_unit_moments(
         m, d = (F.coalesce(F.col(c), F.lit(0.0)) for c in cols)
         complete, baked = _included(metric)
         m = _conversion(metric, m, d)
-        aggs += _moments(f"{name}|", m, d, complete & baked & ((m != 0) | (d != 0)))
-        names.append(name)
-    if not names:
-        return None
-    wide = subs.groupBy("experiment_id", "variant").agg(*aggs)
-    rows = [
-        F.struct(
-            F.lit(name).alias("metric"),
-            *[F.col(f"`{name}|{c[3:]}`").alias(c) for c in ANALYSIS_UNIT_COLUMNS],
+        keep = complete & baked & ((m != 0) | (d != 0))
+        entries.append(
+            F.struct(F.lit(name).alias("metric"), m.alias("m"), d.alias("d"), keep.alias("keep"))
         )
-        for name in names
-    ]
-    return wide.select("experiment_id", "variant", F.explode(F.array(*rows)).alias("a")).select(
-        "experiment_id", "variant", "a.*"
+    if not entries:
+        return None
+    # Long rows, not one wide aggregation: a few hundred moment aggregates in one operator
+    # exceed Spark's code-generation limits and run interpreted.
+    return (
+        subs.select("experiment_id", "variant", F.explode(F.array(*entries)).alias("a"))
+        .select("experiment_id", "variant", "a.*")
+        .groupBy("experiment_id", "metric", "variant")
+        .agg(*_moments("au_", F.col("m"), F.col("d"), F.col("keep")))
     )
 
 
@@ -779,7 +801,13 @@ def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
             F.lit(False).alias("winsorized"),
             *[F.lit(None).cast("double").alias(c) for c in cap_cols],
         )
-    caps = _caps(values, plan)
+    # A few rows per experiment, collected once: a lazy broadcast would compute the
+    # percentiles once per branch below.
+    caps = literal_frame(
+        values.sparkSession,
+        _caps(values, plan).collect(),
+        [("experiment_id", "string"), ("metric", "string"), *[(c, "double") for c in cap_cols]],
+    )
     with_caps = values.join(F.broadcast(caps), ["experiment_id", "metric"], "left")
 
     def ignores_zeros(role: str) -> Column:
