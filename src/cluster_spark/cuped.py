@@ -35,7 +35,7 @@ from cluster_spark.inference import (
     interval,
     welch_df,
 )
-from cluster_spark.stats import RatioStats
+from cluster_spark.stats import GroupMeans, RatioStats
 
 #: Pre-period data unusable (ΣY = 0 or V_P = 0 in a group): unadjusted numbers reported.
 STATUS_CUPED_NO_PRE_DATA = "cuped_fallback_no_pre_data"
@@ -76,7 +76,7 @@ def _css_name(a: str, b: str) -> str:
 
 
 @dataclass(frozen=True)
-class CupedStats:
+class CupedStats(GroupMeans):
     """Sufficient statistics of quadruples (M_i, D_i, X_i, Y_i), i = 1..n, in centered form.
 
     ``mean_v`` is the mean of V and ``css_ab = Σ(A − Ā)(B − B̄)`` for the 10 pairs of
@@ -161,16 +161,6 @@ class CupedStats:
         return tuple(getattr(self, name) for name in CSS_FIELDS)
 
     @property
-    def sum_m(self) -> float:
-        """ΣM."""
-        return self.n * self.mean_m
-
-    @property
-    def sum_d(self) -> float:
-        """ΣD."""
-        return self.n * self.mean_d
-
-    @property
     def sum_x(self) -> float:
         """ΣX."""
         return self.n * self.mean_x
@@ -179,11 +169,6 @@ class CupedStats:
     def sum_y(self) -> float:
         """ΣY."""
         return self.n * self.mean_y
-
-    @property
-    def ratio(self) -> float | None:
-        """R = ΣM/ΣD; None when ΣD = 0 (including no units)."""
-        return None if self.sum_d == 0 else self.sum_m / self.sum_d
 
     @property
     def pre_ratio(self) -> float | None:
@@ -239,7 +224,7 @@ class CupedStats:
 
 
 @dataclass(frozen=True)
-class CupedComparison:
+class CupedComparison(Comparison):
     """Treatment vs control after CUPED adjustment, with the unadjusted comparison beside it.
 
     Effect fields mean what they mean in `inference.Comparison`, for the adjusted effect
@@ -251,21 +236,9 @@ class CupedComparison:
     numbers (e.g. ``zero_control_mean``) when ``status`` is a fallback code.
     """
 
-    effect_abs: float | None = None
-    effect_abs_ci_low: float | None = None
-    effect_abs_ci_high: float | None = None
-    effect_abs_stderr: float | None = None
-    effect_rel: float | None = None
-    effect_rel_ci_low: float | None = None
-    effect_rel_ci_high: float | None = None
-    effect_rel_stderr: float | None = None
-    p_value: float | None = None
-    p_value_rel: float | None = None
-    df: float | None = None
     theta: float | None = None
     variance_reduction: float | None = None
     adjusted: bool = False
-    status: str = STATUS_OK
     unadjusted: Comparison = field(default_factory=Comparison)
 
 

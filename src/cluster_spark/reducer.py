@@ -15,7 +15,7 @@ from typing import Any
 
 from cluster_spark import decisions
 from cluster_spark.config import Experiment
-from cluster_spark.cuped import CupedComparison, CupedStats, compare_cuped
+from cluster_spark.cuped import CupedStats, compare_cuped
 from cluster_spark.inference import (
     STATUS_OK,
     STATUS_TOO_FEW_UNITS,
@@ -303,7 +303,7 @@ def _adjust_p_values(rows: list[dict[str, Any]], control: str) -> None:
         r["p_value_bh"], r["p_value_holm"] = bh, holm
 
 
-def _comparison_columns(c: Comparison | CupedComparison) -> dict[str, Any]:
+def _comparison_columns(c: Comparison) -> dict[str, Any]:
     return {
         "effect_abs": c.effect_abs,
         "effect_abs_stderr": c.effect_abs_stderr,

@@ -16,8 +16,31 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 
+class GroupMeans:
+    """ΣM, ΣD and R = ΣM/ΣD of a group summarised by ``n``, ``mean_m`` and ``mean_d``."""
+
+    n: int
+    mean_m: float
+    mean_d: float
+
+    @property
+    def sum_m(self) -> float:
+        """ΣM."""
+        return self.n * self.mean_m
+
+    @property
+    def sum_d(self) -> float:
+        """ΣD."""
+        return self.n * self.mean_d
+
+    @property
+    def ratio(self) -> float | None:
+        """R = ΣM/ΣD; None when ΣD = 0 (including no units)."""
+        return None if self.sum_d == 0 else self.sum_m / self.sum_d
+
+
 @dataclass(frozen=True)
-class RatioStats:
+class RatioStats(GroupMeans):
     """Sufficient statistics of pairs (M_i, D_i), i = 1..n, in centered form.
 
     ``css_mm = Σ(M−m̄)²``, ``css_dd = Σ(D−d̄)²``, ``css_md = Σ(M−m̄)(D−d̄)``.
@@ -112,21 +135,6 @@ class RatioStats:
             self.css_dd + other.css_dd + delta_d * delta_d * w,
             self.css_md + other.css_md + delta_m * delta_d * w,
         )
-
-    @property
-    def sum_m(self) -> float:
-        """ΣM."""
-        return self.n * self.mean_m
-
-    @property
-    def sum_d(self) -> float:
-        """ΣD."""
-        return self.n * self.mean_d
-
-    @property
-    def ratio(self) -> float | None:
-        """R = ΣM/ΣD; None when ΣD = 0 (including no units)."""
-        return None if self.sum_d == 0 else self.sum_m / self.sum_d
 
     def _sample(self, css: float) -> float | None:
         return None if self.n < 2 else css / (self.n - 1)
