@@ -150,12 +150,21 @@ def test_control_without_units(spark, tmp_path):
     assert all(r["effect_abs"] is None for r in rows)
 
 
-def test_crash_between_staging_and_results_keeps_previous_results(spark, tiny, monkeypatch):
-    """Inject a failure after the staging commit, before the results commit."""
+def _rows(spark, path):
+    return sorted(map(tuple, spark.read.format("delta").load(path).collect()), key=repr)
+
+
+def _tables(config):
+    return (config.output.staging, config.output.diagnostics, config.output.results)
+
+
+def test_crash_between_staging_and_results_keeps_previous_rows(spark, tiny, monkeypatch):
+    """A failure after the staging and diagnostics commits, before the results commit:
+    every table gets its previous rows back (old run id included)."""
     config = make_config(tiny)
     pipeline.run(spark, config, ANALYSIS_DATE)
-    before = sorted(map(tuple, _results(spark, config).collect()))
-    version = DeltaTable.forPath(spark, config.output.results).history(1).first().version
+    before = {p: _rows(spark, p) for p in _tables(config)}
+    results_version = DeltaTable.forPath(spark, config.output.results).history(1).first().version
 
     def crash(*args, **kwargs):
         raise RuntimeError("driver died while reducing")
@@ -163,5 +172,42 @@ def test_crash_between_staging_and_results_keeps_previous_results(spark, tiny, m
     monkeypatch.setattr(pipeline.reducer, "reduce_experiment", crash)
     with pytest.raises(RuntimeError, match="driver died"):
         pipeline.run(spark, config, ANALYSIS_DATE)
-    assert DeltaTable.forPath(spark, config.output.results).history(1).first().version == version
-    assert sorted(map(tuple, _results(spark, config).collect())) == before
+    history = DeltaTable.forPath(spark, config.output.results).history(1).first()
+    assert history.version == results_version  # results were never written
+    for path, rows in before.items():
+        assert _rows(spark, path) == rows, path
+    staging_ops = [
+        r.operation for r in DeltaTable.forPath(spark, config.output.staging).history(2).collect()
+    ]
+    assert staging_ops == ["WRITE", "WRITE"]  # the new slice, then the old one written back
+
+
+def test_crash_in_a_first_run_leaves_no_rows(spark, tiny, monkeypatch):
+    config = make_config(tiny)
+    monkeypatch.setattr(pipeline.reducer, "reduce_experiment", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        pipeline.run(spark, config, ANALYSIS_DATE)
+    assert spark.read.format("delta").load(config.output.staging).count() == 0
+    assert spark.read.format("delta").load(config.output.diagnostics).count() == 0
+    assert not DeltaTable.isDeltaTable(spark, config.output.results)
+
+
+def test_failed_diagnostics_write_gives_staging_its_rows_back(spark, tiny, monkeypatch):
+    import datetime as dt
+
+    config = make_config(tiny)
+    pipeline.run(spark, config, ANALYSIS_DATE)
+    pipeline.run(spark, config, ANALYSIS_DATE - dt.timedelta(days=1))  # another slice
+    before = {p: _rows(spark, p) for p in _tables(config)}
+    write_slice = pipeline.io.write_slice
+
+    def failing(df, path, *args, **kwargs):
+        if path == config.output.diagnostics:
+            raise OSError("disk full")
+        write_slice(df, path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.io, "write_slice", failing)
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.stage(spark, config, ANALYSIS_DATE)
+    for path, rows in before.items():
+        assert _rows(spark, path) == rows, path

@@ -1,6 +1,6 @@
 """All reads and writes of tables: input checks with clear errors, and Delta writes that
 replace one (experiments × analysis date) slice atomically (`replaceWhere`), so reruns
-never duplicate rows and a failed run leaves the previous results in place."""
+never duplicate rows, and `SliceWrites`, which gives a failed run's tables their slices back."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 from delta import exceptions as delta_errors
+from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -118,6 +119,45 @@ def write_slice(
             if attempt == attempts:
                 raise
             time.sleep(random.uniform(0.5, 2.0) * attempt)
+
+
+def table_version(spark: SparkSession, path: str) -> int | None:
+    """The latest version of the Delta table at `path`; None when there is no table."""
+    if not DeltaTable.isDeltaTable(spark, path):
+        return None
+    return DeltaTable.forPath(spark, path).history(1).first()["version"]
+
+
+class SliceWrites:
+    """The slice writes of one run, undone together when the run fails.
+
+    Delta commits one table at a time; a run writes three (staging, diagnostics, results).
+    `undo` is the compensating write: every table this run wrote gets its slice back as it
+    was before the run, read from the earlier version (time travel), so a failed run leaves
+    the tables' rows as they were. Other slices are not touched, so concurrent runs of other
+    experiments or dates are safe. A table the run created is left empty.
+    """
+
+    def __init__(
+        self, spark: SparkSession, experiment_ids: Iterable[str], analysis_date: dt.date
+    ) -> None:
+        self.spark, self.ids, self.date = spark, sorted(set(experiment_ids)), analysis_date
+        self.written: list[tuple[str, int | None]] = []
+
+    def write(self, df: DataFrame, path: str) -> None:
+        before = table_version(self.spark, path)
+        write_slice(df, path, self.ids, self.date)
+        self.written.append((path, before))
+
+    def undo(self) -> None:
+        predicate = slice_predicate(self.ids, self.date)
+        while self.written:
+            path, before = self.written.pop()
+            if before is None:
+                DeltaTable.forPath(self.spark, path).delete(predicate)
+                continue
+            old = self.spark.read.format("delta").option("versionAsOf", before).load(path)
+            write_slice(old.where(predicate), path, self.ids, self.date)
 
 
 def read_slice(

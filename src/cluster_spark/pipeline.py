@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -26,20 +28,42 @@ def _chosen(config: Config, experiment_ids: list[str] | None) -> list[str]:
     return ids
 
 
+@contextmanager
+def _writes(
+    spark: SparkSession, ids: list[str], analysis_date: dt.date, outer: io.SliceWrites | None
+) -> Iterator[io.SliceWrites]:
+    """The run's slice writes: `outer`'s if given (its owner undoes them), else new ones
+    that are undone if anything inside fails."""
+    if outer is not None:
+        yield outer
+        return
+    writes = io.SliceWrites(spark, ids, analysis_date)
+    try:
+        yield writes
+    except BaseException as err:
+        try:
+            writes.undo()
+        except Exception as undo_err:  # keep the original error; say what is left
+            err.add_note(f"undoing the run's writes failed too: {undo_err!r}")
+        raise
+
+
 def stage(
     spark: SparkSession,
     config: Config,
     analysis_date: dt.date,
     experiment_ids: list[str] | None = None,
     run_id: str | None = None,
+    writes: io.SliceWrites | None = None,
 ) -> str:
-    """Compute and write the staged statistics; returns the run id."""
+    """Compute and write the staged statistics and diagnostics; returns the run id."""
     ids = _chosen(config, experiment_ids)
     run_id = run_id or new_run_id()
     staged = staging.stage(spark, config, ids, analysis_date, run_id)
     try:
-        io.write_slice(staged.stats, config.output.staging, ids, analysis_date)
-        io.write_slice(staged.diagnostics, config.output.diagnostics, ids, analysis_date)
+        with _writes(spark, ids, analysis_date, writes) as w:
+            w.write(staged.stats, config.output.staging)
+            w.write(staged.diagnostics, config.output.diagnostics)
     finally:
         staged.release()
     return run_id
@@ -51,6 +75,7 @@ def reduce(
     analysis_date: dt.date,
     experiment_ids: list[str] | None = None,
     run_id: str | None = None,
+    writes: io.SliceWrites | None = None,
 ) -> list[dict[str, Any]]:
     """Read the staged slice, compute comparisons on the driver, write the results slice."""
     ids = _chosen(config, experiment_ids)
@@ -67,7 +92,8 @@ def reduce(
             diagnostics=[d.asDict() for d in diags if d["experiment_id"] == exp_id],
         )
     df = spark.createDataFrame(results, reducer.RESULT_DDL)
-    io.write_slice(df, config.output.results, ids, analysis_date)
+    with _writes(spark, ids, analysis_date, writes) as w:
+        w.write(df, config.output.results)
     return results
 
 
@@ -77,6 +103,9 @@ def run(
     analysis_date: dt.date,
     experiment_ids: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Stage and reduce in one go (same run id in both tables)."""
-    run_id = stage(spark, config, analysis_date, experiment_ids)
-    return reduce(spark, config, analysis_date, experiment_ids, run_id=run_id)
+    """Stage and reduce in one go (same run id in every table). If any step fails, the
+    slices already written are put back as they were (`io.SliceWrites`)."""
+    ids = _chosen(config, experiment_ids)
+    with _writes(spark, ids, analysis_date, None) as writes:
+        run_id = stage(spark, config, analysis_date, ids, writes=writes)
+        return reduce(spark, config, analysis_date, ids, run_id=run_id, writes=writes)
