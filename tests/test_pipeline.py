@@ -211,3 +211,23 @@ def test_failed_diagnostics_write_gives_staging_its_rows_back(spark, tiny, monke
         pipeline.stage(spark, config, ANALYSIS_DATE)
     for path, rows in before.items():
         assert _rows(spark, path) == rows, path
+
+
+def test_undo_gives_back_only_its_own_slice(spark, tmp_path):
+    """Undo restores the slice as it was just before the run's own commit, and keeps what
+    another run committed afterwards to another slice."""
+    import datetime as dt
+
+    path, ddl = str(tmp_path / "t"), "experiment_id string, analysis_date date, value bigint"
+    day, other_day = ANALYSIS_DATE, ANALYSIS_DATE - dt.timedelta(days=1)
+
+    def write(rows, date):
+        pipeline.io.write_slice(spark.createDataFrame(rows, ddl), path, ["e"], date)
+
+    write([("e", day, 1)], day)
+    writes = pipeline.io.SliceWrites(spark, ["e"], day)
+    writes.write(spark.createDataFrame([("e", day, 2), ("e", day, 3)], ddl), path)
+    write([("e", other_day, 4)], other_day)  # another run, after ours
+    writes.undo()
+    rows = spark.read.format("delta").load(path).collect()
+    assert sorted((r.analysis_date, r.value) for r in rows) == [(other_day, 4), (day, 1)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 
 from delta import exceptions as delta_errors
@@ -92,6 +93,7 @@ def write_slice(
     experiment_ids: Iterable[str],
     analysis_date: dt.date,
     attempts: int = 5,
+    user_metadata: str | None = None,
 ) -> None:
     """Atomically replace the rows of these experiments on this analysis date (a small
     frame: it is written by one task).
@@ -111,6 +113,8 @@ def write_slice(
         .option("mergeSchema", "true")  # new nullable columns are added, never dropped
         .partitionBy("experiment_id")
     )
+    if user_metadata:
+        writer = writer.option("userMetadata", user_metadata)  # shown in the table history
     for attempt in range(1, attempts + 1):
         try:
             writer.save(path)
@@ -121,42 +125,38 @@ def write_slice(
             time.sleep(random.uniform(0.5, 2.0) * attempt)
 
 
-def table_version(spark: SparkSession, path: str) -> int | None:
-    """The latest version of the Delta table at `path`; None when there is no table."""
-    if not DeltaTable.isDeltaTable(spark, path):
-        return None
-    return DeltaTable.forPath(spark, path).history(1).first()["version"]
-
-
 class SliceWrites:
     """The slice writes of one run, undone together when the run fails.
 
     Delta commits one table at a time; a run writes three (staging, diagnostics, results).
     `undo` is the compensating write: every table this run wrote gets its slice back as it
-    was before the run, read from the earlier version (time travel), so a failed run leaves
-    the tables' rows as they were. Other slices are not touched, so concurrent runs of other
-    experiments or dates are safe. A table the run created is left empty.
+    was just before this run's commit (found in the table history by the run's
+    `userMetadata` tag and read by time travel), so a failed run leaves the tables' rows as
+    they were. Other slices are not touched, so concurrent runs of other experiments or
+    dates are safe. A table the run created is left empty. Nothing is read on success.
     """
 
     def __init__(
         self, spark: SparkSession, experiment_ids: Iterable[str], analysis_date: dt.date
     ) -> None:
         self.spark, self.ids, self.date = spark, sorted(set(experiment_ids)), analysis_date
-        self.written: list[tuple[str, int | None]] = []
+        self.tag = f"cluster_spark-run-{uuid.uuid4().hex}"
+        self.written: list[str] = []
 
     def write(self, df: DataFrame, path: str) -> None:
-        before = table_version(self.spark, path)
-        write_slice(df, path, self.ids, self.date)
-        self.written.append((path, before))
+        write_slice(df, path, self.ids, self.date, user_metadata=self.tag)
+        self.written.append(path)
 
     def undo(self) -> None:
         predicate = slice_predicate(self.ids, self.date)
         while self.written:
-            path, before = self.written.pop()
-            if before is None:
-                DeltaTable.forPath(self.spark, path).delete(predicate)
+            path = self.written.pop()
+            table = DeltaTable.forPath(self.spark, path)
+            ours = table.history().where(F.col("userMetadata") == self.tag).first()["version"]
+            if ours == 0:
+                table.delete(predicate)
                 continue
-            old = self.spark.read.format("delta").option("versionAsOf", before).load(path)
+            old = self.spark.read.format("delta").option("versionAsOf", ours - 1).load(path)
             write_slice(old.where(predicate), path, self.ids, self.date)
 
 
