@@ -134,6 +134,9 @@ class SliceWrites:
     `userMetadata` tag and read by time travel), so a failed run leaves the tables' rows as
     they were. Other slices are not touched, so concurrent runs of other experiments or
     dates are safe. A table the run created is left empty. Nothing is read on success.
+
+    Used as a context manager, a failure inside undoes every write made so far; nested
+    blocks over the same instance are safe (what is undone is forgotten).
     """
 
     def __init__(
@@ -142,6 +145,17 @@ class SliceWrites:
         self.spark, self.ids, self.date = spark, sorted(set(experiment_ids)), analysis_date
         self.tag = f"cluster_spark-run-{uuid.uuid4().hex}"
         self.written: list[str] = []
+
+    def __enter__(self) -> SliceWrites:
+        return self
+
+    def __exit__(self, kind: type | None, err: BaseException | None, tb: object) -> None:
+        if err is None:
+            return
+        try:
+            self.undo()
+        except Exception as undo_err:  # keep the original error; say what is left
+            err.add_note(f"undoing the run's writes failed too: {undo_err!r}")
 
     def write(self, df: DataFrame, path: str) -> None:
         write_slice(df, path, self.ids, self.date, user_metadata=self.tag)

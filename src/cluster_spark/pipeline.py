@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -28,26 +26,6 @@ def _chosen(config: Config, experiment_ids: list[str] | None) -> list[str]:
     return ids
 
 
-@contextmanager
-def _writes(
-    spark: SparkSession, ids: list[str], analysis_date: dt.date, outer: io.SliceWrites | None
-) -> Iterator[io.SliceWrites]:
-    """The run's slice writes: `outer`'s if given (its owner undoes them), else new ones
-    that are undone if anything inside fails."""
-    if outer is not None:
-        yield outer
-        return
-    writes = io.SliceWrites(spark, ids, analysis_date)
-    try:
-        yield writes
-    except BaseException as err:
-        try:
-            writes.undo()
-        except Exception as undo_err:  # keep the original error; say what is left
-            err.add_note(f"undoing the run's writes failed too: {undo_err!r}")
-        raise
-
-
 def stage(
     spark: SparkSession,
     config: Config,
@@ -56,12 +34,13 @@ def stage(
     run_id: str | None = None,
     writes: io.SliceWrites | None = None,
 ) -> str:
-    """Compute and write the staged statistics and diagnostics; returns the run id."""
+    """Compute and write the staged statistics and diagnostics; returns the run id.
+    `writes`: the run's `io.SliceWrites` when this is one step of a run (`run`)."""
     ids = _chosen(config, experiment_ids)
     run_id = run_id or new_run_id()
     staged = staging.stage(spark, config, ids, analysis_date, run_id)
     try:
-        with _writes(spark, ids, analysis_date, writes) as w:
+        with writes or io.SliceWrites(spark, ids, analysis_date) as w:
             w.write(staged.stats, config.output.staging)
             w.write(staged.diagnostics, config.output.diagnostics)
     finally:
@@ -92,7 +71,7 @@ def reduce(
             diagnostics=[d.asDict() for d in diags if d["experiment_id"] == exp_id],
         )
     df = spark.createDataFrame(results, reducer.RESULT_DDL)
-    with _writes(spark, ids, analysis_date, writes) as w:
+    with writes or io.SliceWrites(spark, ids, analysis_date) as w:
         w.write(df, config.output.results)
     return results
 
@@ -106,6 +85,6 @@ def run(
     """Stage and reduce in one go (same run id in every table). If any step fails, the
     slices already written are put back as they were (`io.SliceWrites`)."""
     ids = _chosen(config, experiment_ids)
-    with _writes(spark, ids, analysis_date, None) as writes:
+    with io.SliceWrites(spark, ids, analysis_date) as writes:
         run_id = stage(spark, config, analysis_date, ids, writes=writes)
         return reduce(spark, config, analysis_date, ids, run_id=run_id, writes=writes)
