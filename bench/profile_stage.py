@@ -8,6 +8,11 @@ statistics and the diagnostics each written to the `noop` sink (pipeline.stage w
 each one its own Spark query); the same config without `analysis_unit` (no multi-unit check
 and no analysis-unit counts), without winsorized metrics, and without `count_distinct`
 components; and the time spent planning the statistics query.
+
+Then the first aggregation level, the one pass over the events, against the benchmark's
+floor (4 values per org and user) and the same aggregation carrying as many values as one
+experiment slot of the first level, or all of it, carries (components × slots plus
+bookkeeping); and the first level with its exposure join and bookkeeping only.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as bench
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from cluster_spark import pipeline, staging
 from cluster_spark.config import Config
@@ -53,6 +59,51 @@ def _variant(config: Config, **change: Any) -> Config:
     for e in raw["experiments"]:
         e["metrics"] = [m for m in e["metrics"] if m not in drop]
     return bench.parse_config(raw)
+
+
+def wide_floor(events: DataFrame, n: int) -> None:
+    """The floor's scan and grouping, carrying n distinct aggregates (sums, conditional
+    counts, maxima) per (org, user) instead of 4."""
+    kinds = [
+        lambda i: F.sum(F.col("value") + F.lit(i)),
+        lambda i: F.count(F.when(F.col("value") > F.lit(i), 1)),
+        lambda i: F.max(F.col("ts") + F.make_dt_interval(secs=F.lit(i))),
+    ]
+    aggs = [kinds[i % len(kinds)](i).alias(f"v{i}") for i in range(n)]
+    _noop(events.groupBy("org_id", "user_id").agg(*aggs))
+
+
+def first_level_steps(spark: SparkSession, config: Config, ids: list[str], events: DataFrame):
+    """Steps timing `staging.first_level` over the events source, and the wide floor with
+    as many values as it aggregates per (org, user)."""
+    plan = staging.plans(config, ids, bench.ANALYSIS_DATE)[0]
+    parts, columns, key = staging.source_parts(plan, "events")
+    units, _, exposures = staging.exposed_units(spark, plan)
+    n_slots = staging.exposure_slots(units)[1]
+    exposures.unpersist()
+    # Per slot: each component (twice with CUPED) and 3 bookkeeping values; plus _n_events.
+    per_slot = len(parts) * (2 if plan.cuped else 1) + 3
+    n_values = n_slots * per_slot + 1
+
+    def level1(with_parts: bool) -> Callable[[], None]:
+        def go() -> None:
+            units, _, exposures = staging.exposed_units(spark, plan)
+            source, _ = staging.source_events(spark, plan, "events", columns, key)
+            frame = staging.first_level(plan, source, units, parts if with_parts else {}, key)
+            try:
+                frame.count()  # materializes the persisted frame, every column
+            finally:
+                frame.unpersist()
+                exposures.unpersist()
+
+        return go
+
+    return {
+        f"floor carrying {per_slot} values": lambda: wide_floor(events, per_slot),
+        f"floor carrying {n_values} values": lambda: wide_floor(events, n_values),
+        "first level, join + bookkeeping only": level1(False),
+        f"first level ({len(parts)} components × {n_slots} slots)": level1(True),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             "stats",
         ),
         "planning the stats query": planning,
+        **first_level_steps(spark, config, ids, events),
     }
     sc = spark.sparkContext
     try:

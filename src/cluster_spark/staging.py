@@ -521,6 +521,19 @@ def first_level(
     )
 
 
+def source_parts(
+    plan: Plan, source: str
+) -> tuple[dict[str, tuple[Component, float]], set[str], str | None]:
+    """What one pass over `source` computes: (component column → (component, bake
+    hours), the event columns the components read, the first-level key column)."""
+    parts = {
+        name: (comp, bake) for name, comp, bake in plan.components.values() if comp.source == source
+    }
+    columns = {c.column for c, _ in parts.values() if c.column}
+    columns |= {cond.column for c, _ in parts.values() for cond in c.filter}
+    return parts, columns, _first_level_key(plan, source, [c for c, _ in parts.values()])
+
+
 def source_unit_aggregates(
     spark: SparkSession, plan: Plan, source: str, units: DataFrame
 ) -> SourceAggregates:
@@ -533,12 +546,7 @@ def source_unit_aggregates(
     planned. The multi-unit policy, the data-quality counts and the per-analysis-unit
     values for the design effect all read the persisted frame.
     """
-    parts = {
-        name: (comp, bake) for name, comp, bake in plan.components.values() if comp.source == source
-    }
-    columns = {c.column for c, _ in parts.values() if c.column}
-    columns |= {cond.column for c, _ in parts.values() for cond in c.filter}
-    key_col = _first_level_key(plan, source, [c for c, _ in parts.values()])
+    parts, columns, key_col = source_parts(plan, source)
     events, where = source_events(spark, plan, source, columns, key_col)
     check_columns(events, _numeric_columns(c for c, _ in parts.values()), where)
     level1 = first_level(plan, events, units, parts, key_col)
