@@ -1,7 +1,7 @@
 """Where does `pipeline.stage` spend its time? Breaks the staging of bench/run.py's config
 down by query and by feature, on the benchmark data of one size.
 
-    .venv/bin/python bench/profile_stage.py --size 1000000 [--out out/bench]
+    .venv/bin/python bench/profile_stage.py --size 1000000 [--out out/bench] [--only NAME...]
 
 Prints, in one SparkSession: the floor; `pipeline.stage` as shipped; the staging
 statistics and the diagnostics each written to the `noop` sink (pipeline.stage writes both,
@@ -110,9 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=bench.ROOT / "out" / "bench")
-    parser.add_argument("--only", nargs="*", help="run only these steps (by name)")
+    parser.add_argument("--only", nargs="*", help="run only the steps whose names start so")
+    parser.add_argument("--smoke", action="store_true", help="bench/run.py's smoke data")
     ns = parser.parse_args(argv)
-    args = bench.parse_args(["--out", str(ns.out), "--sizes", str(ns.size)])
+    smoke = ["--smoke"] if ns.smoke else []
+    args = bench.parse_args([*smoke, "--out", str(ns.out), "--sizes", str(ns.size)])
     spark = bench.spark_session(args)
     p = bench.DataParams(ns.size, args.users, args.orgs, args.seed)
     data = bench.ensure_data(spark, args.out, p, print)
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     sc = spark.sparkContext
     try:
         for name, fn in steps.items():
-            if ns.only and name not in ns.only:
+            if ns.only and not name.startswith(tuple(ns.only)):
                 continue
             counter: dict[str, int] = {}
             with bench.job_group(spark, f"profile-{name}", counter):
