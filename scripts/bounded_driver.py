@@ -1,15 +1,22 @@
-"""Show the driver's memory is bounded: analyse data far larger than a 512m driver.
+"""Show the driver's memory is bounded: analyse data far larger than a 512m driver, and
+measure the driver JVM's heap at several sizes.
 
-Generates N events with Spark built-ins (no Python rows), starts a standalone cluster on
-127.0.0.1 (two workers, 1 core and 1g each; the harness of tests/test_submit_cluster.py) and
-spark-submits the analysis with `--driver-memory 512m`:
+For each size, generates N events with Spark built-ins (no Python rows), starts a
+standalone cluster on 127.0.0.1 (two workers, 1 core and 1g each; the harness of
+tests/test_submit_cluster.py) and spark-submits the analysis with `--driver-memory 512m`
+and the driver's GC log on. In local mode the driver JVM also runs the tasks; here the
+executors are separate JVMs, so the log shows the driver's own heap:
 
-    .venv/bin/python scripts/bounded_driver.py --events 30000000 --out out/driver_check
+    .venv/bin/python scripts/bounded_driver.py --events 4000000,16000000 --out out/driver_check
+
+Prints per size: exit code, seconds, the heap used at its highest before a collection and
+the most still in use after one that evacuates (both in MiB, from the GC log).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import time
@@ -102,18 +109,55 @@ def config(out: Path) -> Path:
     return path
 
 
-def main() -> int:
-    from tests.test_submit_cluster import Cluster
+_GC_PAUSE = re.compile(r"(\d+)([KMG])->(\d+)([KMG])\(\d+[KMG]\)")
+_MIB = {"K": 1 / 1024, "M": 1, "G": 1024}
 
+
+def heap_from_gc_log(text: str) -> tuple[float, float]:
+    """(Highest heap used before a collection, most in use after an evacuating one), MiB,
+    from a JVM unified GC log (`-Xlog:gc`: "... Pause Young (Normal) ... 120M->30M(512M)").
+    Remark and cleanup pauses free no objects, so they are not counted as after-GC."""
+    before, after = [0.0], [0.0]
+    for line in text.splitlines():
+        m = _GC_PAUSE.search(line)
+        if m is None:
+            continue
+        a, ua, b, ub = m.groups()
+        before.append(int(a) * _MIB[ua])
+        if "Pause Young" in line or "Pause Full" in line:
+            after.append(int(b) * _MIB[ub])
+    return max(before), max(after)
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=30_000_000)
+    parser.add_argument("--events", default="30000000", help="comma-separated event counts")
     parser.add_argument("--out", type=Path, default=Path("out/driver_check"))
     parser.add_argument("--driver-memory", default="512m")
     args = parser.parse_args()
-    out = args.out.resolve()
+    rows = [
+        run_size(args.out.resolve() / n, int(n), args.driver_memory) for n in args.events.split(",")
+    ]
+    print(
+        "| events | Parquet MiB | exit | s | driver heap peak MiB | driver heap live after GC MiB |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['events']:,} | {r['mib']:,.0f} | {r['exit']} | {r['seconds']:.0f} | "
+            f"{r['heap_peak']:.0f} | {r['heap_live']:.0f} |"
+        )
+    return max(r["exit"] for r in rows)
+
+
+def run_size(out: Path, n_events: int, driver_memory: str) -> dict:
+    from tests.test_submit_cluster import Cluster
+
     if not (out / "events" / "_delta_log").exists():
-        generate(out, args.events)
+        generate(out, n_events)
     size = sum(f.stat().st_size for f in (out / "events").rglob("*.parquet"))
+    gc_log = out / "driver_gc.log"
+    gc_log.unlink(missing_ok=True)
     cluster = Cluster(out / "cluster")
     cluster.start(n_workers=2)
     try:
@@ -125,7 +169,9 @@ def main() -> int:
                 "--master",
                 cluster.url,
                 "--driver-memory",
-                args.driver_memory,
+                driver_memory,
+                "--driver-java-options",
+                f"-Xlog:gc:file={gc_log}",
                 "--conf",
                 "spark.sql.shuffle.partitions=16",
                 "--",
@@ -144,11 +190,21 @@ def main() -> int:
         cluster.stop()
     (out / "run.log").write_text(proc.stdout + proc.stderr)
     print(proc.stdout[-3000:])
+    peak, live = heap_from_gc_log(gc_log.read_text() if gc_log.exists() else "")
     print(
-        f"events: {args.events:,} ({size / 2**20:,.0f} MiB of Parquet on disk); "
-        f"driver heap {args.driver_memory}; exit {proc.returncode}; {elapsed:.0f}s"
+        f"events: {n_events:,} ({size / 2**20:,.0f} MiB of Parquet on disk); "
+        f"driver heap {driver_memory}; exit {proc.returncode}; {elapsed:.0f}s; "
+        f"heap peak {peak:.0f} MiB, after GC {live:.0f} MiB",
+        flush=True,
     )
-    return proc.returncode
+    return {
+        "events": n_events,
+        "mib": size / 2**20,
+        "exit": proc.returncode,
+        "seconds": elapsed,
+        "heap_peak": peak,
+        "heap_live": live,
+    }
 
 
 if __name__ == "__main__":
