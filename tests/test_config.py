@@ -62,6 +62,7 @@ def _set(path, value):
         (("metrics", "revenue_per_user", "numerator", "column"), None, r"agg 'sum' needs a column"),
         (("experiments", 0, "assignment_unit"), "team_id", r"'team_id' is not an id"),
         (("output", "typo"), "x", r"output.typo = 'x': Extra inputs are not permitted"),
+        (("experiments", 0, "sequential"), True, r"sequential: true needs sequential_n_star"),
     ],
 )
 def test_errors_name_key_value_and_rule(path, value, message):

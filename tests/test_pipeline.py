@@ -121,7 +121,8 @@ def test_other_dates_and_experiments_are_kept(spark, tiny):
     assert dates == [ANALYSIS_DATE - dt.timedelta(days=1), ANALYSIS_DATE]
 
 
-def test_failed_run_leaves_tables_as_they_were(spark, tiny):
+def test_missing_source_fails_before_any_commit(spark, tiny):
+    """Input errors are found before anything is written: no table gets a new version."""
     config = make_config(tiny)
     pipeline.run(spark, config, ANALYSIS_DATE)
     versions = {
@@ -231,3 +232,36 @@ def test_undo_gives_back_only_its_own_slice(spark, tmp_path):
     writes.undo()
     rows = spark.read.format("delta").load(path).collect()
     assert sorted((r.analysis_date, r.value) for r in rows) == [(other_day, 4), (day, 1)]
+
+
+def test_reduce_without_staged_rows_keeps_the_results(spark, tiny):
+    """`reduce` for a date that was never staged is an error, not an empty results slice."""
+    import datetime as dt
+
+    config = make_config(tiny)
+    pipeline.run(spark, config, ANALYSIS_DATE)
+    before = _rows(spark, config.output.results)
+    with pytest.raises(InputError, match="nothing staged for experiment 'e1'"):
+        pipeline.reduce(spark, config, ANALYSIS_DATE + dt.timedelta(days=1))
+    assert _rows(spark, config.output.results) == before
+
+
+def test_undo_goes_on_past_a_table_it_cannot_restore(spark, tmp_path):
+    """One table that cannot be restored does not stop the others; it stays listed and is
+    named in the error."""
+    import shutil
+
+    ddl = "experiment_id string, analysis_date date, value bigint"
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for path in (a, b):
+        pipeline.io.write_slice(
+            spark.createDataFrame([("e", ANALYSIS_DATE, 1)], ddl), path, ["e"], ANALYSIS_DATE
+        )
+    writes = pipeline.io.SliceWrites(spark, ["e"], ANALYSIS_DATE)
+    for path in (a, b):
+        writes.write(spark.createDataFrame([("e", ANALYSIS_DATE, 2)], ddl), path)
+    shutil.rmtree(tmp_path / "b" / "_delta_log")  # b is restored first, and fails
+    with pytest.raises(RuntimeError, match=r"could not give these tables their slice back: .*/b "):
+        writes.undo()
+    assert [r.value for r in spark.read.format("delta").load(a).collect()] == [1]
+    assert writes.written == [b]

@@ -114,3 +114,46 @@ def test_plan_pools_variants_and_gives_mde():
     z = norm.ppf(0.975) + norm.ppf(0.8)
     assert plan["mde_rel@10000"] == pytest.approx(z * np.sqrt(2 * v / 10_000) / r, rel=1e-9)
     assert plan["mde_rel@300"] == pytest.approx(z * np.sqrt(2 * v / 300) / r, rel=1e-9)
+
+
+def _two_groups(seed=5, n=200):
+    rng = np.random.default_rng(seed)
+    m, d = rng.gamma(2, 3, 2 * n), rng.integers(1, 5, 2 * n).astype(float)
+    x, y = m * rng.uniform(0.5, 1.5, 2 * n), d
+    return [
+        staged_row("m1", "control", m[:n], d[:n], x[:n], y[:n]),
+        staged_row("m1", "treatment", m[n:], d[n:], x[n:], y[n:]),
+    ]
+
+
+def test_relative_ci_method_says_which_interval_was_computed():
+    """Fieller is asked for, but a CUPED-adjusted lift gets the delta-method interval: the
+    row says delta. Without CUPED it says fieller."""
+    rows = _two_groups()
+    exp = experiment(relative_ci="fieller", cuped_lookback_days=7)
+    (_, treated) = reduce_experiment(rows, exp, DATE, "r")
+    assert treated["cuped_applied"] is True
+    assert treated["relative_ci_method"] == "delta"
+    (_, treated) = reduce_experiment(rows, experiment(relative_ci="fieller"), DATE, "r")
+    assert treated["relative_ci_method"] == "fieller"
+
+
+def test_unexpected_variant_flags_srm():
+    """Units exposed to a variant outside the configured split are a sample ratio mismatch:
+    flagged, with no χ² (there is no expected share for that variant)."""
+    counts = {"control": 100, "treatment": 101, "treatmnet": 3}
+    diags = [{"check": "assignment_units", "variant": v, "value": n} for v, n in counts.items()]
+    exp = experiment(variants={"control": 1, "treatment": 1})
+    rows = reduce_experiment(_two_groups(), exp, DATE, "r", diagnostics=diags)
+    assert {(r["srm_chi2"], r["srm_p_value"], r["srm_flag"]) for r in rows} == {(None, None, True)}
+    diags = diags[:2]
+    (row, _) = reduce_experiment(_two_groups(), exp, DATE, "r", diagnostics=diags)
+    assert row["srm_flag"] is False and row["srm_p_value"] > 0.9
+
+
+def test_plan_first_column_splits_the_staged_units_over_all_variants():
+    rng = np.random.default_rng(2)
+    m, d = rng.gamma(2, 3, 600), np.ones(600)
+    rows = [staged_row("m1", v, m[i::3], d[i::3]) for i, v in enumerate(["control", "a", "b"])]
+    (plan,) = plan_experiment(rows, experiment(), [])
+    assert "mde_rel@200" in plan and plan["units"] == 600

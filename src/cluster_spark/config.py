@@ -208,7 +208,9 @@ class Experiment(_Model):
     cuped_lookback_days: Annotated[int, Field(gt=0)] | None = None
     relative_ci: Literal["delta", "fieller"] = "delta"
     #: Always-valid confidence sequences (asymptotic CS, Waudby-Smith et al. 2024), tuned
-    #: to be tightest at `sequential_n_star` assignment units (default: the current count).
+    #: to be tightest at `sequential_n_star` assignment units (required: the planned total;
+    #: a ρ recomputed from each look's own count would make the boundary a fixed multiple
+    #: of the standard error, which is not valid over repeated looks).
     sequential: bool = False
     sequential_n_star: Annotated[int, Field(gt=1)] | None = None
     power: Annotated[float, Field(gt=0, lt=1)] = 0.8
@@ -223,6 +225,11 @@ class Experiment(_Model):
             )
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError("metrics are listed twice")
+        if self.sequential and self.sequential_n_star is None:
+            raise ValueError(
+                "sequential: true needs sequential_n_star (the planned number of assignment "
+                "units over all variants, where the confidence sequence is tightest)"
+            )
         return self
 
     def analysis_time(self, analysis_date: dt.date) -> dt.datetime:

@@ -41,16 +41,6 @@ from cluster_spark.stats import GroupMeans, RatioStats
 STATUS_CUPED_NO_PRE_DATA = "cuped_fallback_no_pre_data"
 #: The adjustment does not reduce the variance (Var_adj ≥ Var_unadj): unadjusted numbers.
 STATUS_CUPED_NO_GAIN = "cuped_fallback_no_gain"
-#: Status codes of `compare_cuped`, in order of precedence (the first that applies).
-CUPED_STATUSES = (
-    STATUS_TOO_FEW_UNITS,
-    STATUS_ZERO_DENOMINATOR,
-    STATUS_CUPED_NO_PRE_DATA,
-    STATUS_CUPED_NO_GAIN,
-    STATUS_ZERO_VARIANCE,
-    STATUS_ZERO_CONTROL_MEAN,
-    STATUS_OK,
-)
 
 _VARS = ("m", "d", "x", "y")
 #: The 10 upper-triangle pairs of (M, D, X, Y), in the order of `CupedStats.css`.

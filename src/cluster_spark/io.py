@@ -162,16 +162,30 @@ class SliceWrites:
         self.written.append(path)
 
     def undo(self) -> None:
+        """Restore every written table, last first; a table that cannot be restored stays
+        listed (a later `undo` retries it) and is named in the error raised at the end."""
+        failed: list[tuple[str, Exception]] = []
+        for path in reversed(self.written):
+            try:
+                self._restore(path)
+            except Exception as err:  # go on with the other tables
+                failed.append((path, err))
+        self.written = [path for path, _ in reversed(failed)]
+        if failed:
+            raise RuntimeError(
+                "could not give these tables their slice back: "
+                + "; ".join(f"{path} ({err!r})" for path, err in failed)
+            )
+
+    def _restore(self, path: str) -> None:
         predicate = slice_predicate(self.ids, self.date)
-        while self.written:
-            path = self.written.pop()
-            table = DeltaTable.forPath(self.spark, path)
-            ours = table.history().where(F.col("userMetadata") == self.tag).first()["version"]
-            if ours == 0:
-                table.delete(predicate)
-                continue
-            old = self.spark.read.format("delta").option("versionAsOf", ours - 1).load(path)
-            write_slice(old.where(predicate), path, self.ids, self.date)
+        table = DeltaTable.forPath(self.spark, path)
+        ours = table.history().where(F.col("userMetadata") == self.tag).first()["version"]
+        if ours == 0:
+            table.delete(predicate)
+            return
+        old = self.spark.read.format("delta").option("versionAsOf", ours - 1).load(path)
+        write_slice(old.where(predicate), path, self.ids, self.date)
 
 
 def read_slice(

@@ -10,7 +10,7 @@ from pyspark.sql import SparkSession
 
 from cluster_spark import io, reducer, staging
 from cluster_spark.config import Config
-from cluster_spark.errors import ConfigError
+from cluster_spark.errors import ConfigError, InputError
 
 
 def new_run_id() -> str:
@@ -63,6 +63,13 @@ def reduce(
     results = []
     for exp_id in ids:
         rows = [r.asDict() for r in staged if r["experiment_id"] == exp_id]
+        if not rows and not any(d["experiment_id"] == exp_id for d in diags):
+            # Not staged at all (staging always writes diagnostics): replacing the results
+            # slice with nothing would lose it.
+            raise InputError(
+                f"nothing staged for experiment '{exp_id}' on {analysis_date} in "
+                f"{config.output.staging}: run `stage` for that date first"
+            )
         results += reducer.reduce_experiment(
             rows,
             config.experiment(exp_id),

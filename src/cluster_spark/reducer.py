@@ -155,13 +155,16 @@ def srm(
     experiment: Experiment, diagnostics: Iterable[Mapping[str, Any]]
 ) -> tuple[float | None, float | None, bool | None]:
     """Pearson χ² of assignment-unit counts against the configured split (default equal);
-    flagged below the experiment's threshold (default p < 0.001)."""
+    flagged below the experiment's threshold (default p < 0.001), and flagged without a
+    test when units are exposed to a variant the configured split does not have."""
     observed = {
         d["variant"]: int(d["value"]) for d in diagnostics if d["check"] == "assignment_units"
     }
     weights = experiment.variants or dict.fromkeys({experiment.control, *observed}, 1.0)
     observed = {v: observed.get(v, 0) for v in weights} | observed
-    if len(observed) < 2 or set(observed) - set(weights):
+    if set(observed) - set(weights):
+        return None, None, True
+    if len(observed) < 2:
         return None, None, None
     chi2, p = srm_test(observed, weights)
     return chi2, p, p < experiment.srm_threshold
@@ -264,12 +267,15 @@ def compare_groups(t: CupedStats, c: CupedStats, experiment: Experiment) -> dict
     else:
         cols = _comparison_columns(compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test))
         adjusted = False
+    # Fieller's interval is for the unadjusted ratio; a CUPED-adjusted lift keeps delta.
+    cols["relative_ci_method"] = "delta"
     if experiment.relative_ci == "fieller" and not adjusted:
         interval = decisions.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test)
         cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
+        cols["relative_ci_method"] = "fieller"
     if experiment.sequential:
         n = t.n + c.n
-        n_star = experiment.sequential_n_star or n
+        n_star = experiment.sequential_n_star
         est, se = cols["effect_abs"], cols["effect_abs_stderr"]
         cs = decisions.confidence_sequence(est, se, n, alpha, n_star)
         cols["effect_abs_cs_low"], cols["effect_abs_cs_high"] = cs or (None, None)
@@ -323,22 +329,26 @@ def _comparison_columns(c: Comparison) -> dict[str, Any]:
 def plan_experiment(
     rows: Iterable[Mapping[str, Any]], experiment: Experiment, planned_units: Iterable[int]
 ) -> list[dict[str, Any]]:
-    """Minimum detectable effects from staged pre-period (or A/A) statistics.
+    """Minimum detectable effects from staged statistics: stage a period with no treatment
+    (before the experiment, or an A/A test), since a treatment effect would inflate V.
 
     All variants are pooled per metric (Chan merge), giving the per-assignment-unit
     linearized variance V; the MDE for n units per group is
-    `(z_{1−α/2} + z_power)·sqrt(2V/n)` (`decisions.mde`).
+    `(z_{1−α/2} + z_power)·sqrt(2V/n)` (`decisions.mde`); the first column is for the
+    staged units split evenly over the variants.
     """
     groups = merge_groups(rows)
     pooled: dict[str, CupedStats] = {}
+    variants: dict[str, set[str]] = {}
     for (metric, variant, winsorized), s in groups.items():
         if winsorized or (metric, variant, True) not in groups:
             pooled[metric] = pooled[metric] + s if metric in pooled else s
+            variants.setdefault(metric, set()).add(variant)
     out = []
     for metric, s in sorted(pooled.items()):
         r = s.ratio_stats
         row = {"metric": metric, "units": s.n, "mean": s.ratio, "unit_variance": r.unit_variance}
-        for n in (s.n // 2, *planned_units):
+        for n in (s.n // len(variants[metric]), *planned_units):
             planned = decisions.mde(r.unit_variance, n, experiment.alpha, experiment.power, s.ratio)
             row[f"mde_rel@{n}"] = planned.relative
         out.append(row)

@@ -83,10 +83,6 @@ STAGING_SCHEMA = T.StructType(
         T.StructField("run_id", T.StringType(), False),
     ]
 )
-DIAGNOSTICS_DDL = (
-    "experiment_id string, analysis_date date, metric string, variant string, "
-    "check string, value bigint, run_id string"
-)
 _KEYS = ("experiment_id", "analysis_date", "metric", "variant", "winsorized", "run_id")
 _STAT_COLUMNS = [f.name for f in STAGING_SCHEMA.fields if f.name not in _KEYS]
 
