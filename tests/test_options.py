@@ -230,6 +230,33 @@ def test_multi_unit_policy(spark, tmp_path, policy, control, treatment):
         _stats(spark, raw)
 
 
+def test_analysis_unit_rules_stay_with_their_experiment(spark, tmp_path):
+    """e1 declares user_id as its analysis unit (policy drop); e2, on the same orgs, declares
+    none. Staged together, u1 (seen under o1 and o3) is dropped from e1 only."""
+    exposures = UNITS[:3] + [("e2", *u[1:]) for u in UNITS[:3]]
+    write_delta(spark, exposures, EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, MULTI_EVENTS, EVENT_DDL, tmp_path / "events")
+    raw = config_dict(tmp_path)
+    e2 = {k: v for k, v in raw["experiments"][0].items() if k != "analysis_unit"}
+    raw["experiments"].append({**e2, "id": "e2"})
+    staged = staging.stage(spark, parse_config(raw), ["e1", "e2"], ANALYSIS_DATE, "r")
+    try:
+        got = {
+            (r.experiment_id, r.variant): (r.sum_m, r.sum_d)
+            for r in staged.stats.collect()
+            if r.metric == "revenue_per_user"
+        }
+        checks = {(d.experiment_id, d.check) for d in staged.diagnostics.collect()}
+    finally:
+        staged.release()
+    # e1: u1 dropped. o1: u2 (1.0, 1 user); o3: u3 (2.0, 1 user); o2: no events.
+    assert got[("e1", "control")] == (1.0, 1.0) and got[("e1", "treatment")] == (2.0, 1.0)
+    # e2: u1 counts under both orgs. o1: 10 + 1 over u1, u2; o3: 20 + 2 over u1, u3.
+    assert got[("e2", "control")] == (11.0, 2.0) and got[("e2", "treatment")] == (22.0, 2.0)
+    assert ("e1", "analysis_units_in_several_units") in checks
+    assert not {c for e, c in checks if e == "e2" and c.startswith("analysis_units")}
+
+
 def test_diagnostics_table(spark, tmp_path):
     from tests.test_staging import EVENTS, EXPOSURES
 

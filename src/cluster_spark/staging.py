@@ -159,9 +159,8 @@ class Plan:
 
     @property
     def analysis_unit(self) -> str | None:
-        """The analysis-unit id type, if one experiment of the plan declares it."""
-        units = {e.analysis_unit for e in self.experiments} - {None}
-        return units.pop() if len(units) == 1 else None
+        """The analysis-unit id type the plan's experiments share (`plans` groups by it)."""
+        return self.experiments[0].analysis_unit
 
     @cached_property
     def components(self) -> dict[tuple[str, str], tuple[str, Component, float]]:
@@ -560,17 +559,20 @@ def source_unit_aggregates(
     )
     diags = [_diag(null_ids, f"events_with_null_ids:{source}", F.col("n"))]
     rows = level1.where(F.col("experiment_id").isNotNull())
-    if plan.analysis_unit:
+    by_analysis_unit = plan.analysis_unit in plan.config.sources[source].ids
+    if by_analysis_unit:
         rows, multi = apply_multi_unit_policy(rows, plan, where)
         rows = rows.persist()  # read for per-unit values and per-analysis-unit values
         diags.append(multi)
+    # Active analysis units per unit, where the first level is keyed by them.
+    subs = F.count(F.when(F.col(SUB).isNotNull(), F.col("_active"))) if by_analysis_unit else None
     per_unit = rows.groupBy("experiment_id", UNIT).agg(
         *second,
         F.sum("_n_pre").alias(f"_pre__{source}"),
-        F.count(F.when(F.col(SUB).isNotNull(), F.col("_active"))).alias(f"_subs__{source}"),
+        *([subs.alias(f"_subs__{source}")] if subs is not None else []),
     )
     per_analysis_unit = None
-    if plan.analysis_unit and key_col == plan.config.sources[source].ids.get(plan.analysis_unit):
+    if by_analysis_unit:
         per_analysis_unit = rows.where(F.col(SUB).isNotNull()).select(
             "experiment_id", UNIT, SUB, *values
         )
@@ -578,7 +580,7 @@ def source_unit_aggregates(
         per_unit,
         per_analysis_unit,
         reduce(DataFrame.unionByName, diags),
-        [level1, rows] if plan.analysis_unit else [level1],
+        [level1, rows] if by_analysis_unit else [level1],
     )
 
 
@@ -684,7 +686,7 @@ def unit_values(spark: SparkSession, plan: Plan) -> UnitValues:
         persisted += agg.persisted
         if agg.per_analysis_unit is not None:
             per_analysis_unit.append(agg.per_analysis_unit)
-        sub_cols.append(F.coalesce(F.col(f"_subs__{source}"), F.lit(0)))
+            sub_cols.append(F.coalesce(F.col(f"_subs__{source}"), F.lit(0)))
     # Values and diagnostics (two Spark queries) both read the per-unit frame: persist it.
     wide = wide.persist()
     persisted.append(wide)
@@ -729,7 +731,7 @@ def unit_values(spark: SparkSession, plan: Plan) -> UnitValues:
         .select("experiment_id", "variant", UNIT, "_n_subs", "v.*")
         .where(F.array_contains(F.element_at(wanted, F.col("experiment_id")), F.col("metric")))
     )
-    if plan.analysis_unit:
+    if sub_cols:  # a source has the analysis unit: count the active ones
         first_metric = {e.id: e.metrics[0] for e in plan.experiments}
         one_row = F.col("metric") == F.element_at(
             F.create_map(*[F.lit(x) for kv in first_metric.items() for x in kv]),
@@ -902,12 +904,15 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
 
 
 def plans(config: Config, experiment_ids: list[str], analysis_date: dt.date) -> list[Plan]:
-    """Group the chosen experiments by assignment-unit type: one pass per type."""
+    """Group the chosen experiments by (assignment unit, analysis unit): one pass per group,
+    so an experiment's analysis-unit rules never apply to another's."""
     chosen = [config.experiment(e) for e in experiment_ids]
-    types = sorted({e.assignment_unit for e in chosen})
+    groups: dict[tuple[str, str], list[Experiment]] = {}
+    for e in chosen:
+        groups.setdefault((e.assignment_unit, e.analysis_unit or ""), []).append(e)
     return [
-        Plan(config, t, tuple(e for e in chosen if e.assignment_unit == t), analysis_date)
-        for t in types
+        Plan(config, unit_type, tuple(exps), analysis_date)
+        for (unit_type, _), exps in sorted(groups.items())
     ]
 
 
