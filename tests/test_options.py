@@ -230,6 +230,36 @@ def test_multi_unit_policy(spark, tmp_path, policy, control, treatment):
         _stats(spark, raw)
 
 
+@pytest.mark.parametrize(
+    ("policy", "control", "treatment"),
+    [("drop", (1.0, 1.0), (2.0, 1.0)), ("keep_first", (11.0, 3.0), (2.0, 1.0))],
+)
+def test_multi_unit_policy_holds_in_every_source(spark, tmp_path, policy, control, treatment):
+    """u1 is under o1 and o3 in `events` but only under o1 in `visits`: the policy still
+    applies to its visits (METHODS: drop that sub-unit's rows everywhere)."""
+    write_delta(spark, UNITS[:3], EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, MULTI_EVENTS, EVENT_DDL, tmp_path / "events")
+    visits = [("o1", "u1", "visit", 0.0, at(1)), ("o1", "u1", "visit", 0.0, at(2))]
+    visits += [("o1", "u2", "visit", 0.0, at(1)), ("o3", "u3", "visit", 0.0, at(1))]
+    write_delta(spark, visits, EVENT_DDL, tmp_path / "visits")
+    raw = config_dict(tmp_path)
+    raw["sources"]["visits"] = {**raw["sources"]["events"], "path": f"{tmp_path}/visits"}
+    raw["metrics"] = {
+        "revenue_per_visit": {
+            "kind": "ratio",
+            "numerator": raw["metrics"]["revenue_per_user"]["numerator"],
+            "denominator": {"source": "visits", "agg": "count"},
+        }
+    }
+    raw["experiments"][0] |= {"metrics": ["revenue_per_visit"], "multi_unit_policy": policy}
+    got = _stats(spark, raw)
+    # drop: o1 keeps u2 (1.0, 1 visit), o3 keeps u3 (2.0, 1 visit). keep_first: u1's first
+    # event is under o1, so o1 keeps 10 + 1 over 3 visits. o2 (control) has no events.
+    for variant, (m, d) in (("control", control), ("treatment", treatment)):
+        r = got[("revenue_per_visit", variant, False)]
+        assert (r.sum_m, r.sum_d) == (m, d), variant
+
+
 def test_analysis_unit_rules_stay_with_their_experiment(spark, tmp_path):
     """e1 declares user_id as its analysis unit (policy drop); e2, on the same orgs, declares
     none. Staged together, u1 (seen under o1 and o3) is dropped from e1 only."""

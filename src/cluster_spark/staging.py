@@ -337,23 +337,33 @@ def _numeric_columns(comps: Iterable[Component]) -> dict[str, str]:
     return {c.column: "numeric" for c in comps if c.agg == "sum"}
 
 
-def apply_multi_unit_policy(rows: DataFrame, plan: Plan, where: str) -> tuple[DataFrame, DataFrame]:
+def multi_unit_offenders(
+    rows: list[DataFrame], plan: Plan, where: str
+) -> tuple[DataFrame, DataFrame]:
     """Analysis units (e.g. users) seen under several assignment units (orgs) within an
-    experiment break the design (GrowthBook): drop, keep the first, or fail, per experiment.
-    `rows` has one row per (experiment, unit, analysis unit) with its first event time
-    `_first_ts`. Returns (rows kept, diagnostics)."""
+    experiment break the design (GrowthBook); `apply_multi_unit_policy` drops them or keeps
+    their first unit, per experiment, in every source.
+
+    `rows`: one frame per source keyed by the analysis unit, with one row per (experiment,
+    unit, analysis unit) and its first event time `_first_ts`. Returns (the offending
+    (experiment, analysis unit) pairs with `_first_unit`, the unit of their earliest event
+    in any source; diagnostics). Raises DataQualityError where the policy is 'fail'."""
+    pairs = reduce(
+        DataFrame.unionByName, [r.select("experiment_id", UNIT, SUB, "_first_ts") for r in rows]
+    )
+    if len(rows) > 1:
+        pairs = pairs.groupBy("experiment_id", UNIT, SUB).agg(F.min("_first_ts").alias("_first_ts"))
     subs = (
-        rows.where(F.col(SUB).isNotNull())
+        pairs.where(F.col(SUB).isNotNull())
         .groupBy("experiment_id", SUB)
         .agg(F.count(F.lit(1)).alias("n_units"), F.min_by(UNIT, "_first_ts").alias("_first_unit"))
     )
     bad = subs.where(F.col("n_units") > 1)
-    counts = _experiment_ids(rows.sparkSession, plan).join(
+    counts = _experiment_ids(rows[0].sparkSession, plan).join(
         bad.groupBy("experiment_id").count(), "experiment_id", "left"
     )
     diag = _diag(counts, "analysis_units_in_several_units", F.coalesce(F.col("count"), F.lit(0)))
-    policies = {e.id: e.multi_unit_policy for e in plan.experiments}
-    failing = [e for e, p in policies.items() if p == "fail"]
+    failing = [e.id for e in plan.experiments if e.multi_unit_policy == "fail"]
     if failing:
         found = bad.where(F.col("experiment_id").isin(failing)).limit(5).collect()
         if found:
@@ -362,16 +372,19 @@ def apply_multi_unit_policy(rows: DataFrame, plan: Plan, where: str) -> tuple[Da
                 f"{where}: analysis units seen under several assignment units ({shown}); "
                 f"multi_unit_policy is 'fail'"
             )
-    keep_first = F.col("experiment_id").isin([e for e, p in policies.items() if p != "drop"])
-    flagged = rows.join(
-        F.broadcast(bad.select("experiment_id", SUB, "_first_unit")),
-        ["experiment_id", SUB],
-        "left",
+    return bad.select("experiment_id", SUB, "_first_unit"), diag
+
+
+def apply_multi_unit_policy(rows: DataFrame, offenders: DataFrame, plan: Plan) -> DataFrame:
+    """The rows of one source without the offenders' rows (policy 'drop'), or with only
+    those of their first unit (policy 'keep_first')."""
+    keep_first = F.col("experiment_id").isin(
+        [e.id for e in plan.experiments if e.multi_unit_policy != "drop"]
     )
-    kept = flagged.where(
+    flagged = rows.join(F.broadcast(offenders), ["experiment_id", SUB], "left")
+    return flagged.where(
         F.col("_first_unit").isNull() | (keep_first & (F.col(UNIT) == F.col("_first_unit")))
     ).drop("_first_unit")
-    return kept, diag
 
 
 def _first_level_key(plan: Plan, source: str, comps: Iterable[Component]) -> str | None:
@@ -437,13 +450,29 @@ def exposure_slots(units: DataFrame) -> tuple[DataFrame, int]:
 
 
 @dataclass
+class SourceLevel:
+    """One metric source's first aggregation level (see `source_level`)."""
+
+    source: str
+    where: str
+    parts: dict[str, tuple[Component, float]]
+    key_col: str | None
+    by_analysis_unit: bool
+    level1: DataFrame
+    diagnostics: DataFrame
+
+    @property
+    def rows(self) -> DataFrame:
+        """One row per (experiment, unit, first-level key) in an experiment's range."""
+        return self.level1.where(F.col("experiment_id").isNotNull())
+
+
+@dataclass
 class SourceAggregates:
     """What one pass over a metric source yields (see `source_unit_aggregates`)."""
 
     per_unit: DataFrame
     per_analysis_unit: DataFrame | None
-    diagnostics: DataFrame
-    persisted: list[DataFrame]
 
 
 def first_level(
@@ -529,59 +558,56 @@ def source_parts(
     return parts, columns, _first_level_key(plan, source, [c for c, _ in parts.values()])
 
 
-def source_unit_aggregates(
-    spark: SparkSession, plan: Plan, source: str, units: DataFrame
-) -> SourceAggregates:
-    """One pass over one metric source for every component that reads it, in two levels.
-
-    `first_level` aggregates the events once per (experiment, unit, analysis unit): a
-    frame far smaller than the events, persisted; it is merged here per (experiment,
-    unit). Distinct counts of analysis units become flags at the first level, so no
-    `count(DISTINCT)` (Spark's Expand: one copy of every event per distinct term) is
-    planned. The multi-unit policy, the data-quality counts and the per-analysis-unit
-    values for the design effect all read the persisted frame.
-    """
+def source_level(spark: SparkSession, plan: Plan, source: str, units: DataFrame) -> SourceLevel:
+    """The first level of one pass over one metric source, for every component that reads
+    it: the events aggregated once per (experiment, unit, first-level key), persisted.
+    Distinct counts of analysis units become flags there, so no `count(DISTINCT)` (Spark's
+    Expand: one copy of every event per distinct term) is planned."""
     parts, columns, key_col = source_parts(plan, source)
     events, where = source_events(spark, plan, source, columns, key_col)
     check_columns(events, _numeric_columns(c for c, _ in parts.values()), where)
     level1 = first_level(plan, events, units, parts, key_col)
-    second, values = [], []
-    for name, (comp, _) in parts.items():
-        for col in [name, f"{name}_pre"] if plan.cuped else [name]:
-            merge, value = _second_level(comp, col, key_col)
-            second.append(merge.alias(col))
-            if value is not None:
-                values.append(F.coalesce(value.cast("double"), F.lit(0.0)).alias(col))
     null_ids = (
         level1.where(F.col(UNIT).isNull())
         .agg(F.coalesce(F.sum("_n_events"), F.lit(0)).alias("n"))
         .crossJoin(_experiment_ids(spark, plan))
     )
-    diags = [_diag(null_ids, f"events_with_null_ids:{source}", F.col("n"))]
-    rows = level1.where(F.col("experiment_id").isNotNull())
-    by_analysis_unit = plan.analysis_unit in plan.config.sources[source].ids
-    if by_analysis_unit:
-        rows, multi = apply_multi_unit_policy(rows, plan, where)
-        rows = rows.persist()  # read for per-unit values and per-analysis-unit values
-        diags.append(multi)
+    return SourceLevel(
+        source,
+        where,
+        parts,
+        key_col,
+        plan.analysis_unit in plan.config.sources[source].ids,
+        level1,
+        _diag(null_ids, f"events_with_null_ids:{source}", F.col("n")),
+    )
+
+
+def source_unit_aggregates(plan: Plan, level: SourceLevel, rows: DataFrame) -> SourceAggregates:
+    """The second level: the first-level `rows` (after the multi-unit policy) merged per
+    (experiment, unit), and, where they are keyed by the analysis unit, the per-analysis-
+    unit values for the design effect."""
+    source, key_col = level.source, level.key_col
+    second, values = [], []
+    for name, (comp, _) in level.parts.items():
+        for col in [name, f"{name}_pre"] if plan.cuped else [name]:
+            merge, value = _second_level(comp, col, key_col)
+            second.append(merge.alias(col))
+            if value is not None:
+                values.append(F.coalesce(value.cast("double"), F.lit(0.0)).alias(col))
     # Active analysis units per unit, where the first level is keyed by them.
-    subs = F.count(F.when(F.col(SUB).isNotNull(), F.col("_active"))) if by_analysis_unit else None
+    subs = F.count(F.when(F.col(SUB).isNotNull(), F.col("_active")))
     per_unit = rows.groupBy("experiment_id", UNIT).agg(
         *second,
         F.sum("_n_pre").alias(f"_pre__{source}"),
-        *([subs.alias(f"_subs__{source}")] if subs is not None else []),
+        *([subs.alias(f"_subs__{source}")] if level.by_analysis_unit else []),
     )
     per_analysis_unit = None
-    if by_analysis_unit:
+    if level.by_analysis_unit:
         per_analysis_unit = rows.where(F.col(SUB).isNotNull()).select(
             "experiment_id", UNIT, SUB, *values
         )
-    return SourceAggregates(
-        per_unit,
-        per_analysis_unit,
-        reduce(DataFrame.unionByName, diags),
-        [level1, rows] if by_analysis_unit else [level1],
-    )
+    return SourceAggregates(per_unit, per_analysis_unit)
 
 
 def _included(metric: Metric) -> tuple[Column, Column]:
@@ -677,16 +703,27 @@ def unit_values(spark: SparkSession, plan: Plan) -> UnitValues:
     baked; zeros for units without events; plus diagnostics and analysis-unit moments."""
     units, diags, exposures = exposed_units(spark, plan)
     persisted = [exposures]
+    levels = [source_level(spark, plan, source, units) for source in plan.sources]
+    persisted += [level.level1 for level in levels]
+    keyed = [level for level in levels if level.by_analysis_unit]
+    if keyed:  # one policy over every source keyed by the analysis unit
+        where = "; ".join(level.where for level in keyed)
+        offenders, multi = multi_unit_offenders([level.rows for level in keyed], plan, where)
+        diags = diags.unionByName(multi)
     wide = units
     sub_cols, per_analysis_unit = [], []
-    for source in plan.sources:
-        agg = source_unit_aggregates(spark, plan, source, units)
+    for level in levels:
+        diags = diags.unionByName(level.diagnostics)
+        rows = level.rows
+        if level.by_analysis_unit:
+            # read for per-unit values and per-analysis-unit values
+            rows = apply_multi_unit_policy(rows, offenders, plan).persist()
+            persisted.append(rows)
+        agg = source_unit_aggregates(plan, level, rows)
         wide = wide.join(agg.per_unit, ["experiment_id", UNIT], "left")
-        diags = diags.unionByName(agg.diagnostics)
-        persisted += agg.persisted
         if agg.per_analysis_unit is not None:
             per_analysis_unit.append(agg.per_analysis_unit)
-            sub_cols.append(F.coalesce(F.col(f"_subs__{source}"), F.lit(0)))
+            sub_cols.append(F.coalesce(F.col(f"_subs__{level.source}"), F.lit(0)))
     # Values and diagnostics (two Spark queries) both read the per-unit frame: persist it.
     wide = wide.persist()
     persisted.append(wide)
