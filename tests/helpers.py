@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from cluster_spark.config import Config, parse_config
@@ -12,6 +16,27 @@ ANALYSIS_DATE = dt.date(2026, 3, 9)
 
 EXPOSURE_DDL = "experiment_id string, org_id string, variant string, exposure_ts timestamp"
 EVENT_DDL = "org_id string, user_id string, event string, value double, ts timestamp"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(relative_path: str, *args: str) -> subprocess.CompletedProcess:
+    """Run a repository script with this Python, as a user would: from the repository root,
+    without BENCH_ARGS or the test session's Spark gateway in the environment."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("BENCH_ARGS", "PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET")
+    }
+    return subprocess.run(
+        [sys.executable, str(ROOT / relative_path), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def at(days: float = 0, hours: float = 0) -> dt.datetime:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, run_script
+
 COLUMNS = (
     "floor s",
     "stage s",
@@ -26,20 +23,7 @@ COLUMNS = (
 def test_bench_smoke(tmp_path):
     md = ROOT / "BENCHMARKS.md"
     md_before = md.stat().st_mtime_ns if md.exists() else None
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("BENCH_ARGS", "PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET")
-    }
-    command = [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--no-write-md"]
-    proc = subprocess.run(
-        [*command, "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_script("bench/run.py", "--smoke", "--no-write-md", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
     lines = proc.stdout.splitlines()

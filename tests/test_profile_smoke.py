@@ -3,34 +3,17 @@ README's explanation of cluster_spark ÷ floor)."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import run_script
 
 
 @pytest.mark.slow
 def test_profile_first_level_steps(tmp_path):
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("BENCH_ARGS", "PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET")
-    }
-    script = ROOT / "bench" / "profile_stage.py"
     args = ["--smoke", "--size", "20000", "--out", str(tmp_path), "--only", "floor", "first level"]
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_script("bench/profile_stage.py", *args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     steps = dict(re.findall(r"^(\S.*?)\s+(\d+\.\d) s  jobs", proc.stdout, re.M))
     # 15 distinct components per slot, plus 3 bookkeeping values per slot and the event count

@@ -63,7 +63,8 @@ def reduce(
     results = []
     for exp_id in ids:
         rows = [r.asDict() for r in staged if r["experiment_id"] == exp_id]
-        if not rows and not any(d["experiment_id"] == exp_id for d in diags):
+        exp_diags = [d.asDict() for d in diags if d["experiment_id"] == exp_id]
+        if not rows and not exp_diags:
             # Not staged at all (staging always writes diagnostics): replacing the results
             # slice with nothing would lose it.
             raise InputError(
@@ -75,7 +76,7 @@ def reduce(
             config.experiment(exp_id),
             analysis_date=analysis_date,
             run_id=run_id or (rows[0]["run_id"] if rows else new_run_id()),
-            diagnostics=[d.asDict() for d in diags if d["experiment_id"] == exp_id],
+            diagnostics=exp_diags,
         )
     df = spark.createDataFrame(results, reducer.RESULT_DDL)
     with writes or io.SliceWrites(spark, ids, analysis_date) as w:

@@ -268,11 +268,11 @@ def compare_groups(t: CupedStats, c: CupedStats, experiment: Experiment) -> dict
         cols = _comparison_columns(compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test))
         adjusted = False
     # Fieller's interval is for the unadjusted ratio; a CUPED-adjusted lift keeps delta.
-    cols["relative_ci_method"] = "delta"
-    if experiment.relative_ci == "fieller" and not adjusted:
+    fieller = experiment.relative_ci == "fieller" and not adjusted
+    cols["relative_ci_method"] = "fieller" if fieller else "delta"
+    if fieller:
         interval = decisions.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test)
         cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
-        cols["relative_ci_method"] = "fieller"
     if experiment.sequential:
         n = t.n + c.n
         n_star = experiment.sequential_n_star
@@ -339,16 +339,15 @@ def plan_experiment(
     """
     groups = merge_groups(rows)
     pooled: dict[str, CupedStats] = {}
-    variants: dict[str, set[str]] = {}
     for (metric, variant, winsorized), s in groups.items():
         if winsorized or (metric, variant, True) not in groups:
             pooled[metric] = pooled[metric] + s if metric in pooled else s
-            variants.setdefault(metric, set()).add(variant)
     out = []
     for metric, s in sorted(pooled.items()):
         r = s.ratio_stats
         row = {"metric": metric, "units": s.n, "mean": s.ratio, "unit_variance": r.unit_variance}
-        for n in (s.n // len(variants[metric]), *planned_units):
+        n_variants = len({v for m, v, _ in groups if m == metric})
+        for n in (s.n // n_variants, *planned_units):
             planned = decisions.mde(r.unit_variance, n, experiment.alpha, experiment.power, s.ratio)
             row[f"mde_rel@{n}"] = planned.relative
         out.append(row)
