@@ -87,6 +87,7 @@ def config_dict(root, experiments: list[dict[str, Any]] | None = None) -> dict[s
                 "assignment_unit": "org_id",
                 "analysis_unit": "user_id",
                 "control": "control",
+                "variants": ["control", "treatment"],
                 "start": T0.date().isoformat(),
                 "metrics": ["revenue_per_user", "purchases_per_org"],
             }

@@ -22,6 +22,7 @@ def _experiment(exp_id: str) -> dict:
         "id": exp_id,
         "assignment_unit": "org_id",
         "control": "control",
+        "variants": ["control", "treatment"],
         "start": "2026-03-02",
         "metrics": ["revenue_per_user", "purchases_per_org"],
     }

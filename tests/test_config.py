@@ -89,9 +89,10 @@ def test_relative_paths_resolve_against_root(tmp_path):
 
 def test_analysis_time_is_midnight_after_the_date_capped_by_end():
     exp = parse_config(config_dict("/d")).experiments[0]
-    assert exp.analysis_time(dt.date(2026, 3, 9)) == dt.datetime(2026, 3, 10)
+    assert exp.analysis_time(dt.date(2026, 3, 9)) == dt.datetime(2026, 3, 10, tzinfo=dt.UTC)
     capped = exp.model_copy(update={"end": dt.date(2026, 3, 5)})
-    assert capped.analysis_time(dt.date(2026, 3, 9)) == dt.datetime(2026, 3, 6)
+    assert capped.analysis_time(dt.date(2026, 3, 9)) == dt.datetime(2026, 3, 6, tzinfo=dt.UTC)
+    assert exp.start_time == dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
 
 
 def test_example_configs_are_valid():

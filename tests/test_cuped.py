@@ -27,22 +27,13 @@ from scipy import stats as sps
 
 from cluster_spark.cuped import (
     CSS_FIELDS,
-    STATUS_CUPED_NO_GAIN,
-    STATUS_CUPED_NO_PRE_DATA,
     CupedComparison,
     CupedStats,
     compare_cuped,
 )
-from cluster_spark.inference import (
-    STATUS_OK,
-    STATUS_TOO_FEW_UNITS,
-    STATUS_ZERO_CONTROL_MEAN,
-    STATUS_ZERO_DENOMINATOR,
-    STATUS_ZERO_VARIANCE,
-    Comparison,
-    compare,
-)
+from cluster_spark.inference import Comparison, compare
 from cluster_spark.stats import RatioStats
+from cluster_spark.status import CupedStatus, Status
 
 EFFECT_FIELDS = [f.name for f in dataclasses.fields(Comparison) if f.name != "status"]
 
@@ -208,13 +199,14 @@ def _numeric_gradient(f, mu: np.ndarray) -> np.ndarray:
 def test_matches_influence_function_oracle(seed, alpha, test):
     gt, gc = _orgs(seed, 150, lift=1.04), _orgs(seed + 100, 190)
     res = compare_cuped(_stats(gt), _stats(gc), alpha=alpha, test=test)
-    assert res.status == STATUS_OK
+    assert res.status == Status.OK
     assert res.adjusted
 
     (r_t, p_t, rt, pt), (r_c, p_c, rc, pc) = _influence(gt), _influence(gc)
     n_t, n_c = len(rt), len(rc)
     cov_t, cov_c = np.cov(rt, pt, ddof=1), np.cov(rc, pc, ddof=1)
-    theta = (cov_t[0, 1] + cov_c[0, 1]) / (cov_t[1, 1] + cov_c[1, 1])
+    # θ minimizing Var(Δ_adj) = Σ_g Var(r_g − θ p_g)/n_g: the per-group moments weighted by 1/n
+    theta = (cov_t[0, 1] / n_t + cov_c[0, 1] / n_c) / (cov_t[1, 1] / n_t + cov_c[1, 1] / n_c)
     a = np.var(rt - theta * pt, ddof=1) / n_t
     b = np.var(rc - theta * pc, ddof=1) / n_c
     var_unadj = np.var(rt, ddof=1) / n_t + np.var(rc, ddof=1) / n_c
@@ -312,7 +304,7 @@ def test_mean_metric_equals_ols_with_centered_covariate(seed):
     t = CupedStats.from_values(y[:n], ones, x[:n], ones)
     c = CupedStats.from_values(y[n:], ones, x[n:], ones)
     res = compare_cuped(t, c)
-    assert res.status == STATUS_OK
+    assert res.status == Status.OK
     assert res.theta == pytest.approx(fit.params["xc"], rel=1e-10)
     assert res.effect_abs == pytest.approx(fit.params["treat"], rel=1e-10)
     se_1n = res.effect_abs_stderr * math.sqrt((n - 1) / n)  # HC0 uses 1/n moments
@@ -344,7 +336,7 @@ def test_clustered_ratio_metric_cr0_oracle(seed):
         g: CupedStats.from_values(o["m"], o["d"], o["x"], o["d"]) for g, o in orgs.groupby("treat")
     }
     res = compare_cuped(groups[1], groups[0])
-    assert res.status == STATUS_OK
+    assert res.status == Status.OK
     assert res.variance_reduction > 0.3
 
     users["adj"] = users["y"] - res.theta * users["x"]
@@ -363,7 +355,7 @@ def test_variance_reduction_grows_with_correlation():
     for noise in (8.0, 2.0, 0.5):
         res = compare_cuped(_stats(_orgs(7, 400, noise=noise)), _stats(_orgs(8, 400, noise=noise)))
         assert res.adjusted
-        assert res.status == STATUS_OK
+        assert res.status == Status.OK
         assert res.effect_abs_stderr < res.unadjusted.effect_abs_stderr
         reductions.append(res.variance_reduction)
     assert 0 < reductions[0] < reductions[1] < reductions[2] < 1
@@ -374,7 +366,9 @@ def test_variance_reduction_grows_with_correlation():
 
 def _assert_is_unadjusted(res: CupedComparison, t: CupedStats, c: CupedStats, status: str):
     ref = compare(t.ratio_stats, c.ratio_stats)
-    assert res.status == status
+    assert res.cuped_status == status
+    assert res.status == ref.status  # the status of the numbers reported: the unadjusted ones
+    assert res.control_unit_variance is None
     assert not res.adjusted
     assert res.unadjusted == ref
     for name in EFFECT_FIELDS:
@@ -387,10 +381,10 @@ def test_fallback_when_pre_period_denominator_is_zero():
     gc = gc | {"x": np.zeros(50), "y": np.zeros(50)}  # control has no pre-period data
     t, c = _stats(gt), _stats(gc)
     res = compare_cuped(t, c)
-    _assert_is_unadjusted(res, t, c, STATUS_CUPED_NO_PRE_DATA)
+    _assert_is_unadjusted(res, t, c, CupedStatus.NO_PRE_DATA)
     assert (res.theta, res.variance_reduction) == (None, None)
     res = compare_cuped(c, t)  # either group
-    assert res.status == STATUS_CUPED_NO_PRE_DATA
+    assert res.cuped_status == CupedStatus.NO_PRE_DATA
 
 
 def test_fallback_when_pre_period_has_no_variance():
@@ -398,30 +392,49 @@ def test_fallback_when_pre_period_has_no_variance():
     ones = np.ones(50)
     gt = gt | {"x": 3 * ones, "y": ones}  # X = P·Y exactly: V_P = 0
     t, c = _stats(gt), _stats(gc)
-    _assert_is_unadjusted(compare_cuped(t, c), t, c, STATUS_CUPED_NO_PRE_DATA)
+    _assert_is_unadjusted(compare_cuped(t, c), t, c, CupedStatus.NO_PRE_DATA)
     gt = gt | {"x": np.zeros(50)}  # pre-period numerator missing: P = 0, V_P = 0
-    _assert_is_unadjusted(compare_cuped(_stats(gt), c), _stats(gt), c, STATUS_CUPED_NO_PRE_DATA)
+    _assert_is_unadjusted(compare_cuped(_stats(gt), c), _stats(gt), c, CupedStatus.NO_PRE_DATA)
 
 
-def test_fallback_when_adjustment_does_not_reduce_variance():
-    # Mean metric. Treatment (10 units): X = −M, so C_T = −s²_M,T < 0 and V_P,T = s²_M,T.
-    # Control (1000 units): X = 3M, C_C = 3 s²_M,C, V_P,C = 9 s²_M,C. θ = (C_T + C_C)/ΣV_P > 0
-    # but C_T/n_T + C_C/n_C < 0, so θ²ΣV_P/n − 2θΣC/n > 0: the adjustment adds variance.
+def test_theta_minimizes_variance_with_unequal_arms():
+    # Mean metric. Treatment (10 units): X = −M, so C_T = −s²_T < 0 and V_P,T = s²_T.
+    # Control (1000 units): X = 3M, C_C = 3 s²_C, V_P,C = 9 s²_C. gbstats' pooled
+    # θ_gb = (C_T + C_C)/(V_P,T + V_P,C) > 0 while C_T/n_T + C_C/n_C < 0: with θ_gb the
+    # adjustment adds variance. Var(θ) = s²_T(1 + θ)²/n_T + s²_C(1 − 3θ)²/n_C is minimized
+    # at θ* = (−s²_T/n_T + 3 s²_C/n_C)/(s²_T/n_T + 9 s²_C/n_C) (set dVar/dθ = 0 by hand).
     rng = np.random.default_rng(0)
     mt, mc = 5 + rng.normal(0, 1, 10), 5 + rng.normal(0, 1, 1000)
     t = CupedStats.from_values(mt, np.ones(10), -mt, np.ones(10))
     c = CupedStats.from_values(mc, np.ones(1000), 3 * mc, np.ones(1000))
-    res = compare_cuped(t, c)
-    _assert_is_unadjusted(res, t, c, STATUS_CUPED_NO_GAIN)
-    # independent check that the adjusted variance really is larger
     st_, sc = np.var(mt, ddof=1), np.var(mc, ddof=1)
-    theta = (-st_ + 3 * sc) / (st_ + 9 * sc)
-    var_adj = st_ * (1 + theta) ** 2 / 10 + sc * (1 - 3 * theta) ** 2 / 1000
-    var_unadj = st_ / 10 + sc / 1000
-    assert var_adj > var_unadj
-    assert res.theta == pytest.approx(theta, rel=1e-10)
-    assert res.variance_reduction == pytest.approx(1 - var_adj / var_unadj, rel=1e-10)
-    assert res.variance_reduction < 0
+
+    def var(theta: float) -> float:
+        return st_ * (1 + theta) ** 2 / 10 + sc * (1 - 3 * theta) ** 2 / 1000
+
+    theta_gb = (-st_ + 3 * sc) / (st_ + 9 * sc)
+    theta_star = (-st_ / 10 + 3 * sc / 1000) / (st_ / 10 + 9 * sc / 1000)
+    assert var(theta_gb) > var(0.0) > var(theta_star)  # gbstats' θ would hurt here
+    res = compare_cuped(t, c)
+    assert res.adjusted and res.cuped_status == CupedStatus.APPLIED
+    assert res.theta == pytest.approx(theta_star, rel=1e-10)
+    assert res.effect_abs_stderr == pytest.approx(math.sqrt(var(theta_star)), rel=1e-10)
+    assert res.variance_reduction == pytest.approx(1 - var(theta_star) / var(0.0), rel=1e-10)
+    for step in (-1e-3, 1e-3):  # a minimum: any other θ gives more variance
+        assert var(theta_star + step) > var(theta_star)
+    # the control's adjusted per-unit variance (for the MDE): s²_C (1 − 3θ)²
+    assert res.control_unit_variance == pytest.approx(sc * (1 - 3 * theta_star) ** 2, rel=1e-10)
+
+
+def test_no_gain_when_pre_period_is_uncorrelated():
+    # X ⟂ M exactly in both groups (centered cross-products 0): θ = 0, Var_adj = Var_unadj
+    m = np.array([1.0, 3.0, 1.0, 3.0])
+    x = np.array([1.0, 1.0, 3.0, 3.0])  # Σ(m − m̄)(x − x̄) = 0
+    t = CupedStats.from_values(m + 1, np.ones(4), x, np.ones(4))
+    c = CupedStats.from_values(m, np.ones(4), x, np.ones(4))
+    res = compare_cuped(t, c)
+    _assert_is_unadjusted(res, t, c, CupedStatus.NO_GAIN)
+    assert res.theta == 0.0 and res.variance_reduction == 0.0
 
 
 def test_no_gain_when_unadjusted_variance_is_zero():
@@ -429,8 +442,8 @@ def test_no_gain_when_unadjusted_variance_is_zero():
     t = CupedStats.from_values(2 * ones, ones, np.arange(5.0), ones)
     c = CupedStats.from_values(ones, ones, np.arange(5.0) ** 2, ones)
     res = compare_cuped(t, c)
-    _assert_is_unadjusted(res, t, c, STATUS_CUPED_NO_GAIN)
-    assert res.unadjusted.status == STATUS_ZERO_VARIANCE
+    _assert_is_unadjusted(res, t, c, CupedStatus.NO_GAIN)
+    assert res.unadjusted.status == Status.ZERO_VARIANCE
     assert res.variance_reduction is None
 
 
@@ -439,8 +452,8 @@ def test_fallback_keeps_zero_control_mean_in_unadjusted_status():
     t = _stats(g)
     c = CupedStats.from_values(np.zeros(30), g["d"], np.zeros(30), g["y"])  # R_C = 0, X missing
     res = compare_cuped(t, c)
-    assert res.status == STATUS_CUPED_NO_PRE_DATA
-    assert res.unadjusted.status == STATUS_ZERO_CONTROL_MEAN
+    assert res.cuped_status == CupedStatus.NO_PRE_DATA
+    assert res.status == res.unadjusted.status == Status.ZERO_CONTROL_MEAN
     assert res.effect_rel is None
     assert res.effect_abs == pytest.approx(t.ratio, rel=1e-12)
 
@@ -453,8 +466,8 @@ def test_zero_control_mean_after_adjustment():
     gc = gc | {"m": m_c, "x": 2 * m_c + rng.normal(0, 0.1, 40) + 5 * gc["y"]}
     res = compare_cuped(_stats(gt), _stats(gc))
     assert res.adjusted
-    assert res.status == STATUS_ZERO_CONTROL_MEAN
-    assert res.unadjusted.status == STATUS_ZERO_CONTROL_MEAN
+    assert res.status == Status.ZERO_CONTROL_MEAN
+    assert res.unadjusted.status == Status.ZERO_CONTROL_MEAN
     assert res.effect_abs is not None
     assert res.effect_abs_ci_low is not None
     assert (res.effect_rel, res.effect_rel_stderr, res.p_value_rel) == (None, None, None)
@@ -468,7 +481,7 @@ def test_perfect_predictor_gives_zero_variance():
     c = CupedStats.from_values(gc["m"], gc["d"], gc["m"], gc["d"])
     res = compare_cuped(t, c)
     assert res.adjusted
-    assert res.status == STATUS_ZERO_VARIANCE
+    assert res.status == Status.ZERO_VARIANCE
     assert res.theta == pytest.approx(1.0, rel=1e-12)
     assert res.effect_abs == pytest.approx(0.0, abs=1e-9)  # R − P = 0 in each group
     assert res.effect_abs_stderr == pytest.approx(0.0, abs=1e-9)
@@ -482,12 +495,13 @@ def test_too_few_units_and_zero_denominator():
     one = CupedStats.from_values([1.0], [1.0], [1.0], [1.0])
     for a, b in ((t, one), (one, t), (t, CupedStats.empty())):
         res = compare_cuped(a, b)
-        assert res.status == STATUS_TOO_FEW_UNITS
+        assert res.status == Status.TOO_FEW_UNITS
+        assert res.cuped_status == CupedStatus.NOT_COMPARED
         assert all(getattr(res, name) is None for name in EFFECT_FIELDS)
         assert (res.theta, res.variance_reduction, res.adjusted) == (None, None, False)
     zero_d = CupedStats.from_values(g["m"], np.zeros(20), g["x"], g["y"])
     res = compare_cuped(t, zero_d)
-    assert res.status == STATUS_ZERO_DENOMINATOR
+    assert res.status == Status.ZERO_DENOMINATOR
     assert all(getattr(res, name) is None for name in EFFECT_FIELDS)
 
 

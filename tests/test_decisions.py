@@ -30,8 +30,9 @@ from cluster_spark.decisions import (
     optimal_rho2,
     sequential_p_value,
 )
-from cluster_spark.inference import STATUS_OK, compare
+from cluster_spark.inference import compare
 from cluster_spark.stats import RatioStats
+from cluster_spark.status import Status
 
 # ---------------------------------------------------------------- Fieller
 
@@ -404,7 +405,7 @@ def test_aa_simulation_coverage_of_clustered_ratio_metric():
             m = rng.poisson(rate * d).astype(float)
             groups.append(RatioStats.from_values(m, d))
         c = compare(groups[0], groups[1], alpha=alpha)
-        assert c.status == STATUS_OK
+        assert c.status == Status.OK
         covered_abs += c.effect_abs_ci_low <= 0 <= c.effect_abs_ci_high
         covered_rel += c.effect_rel_ci_low <= 0 <= c.effect_rel_ci_high
         lo, hi = confidence_sequence(

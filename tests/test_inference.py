@@ -12,17 +12,13 @@ import statsmodels.formula.api as smf
 from scipy import stats as sps
 
 from cluster_spark.inference import (
-    STATUS_OK,
-    STATUS_TOO_FEW_UNITS,
-    STATUS_ZERO_CONTROL_MEAN,
-    STATUS_ZERO_DENOMINATOR,
-    STATUS_ZERO_VARIANCE,
     Comparison,
     compare,
     compare_raw_sums,
     srm_test,
 )
 from cluster_spark.stats import RatioStats
+from cluster_spark.status import Status
 
 # Treatment M = (1, 2, 3), D = (1, 1, 2): R_T = 6/4 = 1.5, d̄ = 4/3,
 #   linearized (M − R_T D)/d̄ = (−0.5, 0.5, 0)·3/4 → V_T = 2·0.375²/2 = 9/64, a = V_T/3 = 3/64
@@ -43,8 +39,11 @@ def _assert_no_nan(c: Comparison) -> None:
 
 
 def _check_hand(c: Comparison, alpha: float = 0.05) -> None:
+    # Welch with ν ≈ 2.25: q = 4.0 (alpha 0.05) or 2.8 (0.1) > |R_C|/SE(R_C) = 2/√0.75 = 2.31,
+    # so R_C is not significantly different from 0: the relative interval is not informative
     q = sps.t.ppf(1 - alpha / 2, HAND_DF)
-    assert c.status == STATUS_OK
+    assert q > 2 / math.sqrt(0.75)
+    assert c.status == Status.RELATIVE_CI_UNBOUNDED
     assert c.df == pytest.approx(HAND_DF, rel=1e-12)
     assert c.effect_abs == pytest.approx(-0.5, rel=1e-12)
     assert c.effect_abs_stderr == pytest.approx(HAND_SE, rel=1e-12)
@@ -53,11 +52,9 @@ def _check_hand(c: Comparison, alpha: float = 0.05) -> None:
     )
     assert c.p_value == pytest.approx(2 * sps.t.sf(0.5 / HAND_SE, HAND_DF), rel=1e-10)
     assert c.effect_rel == pytest.approx(-0.25, rel=1e-12)
-    assert c.effect_rel_stderr == pytest.approx(HAND_SE_REL, rel=1e-12)
-    assert (c.effect_rel_ci_low, c.effect_rel_ci_high) == pytest.approx(
-        (-0.25 - q * HAND_SE_REL, -0.25 + q * HAND_SE_REL), rel=1e-10
-    )
-    assert c.p_value_rel == pytest.approx(2 * sps.t.sf(0.25 / HAND_SE_REL, HAND_DF), rel=1e-10)
+    assert c.effect_rel_stderr is None
+    assert c.effect_rel_ci_low is None and c.effect_rel_ci_high is None
+    assert c.p_value_rel is None
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.1])
@@ -66,11 +63,40 @@ def test_hand_example(alpha):
     _check_hand(compare(t, c, alpha=alpha), alpha)
 
 
+@pytest.mark.parametrize("alpha", [0.05, 0.1])
+def test_hand_example_relative_with_z(alpha):
+    # z: q = 1.96 (or 1.64) < 2.31, so the relative interval is informative
+    q = sps.norm.ppf(1 - alpha / 2)
+    c = compare(RatioStats.from_values(T_M, T_D), RatioStats.from_values(C_M, C_D), alpha, "z")
+    assert c.status == Status.OK and c.df is None
+    assert c.effect_rel == pytest.approx(-0.25, rel=1e-12)
+    assert c.effect_rel_stderr == pytest.approx(HAND_SE_REL, rel=1e-12)
+    assert (c.effect_rel_ci_low, c.effect_rel_ci_high) == pytest.approx(
+        (-0.25 - q * HAND_SE_REL, -0.25 + q * HAND_SE_REL), rel=1e-10
+    )
+    assert c.p_value_rel == pytest.approx(2 * sps.norm.sf(0.25 / HAND_SE_REL), rel=1e-10)
+
+
+def test_collapsed_relative_interval_is_not_ok():
+    # The review's case: treatment ratio ≈ 0, a noisy control. Treatment M = (0, 0, 0, 1e-9),
+    # D = 1: R_T = 2.5e-10, V_T ≈ 0. Control M = (0, 0, 0, 4) → R_C = 1, s²_C = 4, V_C = 4,
+    # SE(R_C) = √(4/4) = 1 — |R_C|/SE = 1 < 1.96: the control mean could be 0.
+    # The delta method gives Δ% ≈ −100 % with SE ≈ √(a + k²b)/R_C ≈ 0 (k = R_T/R_C ≈ 0):
+    # an interval collapsed at −100 % while the absolute test has p ≈ 0.39.
+    t = RatioStats.from_values([0.0, 0.0, 0.0, 1e-9], [1.0] * 4)
+    c = RatioStats.from_values([0.0, 0.0, 0.0, 4.0], [1.0] * 4)
+    got = compare(t, c, test="z")
+    assert got.status == Status.RELATIVE_CI_UNBOUNDED
+    assert got.effect_rel == pytest.approx(-1.0, abs=1e-9)
+    assert got.effect_rel_ci_low is None and got.effect_rel_ci_high is None
+    assert got.p_value == pytest.approx(2 * sps.norm.sf(1.0 / 1.0), rel=1e-6)
+
+
 def test_negative_control_mean_divides_by_its_absolute_value():
     # M negated in both groups: R_T = −1.5, R_C = −2, Δ = 0.5, Δ% = 0.5/|−2| = +0.25;
     # variances are unchanged (V scales with M², and Var% has only even powers of R)
     t = RatioStats.from_values([-x for x in T_M], T_D)
-    c = compare(t, RatioStats.from_values([-x for x in C_M], C_D))
+    c = compare(t, RatioStats.from_values([-x for x in C_M], C_D), test="z")
     assert (c.effect_abs, c.effect_rel) == pytest.approx((0.5, 0.25), rel=1e-12)
     assert c.effect_rel_stderr == pytest.approx(HAND_SE_REL, rel=1e-12)
     assert c.effect_abs_stderr == pytest.approx(HAND_SE, rel=1e-12)
@@ -165,7 +191,7 @@ def test_relative_lift_and_z_option():
 
     z = compare(t, c, alpha=0.01, test="z")
     q = sps.norm.ppf(0.995)
-    assert z.df is None and z.status == STATUS_OK
+    assert z.df is None and z.status == Status.OK
     assert z.effect_abs_stderr == pytest.approx(se_abs, rel=1e-10)
     assert (z.effect_abs_ci_low, z.effect_abs_ci_high) == pytest.approx(
         (r_t - r_c - q * se_abs, r_t - r_c + q * se_abs), rel=1e-10
@@ -192,10 +218,10 @@ ALL_NULL = {f.name: None for f in dataclasses.fields(Comparison) if f.name != "s
 @pytest.mark.parametrize(
     ("treatment", "control", "status"),
     [
-        (RatioStats.from_values([4.0], [2.0]), OK_GROUP, STATUS_TOO_FEW_UNITS),
-        (OK_GROUP, RatioStats.empty(), STATUS_TOO_FEW_UNITS),
-        (RatioStats.from_values([1.0, 2.0, 3.0], [0.0] * 3), OK_GROUP, STATUS_ZERO_DENOMINATOR),
-        (OK_GROUP, RatioStats.from_values([0.0, 0.0], [0.0, 0.0]), STATUS_ZERO_DENOMINATOR),
+        (RatioStats.from_values([4.0], [2.0]), OK_GROUP, Status.TOO_FEW_UNITS),
+        (OK_GROUP, RatioStats.empty(), Status.TOO_FEW_UNITS),
+        (RatioStats.from_values([1.0, 2.0, 3.0], [0.0] * 3), OK_GROUP, Status.ZERO_DENOMINATOR),
+        (OK_GROUP, RatioStats.from_values([0.0, 0.0], [0.0, 0.0]), Status.ZERO_DENOMINATOR),
     ],
 )
 def test_undefined_groups_give_null_estimates(treatment, control, status):
@@ -211,7 +237,7 @@ def test_zero_variance():
     for test in ("welch", "z"):
         r = compare(t, c, test=test)
         _assert_no_nan(r)
-        assert r.status == STATUS_ZERO_VARIANCE
+        assert r.status == Status.ZERO_VARIANCE
         assert (r.effect_abs, r.effect_rel) == pytest.approx((1.0, 1.0), rel=1e-12)
         assert (r.effect_abs_stderr, r.effect_rel_stderr) == (0.0, 0.0)
         assert [r.effect_abs_ci_low, r.effect_abs_ci_high, r.p_value, r.df] == [None] * 4
@@ -223,17 +249,19 @@ def test_zero_relative_variance_only():
     t = RatioStats.from_values([0.0, 0.0, 0.0], [1.0, 2.0, 1.0])
     r = compare(t, OK_GROUP)
     _assert_no_nan(r)
-    assert r.status == STATUS_ZERO_VARIANCE
+    assert r.status == Status.ZERO_VARIANCE
     assert r.p_value is not None and r.effect_abs_ci_low is not None
-    assert r.effect_rel == -1.0 and r.effect_rel_stderr == 0.0
+    assert r.effect_rel == -1.0
     assert (r.effect_rel_ci_low, r.effect_rel_ci_high, r.p_value_rel) == (None, None, None)
+    r = compare(t, OK_GROUP, test="z")  # R_C significant: the zero SE is reported as such
+    assert r.status == Status.ZERO_VARIANCE and r.effect_rel_stderr == 0.0
 
 
 def test_zero_control_mean():
     c = RatioStats.from_values([0.0, 0.0, 0.0], [1.0, 2.0, 1.0])  # R_C = 0, V_C = 0
     r = compare(RatioStats.from_values(T_M, T_D), c)
     _assert_no_nan(r)
-    assert r.status == STATUS_ZERO_CONTROL_MEAN
+    assert r.status == Status.ZERO_CONTROL_MEAN
     # Δ = 1.5, SE = √(V_T/3) = √(3/64), ν = (n_T − 1) = 2 since b = 0
     se = math.sqrt(3 / 64)
     assert r.effect_abs == 1.5 and r.effect_abs_stderr == pytest.approx(se, rel=1e-12)

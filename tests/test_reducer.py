@@ -11,6 +11,7 @@ import statsmodels.formula.api as smf
 from statsmodels.stats.multitest import multipletests
 
 from cluster_spark.config import Experiment
+from cluster_spark.decisions import confidence_sequence
 from cluster_spark.reducer import plan_experiment, reduce_experiment
 
 DATE = dt.date(2026, 3, 9)
@@ -37,14 +38,19 @@ def staged_row(metric, variant, m, d, x=None, y=None):
     return row
 
 
+def test_comparison_n_star_is_the_two_arms_share_of_the_planned_total():
+    exp = experiment(
+        sequential=True, sequential_n_star=1000, variants={"control": 2, "a": 1, "b": 1}
+    )
+    assert exp.comparison_n_star("a") == 750  # (2 + 1)/4 of 1000
+    assert exp.comparison_n_star("unknown") is None
+
+
 def experiment(**kw):
+    kw.setdefault("variants", ["control", "treatment"])
+    kw.setdefault("metrics", ["m1"])
     return Experiment(
-        id="e",
-        assignment_unit="org_id",
-        control="control",
-        start=dt.date(2026, 3, 1),
-        metrics=["m1"],
-        **kw,
+        id="e", assignment_unit="org_id", control="control", start=dt.date(2026, 3, 1), **kw
     )
 
 
@@ -79,8 +85,13 @@ def test_multiple_testing_sequential_and_fieller_columns():
         for variant, lift in (("control", 0), ("a", 0.3), ("b", 0.05)):
             d = rng.integers(1, 6, 300).astype(float)
             rows.append(staged_row(metric, variant, d * (2 + lift) + rng.normal(0, 2, 300), d))
-    exp = experiment(sequential=True, sequential_n_star=2000, relative_ci="fieller")
-    exp = exp.model_copy(update={"metrics": ["m1", "m2", "m3"]})
+    exp = experiment(
+        sequential=True,
+        sequential_n_star=3000,
+        relative_ci="fieller",
+        variants=["control", "a", "b"],
+        metrics=["m1", "m2", "m3"],
+    )
     out = [r for r in reduce_experiment(rows, exp, DATE, "r") if r["variant"] != "control"]
     p = [r["p_value"] for r in out]
     assert [r["p_value_bh"] for r in out] == pytest.approx(multipletests(p, method="fdr_bh")[1])
@@ -95,6 +106,9 @@ def test_multiple_testing_sequential_and_fieller_columns():
         assert low < r["effect_rel"] < high
         assert high - r["effect_rel"] != pytest.approx(r["effect_rel"] - low, rel=1e-6)
         assert r["mde_rel"] > 0
+        # N* = 3000 planned over 3 equal arms: each comparison sees 2/3 of it, 2000 units
+        cs = confidence_sequence(r["effect_abs"], r["effect_abs_stderr"], 600, 0.05, 2000)
+        assert (r["effect_abs_cs_low"], r["effect_abs_cs_high"]) == pytest.approx(cs, rel=1e-12)
 
 
 def test_plan_pools_variants_and_gives_mde():
@@ -157,3 +171,48 @@ def test_plan_first_column_splits_the_staged_units_over_all_variants():
     rows = [staged_row("m1", v, m[i::3], d[i::3]) for i, v in enumerate(["control", "a", "b"])]
     (plan,) = plan_experiment(rows, experiment(), [])
     assert "mde_rel@200" in plan and plan["units"] == 600
+
+
+def test_mde_uses_the_comparisons_split_and_cuped_variance():
+    """90/10 split: MDE = z·sqrt(V_C (1/n_T + 1/n_C)), not z·sqrt(2 V_C/n_C), which would be
+    √5 too optimistic here; with CUPED applied V_C is the control's adjusted variance."""
+    rng = np.random.default_rng(11)
+    z = 1.959963984540054 + 0.8416212335729143  # z_0.975 + z_0.8, from tables
+    x_c, x_t = rng.gamma(2, 3, 900), rng.gamma(2, 3, 100)
+    m_c, m_t = x_c + rng.normal(0, 1, 900), x_t + rng.normal(0, 1, 100)
+    ones_c, ones_t = np.ones(900), np.ones(100)
+    rows = [
+        staged_row("m1", "control", m_c, ones_c, x_c, ones_c),
+        staged_row("m1", "treatment", m_t, ones_t, x_t, ones_t),
+    ]
+    v_c = np.var(m_c, ddof=1)  # mean metric: V = s²_M
+    (_, t) = reduce_experiment(rows, experiment(variants={"control": 9, "treatment": 1}), DATE, "r")
+    assert t["mde_abs"] == pytest.approx(z * np.sqrt(v_c * (1 / 100 + 1 / 900)), rel=1e-9)
+    assert t["mde_rel"] == pytest.approx(t["mde_abs"] / m_c.mean(), rel=1e-9)
+    assert t["mde_abs"] / (z * np.sqrt(2 * v_c / 900)) == pytest.approx(np.sqrt(5), rel=1e-9)
+
+    exp = experiment(variants={"control": 9, "treatment": 1}, cuped_lookback_days=7)
+    (control, t) = reduce_experiment(rows, exp, DATE, "r")
+    assert t["cuped_applied"] is True and t["cuped_status"] == "applied"
+    # θ = (C_T/n_T + C_C/n_C)/(V_T/n_T + V_C/n_C) with C = cov(M, X), V = var(X) (mean metric)
+    c_t, c_c = np.cov(m_t, x_t)[0, 1], np.cov(m_c, x_c)[0, 1]
+    theta = (c_t / 100 + c_c / 900) / (np.var(x_t, ddof=1) / 100 + np.var(x_c, ddof=1) / 900)
+    v_adj = np.var(m_c - theta * x_c, ddof=1)
+    assert t["mde_abs"] == pytest.approx(z * np.sqrt(v_adj * (1 / 100 + 1 / 900)), rel=1e-9)
+    assert control["mde_abs"] is None and control["cuped_status"] is None
+
+
+def test_a_configured_arm_without_units_gets_rows_and_srm():
+    """A treatment that logged no exposure: SRM against the configured split sees 0 units,
+    and every metric has a row for it (n_units 0, too_few_units)."""
+    rows = [r for r in _two_groups() if r["variant"] == "control"]
+    diags = [{"check": "assignment_units", "variant": "control", "value": rows[0]["n_units"]}]
+    out = reduce_experiment(rows, experiment(), DATE, "r", diagnostics=diags)
+    assert [(r["variant"], r["n_units"], r["status"]) for r in out] == [
+        ("control", rows[0]["n_units"], "ok"),
+        ("treatment", 0, "too_few_units"),
+    ]
+    n = rows[0]["n_units"]
+    # Pearson χ² of (n, 0) against (n/2, n/2): 2·(n/2)²/(n/2) = n
+    assert out[1]["srm_chi2"] == pytest.approx(n, rel=1e-12)
+    assert out[1]["srm_flag"] is True

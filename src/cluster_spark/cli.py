@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster_spark.config import load_config
-from cluster_spark.errors import ClusterSparkError
+from cluster_spark.errors import EXIT_USAGE, ClusterSparkError
 
 DEMO_CONF = {
     "spark.sql.shuffle.partitions": "8",
@@ -37,8 +37,17 @@ def _date(text: str) -> dt.date:
         ) from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the usage-error exit code of sysexits.h (64), apart from config (78),
+    input (66) and data-quality (65) errors."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cluster-spark", description=__doc__)
+    parser = _Parser(prog="cluster-spark", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (
         ("stage", "stage per-group sufficient statistics into the staging Delta table"),
@@ -188,10 +197,17 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, root=args.root)  # validated before Spark starts
-    from cluster_spark import io, pipeline
+    from cluster_spark import io
     from cluster_spark.session import build_spark
 
     spark = build_spark(f"cluster_spark {args.command}", local_master=args.master)
+    with io.input_errors(config.tables()):
+        return _command(spark, config, args)
+
+
+def _command(spark, config, args: argparse.Namespace) -> int:
+    from cluster_spark import io, pipeline
+
     ids = args.experiment
     if args.command == "stage":
         run_id = pipeline.stage(spark, config, args.date, ids)
@@ -218,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_demo(args) if args.command == "demo" else _run(args)
     except ClusterSparkError as err:
         print(f"cluster-spark: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
 
 
 if __name__ == "__main__":

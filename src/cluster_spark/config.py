@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cluster_spark.errors import ConfigError
 
@@ -23,16 +30,41 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def utc(value: dt.datetime) -> dt.datetime:
+    """The instant as a UTC-aware datetime; a naive one is read as UTC (never as the
+    machine's local time, which is what PySpark does with a naive literal)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def midnight_utc(day: dt.date) -> dt.datetime:
+    """00:00 UTC at the start of `day`."""
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
 class Condition(_Model):
     """One structured filter condition; a component's conditions are AND-ed.
 
     Filters are structured rather than SQL strings so that no user text is ever
     evaluated by Spark's SQL parser (no `reflect`, subqueries or UDFs can sneak in).
+
+    NULL rule: `ne` and `not_in` keep rows whose column is NULL (NULL is "not X", as in
+    BI tools' structured filters); `eq`, `in`, `gt`, `ge`, `lt`, `le` drop them (NULL is
+    not X); `is_null` / `not_null` select them explicitly. Datetime values without a
+    time zone are UTC.
     """
 
     column: str
     op: Literal["eq", "ne", "in", "not_in", "gt", "ge", "lt", "le", "is_null", "not_null"] = "eq"
     value: Scalar | list[Scalar] | None = None
+
+    @field_validator("value", mode="after")
+    @classmethod
+    def _utc_instants(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [utc(v) if isinstance(v, dt.datetime) else v for v in value]
+        return utc(value) if isinstance(value, dt.datetime) else value
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> Condition:
@@ -159,10 +191,19 @@ class Table(_Model):
 
 
 class Source(Table):
-    """A metric source: events with a timestamp and one column per id type."""
+    """A metric source: events with a timestamp and one column per id type.
+
+    NULL ids: a row whose assignment-unit id is NULL (or, through an id mapping, whose id
+    is NULL or unmapped) belongs to no unit and is never counted. A row whose analysis-unit
+    id (e.g. `user_id`) is NULL counts in its unit's sums and row counts but is no analysis
+    unit (not in distinct counts, the multi-unit check, `n_analysis_units` or the design
+    effect); `drop_null_ids: true` drops such rows too. Both kinds are counted in the
+    diagnostics (`events_with_null_ids:<source>:<id type>`, `unmapped_ids:<source>`).
+    """
 
     timestamp: str
     ids: dict[Name, str] = Field(min_length=1)
+    drop_null_ids: bool = False
 
 
 class IdMapping(Table):
@@ -189,12 +230,24 @@ class ExposureSource(Table):
     ids: dict[Name, str] = Field(min_length=1)
 
 
+#: Delta (Hive) reads a partition directory of this name back as NULL.
+_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+
+
 class Experiment(_Model):
-    id: Annotated[str, Field(min_length=1)]
+    """One experiment: its arms and split, dates, metrics and analysis settings.
+
+    `id` may hold any characters (it reaches Spark as a literal, never as SQL text) except
+    control characters, and at most 200 of them (it names a partition directory).
+    `variants` lists every configured arm with its expected share of assignment units
+    (a list means an equal split): required, so SRM sees an arm that logged nothing.
+    """
+
+    id: Annotated[str, Field(min_length=1, max_length=200)]
     assignment_unit: Name
     analysis_unit: Name | None = None
     control: str
-    variants: dict[str, Annotated[float, Field(gt=0)]] | None = None
+    variants: dict[str, Annotated[float, Field(gt=0)]] = Field(min_length=2)
     start: dt.date
     end: dt.date | None = None
     metrics: list[Name] = Field(min_length=1)
@@ -208,18 +261,37 @@ class Experiment(_Model):
     cuped_lookback_days: Annotated[int, Field(gt=0)] | None = None
     relative_ci: Literal["delta", "fieller"] = "delta"
     #: Always-valid confidence sequences (asymptotic CS, Waudby-Smith et al. 2024), tuned
-    #: to be tightest at `sequential_n_star` assignment units (required: the planned total;
-    #: a ρ recomputed from each look's own count would make the boundary a fixed multiple
-    #: of the standard error, which is not valid over repeated looks).
+    #: to be tightest at `sequential_n_star`: the planned number of assignment units over
+    #: all variants (required: a ρ recomputed from each look's own count would make the
+    #: boundary a fixed multiple of the standard error, which is not valid over repeated
+    #: looks). Each comparison uses its two arms' share of it (`comparison_n_star`).
     sequential: bool = False
     sequential_n_star: Annotated[int, Field(gt=1)] | None = None
     power: Annotated[float, Field(gt=0, lt=1)] = 0.8
+
+    @field_validator("id", mode="after")
+    @classmethod
+    def _partition_safe(cls, value: str) -> str:
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("an experiment id cannot hold control characters (newline, tab…)")
+        if value == _NULL_PARTITION:
+            raise ValueError(f"'{_NULL_PARTITION}' is read back as NULL by Delta")
+        return value
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _equal_split(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if len(set(map(str, value))) != len(value):
+                raise ValueError(f"variants are listed twice: {value}")
+            return dict.fromkeys(value, 1.0)
+        return value
 
     @model_validator(mode="after")
     def _dates_and_variants(self) -> Experiment:
         if self.end is not None and self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}")
-        if self.variants is not None and self.control not in self.variants:
+        if self.control not in self.variants:
             raise ValueError(
                 f"control '{self.control}' is not one of variants {list(self.variants)}"
             )
@@ -232,10 +304,26 @@ class Experiment(_Model):
             )
         return self
 
+    @property
+    def start_time(self) -> dt.datetime:
+        """First instant of the experiment: midnight UTC at the start of `start`."""
+        return midnight_utc(self.start)
+
     def analysis_time(self, analysis_date: dt.date) -> dt.datetime:
-        """End of the analysis: midnight after `analysis_date`, capped by the experiment end."""
+        """End of the analysis (UTC-aware): midnight UTC after `analysis_date`, capped at
+        midnight UTC after the experiment's `end`, whatever the machine's time zone."""
         last = min(analysis_date, self.end) if self.end else analysis_date
-        return dt.datetime.combine(last + dt.timedelta(days=1), dt.time())
+        return midnight_utc(last + dt.timedelta(days=1))
+
+    def comparison_n_star(self, variant: str) -> float | None:
+        """`sequential_n_star` (planned assignment units over all variants) scaled to one
+        comparison: N* × (share of `variant` + share of the control) in the configured
+        split, the planned units of the two arms the comparison sees."""
+        if self.sequential_n_star is None or variant not in self.variants:
+            return None
+        total = sum(self.variants.values())
+        share = (self.variants[variant] + self.variants[self.control]) / total
+        return self.sequential_n_star * share
 
 
 class Output(_Model):
@@ -306,6 +394,17 @@ class Config(_Model):
             return []
         comps = (metric.numerator, metric.denominator)
         return sorted({c.source for c in comps if c and c.source and c.source in self.sources})
+
+    def tables(self) -> dict[str, str]:
+        """Label → location (path or table name) of every table a run reads or writes,
+        for error messages."""
+        inputs: dict[str, Table] = {"exposures": self.exposures}
+        inputs |= {f"source '{name}'": src for name, src in self.sources.items()}
+        inputs |= {
+            f"id mapping {m.from_id} → {m.to_id}": m for m in self.id_mappings
+        }
+        out = {label: t.path or t.table or "" for label, t in inputs.items()}
+        return out | {f"output.{k}": v for k, v in self.output.model_dump().items()}
 
     def experiment(self, experiment_id: str) -> Experiment:
         for exp in self.experiments:

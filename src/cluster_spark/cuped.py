@@ -24,23 +24,15 @@ from dataclasses import dataclass, field, fields
 from scipy import stats as sps
 
 from cluster_spark.inference import (
-    STATUS_OK,
-    STATUS_TOO_FEW_UNITS,
-    STATUS_ZERO_CONTROL_MEAN,
-    STATUS_ZERO_DENOMINATOR,
-    STATUS_ZERO_VARIANCE,
     Comparison,
     Test,
     compare,
+    control_mean_significant,
     interval,
     welch_df,
 )
 from cluster_spark.stats import GroupMeans, RatioStats
-
-#: Pre-period data unusable (ΣY = 0 or V_P = 0 in a group): unadjusted numbers reported.
-STATUS_CUPED_NO_PRE_DATA = "cuped_fallback_no_pre_data"
-#: The adjustment does not reduce the variance (Var_adj ≥ Var_unadj): unadjusted numbers.
-STATUS_CUPED_NO_GAIN = "cuped_fallback_no_gain"
+from cluster_spark.status import CupedStatus, Status
 
 _VARS = ("m", "d", "x", "y")
 #: The 10 upper-triangle pairs of (M, D, X, Y), in the order of `CupedStats.css`.
@@ -222,19 +214,25 @@ class CupedComparison(Comparison):
     and they are copies of ``unadjusted`` when it is false (a fallback). ``theta`` and
     ``variance_reduction`` = 1 − Var_adj/Var_unadj (of the absolute effect) are given whenever
     they could be computed — also for the no-gain fallback, where the reduction is ≤ 0 and the
-    adjustment was *not* applied. ``unadjusted.status`` keeps the status of the unadjusted
-    numbers (e.g. ``zero_control_mean``) when ``status`` is a fallback code.
+    adjustment was *not* applied. ``status`` is the status of the reported numbers (the
+    unadjusted one in a fallback) and ``cuped_status`` says what CUPED did
+    (`status.CupedStatus`); ``control_unit_variance`` is the control's adjusted per-unit
+    variance (V_R + θ²V_P − 2θC)_C when adjusted (for the MDE), else None.
     """
 
     theta: float | None = None
     variance_reduction: float | None = None
     adjusted: bool = False
+    cuped_status: str = CupedStatus.NOT_COMPARED
+    control_unit_variance: float | None = None
     unadjusted: Comparison = field(default_factory=Comparison)
 
 
-def _from_unadjusted(unadjusted: Comparison, status: str, **extra: float | None) -> CupedComparison:
-    values = {f.name: getattr(unadjusted, f.name) for f in fields(Comparison) if f.name != "status"}
-    return CupedComparison(**values, **extra, status=status, unadjusted=unadjusted)
+def _from_unadjusted(
+    unadjusted: Comparison, cuped_status: CupedStatus, **extra: float | None
+) -> CupedComparison:
+    values = {f.name: getattr(unadjusted, f.name) for f in fields(Comparison)}
+    return CupedComparison(**values, **extra, cuped_status=cuped_status, unadjusted=unadjusted)
 
 
 @dataclass(frozen=True)
@@ -272,9 +270,13 @@ def compare_cuped(
     (M, D, X, Y), g_R = (1/d̄, −m̄/d̄², 0, 0) and g_P = (0, 0, 1/ȳ, −x̄/ȳ²):
     V_R = g_RᵀΛg_R, V_P = g_PᵀΛg_P, C = g_RᵀΛg_P. Then
 
-    - θ = (C_C + C_T)/(V_P,C + V_P,T), R_adj = R − θP, Δ_adj = R_adj,T − R_adj,C;
+    - θ = (C_T/n_T + C_C/n_C)/(V_P,T/n_T + V_P,C/n_C), R_adj = R − θP,
+      Δ_adj = R_adj,T − R_adj,C;
     - Var(Δ_adj) = a + b, a = (V_R + θ²V_P − 2θC)_T/n_T, b likewise for control (θ treated
-      as fixed, as in CUPED);
+      as fixed, as in CUPED). This θ minimizes a + b, so the adjustment never increases
+      the variance for the estimated moments. gbstats pools the unweighted sums,
+      (C_T + C_C)/(V_P,T + V_P,C), which is the same θ only when n_T = n_C; with unequal
+      arms (a 90/10 split) it can be far from the minimum, so we deliberately differ;
     - Welch–Satterthwaite ν from a and b with `inference.compare`'s formula (used for both
       effects), or the normal distribution for ``test="z"``; CI = est ± q·SE.
 
@@ -285,29 +287,33 @@ def compare_cuped(
     Var(L) = [a + (k²V_R − 2kθC + θ²V_P)_C/n_C] / R_C². With θ = 0 this is
     `inference.compare`'s (a + (R_T/R_C)² b)/R_C².
 
-    Fallbacks (the numbers of ``inference.compare`` on the (M, D) part): status
-    ``cuped_fallback_no_pre_data`` when ΣY = 0 or V_P = 0 in a group, ``cuped_fallback_no_gain``
-    when Var_adj ≥ Var_unadj (including Var_unadj = 0). Too few units or ΣD = 0 give
-    `inference`'s status and null estimates. Raises only for invalid ``alpha`` or ``test``.
+    The relative CI is null with status ``relative_ci_unbounded`` when the unadjusted R_C
+    is not significantly different from 0 (`inference.control_mean_significant`).
+
+    Fallbacks (the numbers and status of ``inference.compare`` on the (M, D) part):
+    ``cuped_status`` ``fallback_no_pre_data`` when ΣY = 0 or V_P = 0 in a group,
+    ``fallback_no_gain`` when Var_adj ≥ Var_unadj (including Var_unadj = 0); too few units
+    or ΣD = 0 give ``not_compared`` and null estimates. Raises only for invalid ``alpha``
+    or ``test``.
     """
     unadjusted = compare(treatment.ratio_stats, control.ratio_stats, alpha=alpha, test=test)
-    if unadjusted.status in (STATUS_TOO_FEW_UNITS, STATUS_ZERO_DENOMINATOR):
-        return _from_unadjusted(unadjusted, unadjusted.status)
+    if unadjusted.status in (Status.TOO_FEW_UNITS, Status.ZERO_DENOMINATOR):
+        return _from_unadjusted(unadjusted, CupedStatus.NOT_COMPARED)
     t, c = _group_terms(treatment), _group_terms(control)
     if t is None or c is None:
-        return _from_unadjusted(unadjusted, STATUS_CUPED_NO_PRE_DATA)
+        return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA)
 
-    theta = (c.c + t.c) / (c.v_p + t.v_p)
+    theta = (t.c / t.n + c.c / c.n) / (t.v_p / t.n + c.v_p / c.n)
     var_unadj = t.v_r / t.n + c.v_r / c.n
     a = max(t.v_r + theta * theta * t.v_p - 2.0 * theta * t.c, 0.0) / t.n
     b = max(c.v_r + theta * theta * c.v_p - 2.0 * theta * c.c, 0.0) / c.n
     var_adj = a + b
     if not (math.isfinite(theta) and math.isfinite(var_adj) and math.isfinite(var_unadj)):
-        return _from_unadjusted(unadjusted, STATUS_CUPED_NO_PRE_DATA)
+        return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA)
     reduction = 1.0 - var_adj / var_unadj if var_unadj > 0 else None
     if not var_adj < var_unadj:
         return _from_unadjusted(
-            unadjusted, STATUS_CUPED_NO_GAIN, theta=theta, variance_reduction=reduction
+            unadjusted, CupedStatus.NO_GAIN, theta=theta, variance_reduction=reduction
         )
 
     df = welch_df(a, b, t.n, c.n) if test == "welch" else None
@@ -326,33 +332,39 @@ def compare_cuped(
         "df": df,
     }
     zero_se = se_abs == 0
+    informative = control_mean_significant(c.r, c.v_r / c.n, q)
     if c.r != 0:
         effect_rel = effect_abs / abs(c.r)
         k = 1.0 + effect_abs / c.r
         b_rel = max(k * k * c.v_r - 2.0 * k * theta * c.c + theta * theta * c.v_p, 0.0) / c.n
         se_rel = math.sqrt(a + b_rel) / abs(c.r)
         if math.isfinite(se_rel):
-            low, high, p = interval(effect_rel, se_rel, q, dist.sf)
-            out |= {
-                "effect_rel": effect_rel,
-                "effect_rel_ci_low": low,
-                "effect_rel_ci_high": high,
-                "effect_rel_stderr": se_rel,
-                "p_value_rel": p,
-            }
+            out["effect_rel"] = effect_rel
+            if informative:
+                low, high, p = interval(effect_rel, se_rel, q, dist.sf)
+                out |= {
+                    "effect_rel_ci_low": low,
+                    "effect_rel_ci_high": high,
+                    "effect_rel_stderr": se_rel,
+                    "p_value_rel": p,
+                }
             zero_se = zero_se or se_rel == 0
     # effect_rel stays None when R_C = 0 (or when 1/|R_C| overflows, a denormal R_C)
     if zero_se:
-        status = STATUS_ZERO_VARIANCE
+        status = Status.ZERO_VARIANCE
     elif out.get("effect_rel") is None:
-        status = STATUS_ZERO_CONTROL_MEAN
+        status = Status.ZERO_CONTROL_MEAN
+    elif not informative:
+        status = Status.RELATIVE_CI_UNBOUNDED
     else:
-        status = STATUS_OK
+        status = Status.OK
     return CupedComparison(
         **out,
         theta=theta,
         variance_reduction=reduction,
         adjusted=True,
         status=status,
+        cuped_status=CupedStatus.APPLIED,
+        control_unit_variance=b * c.n,
         unadjusted=unadjusted,
     )

@@ -20,13 +20,9 @@ from dataclasses import dataclass
 from scipy import special as spsp
 from scipy import stats as sps
 
-from cluster_spark.inference import (
-    STATUS_TOO_FEW_UNITS,
-    STATUS_ZERO_DENOMINATOR,
-    Test,
-    compare,
-)
+from cluster_spark.inference import Test, compare
 from cluster_spark.stats import RatioStats
+from cluster_spark.status import Status
 
 
 def _check_alpha(alpha: float, name: str = "alpha") -> None:
@@ -66,7 +62,7 @@ def fieller_interval(
     invalid ``alpha`` or ``test``.
     """
     comparison = compare(treatment, control, alpha=alpha, test=test)
-    if comparison.status in (STATUS_TOO_FEW_UNITS, STATUS_ZERO_DENOMINATOR):
+    if comparison.status in (Status.TOO_FEW_UNITS, Status.ZERO_DENOMINATOR):
         return None
     a, b = treatment.ratio, control.ratio
     v_t, v_c = treatment.var_ratio, control.var_ratio
@@ -269,29 +265,33 @@ class MinimumDetectableEffect:
 
 def mde(
     unit_variance: float | None,
-    n_per_group: float,
+    n_treatment: float,
     alpha: float = 0.05,
     power: float = 0.8,
     baseline: float | None = None,
+    n_control: float | None = None,
 ) -> MinimumDetectableEffect:
-    """Minimum detectable effect of a two-sided two-group z test with n units per group.
+    """Minimum detectable effect of a two-sided two-group z test.
 
-    ``MDE = (z_{1−α/2} + z_{power}) · sqrt(2V/n)``, the normal-approximation power formula
-    (as in Kohavi, Tang & Xu, "Trustworthy Online Controlled Experiments", 2020), ignoring
-    the far rejection tail.
-    ``unit_variance`` V is the per-assignment-unit linearized variance of the metric
-    (`RatioStats.unit_variance` of a pilot or the control group, or a CUPED-adjusted
-    V_R + θ²V_P − 2θC), so n counts *assignment* units and clustering is accounted for.
-    The relative MDE is MDE/|baseline|. Fields are None when V is missing or negative,
-    n ≤ 0, or (relative only) the baseline is missing or 0. Raises for alpha or power
-    outside (0, 1).
+    ``MDE = (z_{1−α/2} + z_{power}) · sqrt(V (1/n_T + 1/n_C))``, the normal-approximation
+    power formula (as in Kohavi, Tang & Xu, "Trustworthy Online Controlled Experiments",
+    2020), ignoring the far rejection tail; ``n_control`` defaults to ``n_treatment``
+    (equal groups: sqrt(2V/n)). ``unit_variance`` V is the per-assignment-unit linearized
+    variance of the metric (`RatioStats.unit_variance` of a pilot or the control group, or
+    a CUPED-adjusted V_R + θ²V_P − 2θC), so n counts *assignment* units and clustering is
+    accounted for. The relative MDE is MDE/|baseline|. Fields are None when V is missing
+    or negative, a group size ≤ 0, or (relative only) the baseline is missing or 0.
+    Raises for alpha or power outside (0, 1).
     """
     _check_alpha(alpha)
     _check_alpha(power, "power")
-    if unit_variance is None or not unit_variance >= 0 or not n_per_group > 0:
+    n_control = n_treatment if n_control is None else n_control
+    if unit_variance is None or not unit_variance >= 0:
+        return MinimumDetectableEffect()
+    if not (n_treatment > 0 and n_control > 0):
         return MinimumDetectableEffect()
     z = float(sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power))
-    absolute = z * math.sqrt(2.0 * unit_variance / n_per_group)
+    absolute = z * math.sqrt(unit_variance * (1.0 / n_treatment + 1.0 / n_control))
     if not math.isfinite(absolute):
         return MinimumDetectableEffect()
     relative = None

@@ -1,17 +1,34 @@
-"""One error hierarchy: every failure a user can cause names what was wrong."""
+"""One error hierarchy: every failure a user can cause names what was wrong.
+
+Each kind has its own exit code of the command line, from BSD's sysexits.h, so a
+scheduler can tell a bad config from bad data: usage 64, data quality 65, input 66,
+config 78 (an unexpected failure exits 1).
+"""
+
+#: Exit code of a command-line usage error (unknown option, bad --date): EX_USAGE.
+EXIT_USAGE = 64
 
 
 class ClusterSparkError(Exception):
     """Base class of cluster_spark's own errors."""
 
+    exit_code = 1
+
 
 class ConfigError(ClusterSparkError, ValueError):
-    """The configuration is invalid (names the file, key, value and rule)."""
+    """The configuration is invalid (names the file, key, value and rule). Exit 78."""
+
+    exit_code = 78  # EX_CONFIG
 
 
 class InputError(ClusterSparkError, ValueError):
-    """An input table is missing, lacks a column, or has a column of the wrong type."""
+    """An input table is missing, unreadable, lacks a column, or has a column of the wrong
+    type (names the table and column). Exit 66."""
+
+    exit_code = 66  # EX_NOINPUT
 
 
 class DataQualityError(ClusterSparkError):
-    """The data breaks the design and the configured policy is to fail."""
+    """The data breaks the design and the configured policy is to fail. Exit 65."""
+
+    exit_code = 65  # EX_DATAERR

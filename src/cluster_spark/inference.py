@@ -15,25 +15,7 @@ from typing import Literal
 from scipy import stats as sps
 
 from cluster_spark.stats import RatioStats
-
-#: Everything is defined.
-STATUS_OK = "ok"
-#: A group has fewer than 2 units: all estimates null.
-STATUS_TOO_FEW_UNITS = "too_few_units"
-#: ΣD = 0 in a group: all estimates null.
-STATUS_ZERO_DENOMINATOR = "zero_denominator"
-#: A standard error is 0: estimates given, the CI and p-value of that effect null.
-STATUS_ZERO_VARIANCE = "zero_variance"
-#: R_C = 0: the absolute effect is given, the relative effect is null.
-STATUS_ZERO_CONTROL_MEAN = "zero_control_mean"
-#: All status codes, in order of precedence (the first that applies is reported).
-STATUSES = (
-    STATUS_TOO_FEW_UNITS,
-    STATUS_ZERO_DENOMINATOR,
-    STATUS_ZERO_VARIANCE,
-    STATUS_ZERO_CONTROL_MEAN,
-    STATUS_OK,
-)
+from cluster_spark.status import Status
 
 #: Keys of the per-group mappings taken by `compare_raw_sums`.
 RAW_SUM_KEYS = ("n", "sum_m", "sum_d", "sum_mm", "sum_dd", "sum_md")
@@ -59,7 +41,7 @@ class Comparison:
     p_value: float | None = None
     p_value_rel: float | None = None
     df: float | None = None
-    status: str = STATUS_OK
+    status: str = Status.OK
 
 
 def welch_df(a: float, b: float, n_t: int, n_c: int) -> float | None:
@@ -69,6 +51,15 @@ def welch_df(a: float, b: float, n_t: int, n_c: int) -> float | None:
         return None
     wa, wb = a / (a + b), b / (a + b)
     return 1.0 / (wa * wa / (n_t - 1) + wb * wb / (n_c - 1))
+
+
+def control_mean_significant(r_c: float, var_c: float, q: float) -> bool:
+    """Whether R_C differs from 0 at the CI's level: |R_C| > q·SE(R_C) (or SE(R_C) = 0).
+
+    Exactly when Fieller's interval for R_T/R_C is bounded (Fieller 1954); when it is not,
+    a relative interval carries no information and the delta method's can collapse (to
+    about −100 % when R_T ≈ 0): `Status.RELATIVE_CI_UNBOUNDED`."""
+    return var_c == 0 or r_c * r_c > q * q * var_c
 
 
 def interval(
@@ -91,19 +82,21 @@ def compare(
     Absolute: Δ = R_T − R_C, Var = a + b with a = V_T/n_T, b = V_C/n_C.
     Relative: Δ% = Δ/|R_C|, Var ≈ a/R_C² + R_T² b/R_C⁴ (Deng, Knoblich & Lu 2018, §3).
     Welch: t with ν = (a+b)² / (a²/(n_T−1) + b²/(n_C−1)) for both effects; z: normal.
-    CI = est ± q·SE with q the 1 − alpha/2 quantile. Raises only for invalid ``alpha`` or
-    ``test``; data problems give a status code (see ``STATUSES``).
+    CI = est ± q·SE with q the 1 − alpha/2 quantile. When R_C is not significantly
+    different from 0 (`control_mean_significant`) the relative CI, stderr and p-value are
+    null and the status is `relative_ci_unbounded`. Raises only for invalid ``alpha`` or
+    ``test``; data problems give a status code (`status.Status`).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     if test not in ("welch", "z"):
         raise ValueError(f"test must be 'welch' or 'z', got {test!r}")
     if treatment.n < 2 or control.n < 2:
-        return Comparison(status=STATUS_TOO_FEW_UNITS)
+        return Comparison(status=Status.TOO_FEW_UNITS)
     r_t, r_c = treatment.ratio, control.ratio
     v_t, v_c = treatment.unit_variance, control.unit_variance
     if r_t is None or r_c is None or v_t is None or v_c is None:
-        return Comparison(status=STATUS_ZERO_DENOMINATOR)
+        return Comparison(status=Status.ZERO_DENOMINATOR)
 
     a, b = v_t / treatment.n, v_c / control.n
     df = welch_df(a, b, treatment.n, control.n) if test == "welch" else None
@@ -122,25 +115,29 @@ def compare(
         "df": df,
     }
     zero_se = se_abs == 0
+    informative = control_mean_significant(r_c, b, q)
     if r_c != 0:
         effect_rel = effect_abs / abs(r_c)
+        out["effect_rel"] = effect_rel
         k = r_t / r_c
         se_rel = math.sqrt(a + k * k * b) / abs(r_c)
-        low, high, p = interval(effect_rel, se_rel, q, dist.sf)
-        out |= {
-            "effect_rel": effect_rel,
-            "effect_rel_ci_low": low,
-            "effect_rel_ci_high": high,
-            "effect_rel_stderr": se_rel,
-            "p_value_rel": p,
-        }
+        if informative:
+            low, high, p = interval(effect_rel, se_rel, q, dist.sf)
+            out |= {
+                "effect_rel_ci_low": low,
+                "effect_rel_ci_high": high,
+                "effect_rel_stderr": se_rel,
+                "p_value_rel": p,
+            }
         zero_se = zero_se or se_rel == 0
     if zero_se:
-        status = STATUS_ZERO_VARIANCE
+        status = Status.ZERO_VARIANCE
     elif r_c == 0:
-        status = STATUS_ZERO_CONTROL_MEAN
+        status = Status.ZERO_CONTROL_MEAN
+    elif not informative:
+        status = Status.RELATIVE_CI_UNBOUNDED
     else:
-        status = STATUS_OK
+        status = Status.OK
     return Comparison(**out, status=status)
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
@@ -18,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cluster_spark.config import Table
-from cluster_spark.errors import InputError
+from cluster_spark.errors import ClusterSparkError, InputError
 
 # What a column may be, by the role it plays.
 NUMERIC = (
@@ -69,8 +71,92 @@ def check_columns(df: DataFrame, required: Mapping[str, str], where: str) -> Non
             )
 
 
+def utc_timestamp(name: str, kind: T.DataType) -> Column:
+    """Column `name` as instants, whatever the session's or the machine's time zone:
+    a TIMESTAMP is an instant already; a TIMESTAMP_NTZ (wall clock without zone) and a
+    DATE (its midnight) are read as UTC. (A plain cast would read them in the session
+    time zone, and a DST gap there would even shift them.)"""
+    col = F.col(name)
+    if isinstance(kind, T.TimestampNTZType):
+        day = F.to_date(col)
+        return F.timestamp_seconds(F.unix_date(day) * 86400) + (col - day.cast("timestamp_ntz"))
+    if isinstance(kind, T.DateType):
+        return F.timestamp_seconds(F.unix_date(col) * 86400)
+    return col.cast("timestamp")
+
+
+#: Spark's error conditions (and JVM I/O failures) that mean an input cannot be read as
+#: it is: files that disagree on a column's type, unreadable or missing files, no access.
+_READ_FAILURE = re.compile(
+    r"\[(?:FAILED_READ_FILE[.\w]*|PATH_NOT_FOUND|PARQUET_TYPE_ILLEGAL|CANNOT_READ_FILE_FOOTER"
+    r"|UNABLE_TO_INFER_SCHEMA|DELTA_\w*NOT_FOUND\w*|DELTA_\w*DOES_NOT_EXIST\w*"
+    r"|DELTA_MISSING_\w+)\][^\n]*"
+    r"|(?:java\.io\.FileNotFoundException|java\.nio\.file\.AccessDeniedException"
+    r"|org\.apache\.hadoop\.security\.AccessControlException)[^\n]*"
+    r"|Permission denied[^\n]*"
+)
+_COLUMN = re.compile(r"column \[`?([^\]`]+)`?\]")
+
+
+def read_failure(err: BaseException, tables: Mapping[str, str]) -> InputError | None:
+    """The InputError for a Spark failure that is an input problem, else None.
+
+    `tables`: label → location (path or table name) of every table the run reads. The
+    error names the table whose location the message mentions (the longest match), the
+    column where Spark names one, and Spark's own one-line reason."""
+    text = str(err)
+    found = _READ_FAILURE.search(text)
+    if found is None:
+        return None
+    reason = re.sub(r"\s*SQLSTATE: \w+\.?", "", found.group(0)).strip()
+    where = [
+        (label, loc)
+        for label, loc in tables.items()
+        if loc and re.search(re.escape(loc.rstrip("/")) + r"(?![\w.-])", text)
+    ]
+    table = max(where, key=lambda w: len(w[1]), default=None)
+    column = _COLUMN.search(text)
+    parts = [f"{table[0]} ({table[1]})" if table else "an input table"]
+    if column:
+        parts.append(f"column '{column.group(1)}'")
+    hint = ""
+    if "DATA_TYPE_MISMATCH" in reason or "SchemaColumnConvert" in text:
+        hint = " (its files disagree on this column's type: rewrite them with one type)"
+    return InputError(f"cannot read {', '.join(parts)}: {reason}{hint}")
+
+
+@contextmanager
+def input_errors(tables: Mapping[str, str]) -> Iterator[None]:
+    """Turn Spark's run-time read failures inside the block into `InputError`s naming the
+    table and column (`read_failure`); anything else passes through unchanged."""
+    try:
+        yield
+    except ClusterSparkError:
+        raise
+    except Exception as err:
+        mapped = read_failure(err, tables)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def slice_filter(experiment_ids: Iterable[str], analysis_date: dt.date) -> Column:
+    """The rows of these experiments on this analysis date, as a Column (ids are literals)."""
+    ids = sorted(set(experiment_ids))
+    return F.col("experiment_id").isin(ids) & (F.col("analysis_date") == F.lit(analysis_date))
+
+
+def _sql_string(text: str) -> str:
+    """A SQL expression equal to `text` whose source holds only hex digits: its UTF-8
+    bytes, decoded by Spark. No quote, backslash or parser setting
+    (`spark.sql.parser.escapedStringLiterals`) can change its meaning."""
+    return f"decode(unhex('{text.encode().hex()}'), 'UTF-8')"
+
+
 def slice_predicate(experiment_ids: Iterable[str], analysis_date: dt.date) -> str:
-    ids = ", ".join("'" + e.replace("'", "''") + "'" for e in sorted(set(experiment_ids)))
+    """`slice_filter` as the SQL text Delta's `replaceWhere` needs: ids are hex-encoded
+    (`_sql_string`), the date is an ISO literal, so no id is ever parsed as SQL."""
+    ids = ", ".join(_sql_string(e) for e in sorted(set(experiment_ids)))
     return f"experiment_id IN ({ids}) AND analysis_date = DATE'{analysis_date.isoformat()}'"
 
 
@@ -178,14 +264,14 @@ class SliceWrites:
             )
 
     def _restore(self, path: str) -> None:
-        predicate = slice_predicate(self.ids, self.date)
+        rows = slice_filter(self.ids, self.date)
         table = DeltaTable.forPath(self.spark, path)
         ours = table.history().where(F.col("userMetadata") == self.tag).first()["version"]
         if ours == 0:
-            table.delete(predicate)
+            table.delete(rows)
             return
         old = self.spark.read.format("delta").option("versionAsOf", ours - 1).load(path)
-        write_slice(old.where(predicate), path, self.ids, self.date)
+        write_slice(old.where(rows), path, self.ids, self.date)
 
 
 def read_slice(
@@ -195,7 +281,7 @@ def read_slice(
         df = spark.read.format("delta").load(path)
     except AnalysisException as err:
         raise InputError(f"cannot read Delta table {path}: {err.getMessage()}") from None
-    return df.where(slice_predicate(experiment_ids, analysis_date))
+    return df.where(slice_filter(experiment_ids, analysis_date))
 
 
 def literal_frame(

@@ -38,13 +38,14 @@ def stage(
     `writes`: the run's `io.SliceWrites` when this is one step of a run (`run`)."""
     ids = _chosen(config, experiment_ids)
     run_id = run_id or new_run_id()
-    staged = staging.stage(spark, config, ids, analysis_date, run_id)
-    try:
-        with writes or io.SliceWrites(spark, ids, analysis_date) as w:
-            w.write(staged.stats, config.output.staging)
-            w.write(staged.diagnostics, config.output.diagnostics)
-    finally:
-        staged.release()
+    with io.input_errors(config.tables()):
+        staged = staging.stage(spark, config, ids, analysis_date, run_id)
+        try:
+            with writes or io.SliceWrites(spark, ids, analysis_date) as w:
+                w.write(staged.stats, config.output.staging)
+                w.write(staged.diagnostics, config.output.diagnostics)
+        finally:
+            staged.release()
     return run_id
 
 
@@ -58,8 +59,9 @@ def reduce(
 ) -> list[dict[str, Any]]:
     """Read the staged slice, compute comparisons on the driver, write the results slice."""
     ids = _chosen(config, experiment_ids)
-    staged = io.read_slice(spark, config.output.staging, ids, analysis_date).collect()
-    diags = io.read_slice(spark, config.output.diagnostics, ids, analysis_date).collect()
+    with io.input_errors(config.tables()):
+        staged = io.read_slice(spark, config.output.staging, ids, analysis_date).collect()
+        diags = io.read_slice(spark, config.output.diagnostics, ids, analysis_date).collect()
     results = []
     for exp_id in ids:
         rows = [r.asDict() for r in staged if r["experiment_id"] == exp_id]
@@ -79,7 +81,7 @@ def reduce(
             diagnostics=exp_diags,
         )
     df = spark.createDataFrame(results, reducer.RESULT_DDL)
-    with writes or io.SliceWrites(spark, ids, analysis_date) as w:
+    with io.input_errors(config.tables()), writes or io.SliceWrites(spark, ids, analysis_date) as w:
         w.write(df, config.output.results)
     return results
 

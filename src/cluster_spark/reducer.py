@@ -16,15 +16,9 @@ from typing import Any
 from cluster_spark import decisions
 from cluster_spark.config import Experiment
 from cluster_spark.cuped import CupedStats, compare_cuped
-from cluster_spark.inference import (
-    STATUS_OK,
-    STATUS_TOO_FEW_UNITS,
-    STATUS_ZERO_DENOMINATOR,
-    Comparison,
-    compare,
-    srm_test,
-)
+from cluster_spark.inference import Comparison, compare, srm_test
 from cluster_spark.stats import RatioStats
+from cluster_spark.status import Status
 
 #: The public results contract (column, Spark SQL type); README documents each column.
 RESULT_COLUMNS: list[tuple[str, str]] = [
@@ -67,6 +61,7 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("cuped_applied", "boolean"),
     ("cuped_theta", "double"),
     ("variance_reduction", "double"),
+    ("cuped_status", "string"),
     ("relative_ci_method", "string"),
     ("effect_abs_cs_low", "double"),
     ("effect_abs_cs_high", "double"),
@@ -83,8 +78,6 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
 ]
 RESULT_DDL = ", ".join(f"{name} {kind}" for name, kind in RESULT_COLUMNS)
 
-#: Treatment rows whose control variant has no units.
-STATUS_NO_CONTROL = "control_missing"
 
 CAP_COLUMNS = ("num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap")
 _STAT_FIELDS = (
@@ -141,10 +134,10 @@ def analysis_unit_groups(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, s
 
 def _group_status(s: CupedStats) -> str:
     if s.n < 2:
-        return STATUS_TOO_FEW_UNITS
+        return Status.TOO_FEW_UNITS
     if s.sum_d == 0:
-        return STATUS_ZERO_DENOMINATOR
-    return STATUS_OK
+        return Status.ZERO_DENOMINATOR
+    return Status.OK
 
 
 def _sqrt_or_none(x: float | None) -> float | None:
@@ -160,7 +153,7 @@ def srm(
     observed = {
         d["variant"]: int(d["value"]) for d in diagnostics if d["check"] == "assignment_units"
     }
-    weights = experiment.variants or dict.fromkeys({experiment.control, *observed}, 1.0)
+    weights = experiment.variants
     observed = {v: observed.get(v, 0) for v in weights} | observed
     if set(observed) - set(weights):
         return None, None, True
@@ -177,7 +170,8 @@ def reduce_experiment(
     run_id: str,
     diagnostics: Iterable[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
-    """Result rows (RESULT_COLUMNS) for one experiment: one per metric and variant.
+    """Result rows (RESULT_COLUMNS) for one experiment: one per metric and variant, every
+    configured variant included (one without units has n_units 0 and `too_few_units`).
 
     Control rows carry the group's estimate and null effects; when the control variant has
     no units, treatment rows carry status `control_missing` and null effects. For
@@ -191,13 +185,15 @@ def reduce_experiment(
     subs = {d["variant"]: d["value"] for d in diagnostics if d["check"] == "analysis_units"}
     srm_chi2, srm_p, srm_flag = srm(experiment, diagnostics)
     control = experiment.control
-    keys = sorted({(m, v) for m, v, _ in groups}, key=lambda k: (k[0], k[1] != control, k[1]))
+    metrics = {m for m, _, _ in groups}
+    keys = {(m, v) for m, v, _ in groups} | {(m, v) for m in metrics for v in experiment.variants}
     out = []
-    for metric, variant in keys:
-        winsorized = (metric, variant, True) in groups
-        s = groups[(metric, variant, winsorized)]
+    for metric, variant in sorted(keys, key=lambda k: (k[0], k[1] != control, k[1])):
+        winsorized = (metric, control, True) in groups or (metric, variant, True) in groups
+        s = groups.get((metric, variant, winsorized), CupedStats.empty())
         r = s.ratio_stats
         ctrl = groups.get((metric, control, winsorized))
+        ctrl = ctrl if ctrl is not None and ctrl.n > 0 else None
         row: dict[str, Any] = {name: None for name, _ in RESULT_COLUMNS}
         row.update(
             experiment_id=experiment.id,
@@ -221,40 +217,38 @@ def reduce_experiment(
             srm_flag=srm_flag,
             run_id=run_id,
         )
-        if ctrl is not None:
-            planned = decisions.mde(
-                ctrl.ratio_stats.unit_variance,
-                ctrl.n,
-                experiment.alpha,
-                experiment.power,
-                baseline=ctrl.ratio,
-            )
-            row.update(mde_abs=planned.absolute, mde_rel=planned.relative)
         if (metric, variant) in naive:
             au = naive[(metric, variant)]
             raw = groups[(metric, variant, False)].ratio_stats
             row["design_effect"] = decisions.design_effect(raw, au.unit_variance, au.n)
-        if winsorized:
+        if winsorized and (metric, variant) in caps:
             cap_row = caps[(metric, variant)]
             row.update({k: cap_row[k] for k in CAP_COLUMNS})
             row["mean_uncapped"] = groups[(metric, variant, False)].ratio
         if variant != control:
             if ctrl is None:
-                row["status"] = STATUS_NO_CONTROL
+                row["status"] = Status.CONTROL_MISSING
             else:
-                row.update(compare_groups(s, ctrl, experiment))
-                if winsorized:
+                row.update(compare_groups(s, ctrl, experiment, variant))
+                if winsorized and s.n > 0:
                     row.update(_uncapped(groups, metric, variant, experiment))
+        for key in ("status", "cuped_status"):  # plain strings, as the table stores them
+            row[key] = None if row[key] is None else str(row[key])
         out.append(row)
     _adjust_p_values(out, control)
     return out
 
 
-def compare_groups(t: CupedStats, c: CupedStats, experiment: Experiment) -> dict[str, Any]:
-    """Every comparison column of one treatment vs the control, per the experiment's
-    settings: CUPED (Deng et al. 2013), Fieller or delta-method relative CIs, and
-    always-valid confidence sequences (Waudby-Smith et al. 2024)."""
+def compare_groups(
+    t: CupedStats, c: CupedStats, experiment: Experiment, variant: str
+) -> dict[str, Any]:
+    """Every comparison column of treatment `variant` vs the control, per the experiment's
+    settings: CUPED (Deng et al. 2013), Fieller or delta-method relative CIs, always-valid
+    confidence sequences (Waudby-Smith et al. 2024), and the MDE of this comparison,
+    `(z₁₋α/₂ + z_power)·sqrt(V_C (1/n_T + 1/n_C))` with the control's CUPED-adjusted
+    per-unit variance when the adjustment is applied."""
     alpha, test = experiment.alpha, experiment.test
+    control_variance = c.ratio_stats.unit_variance
     if experiment.cuped_lookback_days:
         cc = compare_cuped(t, c, alpha=alpha, test=test)
         cols = _comparison_columns(cc)
@@ -262,11 +256,18 @@ def compare_groups(t: CupedStats, c: CupedStats, experiment: Experiment) -> dict
             cuped_applied=cc.adjusted,
             cuped_theta=cc.theta,
             variance_reduction=cc.variance_reduction,
+            cuped_status=cc.cuped_status,
         )
         adjusted = cc.adjusted
+        if adjusted:
+            control_variance = cc.control_unit_variance
     else:
         cols = _comparison_columns(compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test))
         adjusted = False
+    planned = decisions.mde(
+        control_variance, t.n, alpha, experiment.power, baseline=c.ratio, n_control=c.n
+    )
+    cols.update(mde_abs=planned.absolute, mde_rel=planned.relative)
     # Fieller's interval is for the unadjusted ratio; a CUPED-adjusted lift keeps delta.
     fieller = experiment.relative_ci == "fieller" and not adjusted
     cols["relative_ci_method"] = "fieller" if fieller else "delta"
@@ -274,12 +275,13 @@ def compare_groups(t: CupedStats, c: CupedStats, experiment: Experiment) -> dict
         interval = decisions.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test)
         cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
     if experiment.sequential:
-        n = t.n + c.n
-        n_star = experiment.sequential_n_star
-        est, se = cols["effect_abs"], cols["effect_abs_stderr"]
-        cs = decisions.confidence_sequence(est, se, n, alpha, n_star)
-        cols["effect_abs_cs_low"], cols["effect_abs_cs_high"] = cs or (None, None)
-        cols["p_value_sequential"] = decisions.sequential_p_value(est, se, n, alpha, n_star)
+        n = t.n + c.n  # the comparison's units, against its share of the planned total
+        n_star = experiment.comparison_n_star(variant)
+        if n_star is not None:
+            est, se = cols["effect_abs"], cols["effect_abs_stderr"]
+            cs = decisions.confidence_sequence(est, se, n, alpha, n_star)
+            cols["effect_abs_cs_low"], cols["effect_abs_cs_high"] = cs or (None, None)
+            cols["p_value_sequential"] = decisions.sequential_p_value(est, se, n, alpha, n_star)
     return cols
 
 

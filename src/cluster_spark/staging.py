@@ -26,7 +26,7 @@ from pyspark.sql.window import Window
 
 from cluster_spark.config import Component, Condition, Config, Experiment, IdMapping, Metric
 from cluster_spark.errors import DataQualityError
-from cluster_spark.io import check_columns, describe, literal_frame, read_table
+from cluster_spark.io import check_columns, describe, literal_frame, read_table, utc_timestamp
 
 UNIT = "_unit"
 TS = "_ts"
@@ -88,17 +88,18 @@ _STAT_COLUMNS = [f.name for f in STAGING_SCHEMA.fields if f.name not in _KEYS]
 
 
 def condition(c: Condition) -> Column:
-    """A structured filter condition as a Spark Column (values are literals, never SQL)."""
+    """A structured filter condition as a Spark Column (values are literals, never SQL).
+    NULLs follow `Condition`'s rule: kept by `ne`/`not_in`, dropped by the others."""
     col = F.col(c.column)
     ops = {
         "eq": lambda: col == F.lit(c.value),
-        "ne": lambda: col != F.lit(c.value),
+        "ne": lambda: ~col.eqNullSafe(F.lit(c.value)),
         "gt": lambda: col > F.lit(c.value),
         "ge": lambda: col >= F.lit(c.value),
         "lt": lambda: col < F.lit(c.value),
         "le": lambda: col <= F.lit(c.value),
         "in": lambda: col.isin(c.value),
-        "not_in": lambda: ~col.isin(c.value),
+        "not_in": lambda: col.isNull() | ~col.isin(c.value),
         "is_null": lambda: col.isNull(),
         "not_null": lambda: col.isNotNull(),
     }
@@ -182,17 +183,34 @@ class Plan:
         return out
 
 
+class Cache:
+    """The frames one staging run persists, released together: after the run's writes,
+    or as soon as staging itself fails."""
+
+    def __init__(self) -> None:
+        self.frames: list[DataFrame] = []
+
+    def persist(self, df: DataFrame) -> DataFrame:
+        df = df.persist()
+        self.frames.append(df)
+        return df
+
+    def release(self) -> None:
+        for df in self.frames:
+            df.unpersist()
+        self.frames.clear()
+
+
 @dataclass
 class Staged:
     """Lazy outputs of one staging run; `release()` frees what was persisted."""
 
     stats: DataFrame
     diagnostics: DataFrame
-    persisted: list[DataFrame] = field(default_factory=list)
+    cache: Cache = field(default_factory=Cache)
 
     def release(self) -> None:
-        for df in self.persisted:
-            df.unpersist()
+        self.cache.release()
 
 
 def _diag(df: DataFrame, check: str, value: Column, metric=None, variant=None) -> DataFrame:
@@ -209,11 +227,11 @@ def _experiment_ids(spark: SparkSession, plan: Plan) -> DataFrame:
     return literal_frame(spark, [(e.id,) for e in plan.experiments], [("experiment_id", "string")])
 
 
-def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame, DataFrame]:
+def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFrame, DataFrame]:
     """First exposure per (experiment, unit) within each experiment's dates; units seen in
-    two variants are dropped. Returns (units, diagnostics, the persisted per-unit frame
-    both derive from). Units have columns experiment_id, _unit, variant, exposure_ts,
-    start_ts, analysis_ts, pre_start_ts."""
+    two variants are dropped. Returns (units, diagnostics), both from one per-unit frame
+    persisted in `cache`. Units have columns experiment_id, _unit, variant, exposure_ts,
+    start_ts, analysis_ts, pre_start_ts (instants, UTC: see `io.utc_timestamp`)."""
     src = plan.config.exposures
     df = read_table(spark, src)
     unit_col = src.ids[plan.unit_type]
@@ -227,7 +245,7 @@ def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame
         [
             (
                 e.id,
-                dt.datetime.combine(e.start, dt.time()),
+                e.start_time,
                 e.analysis_time(plan.analysis_date),
                 e.cuped_lookback_days or 0,
             )
@@ -244,11 +262,11 @@ def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame
         F.col(src.experiment_id).cast("string").alias("experiment_id"),
         F.col(unit_col).cast("string").alias(UNIT),
         F.col(src.variant).cast("string").alias("variant"),
-        F.col(src.timestamp).cast("timestamp").alias(TS),
+        utc_timestamp(src.timestamp, df.schema[src.timestamp].dataType).alias(TS),
     ).join(F.broadcast(bounds), "experiment_id")
     null = F.col(UNIT).isNull() | F.col("variant").isNull() | F.col(TS).isNull()
     valid = ~null & (F.col(TS) >= F.col("start_ts")) & (F.col(TS) < F.col("analysis_ts"))
-    per_unit = (
+    per_unit = cache.persist(
         rows.groupBy("experiment_id", UNIT)
         .agg(
             F.min(F.when(valid, F.col(TS))).alias("exposure_ts"),
@@ -264,7 +282,6 @@ def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame
             "pre_start_ts",
             F.col("exposure_ts") - F.make_dt_interval(days=F.col("lookback_days")),
         )
-        .persist()
     )
     exposed = F.col("n_rows") > 0
     single = F.col("variant") == F.col("_last_variant")
@@ -286,11 +303,12 @@ def exposed_units(spark: SparkSession, plan: Plan) -> tuple[DataFrame, DataFrame
             _diag(counts, "assignment_units", F.col("count"), variant=F.col("variant")),
         ],
     )
-    return units, diagnostics, per_unit
+    return units, diagnostics
 
 
 def _map_ids(spark: SparkSession, events: DataFrame, mapping: IdMapping) -> DataFrame:
-    """Attach the assignment-unit id to events through an id mapping table."""
+    """Attach the assignment-unit id to events through an id mapping table (left join:
+    events whose id is NULL or unmapped keep a NULL unit; `_unmapped` marks the latter)."""
     table = read_table(spark, mapping)
     src_col, dst_col = mapping.columns[mapping.from_id], mapping.columns[mapping.to_id]
     check_columns(table, {src_col: "id", dst_col: "id"}, f"id mapping {describe(mapping)}")
@@ -301,15 +319,19 @@ def _map_ids(spark: SparkSession, events: DataFrame, mapping: IdMapping) -> Data
         .where(F.col("_from").isNotNull() & F.col(UNIT).isNotNull())
         .distinct()
     )
-    return events.join(pairs, "_from").drop("_from")
+    joined = events.join(pairs, "_from", "left")
+    return joined.select(
+        "*", (F.col("_from").isNotNull() & F.col(UNIT).isNull()).alias("_unmapped")
+    ).drop("_from")
 
 
 def source_events(
     spark: SparkSession, plan: Plan, source: str, columns: set[str], sub_col: str | None
 ) -> tuple[DataFrame, str]:
-    """The source's events with `_unit` (the assignment unit), `_ts`, `_sub` (the column
-    `sub_col` of the first aggregation level, null without one) and the columns the
-    metrics read."""
+    """The source's events with `_unit` (the assignment unit), `_ts` (UTC instants),
+    `_sub` (the column `sub_col` of the first aggregation level, null without one), the
+    columns the metrics read and, for a source reached through an id mapping,
+    `_unmapped`."""
     config = plan.config
     src = config.sources[source]
     df = read_table(spark, src)
@@ -324,12 +346,12 @@ def source_events(
     check_columns(df, required, where)
     events = df.select(
         F.col(key_col).cast("string").alias(UNIT if isinstance(route, str) else "_from"),
-        F.col(src.timestamp).cast("timestamp").alias(TS),
+        utc_timestamp(src.timestamp, df.schema[src.timestamp].dataType).alias(TS),
         (F.col(sub_col).cast("string") if sub_col else F.lit(None).cast("string")).alias(SUB),
         *[F.col(c) for c in sorted(columns - {key_col, src.timestamp})],
     )
     if isinstance(route, IdMapping):
-        events = _map_ids(spark, events.where(F.col("_from").isNotNull()), route)
+        events = _map_ids(spark, events, route)
     return events, where
 
 
@@ -458,13 +480,18 @@ class SourceLevel:
     parts: dict[str, tuple[Component, float]]
     key_col: str | None
     by_analysis_unit: bool
+    drop_null_ids: bool
     level1: DataFrame
     diagnostics: DataFrame
 
     @property
     def rows(self) -> DataFrame:
-        """One row per (experiment, unit, first-level key) in an experiment's range."""
-        return self.level1.where(F.col("experiment_id").isNotNull())
+        """One row per (experiment, unit, first-level key) in an experiment's range;
+        without the rows of a NULL analysis unit where the source drops them."""
+        rows = self.level1.where(F.col("experiment_id").isNotNull())
+        if self.by_analysis_unit and self.drop_null_ids:
+            rows = rows.where(F.col(SUB).isNotNull())
+        return rows
 
 
 @dataclass
@@ -475,14 +502,20 @@ class SourceAggregates:
     per_analysis_unit: DataFrame | None
 
 
+def _filter_columns(parts: dict[str, tuple[Component, float]]) -> list[str]:
+    return sorted({cond.column for comp, _ in parts.values() for cond in comp.filter})
+
+
 def first_level(
     plan: Plan,
     events: DataFrame,
     units: DataFrame,
     parts: dict[str, tuple[Component, float]],
     key_col: str | None,
+    cache: Cache,
+    count_rows: bool = False,
 ) -> DataFrame:
-    """The components `parts` per (experiment, unit, first-level key), persisted.
+    """The components `parts` per (experiment, unit, first-level key), persisted in `cache`.
 
     Events are joined to the exposure slots of their unit (`exposure_slots`, broadcast)
     and aggregated once per (unit, key) with one set of aggregates per slot, then turned
@@ -490,7 +523,10 @@ def first_level(
     range; events without a unit id are kept as rows with a null experiment (counted as a
     data-quality finding). Columns: the component names (suffix `_pre` for CUPED's
     pre-period), `_first_ts`, `_n_pre` (events before exposure), `_active` (1 if any event
-    after exposure) and `_n_events`.
+    after exposure), `_null__i` (events in the experiment's range whose i-th filter column,
+    `_filter_columns(parts)[i]`, is NULL), `_n_rows` (events in the experiment's range,
+    with `count_rows`), and `_n_events`, `_n_unmapped` (all events of the row's key; the
+    latter those with an unmapped id, for sources read through an id mapping).
     """
     slots, n_slots = exposure_slots(units)
     ks = [_slot(k) for k in range(n_slots)]
@@ -512,6 +548,7 @@ def first_level(
         for col, keep in terms:
             aggs += [_first_level(comp, keep(slot=k), key_col).alias(col + k) for k in ks]
             columns.append(col)
+    nullable = _filter_columns(parts)
     for k in ks:
         r, exposure = in_range[k], F.col(f"exposure_ts{k}")
         aggs += [
@@ -520,9 +557,18 @@ def first_level(
                 F.when(r & (F.col(TS) < exposure) & (F.col(TS) >= F.col(f"start_ts{k}")), 1)
             ).alias(f"_n_pre{k}"),
             F.max(F.when(r & (F.col(TS) >= exposure), 1)).alias(f"_active{k}"),
+            *[
+                F.count(F.when(r & F.col(c).isNull(), 1)).alias(f"_null__{i}{k}")
+                for i, c in enumerate(nullable)
+            ],
+            *([F.count(F.when(r, 1)).alias(f"_n_rows{k}")] if count_rows else []),
         ]
-    columns += ["_first_ts", "_n_pre", "_active"]
-    per_key = joined.groupBy(UNIT, SUB).agg(*aggs, F.count(F.lit(1)).alias("_n_events"))
+    columns += ["_first_ts", "_n_pre", "_active", *[f"_null__{i}" for i in range(len(nullable))]]
+    columns += ["_n_rows"] if count_rows else []
+    totals = [F.count(F.lit(1)).alias("_n_events")]
+    if "_unmapped" in events.columns:
+        totals.append(F.count(F.when(F.col("_unmapped"), 1)).alias("_n_unmapped"))
+    per_key = joined.groupBy(UNIT, SUB).agg(*aggs, *totals)
     slot_rows = [
         F.struct(
             F.lit(i).alias("_slot"),
@@ -532,16 +578,16 @@ def first_level(
         for i, k in enumerate(ks)
     ]
     ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
-    return (
+    total_names = ["_n_events", *(["_n_unmapped"] if len(totals) > 1 else [])]
+    return cache.persist(
         per_key.join(F.broadcast(ids), UNIT, "left")
-        .select(UNIT, SUB, "_n_events", F.explode(F.array(*slot_rows)).alias("r"))
-        .select(UNIT, SUB, "_n_events", "r.*")
+        .select(UNIT, SUB, *total_names, F.explode(F.array(*slot_rows)).alias("r"))
+        .select(UNIT, SUB, *total_names, "r.*")
         .where(
             (F.col("experiment_id").isNotNull() & F.col("_first_ts").isNotNull())
             | (F.col(UNIT).isNull() & (F.col("_slot") == 0))
         )
         .drop("_slot")
-        .persist()
     )
 
 
@@ -558,29 +604,75 @@ def source_parts(
     return parts, columns, _first_level_key(plan, source, [c for c, _ in parts.values()])
 
 
-def source_level(spark: SparkSession, plan: Plan, source: str, units: DataFrame) -> SourceLevel:
+def source_level(
+    spark: SparkSession, plan: Plan, source: str, units: DataFrame, cache: Cache
+) -> SourceLevel:
     """The first level of one pass over one metric source, for every component that reads
     it: the events aggregated once per (experiment, unit, first-level key), persisted.
     Distinct counts of analysis units become flags there, so no `count(DISTINCT)` (Spark's
-    Expand: one copy of every event per distinct term) is planned."""
+    Expand: one copy of every event per distinct term) is planned.
+
+    Diagnostics (per experiment): `events_with_null_ids:<source>:<id type>` for the id
+    that reaches the assignment unit (events of the whole source: they belong to no unit)
+    and, where the source has it, for the analysis unit (events in the experiment's
+    range); `unmapped_ids:<source>` (events whose id the id mapping lacks); and
+    `null_values:<source>:<column>` for every filter column (events in the experiment's
+    range whose value is NULL: kept by `ne`/`not_in`/`is_null`, dropped by the others)."""
+    config = plan.config
+    src = config.sources[source]
     parts, columns, key_col = source_parts(plan, source)
     events, where = source_events(spark, plan, source, columns, key_col)
     check_columns(events, _numeric_columns(c for c, _ in parts.values()), where)
-    level1 = first_level(plan, events, units, parts, key_col)
-    null_ids = (
-        level1.where(F.col(UNIT).isNull())
-        .agg(F.coalesce(F.sum("_n_events"), F.lit(0)).alias("n"))
-        .crossJoin(_experiment_ids(spark, plan))
+    by_analysis_unit = plan.analysis_unit in src.ids
+    level1 = first_level(plan, events, units, parts, key_col, cache, count_rows=by_analysis_unit)
+    route = config.unit_route(source, plan.unit_type)
+    key_type = route.from_id if isinstance(route, IdMapping) else plan.unit_type
+    total = partial(_sum_or_zero, level1.columns)
+    no_unit = level1.where(F.col(UNIT).isNull()).agg(
+        (total("_n_events") - total("_n_unmapped")).alias("null_key"),
+        total("_n_unmapped").alias("unmapped"),
     )
+    checks = [(f"events_with_null_ids:{source}:{key_type}", "null_key")]
+    if isinstance(route, IdMapping):
+        checks.append((f"unmapped_ids:{source}", "unmapped"))
+    per_source = no_unit.crossJoin(_experiment_ids(spark, plan))
+    diags = [_diag(per_source, check, F.col(col)) for check, col in checks]
+    nullable = _filter_columns(parts)
+    in_exp = [(f"null_values:{source}:{c}", total(f"_null__{i}")) for i, c in enumerate(nullable)]
+    if by_analysis_unit:
+        null_sub = F.when(F.col(SUB).isNull(), F.col("_n_rows"))
+        in_exp.append((f"events_with_null_ids:{source}:{plan.analysis_unit}", total(null_sub)))
+    if in_exp:
+        per_exp = _experiment_ids(spark, plan).join(
+            level1.where(F.col("experiment_id").isNotNull() & F.col(UNIT).isNotNull())
+            .groupBy("experiment_id")
+            .agg(*[value.alias(f"_d{i}") for i, (_, value) in enumerate(in_exp)]),
+            "experiment_id",
+            "left",
+        )
+        diags += [
+            _diag(per_exp, check, F.coalesce(F.col(f"_d{i}"), F.lit(0)))
+            for i, (check, _) in enumerate(in_exp)
+        ]
     return SourceLevel(
         source,
         where,
         parts,
         key_col,
-        plan.analysis_unit in plan.config.sources[source].ids,
+        by_analysis_unit,
+        src.drop_null_ids,
         level1,
-        _diag(null_ids, f"events_with_null_ids:{source}", F.col("n")),
+        reduce(DataFrame.unionByName, diags),
     )
+
+
+def _sum_or_zero(columns: list[str], value: str | Column) -> Column:
+    """Σ value over the rows, 0 when there are none or the column does not exist."""
+    if isinstance(value, str):
+        if value not in columns:
+            return F.lit(0).cast("bigint")
+        value = F.col(value)
+    return F.coalesce(F.sum(value), F.lit(0)).cast("bigint")
 
 
 def source_unit_aggregates(plan: Plan, level: SourceLevel, rows: DataFrame) -> SourceAggregates:
@@ -605,7 +697,7 @@ def source_unit_aggregates(plan: Plan, level: SourceLevel, rows: DataFrame) -> S
     per_analysis_unit = None
     if level.by_analysis_unit:
         per_analysis_unit = rows.where(F.col(SUB).isNotNull()).select(
-            "experiment_id", UNIT, SUB, *values
+            "experiment_id", UNIT, SUB, "_active", *values
         )
     return SourceAggregates(per_unit, per_analysis_unit)
 
@@ -655,7 +747,7 @@ def analysis_unit_moments(
     if not per_analysis_unit:
         return None
     subs = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), per_analysis_unit)
-    value_cols = [c for c in subs.columns if c not in ("experiment_id", UNIT, SUB)]
+    value_cols = [c for c in subs.columns if c not in ("experiment_id", UNIT, SUB, "_active")]
     if len(per_analysis_unit) > 1:
         subs = subs.groupBy("experiment_id", UNIT, SUB).agg(
             *[F.sum(c).alias(c) for c in value_cols]
@@ -695,16 +787,14 @@ class UnitValues:
     values: DataFrame
     diagnostics: DataFrame
     analysis_unit_moments: DataFrame | None
-    persisted: list[DataFrame]
 
 
-def unit_values(spark: SparkSession, plan: Plan) -> UnitValues:
+def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
     """Long per-unit values: experiment_id, variant, _unit, metric, m, d, x, y, complete,
-    baked; zeros for units without events; plus diagnostics and analysis-unit moments."""
-    units, diags, exposures = exposed_units(spark, plan)
-    persisted = [exposures]
-    levels = [source_level(spark, plan, source, units) for source in plan.sources]
-    persisted += [level.level1 for level in levels]
+    baked; zeros for units without events; plus diagnostics and analysis-unit moments.
+    What it persists is in `cache`."""
+    units, diags = exposed_units(spark, plan, cache)
+    levels = [source_level(spark, plan, source, units, cache) for source in plan.sources]
     keyed = [level for level in levels if level.by_analysis_unit]
     if keyed:  # one policy over every source keyed by the analysis unit
         where = "; ".join(level.where for level in keyed)
@@ -717,16 +807,27 @@ def unit_values(spark: SparkSession, plan: Plan) -> UnitValues:
         rows = level.rows
         if level.by_analysis_unit:
             # read for per-unit values and per-analysis-unit values
-            rows = apply_multi_unit_policy(rows, offenders, plan).persist()
-            persisted.append(rows)
+            rows = cache.persist(apply_multi_unit_policy(rows, offenders, plan))
         agg = source_unit_aggregates(plan, level, rows)
         wide = wide.join(agg.per_unit, ["experiment_id", UNIT], "left")
         if agg.per_analysis_unit is not None:
             per_analysis_unit.append(agg.per_analysis_unit)
             sub_cols.append(F.coalesce(F.col(f"_subs__{level.source}"), F.lit(0)))
+    if len(per_analysis_unit) > 1:  # an analysis unit active in several sources counts once
+        active = reduce(
+            DataFrame.unionByName,
+            [f.select("experiment_id", UNIT, SUB, "_active") for f in per_analysis_unit],
+        )
+        per_unit = (
+            active.groupBy("experiment_id", UNIT, SUB)
+            .agg(F.max("_active").alias("_active"))
+            .groupBy("experiment_id", UNIT)
+            .agg(F.count("_active").alias("_n_active"))
+        )
+        wide = wide.join(per_unit, ["experiment_id", UNIT], "left")
+        sub_cols = [F.coalesce(F.col("_n_active"), F.lit(0))]
     # Values and diagnostics (two Spark queries) both read the per-unit frame: persist it.
-    wide = wide.persist()
-    persisted.append(wide)
+    wide = cache.persist(wide)
     for source in plan.sources:
         pre = wide.groupBy("experiment_id").agg(F.sum(f"_pre__{source}").alias("n"))
         diags = diags.unionByName(_diag(pre, f"events_before_exposure:{source}", F.col("n")))
@@ -756,7 +857,7 @@ def unit_values(spark: SparkSession, plan: Plan) -> UnitValues:
     wanted = F.create_map(
         *[x for e in plan.experiments for x in (F.lit(e.id), F.array(*map(F.lit, e.metrics)))]
     )
-    analysis_units = reduce(lambda a, b: F.greatest(a, b), sub_cols) if sub_cols else F.lit(0)
+    analysis_units = sub_cols[0] if sub_cols else F.lit(0)
     values = (
         wide.select(
             "experiment_id",
@@ -783,10 +884,7 @@ def unit_values(spark: SparkSession, plan: Plan) -> UnitValues:
             _diag(counts, "analysis_units", F.col("n"), variant=F.col("variant"))
         )
     return UnitValues(
-        values.drop("_n_subs"),
-        diags,
-        analysis_unit_moments(plan, per_analysis_unit, units),
-        persisted,
+        values.drop("_n_subs"), diags, analysis_unit_moments(plan, per_analysis_unit, units)
     )
 
 
@@ -835,7 +933,11 @@ def _clamp(col: str, low: str, high: str, ignore_zeros: Column) -> Column:
 
 def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
     """Add `winsorized` rows (clamped values) beside the raw rows of winsorized metrics.
-    Returns the values with a `winsorized` flag and the cap columns."""
+    Returns the values with a `winsorized` flag and the cap columns.
+
+    CUPED's pre-period values are clamped with the same caps as the component they
+    precede (X at the numerator's, Y at the denominator's thresholds, computed from the
+    analysis-period values), so a pre-period outlier cannot drive θ."""
     cap_cols = ["num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap"]
     names = [n for n, m in plan.metrics.items() if m.winsorized]
     if not names:
@@ -866,8 +968,8 @@ def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
         "metric",
         _clamp("m", "num_lower_cap", "num_upper_cap", ignore_num).alias("m"),
         _clamp("d", "den_lower_cap", "den_upper_cap", ignore_den).alias("d"),
-        "x",
-        "y",
+        _clamp("x", "num_lower_cap", "num_upper_cap", ignore_num).alias("x"),
+        _clamp("y", "den_lower_cap", "den_upper_cap", ignore_den).alias("y"),
         "complete",
         "baked",
         F.lit(True).alias("winsorized"),
@@ -960,10 +1062,28 @@ def stage(
     analysis_date: dt.date,
     run_id: str,
 ) -> Staged:
-    """The staged statistics (STAGING_SCHEMA) and diagnostics of these experiments, lazy."""
-    stats, diags, persisted = [], [], []
+    """The staged statistics (STAGING_SCHEMA) and diagnostics of these experiments, lazy.
+    The caller releases the result (`Staged.release`); if staging itself fails, what it
+    persisted so far is released before the error propagates."""
+    cache = Cache()
+    try:
+        return _stage(spark, config, experiment_ids, analysis_date, run_id, cache)
+    except BaseException:
+        cache.release()
+        raise
+
+
+def _stage(
+    spark: SparkSession,
+    config: Config,
+    experiment_ids: list[str],
+    analysis_date: dt.date,
+    run_id: str,
+    cache: Cache,
+) -> Staged:
+    stats, diags = [], []
     for plan in plans(config, experiment_ids, analysis_date):
-        unit = unit_values(spark, plan)
+        unit = unit_values(spark, plan, cache)
         values = winsorize(unit.values, plan)
         group = group_statistics(values, plan)
         moments = unit.analysis_unit_moments
@@ -977,7 +1097,6 @@ def stage(
             )
         stats.append(group)
         diags.append(unit.diagnostics)
-        persisted += unit.persisted
     meta = [F.lit(analysis_date).alias("analysis_date")]
     return Staged(
         stats=reduce(DataFrame.unionByName, stats).select(
@@ -998,5 +1117,5 @@ def stage(
             "value",
             F.lit(run_id).alias("run_id"),
         ),
-        persisted=persisted,
+        cache=cache,
     )
