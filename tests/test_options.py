@@ -300,7 +300,9 @@ def test_diagnostics_table(spark, tmp_path):
         ("duplicate_exposures", None): 1,
         ("units_in_several_variants", None): 1,
         ("exposures_with_null_ids", None): 1,
-        ("events_with_null_ids:events", None): 1,
+        ("events_with_null_ids:events:org_id", None): 1,  # the u9 row
+        ("events_with_null_ids:events:user_id", None): 0,
+        ("null_values:events:event", None): 0,
         ("events_before_exposure:events", None): 2,
         ("analysis_units_in_several_units", None): 0,
         ("assignment_units", "control"): 2,

@@ -51,6 +51,7 @@ RESULT_SCHEMA = [
     ("cuped_applied", "boolean"),
     ("cuped_theta", "double"),
     ("variance_reduction", "double"),
+    ("cuped_status", "string"),
     ("relative_ci_method", "string"),
     ("effect_abs_cs_low", "double"),
     ("effect_abs_cs_high", "double"),
@@ -147,7 +148,11 @@ def test_control_without_units(spark, tmp_path):
     write_delta(spark, exposures, EXPOSURE_DDL, tmp_path / "exposures")
     write_delta(spark, EVENTS, EVENT_DDL, tmp_path / "events")
     rows = pipeline.run(spark, make_config(tmp_path), ANALYSIS_DATE)
-    assert {r["status"] for r in rows} == {"control_missing"}
+    # the configured control still has a row per metric: 0 units
+    assert {(r["variant"], r["n_units"], r["status"]) for r in rows if r["variant"] == "control"} == {
+        ("control", 0, "too_few_units")
+    }
+    assert {r["status"] for r in rows if r["variant"] != "control"} == {"control_missing"}
     assert all(r["effect_abs"] is None for r in rows)
 
 

@@ -400,9 +400,7 @@ class Config(_Model):
         for error messages."""
         inputs: dict[str, Table] = {"exposures": self.exposures}
         inputs |= {f"source '{name}'": src for name, src in self.sources.items()}
-        inputs |= {
-            f"id mapping {m.from_id} → {m.to_id}": m for m in self.id_mappings
-        }
+        inputs |= {f"id mapping {m.from_id} → {m.to_id}": m for m in self.id_mappings}
         out = {label: t.path or t.table or "" for label, t in inputs.items()}
         return out | {f"output.{k}": v for k, v in self.output.model_dump().items()}
 

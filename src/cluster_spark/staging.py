@@ -623,10 +623,11 @@ def source_level(
     parts, columns, key_col = source_parts(plan, source)
     events, where = source_events(spark, plan, source, columns, key_col)
     check_columns(events, _numeric_columns(c for c, _ in parts.values()), where)
-    by_analysis_unit = plan.analysis_unit in src.ids
-    level1 = first_level(plan, events, units, parts, key_col, cache, count_rows=by_analysis_unit)
     route = config.unit_route(source, plan.unit_type)
     key_type = route.from_id if isinstance(route, IdMapping) else plan.unit_type
+    by_analysis_unit = plan.analysis_unit in src.ids
+    count_rows = by_analysis_unit and plan.analysis_unit != key_type
+    level1 = first_level(plan, events, units, parts, key_col, cache, count_rows=count_rows)
     total = partial(_sum_or_zero, level1.columns)
     no_unit = level1.where(F.col(UNIT).isNull()).agg(
         (total("_n_events") - total("_n_unmapped")).alias("null_key"),
@@ -639,7 +640,7 @@ def source_level(
     diags = [_diag(per_source, check, F.col(col)) for check, col in checks]
     nullable = _filter_columns(parts)
     in_exp = [(f"null_values:{source}:{c}", total(f"_null__{i}")) for i, c in enumerate(nullable)]
-    if by_analysis_unit:
+    if by_analysis_unit and plan.analysis_unit != key_type:  # else a NULL one has no unit
         null_sub = F.when(F.col(SUB).isNull(), F.col("_n_rows"))
         in_exp.append((f"events_with_null_ids:{source}:{plan.analysis_unit}", total(null_sub)))
     if in_exp:
