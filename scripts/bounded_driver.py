@@ -98,6 +98,7 @@ def config(out: Path) -> Path:
                 "assignment_unit": "org_id",
                 "analysis_unit": "user_id",
                 "control": "control",
+                "variants": ["control", "treatment"],
                 "start": "2026-01-05",
                 "metrics": ["revenue_per_user", "events_per_org"],
             }

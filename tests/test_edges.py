@@ -464,3 +464,16 @@ def test_winsorized_cuped_clamps_the_pre_period_too(spark, tmp_path):
     assert (got[("control", True)].mean_x, got[("treatment", True)].mean_x) == (12.5, 10.0)
     assert (got[("control", True)].css_xx, got[("treatment", True)].css_xx) == (112.5, 200.0)
     assert got[("control", False)].mean_x == 502.5  # unclamped beside
+
+
+def test_read_failures_name_the_table_by_the_longest_location():
+    tables = {"source 'events'": "/data/events", "source 'v2'": "/data/events_v2"}
+    denied = RuntimeError(
+        "An error occurred while calling o1.save.\n: org.apache.spark.SparkException: Job "
+        "aborted.\nCaused by: java.nio.file.AccessDeniedException: /data/events_v2/p-1.parquet"
+    )
+    err = io.read_failure(denied, tables)
+    assert isinstance(err, InputError)
+    assert str(err).startswith("cannot read source 'v2' (/data/events_v2): ")
+    assert "AccessDeniedException: /data/events_v2/p-1.parquet" in str(err)
+    assert io.read_failure(RuntimeError("[DIVIDE_BY_ZERO] Division by zero."), tables) is None

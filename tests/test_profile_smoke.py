@@ -16,14 +16,15 @@ def test_profile_first_level_steps(tmp_path):
     proc = run_script("bench/profile_stage.py", *args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     steps = dict(re.findall(r"^(\S.*?)\s+(\d+\.\d) s  jobs", proc.stdout, re.M))
-    # 15 distinct components per slot, plus 3 bookkeeping values per slot and the event count
+    # 15 distinct components per slot, plus 3 bookkeeping values per slot, the event count
+    # and a NULL count per filter column (event, value)
     pattern = r"first level \(15 components × (\d+) slots\)"
     slots = [int(n) for n in re.findall(pattern, proc.stdout)]
     assert len(slots) == 1 and slots[0] >= 2
     wanted = {
         "floor",
         "floor carrying 18 values",
-        f"floor carrying {18 * slots[0] + 1} values",
+        f"floor carrying {18 * slots[0] + 3} values",
         "first level, join + bookkeeping only",
         f"first level (15 components × {slots[0]} slots)",
     }

@@ -502,7 +502,7 @@ class SourceAggregates:
     per_analysis_unit: DataFrame | None
 
 
-def _filter_columns(parts: dict[str, tuple[Component, float]]) -> list[str]:
+def filter_columns(parts: dict[str, tuple[Component, float]]) -> list[str]:
     return sorted({cond.column for comp, _ in parts.values() for cond in comp.filter})
 
 
@@ -513,7 +513,6 @@ def first_level(
     parts: dict[str, tuple[Component, float]],
     key_col: str | None,
     cache: Cache,
-    count_rows: bool = False,
 ) -> DataFrame:
     """The components `parts` per (experiment, unit, first-level key), persisted in `cache`.
 
@@ -523,10 +522,11 @@ def first_level(
     range; events without a unit id are kept as rows with a null experiment (counted as a
     data-quality finding). Columns: the component names (suffix `_pre` for CUPED's
     pre-period), `_first_ts`, `_n_pre` (events before exposure), `_active` (1 if any event
-    after exposure), `_null__i` (events in the experiment's range whose i-th filter column,
-    `_filter_columns(parts)[i]`, is NULL), `_n_rows` (events in the experiment's range,
-    with `count_rows`), and `_n_events`, `_n_unmapped` (all events of the row's key; the
-    latter those with an unmapped id, for sources read through an id mapping).
+    after exposure), and per key (over all its events the join keeps: those in any of its
+    unit's experiment ranges) `_n_events`, `_null__i` (events whose i-th filter column,
+    `filter_columns(parts)[i]`, is NULL) and, for sources read through an id mapping,
+    `_n_unmapped` (events whose id the mapping lacks). Bookkeeping per key rather than per
+    slot keeps the aggregation narrow: its cost grows with the number of values.
     """
     slots, n_slots = exposure_slots(units)
     ks = [_slot(k) for k in range(n_slots)]
@@ -548,7 +548,7 @@ def first_level(
         for col, keep in terms:
             aggs += [_first_level(comp, keep(slot=k), key_col).alias(col + k) for k in ks]
             columns.append(col)
-    nullable = _filter_columns(parts)
+    nullable = filter_columns(parts)
     for k in ks:
         r, exposure = in_range[k], F.col(f"exposure_ts{k}")
         aggs += [
@@ -557,15 +557,12 @@ def first_level(
                 F.when(r & (F.col(TS) < exposure) & (F.col(TS) >= F.col(f"start_ts{k}")), 1)
             ).alias(f"_n_pre{k}"),
             F.max(F.when(r & (F.col(TS) >= exposure), 1)).alias(f"_active{k}"),
-            *[
-                F.count(F.when(r & F.col(c).isNull(), 1)).alias(f"_null__{i}{k}")
-                for i, c in enumerate(nullable)
-            ],
-            *([F.count(F.when(r, 1)).alias(f"_n_rows{k}")] if count_rows else []),
         ]
-    columns += ["_first_ts", "_n_pre", "_active", *[f"_null__{i}" for i in range(len(nullable))]]
-    columns += ["_n_rows"] if count_rows else []
+    columns += ["_first_ts", "_n_pre", "_active"]
     totals = [F.count(F.lit(1)).alias("_n_events")]
+    totals += [
+        F.count(F.when(F.col(c).isNull(), 1)).alias(f"_null__{i}") for i, c in enumerate(nullable)
+    ]
     if "_unmapped" in events.columns:
         totals.append(F.count(F.when(F.col("_unmapped"), 1)).alias("_n_unmapped"))
     per_key = joined.groupBy(UNIT, SUB).agg(*aggs, *totals)
@@ -578,7 +575,8 @@ def first_level(
         for i, k in enumerate(ks)
     ]
     ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
-    total_names = ["_n_events", *(["_n_unmapped"] if len(totals) > 1 else [])]
+    total_names = [c for c in per_key.columns if c in ("_n_events", "_n_unmapped")]
+    total_names += [f"_null__{i}" for i in range(len(nullable))]
     return cache.persist(
         per_key.join(F.broadcast(ids), UNIT, "left")
         .select(UNIT, SUB, *total_names, F.explode(F.array(*slot_rows)).alias("r"))
@@ -614,10 +612,11 @@ def source_level(
 
     Diagnostics (per experiment): `events_with_null_ids:<source>:<id type>` for the id
     that reaches the assignment unit (events of the whole source: they belong to no unit)
-    and, where the source has it, for the analysis unit (events in the experiment's
-    range); `unmapped_ids:<source>` (events whose id the id mapping lacks); and
-    `null_values:<source>:<column>` for every filter column (events in the experiment's
-    range whose value is NULL: kept by `ne`/`not_in`/`is_null`, dropped by the others)."""
+    and, where the source has it, for the analysis unit; `unmapped_ids:<source>` (events
+    whose id the id mapping lacks); and `null_values:<source>:<column>` for every filter
+    column (NULL values: kept by `ne`/`not_in`/`is_null`, dropped by the others). The last
+    two count the events of the experiment's units that the run reads: from the earliest
+    start (or pre-period) to the latest analysis time of the unit's experiments."""
     config = plan.config
     src = config.sources[source]
     parts, columns, key_col = source_parts(plan, source)
@@ -626,8 +625,7 @@ def source_level(
     route = config.unit_route(source, plan.unit_type)
     key_type = route.from_id if isinstance(route, IdMapping) else plan.unit_type
     by_analysis_unit = plan.analysis_unit in src.ids
-    count_rows = by_analysis_unit and plan.analysis_unit != key_type
-    level1 = first_level(plan, events, units, parts, key_col, cache, count_rows=count_rows)
+    level1 = first_level(plan, events, units, parts, key_col, cache)
     total = partial(_sum_or_zero, level1.columns)
     no_unit = level1.where(F.col(UNIT).isNull()).agg(
         (total("_n_events") - total("_n_unmapped")).alias("null_key"),
@@ -638,10 +636,10 @@ def source_level(
         checks.append((f"unmapped_ids:{source}", "unmapped"))
     per_source = no_unit.crossJoin(_experiment_ids(spark, plan))
     diags = [_diag(per_source, check, F.col(col)) for check, col in checks]
-    nullable = _filter_columns(parts)
+    nullable = filter_columns(parts)
     in_exp = [(f"null_values:{source}:{c}", total(f"_null__{i}")) for i, c in enumerate(nullable)]
     if by_analysis_unit and plan.analysis_unit != key_type:  # else a NULL one has no unit
-        null_sub = F.when(F.col(SUB).isNull(), F.col("_n_rows"))
+        null_sub = F.when(F.col(SUB).isNull(), F.col("_n_events"))
         in_exp.append((f"events_with_null_ids:{source}:{plan.analysis_unit}", total(null_sub)))
     if in_exp:
         per_exp = _experiment_ids(spark, plan).join(
