@@ -26,12 +26,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import dataset
+import jvm
+import metrics
+import queries
 import run as bench
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cluster_spark import pipeline, staging
-from cluster_spark.config import Config
+from cluster_spark.config import Config, parse_config
 
 
 def _noop(df: DataFrame) -> None:
@@ -58,7 +62,7 @@ def _variant(config: Config, **change: Any) -> Config:
         metrics.pop(n)
     for e in raw["experiments"]:
         e["metrics"] = [m for m in e["metrics"] if m not in drop]
-    return bench.parse_config(raw)
+    return parse_config(raw)
 
 
 def wide_floor(events: DataFrame, n: int) -> None:
@@ -76,25 +80,28 @@ def wide_floor(events: DataFrame, n: int) -> None:
 def first_level_steps(spark: SparkSession, config: Config, ids: list[str], events: DataFrame):
     """Steps timing `staging.first_level` over the events source, and the wide floor with
     as many values as it aggregates per (org, user)."""
-    plan = staging.plans(config, ids, bench.ANALYSIS_DATE)[0]
+    plan = staging.plans(config, ids, dataset.ANALYSIS_DATE)[0]
     parts, columns, key = staging.source_parts(plan, "events")
-    units, _, exposures = staging.exposed_units(spark, plan)
+    cache = staging.Cache()
+    units, _ = staging.exposed_units(spark, plan, cache)
     n_slots = staging.exposure_slots(units)[1]
-    exposures.unpersist()
-    # Per slot: each component (twice with CUPED) and 3 bookkeeping values; plus _n_events.
+    cache.release()
+    # Per slot: each component (twice with CUPED) and 3 bookkeeping values; per key:
+    # _n_events and a NULL count per filter column.
     per_slot = len(parts) * (2 if plan.cuped else 1) + 3
-    n_values = n_slots * per_slot + 1
+    n_values = n_slots * per_slot + 1 + len(staging.filter_columns(parts))
 
     def level1(with_parts: bool) -> Callable[[], None]:
         def go() -> None:
-            units, _, exposures = staging.exposed_units(spark, plan)
-            source, _ = staging.source_events(spark, plan, "events", columns, key)
-            frame = staging.first_level(plan, source, units, parts if with_parts else {}, key)
+            cache = staging.Cache()
             try:
+                units, _ = staging.exposed_units(spark, plan, cache)
+                source, _ = staging.source_events(spark, plan, "events", columns, key)
+                used = parts if with_parts else {}
+                frame = staging.first_level(plan, source, units, used, key, cache)
                 frame.count()  # materializes the persisted frame, every column
             finally:
-                frame.unpersist()
-                exposures.unpersist()
+                cache.release()
 
         return go
 
@@ -116,17 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     smoke = ["--smoke"] if ns.smoke else []
     args = bench.parse_args([*smoke, "--out", str(ns.out), "--sizes", str(ns.size)])
     spark = bench.spark_session(args)
-    p = bench.DataParams(ns.size, args.users, args.orgs, args.seed)
-    data = bench.ensure_data(spark, args.out, p, print)
+    p = dataset.DataParams(ns.size, args.users, args.orgs, args.seed)
+    data = dataset.ensure_data(spark, args.out, p, print)
     run_dir = args.out / "runs" / f"profile_{ns.size}"
-    config = bench.bench_config(data, run_dir)
+    config = metrics.bench_config(data, run_dir)
     ids = [e.id for e in config.experiments]
     events = spark.read.format("delta").load(str(data / "events"))
-    bench.floor_query(events)  # warm-up
+    queries.floor_query(events)  # warm-up
 
     def staged_noop(cfg: Config, part: str) -> Callable[[], None]:
         def go() -> None:
-            staged = staging.stage(spark, cfg, ids, bench.ANALYSIS_DATE, "profile")
+            staged = staging.stage(spark, cfg, ids, dataset.ANALYSIS_DATE, "profile")
             try:
                 if part in ("stats", "both"):
                     _noop(staged.stats)
@@ -138,14 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         return go
 
     def planning() -> None:
-        staged = staging.stage(spark, config, ids, bench.ANALYSIS_DATE, "profile")
+        staged = staging.stage(spark, config, ids, dataset.ANALYSIS_DATE, "profile")
         staged.stats._jdf.queryExecution().executedPlan()
         staged.release()
 
     steps: dict[str, Callable[[], Any]] = {
-        "floor": lambda: bench.floor_query(events),
+        "floor": lambda: queries.floor_query(events),
         "pipeline.stage": lambda: pipeline.stage(
-            spark, config, bench.ANALYSIS_DATE, ids, run_id="profile"
+            spark, config, dataset.ANALYSIS_DATE, ids, run_id="profile"
         ),
         "stats→noop": staged_noop(config, "stats"),
         "diagnostics→noop": staged_noop(config, "diagnostics"),
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             if ns.only and not name.startswith(tuple(ns.only)):
                 continue
             counter: dict[str, int] = {}
-            with bench.job_group(spark, f"profile-{name}", counter):
+            with jvm.job_group(spark, f"profile-{name}", counter):
                 t0 = time.perf_counter()
                 fn()
                 t = time.perf_counter() - t0
