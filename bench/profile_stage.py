@@ -36,6 +36,9 @@ from pyspark.sql import functions as F
 
 from cluster_spark import pipeline, staging
 from cluster_spark.config import Config, parse_config
+from cluster_spark.staging.events import filter_columns, first_level, source_events, source_parts
+from cluster_spark.staging.exposures import exposed_units, exposure_slots
+from cluster_spark.staging.plan import Cache, plans
 
 
 def _noop(df: DataFrame) -> None:
@@ -78,27 +81,27 @@ def wide_floor(events: DataFrame, n: int) -> None:
 
 
 def first_level_steps(spark: SparkSession, config: Config, ids: list[str], events: DataFrame):
-    """Steps timing `staging.first_level` over the events source, and the wide floor with
+    """Steps timing `staging.events.first_level` over the events source, and the wide floor with
     as many values as it aggregates per (org, user)."""
-    plan = staging.plans(config, ids, dataset.ANALYSIS_DATE)[0]
-    parts, columns, key = staging.source_parts(plan, "events")
-    cache = staging.Cache()
-    units, _ = staging.exposed_units(spark, plan, cache)
-    n_slots = staging.exposure_slots(units)[1]
+    plan = plans(config, ids, dataset.ANALYSIS_DATE)[0]
+    parts, columns, key = source_parts(plan, "events")
+    cache = Cache()
+    units, _ = exposed_units(spark, plan, cache)
+    n_slots = exposure_slots(units)[1]
     cache.release()
     # Per slot: each component (twice with CUPED) and 3 bookkeeping values; per key:
     # _n_events and a NULL count per filter column.
     per_slot = len(parts) * (2 if plan.cuped else 1) + 3
-    n_values = n_slots * per_slot + 1 + len(staging.filter_columns(parts))
+    n_values = n_slots * per_slot + 1 + len(filter_columns(parts))
 
     def level1(with_parts: bool) -> Callable[[], None]:
         def go() -> None:
-            cache = staging.Cache()
+            cache = Cache()
             try:
-                units, _ = staging.exposed_units(spark, plan, cache)
-                source, _ = staging.source_events(spark, plan, "events", columns, key)
+                units, _ = exposed_units(spark, plan, cache)
+                source, _ = source_events(spark, plan, "events", columns, key)
                 used = parts if with_parts else {}
-                frame = staging.first_level(plan, source, units, used, key, cache)
+                frame = first_level(plan, source, units, used, key, cache)
                 frame.count()  # materializes the persisted frame, every column
             finally:
                 cache.release()

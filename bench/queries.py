@@ -9,8 +9,10 @@ from dataset import ANALYSIS_DATE
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from cluster_spark import staging
 from cluster_spark.config import Config, Metric
+from cluster_spark.staging.filters import event_condition
+from cluster_spark.staging.options import PERCENTILE_ACCURACY
+from cluster_spark.staging.plan import TS
 
 
 def floor_query(events: DataFrame) -> None:
@@ -75,21 +77,18 @@ def per_metric_query(
 ) -> list:
     """One metric, all experiments, as a warehouse tool's query: first exposures ⋈ events
     → per-unit (M, D) → winsorization caps (pooled per experiment) → per-group sums.
-    Reuses staging.event_condition so the metric means the same thing."""
+    Reuses staging.filters.event_condition so the metric means the same thing."""
     units = first_exposures(spark, config, exposures)
     joined = (
-        events.withColumnRenamed("ts", staging.TS)
+        events.withColumnRenamed("ts", TS)
         .join(F.broadcast(units), "org_id")
-        .where(
-            (F.col(staging.TS) >= F.col("exposure_ts"))
-            & (F.col(staging.TS) <= F.col("analysis_ts"))
-        )
+        .where((F.col(TS) >= F.col("exposure_ts")) & (F.col(TS) <= F.col("analysis_ts")))
     )
     aggs = []
     for role, comp in metric.components.items():
         if comp.agg != "unit_count":
             aggs.append(
-                component_agg(comp, staging.event_condition(comp, metric.bake_hours))
+                component_agg(comp, event_condition(comp, metric.bake_hours))
                 .cast("double")
                 .alias(role)
             )
@@ -124,9 +123,7 @@ def per_metric_query(
             keep = F.col(col) != 0 if w.ignore_zeros else F.lit(True)
             for side, q in (("lower", w.lower), ("upper", w.upper)):
                 if q is not None:
-                    pct = F.percentile_approx(
-                        F.when(keep, F.col(col)), q, staging.PERCENTILE_ACCURACY
-                    )
+                    pct = F.percentile_approx(F.when(keep, F.col(col)), q, PERCENTILE_ACCURACY)
                     caps.append(pct.alias(f"{col}_{side}"))
         cap_df = values.groupBy("experiment_id").agg(*caps)
         values = values.join(F.broadcast(cap_df), "experiment_id")

@@ -25,14 +25,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from cluster_spark.cuped import (
+from cluster_spark.stats.cuped import (
     CSS_FIELDS,
     CupedComparison,
     CupedStats,
     compare_cuped,
 )
-from cluster_spark.inference import Comparison, compare
-from cluster_spark.stats import RatioStats
+from cluster_spark.stats.inference import Comparison, compare
+from cluster_spark.stats.ratio import RatioStats
 from cluster_spark.status import CupedStatus, Status
 
 EFFECT_FIELDS = [f.name for f in dataclasses.fields(Comparison) if f.name != "status"]

@@ -11,13 +11,13 @@ import pytest
 import statsmodels.formula.api as smf
 from scipy import stats as sps
 
-from cluster_spark.inference import (
+from cluster_spark.stats.inference import (
     Comparison,
     compare,
     compare_raw_sums,
     srm_test,
 )
-from cluster_spark.stats import RatioStats
+from cluster_spark.stats.ratio import RatioStats
 from cluster_spark.status import Status
 
 # Treatment M = (1, 2, 3), D = (1, 1, 2): R_T = 6/4 = 1.5, d̄ = 4/3,

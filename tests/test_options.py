@@ -10,6 +10,7 @@ import pytest
 from cluster_spark import pipeline, staging
 from cluster_spark.config import parse_config
 from cluster_spark.errors import DataQualityError, InputError
+from cluster_spark.staging.options import PERCENTILE_ACCURACY
 from tests.helpers import ANALYSIS_DATE, EVENT_DDL, EXPOSURE_DDL, at, config_dict, write_delta
 
 PURCHASE = [{"column": "event", "op": "eq", "value": "purchase"}]
@@ -155,7 +156,7 @@ def test_percentile_approx_is_exact_on_moderate_data(spark):
     x = np.round(rng.lognormal(3, 1.5, 20_000), 2)
     df = spark.createDataFrame([(float(v),) for v in x], "x double")
     qs = [0.01, 0.5, 0.99, 0.999]
-    got = df.agg(F.percentile_approx("x", qs, staging.PERCENTILE_ACCURACY)).first()[0]
+    got = df.agg(F.percentile_approx("x", qs, PERCENTILE_ACCURACY)).first()[0]
     assert got == [np.quantile(x, q, method="inverted_cdf") for q in qs]
 
 

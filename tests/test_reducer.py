@@ -11,8 +11,8 @@ import statsmodels.formula.api as smf
 from statsmodels.stats.multitest import multipletests
 
 from cluster_spark.config import Experiment
-from cluster_spark.decisions import confidence_sequence
 from cluster_spark.reducer import plan_experiment, reduce_experiment
+from cluster_spark.stats.sequential import confidence_sequence
 
 DATE = dt.date(2026, 3, 9)
 

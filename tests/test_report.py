@@ -7,8 +7,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from cluster_spark.reducer import RESULT_COLUMNS
 from cluster_spark.report import fmt_num, fmt_p, fmt_pct, render_report, write_report
+from cluster_spark.tables import RESULT_COLUMNS
 
 DATE = dt.date(2026, 3, 9)
 XSS = "<script>alert(1)</script>"

@@ -119,3 +119,29 @@ def test_wrong_column_type_is_named(spark, tmp_path):
 def test_missing_table_is_named(spark, tmp_path):
     with pytest.raises(InputError, match="exposures"):
         staging.stage(spark, make_config(tmp_path), ["e1"], ANALYSIS_DATE, "r")
+
+
+def _shape(schema) -> list[tuple[str, str]]:
+    return [(f.name, f.dataType.simpleString()) for f in schema.fields]
+
+
+def test_frames_at_the_seams_have_the_declared_schemas(spark, tiny):
+    """The per-unit contract and both staged tables, as declared once in `tables`."""
+    from cluster_spark import tables
+    from cluster_spark.staging.plan import Cache, plans
+    from cluster_spark.staging.units import unit_values
+
+    config = make_config(tiny)
+    (plan,) = plans(config, ["e1"], ANALYSIS_DATE)
+    cache = Cache()
+    try:
+        values = unit_values(spark, plan, cache).values
+        assert _shape(values.schema) == _shape(tables.UNIT_VALUES_SCHEMA)
+    finally:
+        cache.release()
+    staged = staging.stage(spark, config, ["e1"], ANALYSIS_DATE, "r1")
+    try:
+        assert _shape(staged.stats.schema) == _shape(tables.STAGING_SCHEMA)
+        assert _shape(staged.diagnostics.schema) == _shape(tables.DIAGNOSTICS_SCHEMA)
+    finally:
+        staged.release()

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster_spark.stats import RatioStats
+from cluster_spark.stats.ratio import RatioStats
 
 # M = (1, 2, 3), D = (1, 1, 2):  m̄ = 2, d̄ = 4/3, R = 6/4 = 1.5
 #   css_mm = 1 + 0 + 1 = 2;  css_dd = 1/9 + 1/9 + 4/9 = 2/3;  css_md = 1/3 + 0 + 2/3 = 1

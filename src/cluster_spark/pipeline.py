@@ -8,7 +8,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from cluster_spark import io, reducer, staging
+from cluster_spark import io, reducer, staging, tables
 from cluster_spark.config import Config
 from cluster_spark.errors import ConfigError, InputError
 
@@ -80,7 +80,7 @@ def reduce(
             run_id=run_id or (rows[0]["run_id"] if rows else new_run_id()),
             diagnostics=exp_diags,
         )
-    df = spark.createDataFrame(results, reducer.RESULT_DDL)
+    df = spark.createDataFrame(results, tables.RESULT_DDL)
     with io.input_errors(config.tables()), writes or io.SliceWrites(spark, ids, analysis_date) as w:
         w.write(df, config.output.results)
     return results

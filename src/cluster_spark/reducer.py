@@ -2,7 +2,7 @@
 
 Rows of the staging table (a handful per experiment and metric) are merged per
 (metric, variant) with Chan et al.'s formulas, and every treatment is compared with the
-control by the delta method (Deng, Knoblich & Lu 2018, §3) — see `inference.compare`.
+control by the delta method (Deng, Knoblich & Lu 2018, §3) — see `stats.inference.compare`.
 """
 
 from __future__ import annotations
@@ -13,95 +13,18 @@ from collections.abc import Iterable, Mapping
 from functools import reduce
 from typing import Any
 
-from cluster_spark import decisions
 from cluster_spark.config import Experiment
-from cluster_spark.cuped import CupedStats, compare_cuped
-from cluster_spark.inference import Comparison, compare, srm_test
-from cluster_spark.stats import RatioStats
+from cluster_spark.stats import intervals, multiplicity, power, sequential
+from cluster_spark.stats.cuped import CupedStats, compare_cuped
+from cluster_spark.stats.inference import Comparison, compare, srm_test
+from cluster_spark.stats.ratio import RatioStats
 from cluster_spark.status import Status
-
-#: The public results contract (column, Spark SQL type); README documents each column.
-RESULT_COLUMNS: list[tuple[str, str]] = [
-    ("experiment_id", "string"),
-    ("analysis_date", "date"),
-    ("metric", "string"),
-    ("variant", "string"),
-    ("control_variant", "string"),
-    ("n_units", "bigint"),
-    ("n_analysis_units", "bigint"),
-    ("numerator_sum", "double"),
-    ("denominator_sum", "double"),
-    ("mean", "double"),
-    ("stderr", "double"),
-    ("effect_abs", "double"),
-    ("effect_abs_stderr", "double"),
-    ("effect_abs_ci_low", "double"),
-    ("effect_abs_ci_high", "double"),
-    ("effect_rel", "double"),
-    ("effect_rel_stderr", "double"),
-    ("effect_rel_ci_low", "double"),
-    ("effect_rel_ci_high", "double"),
-    ("p_value", "double"),
-    ("p_value_rel", "double"),
-    ("df", "double"),
-    ("alpha", "double"),
-    ("test", "string"),
-    ("status", "string"),
-    ("winsorized", "boolean"),
-    ("num_lower_cap", "double"),
-    ("num_upper_cap", "double"),
-    ("den_lower_cap", "double"),
-    ("den_upper_cap", "double"),
-    ("mean_uncapped", "double"),
-    ("effect_abs_uncapped", "double"),
-    ("effect_rel_uncapped", "double"),
-    ("effect_rel_uncapped_ci_low", "double"),
-    ("effect_rel_uncapped_ci_high", "double"),
-    ("p_value_uncapped", "double"),
-    ("cuped_applied", "boolean"),
-    ("cuped_theta", "double"),
-    ("variance_reduction", "double"),
-    ("cuped_status", "string"),
-    ("relative_ci_method", "string"),
-    ("effect_abs_cs_low", "double"),
-    ("effect_abs_cs_high", "double"),
-    ("p_value_sequential", "double"),
-    ("p_value_bh", "double"),
-    ("p_value_holm", "double"),
-    ("mde_abs", "double"),
-    ("mde_rel", "double"),
-    ("design_effect", "double"),
-    ("srm_chi2", "double"),
-    ("srm_p_value", "double"),
-    ("srm_flag", "boolean"),
-    ("run_id", "string"),
-]
-RESULT_DDL = ", ".join(f"{name} {kind}" for name, kind in RESULT_COLUMNS)
-
-
-CAP_COLUMNS = ("num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap")
-_STAT_FIELDS = (
-    "n_units",
-    "mean_m",
-    "mean_d",
-    "mean_x",
-    "mean_y",
-    "css_mm",
-    "css_dd",
-    "css_xx",
-    "css_yy",
-    "css_md",
-    "css_mx",
-    "css_my",
-    "css_dx",
-    "css_dy",
-    "css_xy",
-)
+from cluster_spark.tables import CAP_COLUMNS, MOMENT_COLUMNS, RESULT_COLUMNS
 
 
 def stats_of(row: Mapping[str, Any]) -> CupedStats:
     """One staged row as CupedStats (pre-period moments are 0 when CUPED is off)."""
-    values = {f: row.get(f) for f in _STAT_FIELDS}
+    values = {f: row.get(f) for f in MOMENT_COLUMNS}
     values["n"] = int(values.pop("n_units"))
     return CupedStats(**{k: 0.0 if v is None else v for k, v in values.items()})
 
@@ -220,7 +143,7 @@ def reduce_experiment(
         if (metric, variant) in naive:
             au = naive[(metric, variant)]
             raw = groups[(metric, variant, False)].ratio_stats
-            row["design_effect"] = decisions.design_effect(raw, au.unit_variance, au.n)
+            row["design_effect"] = power.design_effect(raw, au.unit_variance, au.n)
         if winsorized and (metric, variant) in caps:
             cap_row = caps[(metric, variant)]
             row.update({k: cap_row[k] for k in CAP_COLUMNS})
@@ -264,7 +187,7 @@ def compare_groups(
     else:
         cols = _comparison_columns(compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test))
         adjusted = False
-    planned = decisions.mde(
+    planned = power.mde(
         control_variance, t.n, alpha, experiment.power, baseline=c.ratio, n_control=c.n
     )
     cols.update(mde_abs=planned.absolute, mde_rel=planned.relative)
@@ -272,16 +195,16 @@ def compare_groups(
     fieller = experiment.relative_ci == "fieller" and not adjusted
     cols["relative_ci_method"] = "fieller" if fieller else "delta"
     if fieller:
-        interval = decisions.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test)
+        interval = intervals.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test)
         cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
     if experiment.sequential:
         n = t.n + c.n  # the comparison's units, against its share of the planned total
         n_star = experiment.comparison_n_star(variant)
         if n_star is not None:
             est, se = cols["effect_abs"], cols["effect_abs_stderr"]
-            cs = decisions.confidence_sequence(est, se, n, alpha, n_star)
+            cs = sequential.confidence_sequence(est, se, n, alpha, n_star)
             cols["effect_abs_cs_low"], cols["effect_abs_cs_high"] = cs or (None, None)
-            cols["p_value_sequential"] = decisions.sequential_p_value(est, se, n, alpha, n_star)
+            cols["p_value_sequential"] = sequential.sequential_p_value(est, se, n, alpha, n_star)
     return cols
 
 
@@ -306,7 +229,7 @@ def _adjust_p_values(rows: list[dict[str, Any]], control: str) -> None:
     treated = [r for r in rows if r["variant"] != control]
     pvalues = [r["p_value"] for r in treated]
     for r, bh, holm in zip(
-        treated, decisions.benjamini_hochberg(pvalues), decisions.holm(pvalues), strict=True
+        treated, multiplicity.benjamini_hochberg(pvalues), multiplicity.holm(pvalues), strict=True
     ):
         r["p_value_bh"], r["p_value_holm"] = bh, holm
 
@@ -336,7 +259,7 @@ def plan_experiment(
 
     All variants are pooled per metric (Chan merge), giving the per-assignment-unit
     linearized variance V; the MDE for n units per group is
-    `(z_{1−α/2} + z_power)·sqrt(2V/n)` (`decisions.mde`); the first column is for the
+    `(z_{1−α/2} + z_power)·sqrt(2V/n)` (`power.mde`); the first column is for the
     staged units split evenly over the variants.
     """
     groups = merge_groups(rows)
@@ -350,7 +273,7 @@ def plan_experiment(
         row = {"metric": metric, "units": s.n, "mean": s.ratio, "unit_variance": r.unit_variance}
         n_variants = len({v for m, v, _ in groups if m == metric})
         for n in (s.n // n_variants, *planned_units):
-            planned = decisions.mde(r.unit_variance, n, experiment.alpha, experiment.power, s.ratio)
+            planned = power.mde(r.unit_variance, n, experiment.alpha, experiment.power, s.ratio)
             row[f"mde_rel@{n}"] = planned.relative
         out.append(row)
     return out

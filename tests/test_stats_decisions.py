@@ -1,4 +1,5 @@
-"""decisions: Fieller, confidence sequences, BH/Holm, design effect and MDE (no Spark).
+"""stats.intervals, sequential, multiplicity and power: Fieller, confidence sequences,
+BH/Holm, design effect and MDE (no Spark).
 
 Oracles are computed here independently: Fieller by brute-force inversion of the test
 statistic over a grid of lifts (refined with brentq), the optimal ρ by a root finder and a
@@ -19,19 +20,12 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower
 
-from cluster_spark.decisions import (
-    MinimumDetectableEffect,
-    benjamini_hochberg,
-    confidence_sequence,
-    design_effect,
-    fieller_interval,
-    holm,
-    mde,
-    optimal_rho2,
-    sequential_p_value,
-)
-from cluster_spark.inference import compare
-from cluster_spark.stats import RatioStats
+from cluster_spark.stats.inference import compare
+from cluster_spark.stats.intervals import fieller_interval
+from cluster_spark.stats.multiplicity import benjamini_hochberg, holm
+from cluster_spark.stats.power import MinimumDetectableEffect, design_effect, mde
+from cluster_spark.stats.ratio import RatioStats
+from cluster_spark.stats.sequential import confidence_sequence, optimal_rho2, sequential_p_value
 from cluster_spark.status import Status
 
 # ---------------------------------------------------------------- Fieller

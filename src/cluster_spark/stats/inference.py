@@ -14,7 +14,7 @@ from typing import Literal
 
 from scipy import stats as sps
 
-from cluster_spark.stats import RatioStats
+from cluster_spark.stats.ratio import RatioStats
 from cluster_spark.status import Status
 
 #: Keys of the per-group mappings taken by `compare_raw_sums`.
@@ -42,6 +42,11 @@ class Comparison:
     p_value_rel: float | None = None
     df: float | None = None
     status: str = Status.OK
+
+
+def check_alpha(alpha: float, name: str = "alpha") -> None:
+    if not 0 < alpha < 1:
+        raise ValueError(f"{name} must be in (0, 1), got {alpha!r}")
 
 
 def welch_df(a: float, b: float, n_t: int, n_c: int) -> float | None:
@@ -87,8 +92,7 @@ def compare(
     null and the status is `relative_ci_unbounded`. Raises only for invalid ``alpha`` or
     ``test``; data problems give a status code (`status.Status`).
     """
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    check_alpha(alpha)
     if test not in ("welch", "z"):
         raise ValueError(f"test must be 'welch' or 'z', got {test!r}")
     if treatment.n < 2 or control.n < 2:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 
 from scipy import stats as sps
 
-from cluster_spark.inference import (
+from cluster_spark.stats.inference import (
     Comparison,
     Test,
     compare,
@@ -31,7 +31,7 @@ from cluster_spark.inference import (
     interval,
     welch_df,
 )
-from cluster_spark.stats import GroupMeans, RatioStats
+from cluster_spark.stats.ratio import GroupMeans, RatioStats
 from cluster_spark.status import CupedStatus, Status
 
 _VARS = ("m", "d", "x", "y")

@@ -1,0 +1,292 @@
+"""One pass over one metric source: its events with the unit id (directly or through an
+id mapping), joined to the exposure slots and aggregated once per (unit, first-level key)
+for every component that reads the source: the first aggregation level, persisted, with
+its NULL-id, unmapped-id and NULL-filter-value diagnostics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial, reduce
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from cluster_spark.config import Component, IdMapping
+from cluster_spark.io import check_columns, describe, read_table, utc_timestamp
+from cluster_spark.staging.exposures import exposure_slots, slot
+from cluster_spark.staging.filters import event_condition, pre_condition
+from cluster_spark.staging.plan import SUB, TS, UNIT, Cache, Plan, diag, experiment_ids
+
+
+def _map_ids(spark: SparkSession, events: DataFrame, mapping: IdMapping) -> DataFrame:
+    """Attach the assignment-unit id to events through an id mapping table (left join:
+    events whose id is NULL or unmapped keep a NULL unit; `_unmapped` marks the latter)."""
+    table = read_table(spark, mapping)
+    src_col, dst_col = mapping.columns[mapping.from_id], mapping.columns[mapping.to_id]
+    check_columns(table, {src_col: "id", dst_col: "id"}, f"id mapping {describe(mapping)}")
+    pairs = (
+        table.select(
+            F.col(src_col).cast("string").alias("_from"), F.col(dst_col).cast("string").alias(UNIT)
+        )
+        .where(F.col("_from").isNotNull() & F.col(UNIT).isNotNull())
+        .distinct()
+    )
+    joined = events.join(pairs, "_from", "left")
+    return joined.select(
+        "*", (F.col("_from").isNotNull() & F.col(UNIT).isNull()).alias("_unmapped")
+    ).drop("_from")
+
+
+def source_events(
+    spark: SparkSession, plan: Plan, source: str, columns: set[str], sub_col: str | None
+) -> tuple[DataFrame, str]:
+    """The source's events with `_unit` (the assignment unit), `_ts` (UTC instants),
+    `_sub` (the column `sub_col` of the first aggregation level, null without one), the
+    columns the metrics read and, for a source reached through an id mapping,
+    `_unmapped`."""
+    config = plan.config
+    src = config.sources[source]
+    df = read_table(spark, src)
+    route = config.unit_route(source, plan.unit_type)
+    key_col = route if isinstance(route, str) else src.ids[route.from_id]
+    required = {key_col: "id", src.timestamp: "timestamp"}
+    if sub_col:
+        required[sub_col] = "id" if sub_col in src.ids.values() else "any"
+    for column in columns:
+        required.setdefault(column, "any")
+    where = f"source '{source}' ({describe(src)})"
+    check_columns(df, required, where)
+    events = df.select(
+        F.col(key_col).cast("string").alias(UNIT if isinstance(route, str) else "_from"),
+        utc_timestamp(src.timestamp, df.schema[src.timestamp].dataType).alias(TS),
+        (F.col(sub_col).cast("string") if sub_col else F.lit(None).cast("string")).alias(SUB),
+        *[F.col(c) for c in sorted(columns - {key_col, src.timestamp})],
+    )
+    if isinstance(route, IdMapping):
+        events = _map_ids(spark, events, route)
+    return events, where
+
+
+def _numeric_columns(comps: Iterable[Component]) -> dict[str, str]:
+    return {c.column: "numeric" for c in comps if c.agg == "sum"}
+
+
+def _first_level_key(plan: Plan, source: str, comps: Iterable[Component]) -> str | None:
+    """The column of the first aggregation level: the analysis unit when the source has
+    it, else the one column whose distinct values some metric counts, else none."""
+    src = plan.config.sources[source]
+    if plan.analysis_unit and plan.analysis_unit in src.ids:
+        return src.ids[plan.analysis_unit]
+    distinct = {c.column for c in comps if c.agg == "count_distinct"}
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def _first_level(comp: Component, keep: Column, key_col: str | None) -> Column:
+    """A component aggregated per (unit, first-level key) over the events that pass `keep`.
+    A distinct count of the key becomes a flag (1 or null) per key; distinct counts of
+    other columns keep the set of values."""
+    if comp.agg == "sum":
+        return F.sum(F.when(keep, F.col(comp.column).cast("double")))
+    if comp.agg == "count":
+        return F.count(F.when(keep, 1))
+    if comp.agg == "count_distinct" and comp.column == key_col:
+        return F.max(F.when(keep & F.col(SUB).isNotNull(), 1))
+    if comp.agg == "count_distinct":
+        return F.collect_set(F.when(keep, F.col(comp.column)))
+    raise ValueError(f"component {comp.agg} is not aggregated over events")
+
+
+@dataclass
+class SourceLevel:
+    """One metric source's first aggregation level (see `source_level`)."""
+
+    source: str
+    where: str
+    parts: dict[str, tuple[Component, float]]
+    key_col: str | None
+    by_analysis_unit: bool
+    drop_null_ids: bool
+    level1: DataFrame
+    diagnostics: DataFrame
+
+    @property
+    def rows(self) -> DataFrame:
+        """One row per (experiment, unit, first-level key) in an experiment's range;
+        without the rows of a NULL analysis unit where the source drops them."""
+        rows = self.level1.where(F.col("experiment_id").isNotNull())
+        if self.by_analysis_unit and self.drop_null_ids:
+            rows = rows.where(F.col(SUB).isNotNull())
+        return rows
+
+
+def filter_columns(parts: dict[str, tuple[Component, float]]) -> list[str]:
+    return sorted({cond.column for comp, _ in parts.values() for cond in comp.filter})
+
+
+def first_level(
+    plan: Plan,
+    events: DataFrame,
+    units: DataFrame,
+    parts: dict[str, tuple[Component, float]],
+    key_col: str | None,
+    cache: Cache,
+) -> DataFrame:
+    """The components `parts` per (experiment, unit, first-level key), persisted in `cache`.
+
+    Events are joined to the exposure slots of their unit (`exposure_slots`, broadcast)
+    and aggregated once per (unit, key) with one set of aggregates per slot, then turned
+    back into one row per (experiment, unit, key) that has events in the experiment's
+    range; events without a unit id are kept as rows with a null experiment (counted as a
+    data-quality finding). Columns: the component names (suffix `_pre` for CUPED's
+    pre-period), `_first_ts`, `_n_pre` (events before exposure), `_active` (1 if any event
+    after exposure), and per key (over all its events the join keeps: those in any of its
+    unit's experiment ranges) `_n_events`, `_null__i` (events whose i-th filter column,
+    `filter_columns(parts)[i]`, is NULL) and, for sources read through an id mapping,
+    `_n_unmapped` (events whose id the mapping lacks). Bookkeeping per key rather than per
+    slot keeps the aggregation narrow: its cost grows with the number of values.
+    """
+    slots, n_slots = exposure_slots(units)
+    ks = [slot(k) for k in range(n_slots)]
+    in_range = {
+        k: (F.col(TS) >= F.least(f"start_ts{k}", f"pre_start_ts{k}"))
+        & (F.col(TS) <= F.col(f"analysis_ts{k}"))
+        for k in ks
+    }
+    # Left join: events without a unit id stay; events of units that are not exposed are
+    # in no slot's range (null) and go.
+    joined = events.join(F.broadcast(slots), UNIT, "left").where(
+        F.col(UNIT).isNull() | reduce(Column.__or__, in_range.values())
+    )
+    aggs, columns = [], []
+    for name, (comp, bake) in parts.items():
+        terms = [(name, partial(event_condition, comp, bake))]
+        if plan.cuped:
+            terms.append((f"{name}_pre", partial(pre_condition, comp)))
+        for col, keep in terms:
+            aggs += [_first_level(comp, keep(slot=k), key_col).alias(col + k) for k in ks]
+            columns.append(col)
+    nullable = filter_columns(parts)
+    for k in ks:
+        r, exposure = in_range[k], F.col(f"exposure_ts{k}")
+        aggs += [
+            F.min(F.when(r, F.col(TS))).alias(f"_first_ts{k}"),
+            F.count(
+                F.when(r & (F.col(TS) < exposure) & (F.col(TS) >= F.col(f"start_ts{k}")), 1)
+            ).alias(f"_n_pre{k}"),
+            F.max(F.when(r & (F.col(TS) >= exposure), 1)).alias(f"_active{k}"),
+        ]
+    columns += ["_first_ts", "_n_pre", "_active"]
+    totals = [F.count(F.lit(1)).alias("_n_events")]
+    totals += [
+        F.count(F.when(F.col(c).isNull(), 1)).alias(f"_null__{i}") for i, c in enumerate(nullable)
+    ]
+    if "_unmapped" in events.columns:
+        totals.append(F.count(F.when(F.col("_unmapped"), 1)).alias("_n_unmapped"))
+    per_key = joined.groupBy(UNIT, SUB).agg(*aggs, *totals)
+    slot_rows = [
+        F.struct(
+            F.lit(i).alias("slot"),
+            F.col(f"experiment_id{k}").alias("experiment_id"),
+            *[F.col(c + k).alias(c) for c in columns],
+        )
+        for i, k in enumerate(ks)
+    ]
+    ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
+    total_names = [c for c in per_key.columns if c in ("_n_events", "_n_unmapped")]
+    total_names += [f"_null__{i}" for i in range(len(nullable))]
+    return cache.persist(
+        per_key.join(F.broadcast(ids), UNIT, "left")
+        .select(UNIT, SUB, *total_names, F.explode(F.array(*slot_rows)).alias("r"))
+        .select(UNIT, SUB, *total_names, "r.*")
+        .where(
+            (F.col("experiment_id").isNotNull() & F.col("_first_ts").isNotNull())
+            | (F.col(UNIT).isNull() & (F.col("slot") == 0))
+        )
+        .drop("slot")
+    )
+
+
+def source_parts(
+    plan: Plan, source: str
+) -> tuple[dict[str, tuple[Component, float]], set[str], str | None]:
+    """What one pass over `source` computes: (component column → (component, bake
+    hours), the event columns the components read, the first-level key column)."""
+    parts = {
+        name: (comp, bake) for name, comp, bake in plan.components.values() if comp.source == source
+    }
+    columns = {c.column for c, _ in parts.values() if c.column}
+    columns |= {cond.column for c, _ in parts.values() for cond in c.filter}
+    return parts, columns, _first_level_key(plan, source, [c for c, _ in parts.values()])
+
+
+def source_level(
+    spark: SparkSession, plan: Plan, source: str, units: DataFrame, cache: Cache
+) -> SourceLevel:
+    """The first level of one pass over one metric source, for every component that reads
+    it: the events aggregated once per (experiment, unit, first-level key), persisted.
+    Distinct counts of analysis units become flags there, so no `count(DISTINCT)` (Spark's
+    Expand: one copy of every event per distinct term) is planned.
+
+    Diagnostics (per experiment): `events_with_null_ids:<source>:<id type>` for the id
+    that reaches the assignment unit (events of the whole source: they belong to no unit)
+    and, where the source has it, for the analysis unit; `unmapped_ids:<source>` (events
+    whose id the id mapping lacks); and `null_values:<source>:<column>` for every filter
+    column (NULL values: kept by `ne`/`not_in`/`is_null`, dropped by the others). The last
+    two count the events of the experiment's units that the run reads: from the earliest
+    start (or pre-period) to the latest analysis time of the unit's experiments."""
+    config = plan.config
+    src = config.sources[source]
+    parts, columns, key_col = source_parts(plan, source)
+    events, where = source_events(spark, plan, source, columns, key_col)
+    check_columns(events, _numeric_columns(c for c, _ in parts.values()), where)
+    route = config.unit_route(source, plan.unit_type)
+    key_type = route.from_id if isinstance(route, IdMapping) else plan.unit_type
+    by_analysis_unit = plan.analysis_unit in src.ids
+    level1 = first_level(plan, events, units, parts, key_col, cache)
+    total = partial(_sum_or_zero, level1.columns)
+    no_unit = level1.where(F.col(UNIT).isNull()).agg(
+        (total("_n_events") - total("_n_unmapped")).alias("null_key"),
+        total("_n_unmapped").alias("unmapped"),
+    )
+    checks = [(f"events_with_null_ids:{source}:{key_type}", "null_key")]
+    if isinstance(route, IdMapping):
+        checks.append((f"unmapped_ids:{source}", "unmapped"))
+    per_source = no_unit.crossJoin(experiment_ids(spark, plan))
+    diags = [diag(per_source, check, F.col(col)) for check, col in checks]
+    nullable = filter_columns(parts)
+    in_exp = [(f"null_values:{source}:{c}", total(f"_null__{i}")) for i, c in enumerate(nullable)]
+    if by_analysis_unit and plan.analysis_unit != key_type:  # else a NULL one has no unit
+        null_sub = F.when(F.col(SUB).isNull(), F.col("_n_events"))
+        in_exp.append((f"events_with_null_ids:{source}:{plan.analysis_unit}", total(null_sub)))
+    if in_exp:
+        per_exp = experiment_ids(spark, plan).join(
+            level1.where(F.col("experiment_id").isNotNull() & F.col(UNIT).isNotNull())
+            .groupBy("experiment_id")
+            .agg(*[value.alias(f"_d{i}") for i, (_, value) in enumerate(in_exp)]),
+            "experiment_id",
+            "left",
+        )
+        diags += [
+            diag(per_exp, check, F.coalesce(F.col(f"_d{i}"), F.lit(0)))
+            for i, (check, _) in enumerate(in_exp)
+        ]
+    return SourceLevel(
+        source,
+        where,
+        parts,
+        key_col,
+        by_analysis_unit,
+        src.drop_null_ids,
+        level1,
+        reduce(DataFrame.unionByName, diags),
+    )
+
+
+def _sum_or_zero(columns: list[str], value: str | Column) -> Column:
+    """Σ value over the rows, 0 when there are none or the column does not exist."""
+    if isinstance(value, str):
+        if value not in columns:
+            return F.lit(0).cast("bigint")
+        value = F.col(value)
+    return F.coalesce(F.sum(value), F.lit(0)).cast("bigint")

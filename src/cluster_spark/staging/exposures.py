@@ -1,0 +1,121 @@
+"""Exposures: the first exposure per (experiment, assignment unit) within the experiment's
+dates, units seen in two variants dropped (with their diagnostics), and the exposures of
+each unit laid side by side in slots, so each event is joined once however many
+experiments its unit is in."""
+
+from __future__ import annotations
+
+from functools import reduce
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from cluster_spark.io import check_columns, describe, literal_frame, read_table, utc_timestamp
+from cluster_spark.staging.plan import TS, UNIT, Cache, Plan, diag
+
+
+def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFrame, DataFrame]:
+    """First exposure per (experiment, unit) within each experiment's dates; units seen in
+    two variants are dropped. Returns (units, diagnostics), both from one per-unit frame
+    persisted in `cache`. Units have columns experiment_id, _unit, variant, exposure_ts,
+    start_ts, analysis_ts, pre_start_ts (instants, UTC: see `io.utc_timestamp`)."""
+    src = plan.config.exposures
+    df = read_table(spark, src)
+    unit_col = src.ids[plan.unit_type]
+    check_columns(
+        df,
+        {src.experiment_id: "id", unit_col: "id", src.variant: "any", src.timestamp: "timestamp"},
+        f"exposures {describe(src)}",
+    )
+    bounds = literal_frame(
+        spark,
+        [
+            (
+                e.id,
+                e.start_time,
+                e.analysis_time(plan.analysis_date),
+                e.cuped_lookback_days or 0,
+            )
+            for e in plan.experiments
+        ],
+        [
+            ("experiment_id", "string"),
+            ("start_ts", "timestamp"),
+            ("analysis_ts", "timestamp"),
+            ("lookback_days", "int"),
+        ],
+    )
+    rows = df.select(
+        F.col(src.experiment_id).cast("string").alias("experiment_id"),
+        F.col(unit_col).cast("string").alias(UNIT),
+        F.col(src.variant).cast("string").alias("variant"),
+        utc_timestamp(src.timestamp, df.schema[src.timestamp].dataType).alias(TS),
+    ).join(F.broadcast(bounds), "experiment_id")
+    null = F.col(UNIT).isNull() | F.col("variant").isNull() | F.col(TS).isNull()
+    valid = ~null & (F.col(TS) >= F.col("start_ts")) & (F.col(TS) < F.col("analysis_ts"))
+    per_unit = cache.persist(
+        rows.groupBy("experiment_id", UNIT)
+        .agg(
+            F.min(F.when(valid, F.col(TS))).alias("exposure_ts"),
+            F.min(F.when(valid, F.col("variant"))).alias("variant"),
+            F.max(F.when(valid, F.col("variant"))).alias("_last_variant"),
+            F.count(F.when(valid, 1)).alias("n_rows"),
+            F.count(F.when(null, 1)).alias("n_null"),
+            F.first("start_ts").alias("start_ts"),
+            F.first("analysis_ts").alias("analysis_ts"),
+            F.first("lookback_days").alias("lookback_days"),
+        )
+        .withColumn(
+            "pre_start_ts",
+            F.col("exposure_ts") - F.make_dt_interval(days=F.col("lookback_days")),
+        )
+    )
+    exposed = F.col("n_rows") > 0
+    single = F.col("variant") == F.col("_last_variant")
+    units = per_unit.where(exposed & single).select(
+        "experiment_id", UNIT, "variant", "exposure_ts", "start_ts", "analysis_ts", "pre_start_ts"
+    )
+    per_exp = per_unit.groupBy("experiment_id").agg(
+        F.coalesce(F.sum(F.when(exposed & single, F.col("n_rows") - 1)), F.lit(0)).alias("dup"),
+        F.count(F.when(exposed & ~single, 1)).alias("multi"),
+        F.sum("n_null").alias("nulls"),
+    )
+    counts = units.groupBy("experiment_id", "variant").count()
+    diagnostics = reduce(
+        DataFrame.unionByName,
+        [
+            diag(per_exp, "duplicate_exposures", F.col("dup")),
+            diag(per_exp, "units_in_several_variants", F.col("multi")),
+            diag(per_exp, "exposures_with_null_ids", F.col("nulls")),
+            diag(counts, "assignment_units", F.col("count"), variant=F.col("variant")),
+        ],
+    )
+    return units, diagnostics
+
+
+SLOT_COLUMNS = ("experiment_id", "exposure_ts", "start_ts", "analysis_ts", "pre_start_ts")
+
+
+def slot(k: int) -> str:
+    return f"__{k}"
+
+
+def exposure_slots(units: DataFrame) -> tuple[DataFrame, int]:
+    """The exposures of each unit side by side: one row per unit, slot k (SLOT_COLUMNS
+    suffixed `__k`) holding its k-th experiment by id. Events joined to this frame stay
+    one row each however many experiments their unit is in (a per-experiment join would
+    copy them). Returns (frame, number of slots = most experiments of one unit, ≥ 1)."""
+    ranked = units.withColumn(
+        "_k", F.row_number().over(Window.partitionBy(UNIT).orderBy("experiment_id")) - 1
+    )
+    most = ranked.agg(F.max("_k")).first()[0]
+    n_slots = 1 if most is None else most + 1
+    slots = ranked.groupBy(UNIT).agg(
+        *[
+            F.first(F.when(F.col("_k") == k, F.col(c)), ignorenulls=True).alias(c + slot(k))
+            for k in range(n_slots)
+            for c in SLOT_COLUMNS
+        ]
+    )
+    return slots, n_slots

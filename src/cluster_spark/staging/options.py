@@ -1,0 +1,143 @@
+"""Per-unit metric options on the unit values (METHODS.md, "Metric options"; Statsig's
+ratio-metric settings): completed-window and bake rules, the conversion-rate rule, and
+winsorization at percentiles pooled across variants."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from cluster_spark.config import Metric
+from cluster_spark.io import literal_frame
+from cluster_spark.staging.filters import hours
+from cluster_spark.staging.plan import UNIT, Plan
+
+#: Relative rank accuracy of `percentile_approx` is 1/PERCENTILE_ACCURACY (exact below
+#: that many distinct values per experiment and metric).
+PERCENTILE_ACCURACY = 100_000
+
+
+def included(metric: Metric) -> tuple[Column, Column]:
+    """(completed-window rule holds, bake rule holds) for a unit, per METHODS.md."""
+    exposure, analysis = F.col("exposure_ts"), F.col("analysis_ts")
+    complete, baked = F.lit(True), F.lit(True)
+    for comp in metric.components.values():
+        horizon = comp.window.horizon if comp.window else dt.timedelta(0)
+        if metric.completed_windows_only and comp.window:
+            complete &= exposure + F.lit(horizon) <= analysis
+        if metric.bake_hours:
+            baked &= exposure + F.lit(horizon) + hours(metric.bake_hours) <= analysis
+    return complete, baked
+
+
+def conversion(metric: Metric, m: Column, d: Column) -> Column:
+    """The numerator under the conversion-rate rule: 0 where the denominator is 0."""
+    if metric.kind == "ratio" and metric.conversion_rate:
+        return F.when(d == 0, F.lit(0.0)).otherwise(m)
+    return m
+
+
+def _caps(values: DataFrame, plan: Plan) -> DataFrame | None:
+    """Winsorization thresholds per (experiment, metric), from the unit values of included
+    units pooled across variants (never per variant), over non-zero values by default."""
+    aggs = []
+    for name, metric in plan.metrics.items():
+        for role, col in (("num", "m"), ("den", "d")):
+            w = metric.components[role].winsorize
+            if w is None:
+                continue
+            keep = (F.col("metric") == name) & F.col("complete") & F.col("baked")
+            if w.ignore_zeros:
+                keep &= F.col(col) != 0
+            for side, q in (("lower", w.lower), ("upper", w.upper)):
+                if q is not None:
+                    pct = F.percentile_approx(F.when(keep, F.col(col)), q, PERCENTILE_ACCURACY)
+                    aggs.append(pct.alias(f"{name}|{role}_{side}_cap"))
+    if not aggs:
+        return None
+    wide = values.groupBy("experiment_id").agg(*aggs)
+    caps = [
+        F.struct(
+            F.lit(name).alias("metric"),
+            *[
+                (F.col(f"`{name}|{k}`") if f"{name}|{k}" in wide.columns else F.lit(None))
+                .cast("double")
+                .alias(k)
+                for k in ("num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap")
+            ],
+        )
+        for name, metric in plan.metrics.items()
+        if metric.winsorized
+    ]
+    return wide.select("experiment_id", F.explode(F.array(*caps)).alias("c")).select(
+        "experiment_id", "c.*"
+    )
+
+
+def _clamp(col: str, low: str, high: str, ignore_zeros: Column) -> Column:
+    x = F.col(col)
+    clamped = F.least(F.greatest(x, F.coalesce(F.col(low), x)), F.coalesce(F.col(high), x))
+    return F.when(ignore_zeros & (x == 0), x).otherwise(clamped)
+
+
+def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
+    """Add `winsorized` rows (clamped values) beside the raw rows of winsorized metrics.
+    Returns the values with a `winsorized` flag and the cap columns.
+
+    CUPED's pre-period values are clamped with the same caps as the component they
+    precede (X at the numerator's, Y at the denominator's thresholds, computed from the
+    analysis-period values), so a pre-period outlier cannot drive θ."""
+    cap_cols = ["num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap"]
+    names = [n for n, m in plan.metrics.items() if m.winsorized]
+    if not names:
+        return values.select(
+            "*",
+            F.lit(False).alias("winsorized"),
+            *[F.lit(None).cast("double").alias(c) for c in cap_cols],
+        )
+    # A few rows per experiment, collected once: a lazy broadcast would compute the
+    # percentiles once per branch below.
+    caps = literal_frame(
+        values.sparkSession,
+        _caps(values, plan).collect(),
+        [("experiment_id", "string"), ("metric", "string"), *[(c, "double") for c in cap_cols]],
+    )
+    with_caps = values.join(F.broadcast(caps), ["experiment_id", "metric"], "left")
+
+    def ignores_zeros(role: str) -> Column:
+        flags = {n: plan.metrics[n].components[role].winsorize for n in names}
+        pairs = [F.lit(x) for n, w in flags.items() for x in (n, bool(w and w.ignore_zeros))]
+        return F.coalesce(F.element_at(F.create_map(*pairs), F.col("metric")), F.lit(False))
+
+    ignore_num, ignore_den = ignores_zeros("num"), ignores_zeros("den")
+    capped = with_caps.where(F.col("metric").isin(names)).select(
+        "experiment_id",
+        "variant",
+        UNIT,
+        "metric",
+        _clamp("m", "num_lower_cap", "num_upper_cap", ignore_num).alias("m"),
+        _clamp("d", "den_lower_cap", "den_upper_cap", ignore_den).alias("d"),
+        _clamp("x", "num_lower_cap", "num_upper_cap", ignore_num).alias("x"),
+        _clamp("y", "den_lower_cap", "den_upper_cap", ignore_den).alias("y"),
+        "complete",
+        "baked",
+        F.lit(True).alias("winsorized"),
+        *cap_cols,
+    )
+    raw = with_caps.select(
+        "experiment_id",
+        "variant",
+        UNIT,
+        "metric",
+        "m",
+        "d",
+        "x",
+        "y",
+        "complete",
+        "baked",
+        F.lit(False).alias("winsorized"),
+        *cap_cols,
+    )
+    return raw.unionByName(capped)

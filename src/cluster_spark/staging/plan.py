@@ -1,0 +1,117 @@
+"""What one staging pass works on: the plan (experiments of one assignment unit and
+analysis unit, their metrics and distinct components), the cache of persisted frames, the
+reserved column names and the diagnostics row helper."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from functools import cached_property
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from cluster_spark.config import Component, Config, Experiment, Metric
+from cluster_spark.io import literal_frame
+
+UNIT = "_unit"
+
+
+TS = "_ts"
+
+
+SUB = "_sub"  # the analysis-unit id (e.g. user_id), where a source has it
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The experiments of one assignment-unit type, analysed together in one pass."""
+
+    config: Config
+    unit_type: str
+    experiments: tuple[Experiment, ...]
+    analysis_date: dt.date
+
+    @property
+    def metrics(self) -> dict[str, Metric]:
+        names = sorted({m for e in self.experiments for m in e.metrics})
+        return {n: self.config.metrics[n] for n in names}
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted({s for m in self.metrics.values() for s in self.config.metric_sources(m)})
+
+    @property
+    def cuped(self) -> bool:
+        """Whether any experiment of the plan uses CUPED (pre-period values are staged)."""
+        return any(e.cuped_lookback_days for e in self.experiments)
+
+    @property
+    def analysis_unit(self) -> str | None:
+        """The analysis-unit id type the plan's experiments share (`plans` groups by it)."""
+        return self.experiments[0].analysis_unit
+
+    @cached_property
+    def components(self) -> dict[tuple[str, str], tuple[str, Component, float]]:
+        """(metric, role) → (column, component, bake hours) of each event component.
+        Components equal but for winsorization (applied per unit later) share one column,
+        so every distinct aggregation is computed once."""
+        columns: dict[str, str] = {}
+        out = {}
+        for name, metric in self.metrics.items():
+            for role, comp in metric.components.items():
+                if comp.agg == "unit_count":
+                    continue
+                key = json.dumps(
+                    [comp.model_dump(mode="json", exclude={"winsorize"}), metric.bake_hours],
+                    sort_keys=True,
+                )
+                column = columns.setdefault(key, f"_c{len(columns)}")
+                out[(name, role)] = (column, comp, metric.bake_hours)
+        return out
+
+
+class Cache:
+    """The frames one staging run persists, released together: after the run's writes,
+    or as soon as staging itself fails."""
+
+    def __init__(self) -> None:
+        self.frames: list[DataFrame] = []
+
+    def persist(self, df: DataFrame) -> DataFrame:
+        df = df.persist()
+        self.frames.append(df)
+        return df
+
+    def release(self) -> None:
+        for df in self.frames:
+            df.unpersist()
+        self.frames.clear()
+
+
+def diag(df: DataFrame, check: str, value: Column, metric=None, variant=None) -> DataFrame:
+    return df.select(
+        "experiment_id",
+        F.lit(metric).cast("string").alias("metric"),
+        (variant if variant is not None else F.lit(None)).cast("string").alias("variant"),
+        F.lit(check).alias("check"),
+        value.cast("bigint").alias("value"),
+    )
+
+
+def experiment_ids(spark: SparkSession, plan: Plan) -> DataFrame:
+    return literal_frame(spark, [(e.id,) for e in plan.experiments], [("experiment_id", "string")])
+
+
+def plans(config: Config, experiment_ids: list[str], analysis_date: dt.date) -> list[Plan]:
+    """Group the chosen experiments by (assignment unit, analysis unit): one pass per group,
+    so an experiment's analysis-unit rules never apply to another's."""
+    chosen = [config.experiment(e) for e in experiment_ids]
+    groups: dict[tuple[str, str], list[Experiment]] = {}
+    for e in chosen:
+        groups.setdefault((e.assignment_unit, e.analysis_unit or ""), []).append(e)
+    return [
+        Plan(config, unit_type, tuple(exps), analysis_date)
+        for (unit_type, _), exps in sorted(groups.items())
+    ]
