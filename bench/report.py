@@ -288,7 +288,7 @@ Seconds are wall-clock{timing_note}.
   `pipeline.reduce` (reads them, driver-side statistics, results Delta table).
 - **per-metric**: the warehouse-tool shape, one query per metric covering all three
   experiments (so 20 queries, not 60): first exposures, events joined to them (broadcast),
-  per-unit aggregation with `count(DISTINCT)` and the same `staging.event_condition`, units
+  per-unit aggregation with `count(DISTINCT)` and the same `staging.filters.event_condition`, units
   without events as zeros, percentile caps where winsorized, per-group sums, collected.
 - **memory**: Python driver peak RSS (VmHWM after resetting it through
   `/proc/self/clear_refs` at the start of the size; `ru_maxrss` is the whole-process peak)

@@ -1,6 +1,6 @@
 """CupedStats / compare_cuped against numpy, numerical gradients and statsmodels (no Spark).
 
-Oracles, each computed here independently of cluster_spark.cuped:
+Oracles, each computed here independently of cluster_spark.stats.cuped:
 - unit-level influence values r_i = (M_i − R D_i)/d̄ and p_i = (X_i − P Y_i)/ȳ (numpy):
   V_R = var(r), V_P = var(p), C = cov(r, p), Var(Δ_adj) = Σ_g var(r − θp)_g / n_g;
 - the relative lift's variance from a central-difference gradient of the lift as a function of

@@ -58,14 +58,23 @@ TZ_EVENTS = [
     ("o3", "purchase", 4.0, dt.datetime(2026, 3, 6)),
     ("o4", "page_view", 0.0, dt.datetime(2026, 3, 6)),
     ("o4", "purchase", 8.0, dt.datetime(2026, 3, 8, 2, 30)),  # in LA's DST gap
+    # DST starts in Los Angeles at 2026-03-08T10:00Z: a day there is then 23 hours.
+    ("o4", "purchase", 6.0, dt.datetime(2026, 3, 8, 11, 30)),  # in o4's 3-day window (to 12:00Z)
+    ("o3", "purchase", 2.0, dt.datetime(2026, 3, 8, 0, 30)),  # after analysis − 48 h (00:00Z)
     ("o5", "purchase", 50.0, dt.datetime(2026, 3, 10, 4)),
 ]
-# control o1, o3: revenue 15, 4; purchases 2, 1. treatment o2, o4: revenue 7, 8; purchases 1, 1
+# control o1, o3: revenue 15, 6; purchases 2, 2. treatment o2, o4: revenue 7, 14; purchases 1, 2.
+# revenue_3d (days 0-2 after each exposure): o1 10, o3 4 | o2 0, o4 8 + 6.
+# revenue_baked (48 h: events up to 03-08T00:00Z): o1 10, o3 4 | o2 0, o4 0.
 TZ_EXPECTED = {
-    ("revenue", "control"): (2, 19.0),
-    ("revenue", "treatment"): (2, 15.0),
-    ("purchases", "control"): (2, 3.0),
-    ("purchases", "treatment"): (2, 2.0),
+    ("revenue", "control"): (2, 21.0),
+    ("revenue", "treatment"): (2, 21.0),
+    ("purchases", "control"): (2, 4.0),
+    ("purchases", "treatment"): (2, 3.0),
+    ("revenue_3d", "control"): (2, 14.0),
+    ("revenue_3d", "treatment"): (2, 14.0),
+    ("revenue_baked", "control"): (2, 14.0),
+    ("revenue_baked", "treatment"): (2, 0.0),
 }
 
 _CHILD = """
@@ -95,10 +104,15 @@ def _tz_config(root: Path, out: str) -> dict:
                                                       "column": "value", "filter": purchase}},
             "purchases": {"kind": "mean", "numerator": {"source": "events", "agg": "count",
                                                         "filter": purchase}},
+            "revenue_3d": {"kind": "mean", "numerator": {
+                "source": "events", "agg": "sum", "column": "value", "filter": purchase,
+                "window": {"start_day": 0, "end_day": 2}}},
+            "revenue_baked": {"kind": "mean", "bake_hours": 48, "numerator": {
+                "source": "events", "agg": "sum", "column": "value", "filter": purchase}},
         },
         "experiments": [{"id": "tz", "assignment_unit": "org_id", "control": "control",
                          "variants": ["control", "treatment"], "start": "2026-03-02",
-                         "metrics": ["revenue", "purchases"]}],
+                         "metrics": ["revenue", "purchases", "revenue_3d", "revenue_baked"]}],
         "output": {k: str(root / out / k) for k in ("staging", "results", "diagnostics")},
     }  # fmt: skip
 
