@@ -511,3 +511,27 @@ def test_invalid_arguments_raise():
         compare_cuped(t, c, alpha=1.5)
     with pytest.raises(ValueError):
         compare_cuped(t, c, test="bayes")  # type: ignore[arg-type]
+
+
+def test_adjusted_relative_interval_is_null_when_the_control_mean_could_be_zero():
+    """A noisy control centred near 0: |R_C| = 0.1 < 1.96 · SE(R_C) ≈ 0.6 (by hand from the
+    values below), so the CUPED-adjusted relative CI carries no information."""
+    rng = np.random.default_rng(4)
+    n = 100
+    m_c = rng.normal(0, 3, n)
+    m_c += 0.1 - m_c.mean()  # R_C = 0.1 exactly (D = 1)
+    m_t = rng.normal(1, 3, n)
+    x_c, x_t = m_c + rng.normal(0, 1, n), m_t + rng.normal(0, 1, n)
+    ones = np.ones(n)
+    se_c = np.std(m_c, ddof=1) / np.sqrt(n)
+    assert abs(m_c.mean()) < 1.96 * se_c
+    res = compare_cuped(
+        CupedStats.from_values(m_t, ones, x_t, ones),
+        CupedStats.from_values(m_c, ones, x_c, ones),
+        test="z",
+    )
+    assert res.adjusted and res.cuped_status == CupedStatus.APPLIED
+    assert res.status == Status.RELATIVE_CI_UNBOUNDED
+    assert res.effect_rel == pytest.approx(res.effect_abs / 0.1, rel=1e-9)
+    assert (res.effect_rel_ci_low, res.effect_rel_ci_high, res.p_value_rel) == (None, None, None)
+    assert res.effect_abs_ci_low is not None  # the absolute effect is unaffected

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pyspark.errors import PySparkException
 
 from cluster_spark import cli, io, pipeline, staging
 from cluster_spark.config import parse_config
@@ -262,7 +263,8 @@ def test_slice_writes_replace_exactly_their_ids(spark, tmp_path_factory, ids):
     [
         ("a\nb", "control characters"),
         ("__HIVE_DEFAULT_PARTITION__", "read back as NULL"),
-        ("x" * 201, "at most 200 characters"),
+        ("日" * 81, "at most 241 bytes as written there, this one has 243"),  # 3 bytes each
+        ("/" * 81, "this one has 243"),  # escaped as %2F
     ],
 )
 def test_unsupported_experiment_ids_are_config_errors(tmp_path, exp_id, rule):
@@ -482,12 +484,20 @@ def test_winsorized_cuped_clamps_the_pre_period_too(spark, tmp_path):
 
 def test_read_failures_name_the_table_by_the_longest_location():
     tables = {"source 'events'": "/data/events", "source 'v2'": "/data/events_v2"}
-    denied = RuntimeError(
-        "An error occurred while calling o1.save.\n: org.apache.spark.SparkException: Job "
+    denied = PySparkException(
+        message="An error occurred while calling o1.save.\n: org.apache.spark.SparkException: Job "
         "aborted.\nCaused by: java.nio.file.AccessDeniedException: /data/events_v2/p-1.parquet"
     )
     err = io.read_failure(denied, tables)
     assert isinstance(err, InputError)
     assert str(err).startswith("cannot read source 'v2' (/data/events_v2): ")
     assert "AccessDeniedException: /data/events_v2/p-1.parquet" in str(err)
-    assert io.read_failure(RuntimeError("[DIVIDE_BY_ZERO] Division by zero."), tables) is None
+    assert io.read_failure(PySparkException(message="[DIVIDE_BY_ZERO] …"), tables) is None
+    # a Python OSError (e.g. writing the HTML report) is not a Spark read failure
+    assert io.read_failure(PermissionError(13, "Permission denied", "/data/events"), tables) is None
+
+
+def test_ids_up_to_the_partition_name_limit_are_accepted(tmp_path):
+    raw = config_dict(tmp_path)
+    raw["experiments"][0]["id"] = "日" * 80  # 240 bytes
+    assert parse_config(raw).experiments[0].id == "日" * 80

@@ -70,7 +70,7 @@ RESULTS = [
     ),
     treated("revenue_per_user", "t2", -0.013, -0.051, 0.025, effect_rel_uncapped=-0.02, **CAPS),
     result(XSS, "control"),
-    treated(XSS, "t1", -0.08, -0.12, -0.04, variance_reduction=0.31),
+    treated(XSS, "t1", -0.08, -0.12, -0.04, variance_reduction=0.31, cuped_applied=True),
     treated(XSS, "t2", 0.015, None, None, status="zero_variance"),
 ]
 DIAGNOSTICS = [
@@ -212,3 +212,17 @@ def test_formatters():
 def test_write_report(tmp_path):
     path = write_report(tmp_path / "a" / "b" / "r.html", "exp-1", DATE, RESULTS, DIAGNOSTICS)
     assert path.read_text("utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_cli_and_report_say_when_cuped_fell_back():
+    from cluster_spark.cli import _cuped_cell
+
+    applied = {"cuped_applied": True, "variance_reduction": 0.29, "cuped_status": "applied"}
+    fell_back = {
+        "cuped_applied": False,
+        "variance_reduction": -0.01,
+        "cuped_status": "fallback_no_gain",
+    }
+    assert _cuped_cell(applied) == "29%"
+    assert _cuped_cell(fell_back) == "no_gain"
+    assert _cuped_cell({"cuped_applied": None, "cuped_status": None}) == ""

@@ -86,6 +86,14 @@ def _fmt(x: float | None, spec: str = ".4g") -> str:
     return "—" if x is None else format(x, spec)
 
 
+def _cuped_cell(r: Mapping[str, Any]) -> str:
+    """The variance reduction when CUPED was applied, else what happened instead."""
+    if r.get("cuped_applied"):
+        return _fmt(r["variance_reduction"], ".0%")
+    status = r.get("cuped_status")
+    return "" if status in (None, "not_compared") else status.removeprefix("fallback_")
+
+
 def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = None) -> None:
     """A readable results table: one line per metric and variant."""
     table = Table(show_lines=False)
@@ -123,7 +131,7 @@ def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = N
             "" if r["effect_abs"] is None else _fmt(r["effect_abs"], "+.4g"),
             rel,
             "" if r["p_value"] is None else _fmt(r["p_value"], ".3g"),
-            "" if r.get("variance_reduction") is None else _fmt(r["variance_reduction"], ".0%"),
+            _cuped_cell(r),
             "" if r.get("srm_p_value") is None else _fmt(r["srm_p_value"], ".3g"),
             r["status"],
         )

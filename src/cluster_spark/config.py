@@ -232,18 +232,28 @@ class ExposureSource(Table):
 
 #: Delta (Hive) reads a partition directory of this name back as NULL.
 _NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+#: Characters Hive escapes as %XX in a partition directory name (with control characters).
+_ESCAPED = set("\"#%'*/:=?\\\x7f{[]^")
+#: A file name holds at most 255 bytes; the directory is `experiment_id=<escaped id>`.
+_MAX_ID_BYTES = 255 - len("experiment_id=")
+
+
+def _partition_bytes(value: str) -> int:
+    """Bytes of `value` as Hive writes it in a partition directory name."""
+    return sum(3 if ch in _ESCAPED or ord(ch) < 32 else len(ch.encode()) for ch in value)
 
 
 class Experiment(_Model):
     """One experiment: its arms and split, dates, metrics and analysis settings.
 
     `id` may hold any characters (it reaches Spark as a literal, never as SQL text) except
-    control characters, and at most 200 of them (it names a partition directory).
+    control characters; it names a partition directory, so at most 241 bytes as written
+    there (UTF-8, with `/`, `%`, `:` and the like escaped as three).
     `variants` lists every configured arm with its expected share of assignment units
     (a list means an equal split): required, so SRM sees an arm that logged nothing.
     """
 
-    id: Annotated[str, Field(min_length=1, max_length=200)]
+    id: Annotated[str, Field(min_length=1)]
     assignment_unit: Name
     analysis_unit: Name | None = None
     control: str
@@ -276,6 +286,11 @@ class Experiment(_Model):
             raise ValueError("an experiment id cannot hold control characters (newline, tab…)")
         if value == _NULL_PARTITION:
             raise ValueError(f"'{_NULL_PARTITION}' is read back as NULL by Delta")
+        if _partition_bytes(value) > _MAX_ID_BYTES:
+            raise ValueError(
+                f"an experiment id names a partition directory: at most {_MAX_ID_BYTES} bytes "
+                f"as written there, this one has {_partition_bytes(value)}"
+            )
         return value
 
     @field_validator("variants", mode="before")

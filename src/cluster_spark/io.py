@@ -104,6 +104,8 @@ def read_failure(err: BaseException, tables: Mapping[str, str]) -> InputError | 
     `tables`: label → location (path or table name) of every table the run reads. The
     error names the table whose location the message mentions (the longest match), the
     column where Spark names one, and Spark's own one-line reason."""
+    if not type(err).__module__.startswith(("py4j", "pyspark")):
+        return None  # a Python OSError (say, writing the report) is not Spark's
     text = str(err)
     found = _READ_FAILURE.search(text)
     if found is None:
@@ -122,7 +124,8 @@ def read_failure(err: BaseException, tables: Mapping[str, str]) -> InputError | 
     hint = ""
     if "DATA_TYPE_MISMATCH" in reason or "SchemaColumnConvert" in text:
         hint = " (its files disagree on this column's type: rewrite them with one type)"
-    return InputError(f"cannot read {', '.join(parts)}: {reason}{hint}")
+    verb = "access" if table and table[0].startswith("output.") else "read"
+    return InputError(f"cannot {verb} {', '.join(parts)}: {reason}{hint}")
 
 
 @contextmanager

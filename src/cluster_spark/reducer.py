@@ -70,7 +70,7 @@ def _sqrt_or_none(x: float | None) -> float | None:
 def srm(
     experiment: Experiment, diagnostics: Iterable[Mapping[str, Any]]
 ) -> tuple[float | None, float | None, bool | None]:
-    """Pearson χ² of assignment-unit counts against the configured split (default equal);
+    """Pearson χ² of assignment-unit counts against the configured split `variants`;
     flagged below the experiment's threshold (default p < 0.001), and flagged without a
     test when units are exposed to a variant the configured split does not have."""
     observed = {
@@ -80,8 +80,6 @@ def srm(
     observed = {v: observed.get(v, 0) for v in weights} | observed
     if set(observed) - set(weights):
         return None, None, True
-    if len(observed) < 2:
-        return None, None, None
     chi2, p = srm_test(observed, weights)
     return chi2, p, p < experiment.srm_threshold
 
@@ -108,7 +106,7 @@ def reduce_experiment(
     subs = {d["variant"]: d["value"] for d in diagnostics if d["check"] == "analysis_units"}
     srm_chi2, srm_p, srm_flag = srm(experiment, diagnostics)
     control = experiment.control
-    metrics = {m for m, _, _ in groups}
+    metrics = set(experiment.metrics) | {m for m, _, _ in groups}
     keys = {(m, v) for m, v, _ in groups} | {(m, v) for m in metrics for v in experiment.variants}
     out = []
     for metric, variant in sorted(keys, key=lambda k: (k[0], k[1] != control, k[1])):

@@ -201,8 +201,13 @@ def _metric_section(metric: str, rows: Sequence[Row]) -> str:
             cells.append("—" if none else _e(fmt_pct(r.get("effect_rel_uncapped"))))
             cells.append("—" if none else _e(fmt_ci(low, high, fmt_pct)))
         if cuped:
-            vr = r.get("variance_reduction")
-            cells.append(_e(fmt_pct(vr, sign=False)) if vr is not None else "—")
+            vr, how = r.get("variance_reduction"), r.get("cuped_status")
+            if r.get("cuped_applied"):
+                cells.append(_e(fmt_pct(vr, sign=False)))
+            elif how and how != "not_compared":  # a fallback: the numbers are unadjusted
+                cells.append((_e(how.replace("_", " ")), "warn"))
+            else:
+                cells.append("—")
         status = r.get("status") or "—"
         cells.append((_e(status), "" if status == "ok" else "warn"))
         body.append(cells)

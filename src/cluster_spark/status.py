@@ -14,12 +14,12 @@ from enum import StrEnum
 class Status(StrEnum):
     """Status of a results row's estimates; the first that applies is reported."""
 
+    #: The control variant has no units (treatment rows): effects null.
+    CONTROL_MISSING = "control_missing"
     #: A group has fewer than 2 units (or the variant has none): all estimates null.
     TOO_FEW_UNITS = "too_few_units"
     #: ΣD = 0 in a group: all estimates null.
     ZERO_DENOMINATOR = "zero_denominator"
-    #: The control variant has no units: effects null.
-    CONTROL_MISSING = "control_missing"
     #: A standard error is 0: estimates given, the CI and p-value of that effect null.
     ZERO_VARIANCE = "zero_variance"
     #: R_C = 0: the absolute effect is given, the relative effect is null.

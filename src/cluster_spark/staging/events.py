@@ -155,8 +155,11 @@ def first_level(
     }
     # Left join: events without a unit id stay; events of units that are not exposed are
     # in no slot's range (null) and go.
-    joined = events.join(F.broadcast(slots), UNIT, "left").where(
-        F.col(UNIT).isNull() | reduce(Column.__or__, in_range.values())
+    # Events without a unit are only counted: one group per source, whatever their key.
+    joined = (
+        events.join(F.broadcast(slots), UNIT, "left")
+        .where(F.col(UNIT).isNull() | reduce(Column.__or__, in_range.values()))
+        .withColumn(SUB, F.when(F.col(UNIT).isNotNull(), F.col(SUB)))
     )
     aggs, columns = [], []
     for name, (comp, bake) in parts.items():

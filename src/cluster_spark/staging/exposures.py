@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from cluster_spark.io import check_columns, describe, literal_frame, read_table, utc_timestamp
+from cluster_spark.staging.filters import shift
 from cluster_spark.staging.plan import TS, UNIT, Cache, Plan, diag
 
 
@@ -68,7 +69,7 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
         )
         .withColumn(
             "pre_start_ts",
-            F.col("exposure_ts") - F.make_dt_interval(days=F.col("lookback_days")),
+            shift(F.col("exposure_ts"), F.col("lookback_days").cast("bigint") * -86_400_000_000),
         )
     )
     exposed = F.col("n_rows") > 0

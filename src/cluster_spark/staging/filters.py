@@ -32,8 +32,13 @@ def condition(c: Condition) -> Column:
     return ops[c.op]()
 
 
-def hours(h: float) -> Column:
-    return F.lit(dt.timedelta(hours=h))
+def shift(ts: Column, delta: dt.timedelta | Column) -> Column:
+    """`ts` moved by an exact duration (a timedelta, or a Column of microseconds), whatever
+    the session time zone. Spark's `timestamp ± interval` adds whole days as calendar days
+    in the session zone: 23 or 25 hours across a daylight-saving change."""
+    if isinstance(delta, dt.timedelta):
+        delta = F.lit(delta // dt.timedelta(microseconds=1))
+    return F.timestamp_micros(F.unix_micros(ts) + delta)
 
 
 def event_condition(comp: Component, bake_hours: float, slot: str = "") -> Column:
@@ -43,10 +48,10 @@ def event_condition(comp: Component, bake_hours: float, slot: str = "") -> Colum
     exposure, analysis = F.col(f"exposure_ts{slot}"), F.col(f"analysis_ts{slot}")
     keep = (F.col(TS) >= exposure) & (F.col(TS) <= analysis)
     if comp.window is not None:
-        keep &= F.col(TS) >= exposure + F.lit(dt.timedelta(days=comp.window.start_day))
-        keep &= F.col(TS) < exposure + F.lit(comp.window.horizon)
+        keep &= F.col(TS) >= shift(exposure, dt.timedelta(days=comp.window.start_day))
+        keep &= F.col(TS) < shift(exposure, comp.window.horizon)
     if bake_hours:
-        keep &= F.col(TS) <= analysis - hours(bake_hours)
+        keep &= F.col(TS) <= shift(analysis, -dt.timedelta(hours=bake_hours))
     for c in comp.filter:
         keep &= condition(c)
     return keep

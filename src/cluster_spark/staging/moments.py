@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 
 from cluster_spark.staging.options import conversion, included
 from cluster_spark.staging.plan import SUB, UNIT, Plan
-from cluster_spark.tables import CUPED_COLUMNS
+from cluster_spark.tables import CAP_COLUMNS, CUPED_COLUMNS
 
 
 def moments(prefix: str, m: Column, d: Column, keep: Column) -> list[Column]:
@@ -76,11 +76,11 @@ def analysis_unit_moments(
 def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
     """Per (experiment, metric, variant, winsorized): n, sums, means and centered
     co-moments of the included units, and counts of the excluded ones."""
-    conversion = [n for n, m in plan.metrics.items() if m.kind == "ratio" and m.conversion_rate]
-    m = F.when(F.col("metric").isin(conversion) & (F.col("d") == 0), F.lit(0.0)).otherwise(
+    converting = [n for n, m in plan.metrics.items() if m.kind == "ratio" and m.conversion_rate]
+    m = F.when(F.col("metric").isin(converting) & (F.col("d") == 0), F.lit(0.0)).otherwise(
         F.col("m")
     )
-    x = F.when(F.col("metric").isin(conversion) & (F.col("y") == 0), F.lit(0.0)).otherwise(
+    x = F.when(F.col("metric").isin(converting) & (F.col("y") == 0), F.lit(0.0)).otherwise(
         F.col("x")
     )
     inc = F.col("complete") & F.col("baked")
@@ -116,8 +116,5 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
         F.count(F.when(inc & (F.col("d") == 0), 1)).alias("n_zero_denominator"),
         F.count(F.when(~F.col("complete"), 1)).alias("n_incomplete_window"),
         F.count(F.when(F.col("complete") & ~F.col("baked"), 1)).alias("n_unbaked"),
-        *[
-            F.first(c, ignorenulls=True).alias(c)
-            for c in ("num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap")
-        ],
+        *[F.first(c, ignorenulls=True).alias(c) for c in CAP_COLUMNS],
     )

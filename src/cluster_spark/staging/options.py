@@ -11,8 +11,9 @@ from pyspark.sql import functions as F
 
 from cluster_spark.config import Metric
 from cluster_spark.io import literal_frame
-from cluster_spark.staging.filters import hours
+from cluster_spark.staging.filters import shift
 from cluster_spark.staging.plan import UNIT, Plan
+from cluster_spark.tables import CAP_COLUMNS
 
 #: Relative rank accuracy of `percentile_approx` is 1/PERCENTILE_ACCURACY (exact below
 #: that many distinct values per experiment and metric).
@@ -26,9 +27,10 @@ def included(metric: Metric) -> tuple[Column, Column]:
     for comp in metric.components.values():
         horizon = comp.window.horizon if comp.window else dt.timedelta(0)
         if metric.completed_windows_only and comp.window:
-            complete &= exposure + F.lit(horizon) <= analysis
+            complete &= shift(exposure, horizon) <= analysis
         if metric.bake_hours:
-            baked &= exposure + F.lit(horizon) + hours(metric.bake_hours) <= analysis
+            bake = dt.timedelta(hours=metric.bake_hours)
+            baked &= shift(exposure, horizon + bake) <= analysis
     return complete, baked
 
 
@@ -65,7 +67,7 @@ def _caps(values: DataFrame, plan: Plan) -> DataFrame | None:
                 (F.col(f"`{name}|{k}`") if f"{name}|{k}" in wide.columns else F.lit(None))
                 .cast("double")
                 .alias(k)
-                for k in ("num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap")
+                for k in CAP_COLUMNS
             ],
         )
         for name, metric in plan.metrics.items()
@@ -89,7 +91,7 @@ def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
     CUPED's pre-period values are clamped with the same caps as the component they
     precede (X at the numerator's, Y at the denominator's thresholds, computed from the
     analysis-period values), so a pre-period outlier cannot drive θ."""
-    cap_cols = ["num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap"]
+    cap_cols = list(CAP_COLUMNS)
     names = [n for n, m in plan.metrics.items() if m.winsorized]
     if not names:
         return values.select(
