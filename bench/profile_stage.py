@@ -101,7 +101,7 @@ def first_level_steps(spark: SparkSession, config: Config, ids: list[str], event
                 units, _ = exposed_units(spark, plan, cache)
                 source, _ = source_events(spark, plan, "events", columns, key)
                 used = parts if with_parts else {}
-                frame = first_level(plan, source, units, used, key, cache)
+                frame = first_level(plan, source, units, used, key, cache).rows
                 frame.count()  # materializes the persisted frame, every column
             finally:
                 cache.release()

@@ -432,6 +432,7 @@ def test_staging_that_fails_releases_what_it_persisted(spark, tmp_path):
     write_delta(spark, events, ddl, tmp_path / "events")
     raw = config_dict(tmp_path)
     raw["experiments"][0]["multi_unit_policy"] = "fail"
+    spark.catalog.clearCache()  # other tests' staged frames
     cache = spark._jsparkSession.sharedState().cacheManager()  # test-only JVM access
     assert cache.isEmpty()
     with pytest.raises(DataQualityError):

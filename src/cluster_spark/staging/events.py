@@ -82,19 +82,32 @@ def _first_level_key(plan: Plan, source: str, comps: Iterable[Component]) -> str
     return distinct.pop() if len(distinct) == 1 else None
 
 
-def _first_level(comp: Component, keep: Column, key_col: str | None) -> Column:
+def counts_values(comp: Component, key_col: str | None) -> bool:
+    """Whether a component counts the distinct values of a column other than the key of the
+    first level: those are counted from (unit, value) pairs (`FirstLevel.values`)."""
+    return comp.agg == "count_distinct" and comp.column != key_col
+
+
+def _first_level(comp: Component, keep: Column) -> Column:
     """A component aggregated per (unit, first-level key) over the events that pass `keep`.
-    A distinct count of the key becomes a flag (1 or null) per key; distinct counts of
-    other columns keep the set of values."""
+    A distinct count of the key becomes a flag (1 or null) per key."""
     if comp.agg == "sum":
         return F.sum(F.when(keep, F.col(comp.column).cast("double")))
     if comp.agg == "count":
         return F.count(F.when(keep, 1))
-    if comp.agg == "count_distinct" and comp.column == key_col:
-        return F.max(F.when(keep & F.col(SUB).isNotNull(), 1))
     if comp.agg == "count_distinct":
-        return F.collect_set(F.when(keep, F.col(comp.column)))
+        return F.max(F.when(keep & F.col(SUB).isNotNull(), 1))
     raise ValueError(f"component {comp.agg} is not aggregated over events")
+
+
+@dataclass
+class FirstLevel:
+    """`rows`: the first aggregation level (see `first_level`), persisted. `values`: for
+    distinct counts of columns other than the key, the distinct (unit, key, experiment,
+    `_component`, `_value`) rows of the events that count (values as strings), or None."""
+
+    rows: DataFrame
+    values: DataFrame | None
 
 
 @dataclass
@@ -108,15 +121,23 @@ class SourceLevel:
     by_analysis_unit: bool
     drop_null_ids: bool
     level1: DataFrame
+    values: DataFrame | None
     diagnostics: DataFrame
 
     @property
     def rows(self) -> DataFrame:
         """One row per (experiment, unit, first-level key) in an experiment's range;
         without the rows of a NULL analysis unit where the source drops them."""
-        rows = self.level1.where(F.col("experiment_id").isNotNull())
+        return self._kept(self.level1.where(F.col("experiment_id").isNotNull()))
+
+    @property
+    def value_rows(self) -> DataFrame | None:
+        """`FirstLevel.values`, without a NULL analysis unit's where the source drops them."""
+        return None if self.values is None else self._kept(self.values)
+
+    def _kept(self, rows: DataFrame) -> DataFrame:
         if self.by_analysis_unit and self.drop_null_ids:
-            rows = rows.where(F.col(SUB).isNotNull())
+            return rows.where(F.col(SUB).isNotNull())
         return rows
 
 
@@ -131,13 +152,14 @@ def first_level(
     parts: dict[str, tuple[Component, float]],
     key_col: str | None,
     cache: Cache,
-) -> DataFrame:
+) -> FirstLevel:
     """The components `parts` per (experiment, unit, first-level key), persisted in `cache`.
 
-    Events are joined to the exposure slots of their unit (`exposure_slots`, broadcast)
-    and aggregated once per (unit, key) with one set of aggregates per slot, then turned
-    back into one row per (experiment, unit, key) that has events in the experiment's
-    range; events without a unit id are kept as rows with a null experiment (counted as a
+    Events are joined to the exposure slots of their unit (`exposure_slots`; the plan
+    chooses the join by size, nothing unit-level is broadcast by force) and aggregated
+    once per (unit, key) with one set of aggregates per slot, then turned back into one row
+    per (experiment, unit, key) that has events in the experiment's range; events without
+    a unit id are kept as rows with a null experiment (counted as a
     data-quality finding). Columns: the component names (suffix `_pre` for CUPED's
     pre-period), `_first_ts`, `_n_pre` (events before exposure), `_active` (1 if any event
     after exposure), and per key (over all its events the join keeps: those in any of its
@@ -157,17 +179,20 @@ def first_level(
     # in no slot's range (null) and go.
     # Events without a unit are only counted: one group per source, whatever their key.
     joined = (
-        events.join(F.broadcast(slots), UNIT, "left")
+        events.join(slots, UNIT, "left")
         .where(F.col(UNIT).isNull() | reduce(Column.__or__, in_range.values()))
         .withColumn(SUB, F.when(F.col(UNIT).isNotNull(), F.col(SUB)))
     )
-    aggs, columns = [], []
+    aggs, columns, pairs = [], [], []
     for name, (comp, bake) in parts.items():
         terms = [(name, partial(event_condition, comp, bake))]
         if plan.cuped:
             terms.append((f"{name}_pre", partial(pre_condition, comp)))
         for col, keep in terms:
-            aggs += [_first_level(comp, keep(slot=k), key_col).alias(col + k) for k in ks]
+            if counts_values(comp, key_col):
+                pairs += [_value_pair(comp, col, keep(slot=k), k) for k in ks]
+                continue
+            aggs += [_first_level(comp, keep(slot=k)).alias(col + k) for k in ks]
             columns.append(col)
     nullable = filter_columns(parts)
     for k in ks:
@@ -189,7 +214,7 @@ def first_level(
     per_key = joined.groupBy(UNIT, SUB).agg(*aggs, *totals)
     slot_rows = [
         F.struct(
-            F.lit(i).alias("slot"),
+            F.lit(i).alias("_slot"),
             F.col(f"experiment_id{k}").alias("experiment_id"),
             *[F.col(c + k).alias(c) for c in columns],
         )
@@ -198,15 +223,38 @@ def first_level(
     ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
     total_names = [c for c in per_key.columns if c in ("_n_events", "_n_unmapped")]
     total_names += [f"_null__{i}" for i in range(len(nullable))]
-    return cache.persist(
-        per_key.join(F.broadcast(ids), UNIT, "left")
+    values = None
+    if pairs:  # distinct values by aggregation: no per-unit arrays (a heavy org's hotspot)
+        values = (
+            joined.where(F.col(UNIT).isNotNull())
+            .select(UNIT, SUB, F.explode(F.array(*pairs)).alias("_v"))
+            .where(F.col("_v").isNotNull())
+            .select(UNIT, SUB, "_v.*")
+            .distinct()
+        )
+    rows = cache.persist(
+        per_key.join(ids, UNIT, "left")
         .select(UNIT, SUB, *total_names, F.explode(F.array(*slot_rows)).alias("r"))
         .select(UNIT, SUB, *total_names, "r.*")
         .where(
             (F.col("experiment_id").isNotNull() & F.col("_first_ts").isNotNull())
-            | (F.col(UNIT).isNull() & (F.col("slot") == 0))
+            | (F.col(UNIT).isNull() & (F.col("_slot") == 0))
         )
-        .drop("slot")
+        .drop("_slot")
+    )
+    return FirstLevel(rows, values)
+
+
+def _value_pair(comp: Component, name: str, keep: Column, k: str) -> Column:
+    """(experiment, component name, value) of an event that counts, else null."""
+    value = F.col(comp.column)
+    return F.when(
+        keep & value.isNotNull(),
+        F.struct(
+            F.col(f"experiment_id{k}").alias("experiment_id"),
+            F.lit(name).alias("_component"),
+            value.cast("string").alias("_value"),
+        ),
     )
 
 
@@ -246,7 +294,8 @@ def source_level(
     route = config.unit_route(source, plan.unit_type)
     key_type = route.from_id if isinstance(route, IdMapping) else plan.unit_type
     by_analysis_unit = plan.analysis_unit in src.ids
-    level1 = first_level(plan, events, units, parts, key_col, cache)
+    first = first_level(plan, events, units, parts, key_col, cache)
+    level1 = first.rows
     total = partial(_sum_or_zero, level1.columns)
     no_unit = level1.where(F.col(UNIT).isNull()).agg(
         (total("_n_events") - total("_n_unmapped")).alias("null_key"),
@@ -282,6 +331,7 @@ def source_level(
         by_analysis_unit,
         src.drop_null_ids,
         level1,
+        first.values,
         reduce(DataFrame.unionByName, diags),
     )
 

@@ -46,7 +46,7 @@ def analysis_unit_moments(
             *[F.sum(c).alias(c) for c in value_cols]
         )
     subs = subs.join(
-        F.broadcast(units.select("experiment_id", UNIT, "variant", "exposure_ts", "analysis_ts")),
+        units.select("experiment_id", UNIT, "variant", "exposure_ts", "analysis_ts"),
         ["experiment_id", UNIT],
     )
     entries = []

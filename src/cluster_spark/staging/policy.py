@@ -56,7 +56,7 @@ def apply_multi_unit_policy(rows: DataFrame, offenders: DataFrame, plan: Plan) -
     keep_first = F.col("experiment_id").isin(
         [e.id for e in plan.experiments if e.multi_unit_policy != "drop"]
     )
-    flagged = rows.join(F.broadcast(offenders), ["experiment_id", SUB], "left")
+    flagged = rows.join(offenders, ["experiment_id", SUB], "left")
     return flagged.where(
         F.col("_first_unit").isNull() | (keep_first & (F.col(UNIT) == F.col("_first_unit")))
     ).drop("_first_unit")

@@ -12,7 +12,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cluster_spark.config import Component
-from cluster_spark.staging.events import SourceLevel, source_level
+from cluster_spark.staging.events import SourceLevel, counts_values, source_level
 from cluster_spark.staging.exposures import exposed_units
 from cluster_spark.staging.moments import analysis_unit_moments
 from cluster_spark.staging.options import included
@@ -20,14 +20,21 @@ from cluster_spark.staging.plan import SUB, UNIT, Cache, Plan, diag
 from cluster_spark.staging.policy import apply_multi_unit_policy, multi_unit_offenders
 
 
-def _second_level(comp: Component, col: str, key_col: str | None) -> tuple[Column, Column | None]:
-    """(The merge of `_first_level` values per unit, the value of one analysis unit if the
-    component adds up over analysis units, else None: sets of values do not.)"""
+def _second_level(comp: Component, col: str) -> tuple[Column, Column]:
+    """(The merge of `_first_level` values per unit, the value of one analysis unit.)"""
     if comp.agg in ("sum", "count"):
         return F.sum(col), F.col(col)
-    if comp.column == key_col:
-        return F.count(col), F.when(F.col(col).isNotNull(), F.lit(1))
-    return F.size(F.array_distinct(F.flatten(F.collect_list(col)))), None
+    return F.count(col), F.when(F.col(col).isNotNull(), F.lit(1))
+
+
+def _distinct_counts(values: DataFrame, names: list[str]) -> DataFrame:
+    """Per (experiment, unit): the number of distinct values of each component in `names`,
+    from `FirstLevel.values` rows: distinct (experiment, unit, component, value) by
+    aggregation (partial aggregation applies; no unit's values are held in one array)."""
+    pairs = values.select("experiment_id", UNIT, "_component", "_value").distinct()
+    return pairs.groupBy("experiment_id", UNIT).agg(
+        *[F.count(F.when(F.col("_component") == name, 1)).alias(name) for name in names]
+    )
 
 
 @dataclass
@@ -38,18 +45,23 @@ class SourceAggregates:
     per_analysis_unit: DataFrame | None
 
 
-def source_unit_aggregates(plan: Plan, level: SourceLevel, rows: DataFrame) -> SourceAggregates:
-    """The second level: the first-level `rows` (after the multi-unit policy) merged per
-    (experiment, unit), and, where they are keyed by the analysis unit, the per-analysis-
-    unit values for the design effect."""
+def source_unit_aggregates(
+    plan: Plan, level: SourceLevel, rows: DataFrame, distinct_values: DataFrame | None
+) -> SourceAggregates:
+    """The second level: the first-level `rows` and `distinct_values` (after the multi-unit
+    policy) merged per (experiment, unit), and, where they are keyed by the analysis unit,
+    the per-analysis-unit values for the design effect (distinct counts of other columns
+    do not add up over analysis units: they have none)."""
     source, key_col = level.source, level.key_col
-    second, values = [], []
+    second, values, counted = [], [], []
     for name, (comp, _) in level.parts.items():
         for col in [name, f"{name}_pre"] if plan.cuped else [name]:
-            merge, value = _second_level(comp, col, key_col)
+            if counts_values(comp, key_col):
+                counted.append(col)
+                continue
+            merge, value = _second_level(comp, col)
             second.append(merge.alias(col))
-            if value is not None:
-                values.append(F.coalesce(value.cast("double"), F.lit(0.0)).alias(col))
+            values.append(F.coalesce(value.cast("double"), F.lit(0.0)).alias(col))
     # Active analysis units per unit, where the first level is keyed by them.
     subs = F.count(F.when(F.col(SUB).isNotNull(), F.col("_active")))
     per_unit = rows.groupBy("experiment_id", UNIT).agg(
@@ -57,6 +69,9 @@ def source_unit_aggregates(plan: Plan, level: SourceLevel, rows: DataFrame) -> S
         F.sum("_n_pre").alias(f"_pre__{source}"),
         *([subs.alias(f"_subs__{source}")] if level.by_analysis_unit else []),
     )
+    if counted:
+        counts = _distinct_counts(distinct_values, counted)
+        per_unit = per_unit.join(counts, ["experiment_id", UNIT], "left")
     per_analysis_unit = None
     if level.by_analysis_unit:
         per_analysis_unit = rows.where(F.col(SUB).isNotNull()).select(
@@ -89,11 +104,13 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
     sub_cols, per_analysis_unit = [], []
     for level in levels:
         diags = diags.unionByName(level.diagnostics)
-        rows = level.rows
+        rows, values = level.rows, level.value_rows
         if level.by_analysis_unit:
             # read for per-unit values and per-analysis-unit values
             rows = cache.persist(apply_multi_unit_policy(rows, offenders, plan))
-        agg = source_unit_aggregates(plan, level, rows)
+            if values is not None:
+                values = apply_multi_unit_policy(values, offenders, plan)
+        agg = source_unit_aggregates(plan, level, rows, values)
         wide = wide.join(agg.per_unit, ["experiment_id", UNIT], "left")
         if agg.per_analysis_unit is not None:
             per_analysis_unit.append(agg.per_analysis_unit)
