@@ -27,8 +27,10 @@ from cluster_spark.stats.inference import (
     Comparison,
     Test,
     compare,
+    comparison_status,
     control_mean_significant,
     interval,
+    relative_columns,
     welch_df,
 )
 from cluster_spark.stats.ratio import GroupMeans, RatioStats
@@ -339,25 +341,9 @@ def compare_cuped(
         b_rel = max(k * k * c.v_r - 2.0 * k * theta * c.c + theta * theta * c.v_p, 0.0) / c.n
         se_rel = math.sqrt(a + b_rel) / abs(c.r)
         if math.isfinite(se_rel):
-            out["effect_rel"] = effect_rel
-            if informative:
-                low, high, p = interval(effect_rel, se_rel, q, dist.sf)
-                out |= {
-                    "effect_rel_ci_low": low,
-                    "effect_rel_ci_high": high,
-                    "effect_rel_stderr": se_rel,
-                    "p_value_rel": p,
-                }
+            out |= relative_columns(effect_rel, se_rel, informative, q, dist.sf)
             zero_se = zero_se or se_rel == 0
-    # effect_rel stays None when R_C = 0 (or when 1/|R_C| overflows, a denormal R_C)
-    if zero_se:
-        status = Status.ZERO_VARIANCE
-    elif out.get("effect_rel") is None:
-        status = Status.ZERO_CONTROL_MEAN
-    elif not informative:
-        status = Status.RELATIVE_CI_UNBOUNDED
-    else:
-        status = Status.OK
+    status = comparison_status(out, zero_se, informative)
     return CupedComparison(
         **out,
         theta=theta,

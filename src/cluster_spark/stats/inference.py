@@ -121,28 +121,42 @@ def compare(
     zero_se = se_abs == 0
     informative = control_mean_significant(r_c, b, q)
     if r_c != 0:
-        effect_rel = effect_abs / abs(r_c)
-        out["effect_rel"] = effect_rel
         k = r_t / r_c
         se_rel = math.sqrt(a + k * k * b) / abs(r_c)
-        if informative:
-            low, high, p = interval(effect_rel, se_rel, q, dist.sf)
-            out |= {
-                "effect_rel_ci_low": low,
-                "effect_rel_ci_high": high,
-                "effect_rel_stderr": se_rel,
-                "p_value_rel": p,
-            }
+        out |= relative_columns(effect_abs / abs(r_c), se_rel, informative, q, dist.sf)
         zero_se = zero_se or se_rel == 0
+    return Comparison(**out, status=comparison_status(out, zero_se, informative))
+
+
+def relative_columns(
+    effect_rel: float, se_rel: float, informative: bool, q: float, sf: Callable[[float], float]
+) -> dict[str, float | None]:
+    """The relative-effect columns of a comparison: the estimate, and its CI, stderr and
+    p-value when the interval is informative (`control_mean_significant`)."""
+    out: dict[str, float | None] = {"effect_rel": effect_rel}
+    if informative:
+        low, high, p = interval(effect_rel, se_rel, q, sf)
+        out |= {
+            "effect_rel_ci_low": low,
+            "effect_rel_ci_high": high,
+            "effect_rel_stderr": se_rel,
+            "p_value_rel": p,
+        }
+    return out
+
+
+def comparison_status(
+    columns: Mapping[str, float | None], zero_se: bool, informative: bool
+) -> Status:
+    """The status of a comparison's columns, in `Status`'s order of precedence (no
+    relative effect means R_C = 0, or 1/|R_C| overflowed: a denormal R_C)."""
     if zero_se:
-        status = Status.ZERO_VARIANCE
-    elif r_c == 0:
-        status = Status.ZERO_CONTROL_MEAN
-    elif not informative:
-        status = Status.RELATIVE_CI_UNBOUNDED
-    else:
-        status = Status.OK
-    return Comparison(**out, status=status)
+        return Status.ZERO_VARIANCE
+    if columns.get("effect_rel") is None:
+        return Status.ZERO_CONTROL_MEAN
+    if not informative:
+        return Status.RELATIVE_CI_UNBOUNDED
+    return Status.OK
 
 
 def compare_raw_sums(
