@@ -21,12 +21,6 @@ from rich.table import Table
 from cluster_spark.config import load_config
 from cluster_spark.errors import EXIT_USAGE, ClusterSparkError
 
-DEMO_CONF = {
-    "spark.sql.shuffle.partitions": "8",
-    "spark.databricks.delta.snapshotPartitions": "4",
-    "spark.ui.showConsoleProgress": "false",
-}
-
 
 def _date(text: str) -> dt.date:
     try:
@@ -187,7 +181,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     for table in ("data", "staging", "results", "diagnostics"):  # the demo starts afresh
         shutil.rmtree(args.out / table, ignore_errors=True)
     t0 = time.perf_counter()
-    spark = build_spark("cluster_spark demo", local_master=args.master, extra_conf=DEMO_CONF)
+    spark = build_spark("cluster_spark demo", local_master=args.master)
     spark.sparkContext.setLogLevel("ERROR")
     n_exp, n_ev = demo.write_demo_data(spark, args.out, n_orgs=args.orgs, seed=args.seed)
     console.print(f"generated {n_exp:,} exposure rows and {n_ev:,} events under {args.out}/data")

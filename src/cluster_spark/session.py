@@ -18,6 +18,17 @@ DELTA_CONF = {
 }
 
 
+#: Defaults of a local session the library starts itself (outside spark-submit, with a
+#: `local[...]` master): a few shuffle partitions instead of Spark's 200, which cost more
+#: than the work on a laptop-sized input, and no progress bars flooding the terminal.
+#: `extra_conf` overrides them; nothing is set for other masters or under spark-submit.
+LOCAL_CONF = {
+    "spark.sql.shuffle.partitions": "8",
+    "spark.databricks.delta.snapshotPartitions": "4",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
 def delta_jars() -> list[str]:
     """Delta Lake jars fetched by `make jars` (or the directory in CLUSTER_SPARK_JARS)."""
     jar_dir = Path(os.environ.get("CLUSTER_SPARK_JARS", Path(__file__).parents[2] / ".jars"))
@@ -36,10 +47,14 @@ def build_spark(
     --packages), nothing is added.
     """
     builder = SparkSession.builder.appName(app_name)
-    for key, value in {**DELTA_CONF, **(extra_conf or {})}.items():
-        builder = builder.config(key, value)
     # spark-submit starts the Python driver with a gateway already running and a master set.
-    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    starts = SparkSession.getActiveSession() is None  # else getOrCreate returns that one
+    local = starts and not submitted and (local_master or "").startswith("local")
+    conf = {**DELTA_CONF, **(LOCAL_CONF if local else {}), **(extra_conf or {})}
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    if not submitted:
         jars = delta_jars()
         if jars:
             builder = builder.config("spark.jars", ",".join(jars))
