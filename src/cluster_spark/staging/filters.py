@@ -1,6 +1,6 @@
 """Event-level rules as Columns: a component's structured filter (NULL rule included),
 its window after the unit's exposure, the analysis-time and bake cut-offs, and CUPED's
-pre-period (METHODS.md, "Metric options"). Values are literals, never SQL."""
+pre-period (docs/methods.md, "Per-unit values"). Values are literals, never SQL."""
 
 from __future__ import annotations
 

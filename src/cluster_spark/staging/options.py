@@ -1,4 +1,4 @@
-"""Per-unit metric options on the unit values (METHODS.md, "Metric options"; Statsig's
+"""Per-unit metric options on the unit values (docs/methods.md, "Per-unit values"; Statsig's
 ratio-metric settings): completed-window and bake rules, the conversion-rate rule, and
 winsorization at percentiles pooled across variants."""
 
@@ -21,7 +21,7 @@ PERCENTILE_ACCURACY = 100_000
 
 
 def included(metric: Metric) -> tuple[Column, Column]:
-    """(completed-window rule holds, bake rule holds) for a unit, per METHODS.md."""
+    """(completed-window rule holds, bake rule holds) for a unit, per docs/methods.md."""
     exposure, analysis = F.col("exposure_ts"), F.col("analysis_ts")
     complete, baked = F.lit(True), F.lit(True)
     for comp in metric.components.values():

@@ -6,7 +6,7 @@ metric — and the 10 distinct centered sums of their 4×4 co-moment matrix. As 
 centered sums stay accurate for large means and merge exactly with the pairwise formulas of
 Chan, Golub & LeVeque (1979).
 
-The adjustment follows METHODS.md, "Variance reduction and decisions": CUPED (Deng, Xu, Kohavi &
+The adjustment follows docs/methods.md, "CUPED for ratio metrics": CUPED (Deng, Xu, Kohavi &
 Walker, "Improving the sensitivity of online controlled experiments by utilizing pre-experiment
 data", WSDM 2013) applied to the delta-method linearizations of R = ΣM/ΣD and P = ΣX/ΣY
 (Deng, Knoblich & Lu, "Applying the Delta Method in Metric Analytics", KDD 2018, §3 and §4).
@@ -267,7 +267,7 @@ def compare_cuped(
 ) -> CupedComparison:
     """CUPED-adjusted delta-method comparison of a treatment group with the control group.
 
-    Per group g (METHODS.md, "Variance reduction and decisions"; Deng et al. 2013 for CUPED,
+    Per group g (docs/methods.md, "CUPED for ratio metrics"; Deng et al. 2013 for CUPED,
     Deng, Knoblich & Lu 2018 for the linearization), with Λ the sample covariance (n−1) of
     (M, D, X, Y), g_R = (1/d̄, −m̄/d̄², 0, 0) and g_P = (0, 0, 1/ȳ, −x̄/ȳ²):
     V_R = g_RᵀΛg_R, V_P = g_PᵀΛg_P, C = g_RᵀΛg_P. Then

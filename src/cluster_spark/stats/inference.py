@@ -1,7 +1,7 @@
 """Treatment-vs-control comparisons of ratio metrics and the SRM check (no Spark).
 
 Absolute and relative effects use the delta method (Deng, Knoblich & Lu 2018, §3) with a Welch
-t test and Welch–Satterthwaite degrees of freedom (default) or a z test; see METHODS.md,
+t test and Welch–Satterthwaite degrees of freedom (default) or a z test; see docs/methods.md,
 "Comparisons". Data problems never raise: they give null estimates and a status code.
 """
 
