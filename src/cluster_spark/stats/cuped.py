@@ -21,17 +21,15 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
-from scipy import stats as sps
-
 from cluster_spark.stats.inference import (
     Comparison,
     Test,
+    absolute_columns,
     compare,
     comparison_status,
     control_mean_significant,
-    interval,
+    reference_distribution,
     relative_columns,
-    welch_df,
 )
 from cluster_spark.stats.ratio import GroupMeans, RatioStats
 from cluster_spark.status import CupedStatus, Status
@@ -318,21 +316,10 @@ def compare_cuped(
             unadjusted, CupedStatus.NO_GAIN, theta=theta, variance_reduction=reduction
         )
 
-    df = welch_df(a, b, t.n, c.n) if test == "welch" else None
-    dist = sps.norm() if df is None else sps.t(df)
-    q = float(dist.ppf(1 - alpha / 2))
-
+    df, dist, q = reference_distribution(a, b, t.n, c.n, alpha, test)
     effect_abs = (t.r - theta * t.p) - (c.r - theta * c.p)
     se_abs = math.sqrt(var_adj)
-    low, high, p = interval(effect_abs, se_abs, q, dist.sf)
-    out: dict[str, float | None] = {
-        "effect_abs": effect_abs,
-        "effect_abs_ci_low": low,
-        "effect_abs_ci_high": high,
-        "effect_abs_stderr": se_abs,
-        "p_value": p,
-        "df": df,
-    }
+    out = absolute_columns(effect_abs, se_abs, q, dist.sf, df)
     zero_se = se_abs == 0
     informative = control_mean_significant(c.r, c.v_r / c.n, q)
     if c.r != 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from scipy import stats as sps
 
@@ -103,21 +103,10 @@ def compare(
         return Comparison(status=Status.ZERO_DENOMINATOR)
 
     a, b = v_t / treatment.n, v_c / control.n
-    df = welch_df(a, b, treatment.n, control.n) if test == "welch" else None
-    dist = sps.norm() if df is None else sps.t(df)  # with a = b = 0 no interval is computed
-    q = float(dist.ppf(1 - alpha / 2))
-
+    df, dist, q = reference_distribution(a, b, treatment.n, control.n, alpha, test)
     effect_abs = r_t - r_c
     se_abs = math.sqrt(a + b)
-    low, high, p = interval(effect_abs, se_abs, q, dist.sf)
-    out = {
-        "effect_abs": effect_abs,
-        "effect_abs_ci_low": low,
-        "effect_abs_ci_high": high,
-        "effect_abs_stderr": se_abs,
-        "p_value": p,
-        "df": df,
-    }
+    out = absolute_columns(effect_abs, se_abs, q, dist.sf, df)
     zero_se = se_abs == 0
     informative = control_mean_significant(r_c, b, q)
     if r_c != 0:
@@ -126,6 +115,32 @@ def compare(
         out |= relative_columns(effect_abs / abs(r_c), se_rel, informative, q, dist.sf)
         zero_se = zero_se or se_rel == 0
     return Comparison(**out, status=comparison_status(out, zero_se, informative))
+
+
+def reference_distribution(
+    a: float, b: float, n_t: int, n_c: int, alpha: float, test: Test
+) -> tuple[float | None, Any, float]:
+    """(ν, distribution, q): Welch's t with ν from the groups' variance terms a and b, or the
+    normal for ``test="z"`` (ν None); q its 1 − alpha/2 quantile. With a = b = 0 no interval
+    is computed, so the normal then stands in."""
+    df = welch_df(a, b, n_t, n_c) if test == "welch" else None
+    dist = sps.norm() if df is None else sps.t(df)
+    return df, dist, float(dist.ppf(1 - alpha / 2))
+
+
+def absolute_columns(
+    effect_abs: float, se_abs: float, q: float, sf: Callable[[float], float], df: float | None
+) -> dict[str, float | None]:
+    """The absolute-effect columns of a comparison: estimate, CI, stderr, p-value and ν."""
+    low, high, p = interval(effect_abs, se_abs, q, sf)
+    return {
+        "effect_abs": effect_abs,
+        "effect_abs_ci_low": low,
+        "effect_abs_ci_high": high,
+        "effect_abs_stderr": se_abs,
+        "p_value": p,
+        "df": df,
+    }
 
 
 def relative_columns(
