@@ -87,7 +87,7 @@ def first_level_steps(spark: SparkSession, config: Config, ids: list[str], event
     parts, columns, key = source_parts(plan, "events")
     cache = Cache()
     units, _ = exposed_units(spark, plan, cache)
-    n_slots = exposure_slots(units)[1]
+    n_slots = exposure_slots(units, len(plan.experiments))[1]
     cache.release()
     # Per slot: each component (twice with CUPED) and 3 bookkeeping values; per key:
     # _n_events and a NULL count per filter column.

@@ -6,7 +6,8 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
 
 from cluster_spark import io, reducer, staging, tables
 from cluster_spark.config import Config
@@ -26,6 +27,42 @@ def _chosen(config: Config, experiment_ids: list[str] | None) -> list[str]:
     return ids
 
 
+def _frame(
+    spark: SparkSession, rows: list[dict[str, Any]], columns: list[tuple[str, str]]
+) -> DataFrame:
+    """Collected group-level rows as a frame built in the JVM (`io.literal_frame`)."""
+    return io.literal_frame(spark, [tuple(r[c] for c, _ in columns) for r in rows], columns)
+
+
+def _columns(schema: T.StructType) -> list[tuple[str, str]]:
+    return [(f.name, f.dataType.simpleString()) for f in schema.fields]
+
+
+def _stage(
+    spark: SparkSession,
+    config: Config,
+    analysis_date: dt.date,
+    ids: list[str],
+    run_id: str,
+    writes: io.SliceWrites | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Staged rows and diagnostics rows, collected once (they are group-level: a few per
+    metric and variant) and written from the driver, so `run` reduces them without reading
+    the tables back and the persisted per-unit frames are released before any write."""
+    with io.input_errors(config.tables()):
+        staged = staging.stage(spark, config, ids, analysis_date, run_id)
+        try:
+            stats = [r.asDict() for r in staged.stats.collect()]
+            diags = [r.asDict() for r in staged.diagnostics.collect()]
+        finally:
+            staged.release()
+        with writes or io.SliceWrites(spark, ids, analysis_date) as w:
+            out = config.output
+            w.write(_frame(spark, stats, _columns(tables.STAGING_SCHEMA)), out.staging)
+            w.write(_frame(spark, diags, _columns(tables.DIAGNOSTICS_SCHEMA)), out.diagnostics)
+    return stats, diags
+
+
 def stage(
     spark: SparkSession,
     config: Config,
@@ -38,15 +75,42 @@ def stage(
     `writes`: the run's `io.SliceWrites` when this is one step of a run (`run`)."""
     ids = _chosen(config, experiment_ids)
     run_id = run_id or new_run_id()
-    with io.input_errors(config.tables()):
-        staged = staging.stage(spark, config, ids, analysis_date, run_id)
-        try:
-            with writes or io.SliceWrites(spark, ids, analysis_date) as w:
-                w.write(staged.stats, config.output.staging)
-                w.write(staged.diagnostics, config.output.diagnostics)
-        finally:
-            staged.release()
+    _stage(spark, config, analysis_date, ids, run_id, writes)
     return run_id
+
+
+def _reduce(
+    spark: SparkSession,
+    config: Config,
+    analysis_date: dt.date,
+    ids: list[str],
+    staged: list[dict[str, Any]],
+    diags: list[dict[str, Any]],
+    run_id: str | None,
+    writes: io.SliceWrites | None,
+) -> list[dict[str, Any]]:
+    results = []
+    for exp_id in ids:
+        rows = [r for r in staged if r["experiment_id"] == exp_id]
+        exp_diags = [d for d in diags if d["experiment_id"] == exp_id]
+        if not rows and not exp_diags:
+            # Not staged at all (staging always writes diagnostics): replacing the results
+            # slice with nothing would lose it.
+            raise InputError(
+                f"nothing staged for experiment '{exp_id}' on {analysis_date} in "
+                f"{config.output.staging}: run `stage` for that date first"
+            )
+        results += reducer.reduce_experiment(
+            rows,
+            config.experiment(exp_id),
+            analysis_date=analysis_date,
+            run_id=run_id or (rows[0]["run_id"] if rows else new_run_id()),
+            diagnostics=exp_diags,
+        )
+    df = _frame(spark, results, tables.RESULT_COLUMNS)
+    with io.input_errors(config.tables()), writes or io.SliceWrites(spark, ids, analysis_date) as w:
+        w.write(df, config.output.results)
+    return results
 
 
 def reduce(
@@ -62,28 +126,16 @@ def reduce(
     with io.input_errors(config.tables()):
         staged = io.read_slice(spark, config.output.staging, ids, analysis_date).collect()
         diags = io.read_slice(spark, config.output.diagnostics, ids, analysis_date).collect()
-    results = []
-    for exp_id in ids:
-        rows = [r.asDict() for r in staged if r["experiment_id"] == exp_id]
-        exp_diags = [d.asDict() for d in diags if d["experiment_id"] == exp_id]
-        if not rows and not exp_diags:
-            # Not staged at all (staging always writes diagnostics): replacing the results
-            # slice with nothing would lose it.
-            raise InputError(
-                f"nothing staged for experiment '{exp_id}' on {analysis_date} in "
-                f"{config.output.staging}: run `stage` for that date first"
-            )
-        results += reducer.reduce_experiment(
-            rows,
-            config.experiment(exp_id),
-            analysis_date=analysis_date,
-            run_id=run_id or (rows[0]["run_id"] if rows else new_run_id()),
-            diagnostics=exp_diags,
-        )
-    df = spark.createDataFrame(results, tables.RESULT_DDL)
-    with io.input_errors(config.tables()), writes or io.SliceWrites(spark, ids, analysis_date) as w:
-        w.write(df, config.output.results)
-    return results
+    return _reduce(
+        spark,
+        config,
+        analysis_date,
+        ids,
+        [r.asDict() for r in staged],
+        [d.asDict() for d in diags],
+        run_id,
+        writes,
+    )
 
 
 def run(
@@ -92,9 +144,11 @@ def run(
     analysis_date: dt.date,
     experiment_ids: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Stage and reduce in one go (same run id in every table). If any step fails, the
-    slices already written are put back as they were (`io.SliceWrites`)."""
+    """Stage and reduce in one go (same run id in every table): the staged rows are reduced
+    as collected, not read back. If any step fails, the slices already written are put
+    back as they were (`io.SliceWrites`)."""
     ids = _chosen(config, experiment_ids)
     with io.SliceWrites(spark, ids, analysis_date) as writes:
-        run_id = stage(spark, config, analysis_date, ids, writes=writes)
-        return reduce(spark, config, analysis_date, ids, run_id=run_id, writes=writes)
+        run_id = new_run_id()
+        staged, diags = _stage(spark, config, analysis_date, ids, run_id, writes)
+        return _reduce(spark, config, analysis_date, ids, staged, diags, run_id, writes)

@@ -173,4 +173,3 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("srm_flag", "boolean"),
     ("run_id", "string"),
 ]
-RESULT_DDL = ", ".join(f"{name} {kind}" for name, kind in RESULT_COLUMNS)

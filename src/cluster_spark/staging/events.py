@@ -168,7 +168,7 @@ def first_level(
     `_n_unmapped` (events whose id the mapping lacks). Bookkeeping per key rather than per
     slot keeps the aggregation narrow: its cost grows with the number of values.
     """
-    slots, n_slots = exposure_slots(units)
+    slots, n_slots = exposure_slots(units, len(plan.experiments))
     ks = [slot(k) for k in range(n_slots)]
     in_range = {
         k: (F.col(TS) >= F.least(f"start_ts{k}", f"pre_start_ts{k}"))

@@ -102,15 +102,16 @@ def slot(k: int) -> str:
     return f"__{k}"
 
 
-def exposure_slots(units: DataFrame) -> tuple[DataFrame, int]:
+def exposure_slots(units: DataFrame, n_experiments: int) -> tuple[DataFrame, int]:
     """The exposures of each unit side by side: one row per unit, slot k (SLOT_COLUMNS
     suffixed `__k`) holding its k-th experiment by id. Events joined to this frame stay
     one row each however many experiments their unit is in (a per-experiment join would
-    copy them). Returns (frame, number of slots = most experiments of one unit, ≥ 1)."""
+    copy them). Returns (frame, number of slots = most experiments of one unit, ≥ 1).
+    With one experiment in the pass that is 1, known without a Spark job."""
     ranked = units.withColumn(
         "_k", F.row_number().over(Window.partitionBy(UNIT).orderBy("experiment_id")) - 1
     )
-    most = ranked.agg(F.max("_k")).first()[0]
+    most = 0 if n_experiments == 1 else ranked.agg(F.max("_k")).first()[0]
     n_slots = 1 if most is None else most + 1
     slots = ranked.groupBy(UNIT).agg(
         *[
