@@ -34,9 +34,11 @@ reaches into the JVM: memory, job counts, plans). `paths.py` puts `src/` on `sys
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from dataset import DataParams, data_root
@@ -47,6 +49,15 @@ from paths import ROOT
 from plans import explain, staging_plans
 from pyspark.sql import SparkSession
 from report import bench_json, machine_info, markdown, results_table, targets_table
+from units import (
+    SMOKE_UNITS,
+    UNIT_SIZES,
+    heavy_org_params,
+    measure_units,
+    units_markdown,
+    units_table,
+    users_params,
+)
 
 from cluster_spark.session import build_spark
 
@@ -85,6 +96,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="print the staging query's physical plan (smallest size) and exit",
     )
+    parser.add_argument(
+        "--units",
+        type=_sizes,
+        help=f"assignment units of the user-randomized experiment (default {UNIT_SIZES})",
+    )
+    parser.add_argument(
+        "--no-units", action="store_true", help="skip the units axis (users, heavy org)"
+    )
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up")
     parser.add_argument(
         "--no-aqe", action="store_true", help="adaptive query execution off (on by default)"
@@ -97,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.argv = argv
     if args.sizes is None:
         args.sizes = _sizes(SMOKE_SIZES if args.smoke else DEFAULT_SIZES)
+    if args.units is None:
+        args.units = _sizes(SMOKE_UNITS if args.smoke else UNIT_SIZES)
     if args.shuffle_partitions is None:
         args.shuffle_partitions = 2 if args.smoke else min(16, max(8, 2 * (cores or 2)))
     args.no_warmup = args.no_warmup or args.smoke  # smoke: start-up costs, not timings
@@ -154,15 +175,30 @@ def main(argv: list[str] | None = None) -> int:
         for p in params:
             log(f"size {p.events:,} events")
             rows.append(measure_size(spark, args, p, log))
+        units_rows = []
+        if not args.no_units:
+            heavy = (
+                heavy_org_params(users=20_000, orgs=50, heavy=4_000)
+                if args.smoke
+                else heavy_org_params()
+            )
+            for up in [users_params(n) for n in args.units] + [heavy]:
+                log(f"units axis: {up.kind}, {up.units:,} assignment units, {up.events:,} events")
+                units_rows.append(measure_units(spark, args, up, log))
         data = data_root(args.out, params[0].events)
         plans = staging_plans(spark, bench_config(data, args.out / "runs" / "explain"))
         print()
         print(results_table(rows))
         print()
         print(targets_table(rows))
-        (args.out / "bench.json").write_text(bench_json(rows, machine, args, plans))
+        if units_rows:
+            print()
+            print(units_table(units_rows))
+        report = json.loads(bench_json(rows, machine, args, plans))
+        report["units_axis"] = [asdict(r) for r in units_rows]
+        (args.out / "bench.json").write_text(json.dumps(report, indent=2))
         if not args.no_write_md:
-            args.md.write_text(markdown(rows, machine, args, plans))
+            args.md.write_text(markdown(rows, machine, args, plans) + units_markdown(units_rows))
             log(f"\nwrote {args.md}")
         return 0
     finally:

@@ -30,8 +30,11 @@ def _chosen(config: Config, experiment_ids: list[str] | None) -> list[str]:
 def _frame(
     spark: SparkSession, rows: list[dict[str, Any]], columns: list[tuple[str, str]]
 ) -> DataFrame:
-    """Collected group-level rows as a frame built in the JVM (`io.literal_frame`)."""
-    return io.literal_frame(spark, [tuple(r[c] for c, _ in columns) for r in rows], columns)
+    """Collected group-level rows (hundreds at most) as a frame to write. Not
+    `io.literal_frame`: a literal per cell makes plans of thousands of expressions that
+    take Spark tens of seconds to optimize."""
+    schema = ", ".join(f"`{name}` {kind}" for name, kind in columns)
+    return spark.createDataFrame([tuple(r[c] for c, _ in columns) for r in rows], schema)
 
 
 def _columns(schema: T.StructType) -> list[tuple[str, str]]:
