@@ -15,7 +15,9 @@ from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from crosscheck import RTOL as CROSSCHECK_RTOL
 from dataset import DATA_DAYS, EVENT_TYPES, EXPERIMENTS
+from duckdb_peer import EXACT_CAP_VALUES
 from jvm import java_version, master
 from measure import DEFAULT_SIZES, WARMUP_EVENTS, SizeResult
 from pyspark.sql import SparkSession
@@ -49,10 +51,14 @@ def machine_info(spark: SparkSession) -> dict[str, str]:
         nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     except OSError:
         nproc = str(len(os.sched_getaffinity(0)))
-    try:
-        delta = version("delta-spark")
-    except PackageNotFoundError:
-        delta = "unknown"
+
+    def package(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "unknown"
+
+    delta = package("delta-spark")
     jars = ", ".join(Path(j).name for j in spark.conf.get("spark.jars", "").split(",") if j)
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -63,6 +69,7 @@ def machine_info(spark: SparkSession) -> dict[str, str]:
         "spark": spark.version,
         "delta": f"{delta} ({jars})" if jars else delta,
         "java": java_version(spark),
+        "duckdb": f"{package('duckdb')} (deltalake {package('deltalake')})",
         "master": master(spark),
         "driver_memory": spark.conf.get("spark.driver.memory", "default"),
         "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
@@ -82,8 +89,9 @@ def _ok(passed: bool | None) -> str:
 
 
 HEADER = (
-    "| events | users | units | floor s | stage s | reduce s | cluster_spark s | per-metric s "
-    "| cs ÷ floor | per-metric ÷ cs | cs ×/doubling | py RSS peak MiB | JVM heap peak MiB |"
+    "| events | users | units | floor s | stage s | reduce s | cluster_spark s | DuckDB s "
+    "| per-metric s | cs ÷ floor | per-metric ÷ cs | DuckDB ÷ cs | cs ×/doubling "
+    "| py RSS peak MiB | JVM heap peak MiB |"
 )
 
 
@@ -98,11 +106,29 @@ def results_table(rows: list[SizeResult]) -> str:
         )
         lines.append(
             f"| {r.events:,} | {r.users:,} | {r.units:,} | {r.floor_s:.1f} | {r.stage_s:.1f} "
-            f"| {r.reduce_s:.1f} | {r.cluster_s:.1f} | {r.per_metric_s:.1f} "
-            f"| {r.cluster_s / r.floor_s:.2f} | {r.per_metric_s / r.cluster_s:.2f} | {growth} "
+            f"| {r.reduce_s:.1f} | {r.cluster_s:.1f} | {r.duckdb_s:.2f} | {r.per_metric_s:.1f} "
+            f"| {r.cluster_s / r.floor_s:.2f} | {r.per_metric_s / r.cluster_s:.2f} "
+            f"| {r.duckdb_s / r.cluster_s:.2g} | {growth} "
             f"| {r.memory['py_rss_peak_mib']:.0f} | {r.memory['jvm_heap_peak_mib']:.0f} |"
         )
         prev = r
+    return "\n".join(lines)
+
+
+def crosscheck_table(rows: list[SizeResult]) -> str:
+    """The cross-engine check per size (`crosscheck.crosscheck`; a failure stops the run)."""
+    lines = [
+        "| events | (experiment, metric, variant) groups | rows (× winsorized) "
+        "| values compared | max relative difference | result |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        c = r.crosscheck
+        note = "" if c["exact_caps"] else " (caps approximate: per-metric's not compared)"
+        lines.append(
+            f"| {r.events:,} | {c['groups']} | {c['rows']} | {c['values']:,} "
+            f"| {c['max_rel_diff']:.1e} | **PASS**: cluster_spark = per-metric = DuckDB{note} |"
+        )
     return "\n".join(lines)
 
 
@@ -122,6 +148,16 @@ def targets(rows: list[SizeResult]) -> list[tuple[str, str, str, bool | None]]:
             f"({big.per_metric_s:.1f} s vs {big.cluster_s:.1f} s)",
             "≥ 5",
             big.per_metric_s / big.cluster_s >= TARGETS["per_metric_ratio"],
+        ),
+        (
+            "staged moments = per-metric = DuckDB for every (experiment, metric, variant)",
+            ", ".join(
+                f"{r.events:,}: {r.crosscheck['groups']} groups, max rel. diff "
+                f"{r.crosscheck['max_rel_diff']:.1e}"
+                for r in rows
+            ),
+            f"≤ {CROSSCHECK_RTOL:g} relative",
+            all(r.crosscheck["max_rel_diff"] <= CROSSCHECK_RTOL for r in rows),
         ),
     ]
     if len(rows) > 1:
@@ -256,8 +292,20 @@ Seconds are wall-clock{timing_note}.
 *units* = analysed (experiment, org) pairs over the three experiments;
 *cluster_spark* = `pipeline.stage` + `pipeline.reduce` for all three experiments
 (20 metrics each, staging/diagnostics/results written as Delta);
+*DuckDB* = the same staged statistics computed by DuckDB on one node (`bench/duckdb_peer.py`:
+Delta read through `deltalake`, {args.cores} threads, its own process; no results table);
 *cs ×/doubling* = cluster_spark time factor per doubling of events from the previous size,
 `(t₂/t₁)^(1/log₂(n₂/n₁))`; memory columns are peaks over the size's measurements.
+
+## Cross-engine check
+
+{crosscheck_table(rows)}
+
+Every (experiment, metric, variant) row that cluster_spark staged (raw and, for the
+winsorized metrics, winsorized) against the per-metric queries' and DuckDB's answers
+(`bench/crosscheck.py`): n, Σm, Σd, means, Σm², Σd², Σmd (cluster_spark's from its centered
+moments), the centered co-moments (DuckDB), the exclusion counts (DuckDB) and the
+winsorization caps, each within {CROSSCHECK_RTOL:g} relative; a disagreement fails the run.
 
 ## Targets
 
@@ -290,6 +338,12 @@ Seconds are wall-clock{timing_note}.
   experiments (so 20 queries, not 60): first exposures, events joined to them (broadcast),
   per-unit aggregation with `count(DISTINCT)` and the same `staging.filters.event_condition`, units
   without events as zeros, percentile caps where winsorized, per-group sums, collected.
+- **DuckDB**: `bench/duckdb_peer.py`, SQL generated from the same config: first exposures,
+  windows, filters, conversion rule, winsorization caps (Spark's `percentile_approx`
+  reproduced as the exact rank statistic it is below {EXACT_CAP_VALUES:,} values),
+  per-unit values and per-(experiment, metric, variant) moments, from the same Delta files
+  (`deltalake` → Arrow dataset), timed from opening the tables to the fetched rows, in a
+  process of its own after the memory window (so not in the memory columns).
 - **memory**: Python driver peak RSS (VmHWM after resetting it through
   `/proc/self/clear_refs` at the start of the size; `ru_maxrss` is the whole-process peak)
   and the JVM's peak heap used (sum of the heap pools' peak usage, reset per size). In
@@ -312,6 +366,7 @@ Seconds are wall-clock{timing_note}.
 {machine["adaptive"]}) |
 | Delta | {machine["delta"]} |
 | Java | {machine["java"]} |
+| DuckDB | {machine["duckdb"]} |
 
 The machine is shared: the load average before and after each size is in the details
 table; timings under load are noisy and slower than on an idle machine.
@@ -324,13 +379,17 @@ def bench_json(
     args: argparse.Namespace,
     plans: dict[str, dict[str, int]],
 ) -> str:
-    """bench.json: the machine, the arguments, every size's measurements, the staging plan's
+    """bench.json: the machine, the arguments, every size's measurements (with DuckDB's
+    time, its ratio to cluster_spark's and the cross-engine check), the staging plan's
     operator counts and the targets."""
     return json.dumps(
         {
             "machine": machine,
             "args": args.argv,
-            "rows": [{**asdict(r), "cluster_s": r.cluster_s} for r in rows],
+            "rows": [
+                {**asdict(r), "cluster_s": r.cluster_s, "duckdb_ratio": r.duckdb_s / r.cluster_s}
+                for r in rows
+            ],
             "staging_plan_operators": plans,
             "targets": [
                 {"target": t, "measured": m, "threshold": th, "passed": ok}
