@@ -293,7 +293,8 @@ Seconds are wall-clock{timing_note}.
 *cluster_spark* = `pipeline.stage` + `pipeline.reduce` for all three experiments
 (20 metrics each, staging/diagnostics/results written as Delta);
 *DuckDB* = the same staged statistics computed by DuckDB on one node (`bench/duckdb_peer.py`:
-Delta read through `deltalake`, {args.cores} threads, its own process; no results table);
+Delta read through `deltalake`, {args.cores} threads, its own process; without the
+diagnostics, the design-effect moments and the results table that cluster_spark also writes);
 *cs ×/doubling* = cluster_spark time factor per doubling of events from the previous size,
 `(t₂/t₁)^(1/log₂(n₂/n₁))`; memory columns are peaks over the size's measurements.
 
