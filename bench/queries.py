@@ -77,7 +77,11 @@ def per_metric_query(
 ) -> list:
     """One metric, all experiments, as a warehouse tool's query: first exposures ⋈ events
     → per-unit (M, D) → winsorization caps (pooled per experiment) → per-group sums.
-    Reuses staging.filters.event_condition so the metric means the same thing."""
+    Reuses staging.filters.event_condition so the metric means the same thing.
+
+    Returns one row per (experiment, variant): n, sum_m, sum_d, sum_mm, sum_dd, sum_md
+    (raw sums of the unit values) and, for a winsorized metric, the same sums of the
+    clamped values (suffix `_w`) and the caps (`tables.CAP_COLUMNS` it has)."""
     units = first_exposures(spark, config, exposures)
     joined = (
         events.withColumnRenamed("ts", TS)
@@ -124,15 +128,15 @@ def per_metric_query(
             for side, q in (("lower", w.lower), ("upper", w.upper)):
                 if q is not None:
                     pct = F.percentile_approx(F.when(keep, F.col(col)), q, PERCENTILE_ACCURACY)
-                    caps.append(pct.alias(f"{col}_{side}"))
+                    caps.append(pct.alias(f"{role}_{side}_cap"))
         cap_df = values.groupBy("experiment_id").agg(*caps)
         values = values.join(F.broadcast(cap_df), "experiment_id")
-        for col in ("m", "d"):
+        for role, col in (("num", "m"), ("den", "d")):
             x = F.col(col)
-            if f"{col}_lower" in cap_df.columns:
-                x = F.when(x == 0, x).otherwise(F.greatest(x, F.col(f"{col}_lower")))
-            if f"{col}_upper" in cap_df.columns:
-                x = F.when(x == 0, x).otherwise(F.least(x, F.col(f"{col}_upper")))
+            if f"{role}_lower_cap" in cap_df.columns:
+                x = F.when(x == 0, x).otherwise(F.greatest(x, F.col(f"{role}_lower_cap")))
+            if f"{role}_upper_cap" in cap_df.columns:
+                x = F.when(x == 0, x).otherwise(F.least(x, F.col(f"{role}_upper_cap")))
             values = values.withColumn(f"{col}_w", x)
         sums += [
             F.sum("m_w").alias("sum_m_w"),
@@ -140,5 +144,6 @@ def per_metric_query(
             F.sum(F.col("m_w") * F.col("d_w")).alias("sum_md_w"),
             F.sum("d_w").alias("sum_d_w"),
             F.sum(F.col("d_w") * F.col("d_w")).alias("sum_dd_w"),
+            *[F.first(c).alias(c) for c in cap_df.columns if c != "experiment_id"],
         ]
     return values.groupBy("experiment_id", "variant").agg(*sums).collect()

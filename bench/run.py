@@ -21,11 +21,19 @@ SparkSession and the same Delta files:
    exposures, events joined to them, per-unit aggregation, winsorization where configured,
    per-group sums — as warehouse tools run them;
 4. driver memory: the Python driver's peak RSS (VmHWM, reset per size; ru_maxrss for the
-   whole process) and the JVM's peak heap used (heap pools' peak usage, reset per size).
+   whole process) and the JVM's peak heap used (heap pools' peak usage, reset per size);
+5. DuckDB (the single-node peer, `duckdb_peer.py`): the same staged statistics as SQL
+   generated from the same config, over the same Delta files read through `deltalake`,
+   in a child process after the memory window (its memory is not the driver's);
+6. cross-engine check (`crosscheck.py`): cluster_spark's staged moments (read back from
+   its staging table) against the per-metric queries' and DuckDB's answers, for every
+   (experiment, metric, variant), raw and winsorized, to 1e-9 relative; a disagreement
+   stops the run (exit status 1) with the values of all three.
 
 This file parses the arguments, starts the SparkSession and runs the sizes; the rest of
 the bench is split by what it owns: `dataset.py` (the generated data), `metrics.py` (the
 config of 20 metrics × 3 experiments), `queries.py` (floor and per-metric queries),
+`duckdb_peer.py` (the DuckDB peer), `crosscheck.py` (the cross-engine check),
 `measure.py` (one size's measurements), `plans.py` (the staging plan, `--explain`),
 `report.py` (tables, bench.json, BENCHMARKS.md) and `jvm.py` (the only module that
 reaches into the JVM: memory, job counts, plans). `paths.py` puts `src/` on `sys.path`.
@@ -41,6 +49,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from crosscheck import CrossCheckError
 from dataset import DataParams, data_root
 from jvm import set_log_level
 from measure import DEFAULT_SIZES, SMOKE_SIZES, WARMUP_EVENTS, measure_size
@@ -48,7 +57,14 @@ from metrics import bench_config
 from paths import ROOT
 from plans import explain, staging_plans
 from pyspark.sql import SparkSession
-from report import bench_json, machine_info, markdown, results_table, targets_table
+from report import (
+    bench_json,
+    crosscheck_table,
+    machine_info,
+    markdown,
+    results_table,
+    targets_table,
+)
 from units import (
     SMOKE_UNITS,
     UNIT_SIZES,
@@ -190,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(results_table(rows))
         print()
+        print(crosscheck_table(rows))
+        print()
         print(targets_table(rows))
         if units_rows:
             print()
@@ -201,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
             args.md.write_text(markdown(rows, machine, args, plans) + units_markdown(units_rows))
             log(f"\nwrote {args.md}")
         return 0
+    except CrossCheckError as e:
+        print(e, file=sys.stderr)
+        return 1
     finally:
         spark.stop()
 

@@ -8,6 +8,11 @@ and the driver's GC log on. In local mode the driver JVM also runs the tasks; he
 executors are separate JVMs, so the log shows the driver's own heap:
 
     .venv/bin/python scripts/bounded_driver.py --events 4000000,16000000 --out out/driver_check
+    .venv/bin/python scripts/bounded_driver.py --units 1000000,10000000  # user-randomized
+
+`--units N,...` analyses the bench's user-randomized experiment (`bench/units.py`:
+assignment unit = user, ~4 events per unit, 3 metrics plus a count_distinct of a non-id
+column) with N assignment units instead.
 
 Prints per size: exit code, seconds, the heap used at its highest before a collection and
 the most still in use after one that evacuates (both in MiB, from the GC log).
@@ -130,33 +135,65 @@ def heap_from_gc_log(text: str) -> tuple[float, float]:
     return max(before), max(after)
 
 
+def units_data(out: Path, n_units: int) -> tuple[Path, int]:
+    """The bench's user-randomized dataset with `n_units` assignment units, and its config."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from units import ensure_units_data, units_config_dict, users_params
+
+    p = users_params(n_units)
+    spark = build_spark("bounded-driver data", local_master="local[2]")
+    try:
+        data = ensure_units_data(spark, out, p, print)
+    finally:
+        spark.stop()
+    raw = units_config_dict(p, data, out / "run")
+    path = out / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path, p.events
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", default="30000000", help="comma-separated event counts")
+    parser.add_argument("--units", help="comma-separated assignment units (user-randomized)")
     parser.add_argument("--out", type=Path, default=Path("out/driver_check"))
     parser.add_argument("--driver-memory", default="512m")
     args = parser.parse_args()
-    rows = [
-        run_size(args.out.resolve() / n, int(n), args.driver_memory) for n in args.events.split(",")
-    ]
+    out = args.out.resolve()
+    if args.units:
+        sizes = [int(n) for n in args.units.split(",")]
+        rows = [run_size(out / f"units_{n}", n, args.driver_memory, units=True) for n in sizes]
+    else:
+        sizes = [int(n) for n in args.events.split(",")]
+        rows = [run_size(out / str(n), n, args.driver_memory) for n in sizes]
     print(
-        "| events | Parquet MiB | exit | s | driver heap peak MiB | driver heap live after GC MiB |"
+        "| assignment units | events | Parquet MiB | exit | s | driver heap peak MiB "
+        "| driver heap live after GC MiB |"
     )
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        units = f"{r['units']:,}" if r["units"] else "20,000 orgs"
         print(
-            f"| {r['events']:,} | {r['mib']:,.0f} | {r['exit']} | {r['seconds']:.0f} | "
+            f"| {units} | {r['events']:,} | {r['mib']:,.0f} | {r['exit']} | {r['seconds']:.0f} | "
             f"{r['heap_peak']:.0f} | {r['heap_live']:.0f} |"
         )
     return max(r["exit"] for r in rows)
 
 
-def run_size(out: Path, n_events: int, driver_memory: str) -> dict:
+def run_size(out: Path, n: int, driver_memory: str, units: bool = False) -> dict:
+    """One analysis under the standalone cluster: `n` events of the org experiment, or
+    `n` assignment units of the user-randomized one (`units`)."""
     from tests.test_submit_cluster import Cluster
 
-    if not (out / "events" / "_delta_log").exists():
-        generate(out, n_events)
-    size = sum(f.stat().st_size for f in (out / "events").rglob("*.parquet"))
+    if units:
+        config_path, n_events = units_data(out, n)
+        events_dir = config_path.parent / "data" / f"units_users_{n}" / "events"
+    else:
+        n_events = n
+        if not (out / "events" / "_delta_log").exists():
+            generate(out, n_events)
+        config_path, events_dir = config(out), out / "events"
+    size = sum(f.stat().st_size for f in events_dir.rglob("*.parquet"))
     gc_log = out / "driver_gc.log"
     gc_log.unlink(missing_ok=True)
     cluster = Cluster(out / "cluster")
@@ -178,7 +215,7 @@ def run_size(out: Path, n_events: int, driver_memory: str) -> dict:
                 "--",
                 "run",
                 "--config",
-                str(config(out)),
+                str(config_path),
                 "--date",
                 "2026-02-01",
             ],
@@ -199,6 +236,7 @@ def run_size(out: Path, n_events: int, driver_memory: str) -> dict:
         flush=True,
     )
     return {
+        "units": n if units else None,
         "events": n_events,
         "mib": size / 2**20,
         "exit": proc.returncode,

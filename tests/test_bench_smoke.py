@@ -1,4 +1,5 @@
-"""`bench/run.py --smoke` runs end to end and reports all four measurements."""
+"""`bench/run.py --smoke` runs end to end, reports every measurement (DuckDB's time too) and
+passes the cross-engine check over every (experiment, metric, variant)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ COLUMNS = (
     "stage s",
     "reduce s",
     "cluster_spark s",
+    "DuckDB s",
     "per-metric s",
+    "DuckDB ÷ cs",
     "py RSS peak MiB",
     "JVM heap peak MiB",
 )
@@ -38,12 +41,17 @@ def test_bench_smoke(tmp_path):
     report = json.loads((tmp_path / "bench.json").read_text())
     (size,) = report["rows"]
     assert size["events"] == 20_000
-    for key in ("floor_s", "stage_s", "reduce_s", "per_metric_s"):
+    for key in ("floor_s", "stage_s", "reduce_s", "per_metric_s", "duckdb_s", "duckdb_ratio"):
         assert size[key] > 0, key
     assert len(size["per_metric_queries"]) == 20
     # 3 experiments with 3 + 2 + 2 variants, 20 metrics each, 2 of them winsorized
     assert size["results_rows"] == 20 * 7
     assert size["staging_rows"] == (20 + 2) * 7
+    check = size["crosscheck"]
+    assert (check["groups"], check["rows"]) == (20 * 7, (20 + 2) * 7)
+    assert check["exact_caps"] and check["max_rel_diff"] <= 1e-9
+    assert "| 20,000 | 140 | 154 |" in proc.stdout
+    assert "cluster_spark = per-metric = DuckDB" in proc.stdout
     assert size["memory"]["py_rss_peak_mib"] > 0
     assert size["memory"]["jvm_heap_peak_mib"] > 0
     plan = report["staging_plan_operators"]["staging statistics"]

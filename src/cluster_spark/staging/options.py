@@ -16,7 +16,7 @@ from cluster_spark.staging.plan import UNIT, Plan
 from cluster_spark.tables import CAP_COLUMNS
 
 #: Relative rank accuracy of `percentile_approx` is 1/PERCENTILE_ACCURACY (exact below
-#: that many distinct values per experiment and metric).
+#: PERCENTILE_ACCURACY / 2 values per experiment and metric: README, "Percentiles").
 PERCENTILE_ACCURACY = 100_000
 
 
