@@ -15,6 +15,13 @@ class ClusterSparkError(Exception):
     exit_code = 1
 
 
+class UsageError(ClusterSparkError, ValueError):
+    """The request does not fit the config: an analysis date before an experiment's start,
+    a malformed `--conf`. Exit 64, as argparse's own usage errors."""
+
+    exit_code = EXIT_USAGE
+
+
 class ConfigError(ClusterSparkError, ValueError):
     """The configuration is invalid (names the file, key, value and rule). Exit 78."""
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cluster_spark.checks import is_warning
+
 Row = Mapping[str, Any]
 
 #: Diagnostics checks that count units rather than problems (shown in the SRM box too).
@@ -345,7 +347,7 @@ def _diagnostics_table(diagnostics: Sequence[Row]) -> str:
     body = []
     for d in sorted(diagnostics, key=key):
         value = d.get("value")
-        bad = d.get("check") not in UNIT_CHECKS and (_finite(value) or 0) > 0
+        bad = _finite(value) is not None and is_warning(d.get("check"), value)
         body.append(
             [
                 _e(d.get("check")),
