@@ -39,3 +39,8 @@ class DataQualityError(ClusterSparkError):
     """The data breaks the design and the configured policy is to fail. Exit 65."""
 
     exit_code = 65  # EX_DATAERR
+
+
+class ClusterSparkWarning(UserWarning):
+    """Something the user should know about a run that succeeded: a filter that matches
+    no event, an analysis capped at the experiment's end, an experiment without results."""
