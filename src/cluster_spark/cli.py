@@ -1,15 +1,20 @@
-"""`cluster-spark` command line: stage, reduce, run, show and demo.
+"""`cluster-spark` command line: stage, reduce, run, show, plan, report and demo.
 
-Config is loaded and validated before a SparkSession is built. Under spark-submit the
-master comes from spark-submit; otherwise `--master` (default local[*]) is used.
+Config and analysis date are validated before a SparkSession is built. Under spark-submit
+the master comes from spark-submit; otherwise `--master` (default local[*]), and a local
+session the CLI starts gets small-input settings (`session.LOCAL_CONF`). `--conf KEY=VALUE`
+adds Spark settings (they win over those); `-q` prints only results, warnings and errors.
+Progress, notes and warnings go to stderr, results to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,8 +23,28 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cluster_spark import checks
 from cluster_spark.config import load_config
-from cluster_spark.errors import EXIT_USAGE, ClusterSparkError
+from cluster_spark.errors import EXIT_USAGE, ClusterSparkError, UsageError
+
+#: Spark settings of `-q`: only errors in Spark's log, no progress bars.
+QUIET_CONF = {"spark.log.level": "ERROR", "spark.ui.showConsoleProgress": "false"}
+
+#: Log4j 2 settings of a driver JVM that `-q` starts: errors only from the first line (the
+#: `spark.log.level` above applies once the SparkContext is up, after the start-up WARNs).
+#: A configured `org` logger at the root's level keeps Spark from announcing a shell log
+#: level (it does when the first logging class has no logger of its own).
+QUIET_LOG4J = """\
+rootLogger.level = error
+rootLogger.appenderRef.stderr.ref = console
+logger.org.name = org
+logger.org.level = error
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+"""
 
 
 def _date(text: str) -> dt.date:
@@ -29,6 +54,18 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(
             f"--date {text!r} is not an ISO date (YYYY-MM-DD)"
         ) from None
+
+
+def _conf(text: str) -> tuple[str, str]:
+    """`--conf KEY=VALUE`: a Spark setting (the key starts with `spark.`; the value may be
+    empty and may hold `=`)."""
+    key, eq, value = text.partition("=")
+    if not eq or not key.startswith("spark.") or key != key.strip() or " " in key:
+        raise argparse.ArgumentTypeError(
+            f"--conf {text!r} is not KEY=VALUE with a Spark key (spark.…), "
+            "e.g. --conf spark.sql.shuffle.partitions=4"
+        )
+    return key, value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +94,28 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--experiment", action="append", help="experiment id (repeatable)")
         p.add_argument("--root", type=Path, help="base of relative table paths (default: cwd)")
         p.add_argument("--master", default="local[*]", help="master outside spark-submit")
+        p.add_argument(
+            "--conf",
+            type=_conf,
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="Spark setting (repeatable), e.g. spark.sql.shuffle.partitions=4",
+        )
+        p.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            help="no progress; Spark logs errors only (results, warnings and errors still shown)",
+        )
+        if name == "run":
+            p.add_argument(
+                "--report",
+                type=Path,
+                metavar="PATH",
+                help="also write the HTML report: PATH.html (one experiment) or a directory "
+                "(<experiment>_<date>.html each)",
+            )
         if name == "report":
             p.add_argument("--out", type=Path, default=Path("out/reports"), help="directory")
         if name == "plan":
@@ -73,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--orgs", type=int, default=8000)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--master", default="local[*]")
+    demo.add_argument("--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE")
     return parser
 
 
@@ -132,19 +192,31 @@ def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = N
     (console or Console(width=170)).print(table)
 
 
+def _report_paths(target: Path, ids: Sequence[str], date: dt.date) -> dict[str, Path]:
+    """Where each experiment's report goes: `target` itself when it names an .html file
+    (one experiment only: a usage error otherwise), else `<target>/<id>_<date>.html`."""
+    if target.suffix.lower() in (".html", ".htm"):
+        if len(ids) != 1:
+            raise UsageError(
+                f"--report {target}: one file for {len(ids)} experiments "
+                f"({', '.join(ids)}); give a directory, or one --experiment"
+            )
+        return {ids[0]: target}
+    return {e: target / f"{e}_{date.isoformat()}.html" for e in ids}
+
+
 def write_experiment_report(spark, config, experiment_id: str, date: dt.date, out: Path) -> Path:
     """Read one experiment's results and diagnostics slices and write its HTML report."""
-    from cluster_spark import io, report
+    from cluster_spark import api
+    from cluster_spark.html_report import write_report
 
-    def rows(path: str) -> list[dict[str, Any]]:
-        return [r.asDict() for r in io.read_slice(spark, path, [experiment_id], date).collect()]
-
-    return report.write_report(
-        out / f"{experiment_id}_{date.isoformat()}.html",
+    (found,), _ = api.read_reported(spark, config, date, [experiment_id])
+    return write_report(
+        _report_paths(out, [experiment_id], date)[experiment_id],
         experiment_id,
         date,
-        rows(config.output.results),
-        rows(config.output.diagnostics),
+        found.results,
+        found.diagnostics,
     )
 
 
@@ -172,21 +244,80 @@ def _print_plan(spark, config, args: argparse.Namespace) -> None:
         Console(width=170).print(table)
 
 
+class _Progress:
+    """Progress lines on stderr with the time since the command started (none with -q);
+    warnings and notes are shown in every mode."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.t0 = quiet, time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            elapsed = time.perf_counter() - self.t0
+            print(f"cluster-spark: {message} ({elapsed:.1f}s)", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def warn(messages: Iterable[str], kind: str = "warning") -> None:
+        for message in messages:
+            print(f"cluster-spark: {kind}: {message}", file=sys.stderr, flush=True)
+
+
+def _quiet_log4j() -> Path:
+    """QUIET_LOG4J as a file (in the temporary directory, replaced atomically)."""
+    path = Path(tempfile.gettempdir()) / "cluster_spark-quiet-log4j2.properties"
+    if not path.exists() or path.read_text() != QUIET_LOG4J:
+        part = path.with_name(f"{path.name}.{os.getpid()}")
+        part.write_text(QUIET_LOG4J)
+        part.replace(path)
+    return path
+
+
+def _spark_conf(args: argparse.Namespace) -> dict[str, str]:
+    """Spark settings from the command line: -q's, then every --conf (the last one wins).
+    -q also points a driver JVM it starts at QUIET_LOG4J (not under spark-submit, whose
+    JVM runs already; not when --conf sets the driver's Java options itself)."""
+    conf = {}
+    if getattr(args, "quiet", False):
+        conf |= QUIET_CONF
+        if "PYSPARK_GATEWAY_PORT" not in os.environ:
+            java = f"-Dlog4j2.configurationFile={_quiet_log4j().as_uri()}"
+            conf["spark.driver.extraJavaOptions"] = java
+    return conf | dict(args.conf)
+
+
+def _start_spark(args: argparse.Namespace, app_name: str, extra_conf: dict[str, str]):
+    """build_spark; a session that does not start with the --conf settings given is a
+    usage error naming them and Spark's reason (no Java traceback)."""
+    from cluster_spark.session import build_spark
+
+    try:
+        return build_spark(app_name, local_master=args.master, extra_conf=extra_conf)
+    except Exception as err:
+        if not args.conf:
+            raise
+        reason = next(
+            (line[2:] for line in str(err).splitlines() if line.startswith(": ")),
+            str(err).splitlines()[0] if str(err) else type(err).__name__,
+        )
+        given = ", ".join(f"{k}={v}" for k, v in args.conf)
+        raise UsageError(f"Spark did not start with --conf {given}: {reason}") from None
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from cluster_spark import demo, pipeline
-    from cluster_spark.session import build_spark
 
     console = Console(width=170)
     config = load_config(args.config, root=args.out)
     for table in ("data", "staging", "results", "diagnostics"):  # the demo starts afresh
         shutil.rmtree(args.out / table, ignore_errors=True)
     t0 = time.perf_counter()
-    spark = build_spark("cluster_spark demo", local_master=args.master)
-    spark.sparkContext.setLogLevel("ERROR")
+    conf = {"spark.log.level": "ERROR", **_spark_conf(args)}
+    spark = _start_spark(args, "cluster_spark demo", conf)
     n_exp, n_ev = demo.write_demo_data(spark, args.out, n_orgs=args.orgs, seed=args.seed)
     console.print(f"generated {n_exp:,} exposure rows and {n_ev:,} events under {args.out}/data")
-    rows = pipeline.run(spark, config, demo.ANALYSIS_DATE)
-    print_results(rows, console)
+    outcome = pipeline.run_outcome(spark, config, demo.ANALYSIS_DATE)
+    print_results(outcome.results, console)
+    _Progress.warn(outcome.warnings(config))
     page = write_experiment_report(spark, config, demo.EXPERIMENT_ID, demo.ANALYSIS_DATE, args.out)
     lifts = ", ".join(f"{v} {lift:+.0%}" for v, lift in demo.LIFT.items() if v != "control")
     console.print(f"true lift in revenue_per_user: {lifts}")
@@ -198,35 +329,81 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, root=args.root)  # validated before Spark starts
+    """Validate config, experiments, date and --report before Spark starts; then run."""
+    progress = _Progress(args.quiet)
+    config = load_config(args.config, root=args.root)
+    ids = args.experiment or [e.id for e in config.experiments]
+    for e in ids:
+        config.experiment(e)  # ConfigError naming an unknown id
+    notes = checks.date_notes(config, ids, args.date)  # UsageError before the start
+    if getattr(args, "report", None) is not None:
+        _report_paths(args.report, ids, args.date)  # one file for several: UsageError
+    _Progress.warn(notes, "note")
     from cluster_spark import io
-    from cluster_spark.session import build_spark
 
-    spark = build_spark(f"cluster_spark {args.command}", local_master=args.master)
+    progress(f"starting Spark for {args.command} of {', '.join(ids)} on {args.date}")
+    spark = _start_spark(args, f"cluster_spark {args.command}", _spark_conf(args))
     with io.input_errors(config.tables()):
-        return _command(spark, config, args)
+        code = _command(spark, config, args, progress)
+    progress("done")
+    return code
 
 
-def _command(spark, config, args: argparse.Namespace) -> int:
-    from cluster_spark import io, pipeline
+def _write_reports(outcome, config, args: argparse.Namespace) -> None:
+    """`run --report`: the reports of this run's rows (nothing read back)."""
+    from cluster_spark.html_report import write_report
+
+    ids = args.experiment or [e.id for e in config.experiments]
+    for exp_id, path in _report_paths(args.report, ids, args.date).items():
+        rows = [r for r in outcome.results if r["experiment_id"] == exp_id]
+        diags = [d for d in outcome.diagnostics if d["experiment_id"] == exp_id]
+        print(f"wrote {write_report(path, exp_id, args.date, rows, diags)}")
+
+
+def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> int:
+    from cluster_spark import api, pipeline
+    from cluster_spark.html_report import write_report
 
     ids = args.experiment
     if args.command == "stage":
-        run_id = pipeline.stage(spark, config, args.date, ids)
-        print(f"staged run {run_id} into {config.output.staging}")
+        progress("staging")
+        outcome = pipeline.stage_outcome(spark, config, args.date, ids)
+        print(f"staged run {outcome.run_id} into {config.output.staging}")
+        _Progress.warn(outcome.warnings(config))
     elif args.command == "reduce":
+        progress("reducing")
         print_results(pipeline.reduce(spark, config, args.date, ids))
     elif args.command == "run":
-        print_results(pipeline.run(spark, config, args.date, ids))
+        progress("staging and reducing")
+        outcome = pipeline.run_outcome(spark, config, args.date, ids)
+        print_results(outcome.results)
+        if args.report is not None:
+            _write_reports(outcome, config, args)
+        _Progress.warn(outcome.warnings(config))
     elif args.command == "plan":
         _print_plan(spark, config, args)
     elif args.command == "report":
-        for exp_id in ids or [e.id for e in config.experiments]:
-            print(f"wrote {write_experiment_report(spark, config, exp_id, args.date, args.out)}")
+        progress("reading results and diagnostics")
+        reported, missing = api.read_reported(spark, config, args.date, ids)
+        for r in reported:
+            exp_id = r.experiment_id
+            path = _report_paths(args.out, [exp_id], args.date)[exp_id]
+            print(f"wrote {write_report(path, exp_id, args.date, r.results, r.diagnostics)}")
+        _Progress.warn(f"no results for experiment '{e}' on {args.date}" for e in missing)
+        _Progress.warn(checks.filter_warnings(config, [d for r in reported for d in r.diagnostics]))
     else:
-        ids = ids or [e.id for e in config.experiments]
-        df = io.read_slice(spark, config.output.results, ids, args.date)
-        print_results(r.asDict() for r in df.orderBy("experiment_id", "metric").collect())
+        reported, missing = api.read_reported(spark, config, args.date, ids, diagnostics=False)
+        rows = sorted(
+            (row for r in reported for row in r.results),
+            key=lambda r: (
+                r["experiment_id"],
+                r["metric"],
+                r["variant"] != r["control_variant"],
+                r["variant"],
+            ),
+        )
+        print_results(rows)
+        _Progress.warn(f"no results for experiment '{e}' on {args.date}" for e in missing)
     return 0
 
 

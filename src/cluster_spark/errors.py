@@ -15,6 +15,13 @@ class ClusterSparkError(Exception):
     exit_code = 1
 
 
+class UsageError(ClusterSparkError, ValueError):
+    """The request does not fit the config: an analysis date before an experiment's start,
+    a malformed `--conf`. Exit 64, as argparse's own usage errors."""
+
+    exit_code = EXIT_USAGE
+
+
 class ConfigError(ClusterSparkError, ValueError):
     """The configuration is invalid (names the file, key, value and rule). Exit 78."""
 
@@ -32,3 +39,8 @@ class DataQualityError(ClusterSparkError):
     """The data breaks the design and the configured policy is to fail. Exit 65."""
 
     exit_code = 65  # EX_DATAERR
+
+
+class ClusterSparkWarning(UserWarning):
+    """Something the user should know about a run that succeeded: a filter that matches
+    no event, an analysis capped at the experiment's end, an experiment without results."""

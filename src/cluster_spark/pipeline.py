@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from cluster_spark import io, reducer, staging, tables
+from cluster_spark import checks, io, reducer, staging, tables
 from cluster_spark.config import Config
 from cluster_spark.errors import ConfigError, InputError
 
@@ -18,12 +19,31 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 
-def _chosen(config: Config, experiment_ids: list[str] | None) -> list[str]:
+@dataclass(frozen=True)
+class Outcome:
+    """What one `stage_outcome` or `run_outcome` call produced, already collected: group-level
+    rows only (a few per metric and variant), as plain dicts."""
+
+    run_id: str
+    #: Rows of the results table (`tables.RESULT_COLUMNS`); empty when only staged.
+    results: list[dict[str, Any]]
+    #: Rows of the diagnostics table (`tables.DIAGNOSTICS_SCHEMA`).
+    diagnostics: list[dict[str, Any]]
+
+    def warnings(self, config: Config) -> list[str]:
+        """Filters that match nothing, from the diagnostics (`checks.filter_warnings`)."""
+        return checks.filter_warnings(config, self.diagnostics)
+
+
+def _chosen(config: Config, experiment_ids: list[str] | None, analysis_date: dt.date) -> list[str]:
+    """The experiment ids to work on (all of the config's by default). Raises ConfigError
+    for an unknown or repeated id, UsageError for a date before an experiment's start."""
     ids = experiment_ids or [e.id for e in config.experiments]
     for e in ids:
         config.experiment(e)  # raises ConfigError naming the unknown id
     if len(set(ids)) != len(ids):
         raise ConfigError(f"experiment ids given twice: {ids}")
+    checks.date_notes(config, ids, analysis_date)
     return ids
 
 
@@ -66,6 +86,22 @@ def _stage(
     return stats, diags
 
 
+def stage_outcome(
+    spark: SparkSession,
+    config: Config,
+    analysis_date: dt.date,
+    experiment_ids: list[str] | None = None,
+    run_id: str | None = None,
+    writes: io.SliceWrites | None = None,
+) -> Outcome:
+    """Compute and write the staged statistics and diagnostics; returns the run id and the
+    diagnostics rows. `writes`: the run's `io.SliceWrites` when this is one step of a run."""
+    ids = _chosen(config, experiment_ids, analysis_date)
+    run_id = run_id or new_run_id()
+    _, diags = _stage(spark, config, analysis_date, ids, run_id, writes)
+    return Outcome(run_id, [], diags)
+
+
 def stage(
     spark: SparkSession,
     config: Config,
@@ -76,10 +112,7 @@ def stage(
 ) -> str:
     """Compute and write the staged statistics and diagnostics; returns the run id.
     `writes`: the run's `io.SliceWrites` when this is one step of a run (`run`)."""
-    ids = _chosen(config, experiment_ids)
-    run_id = run_id or new_run_id()
-    _stage(spark, config, analysis_date, ids, run_id, writes)
-    return run_id
+    return stage_outcome(spark, config, analysis_date, experiment_ids, run_id, writes).run_id
 
 
 def _reduce(
@@ -125,7 +158,7 @@ def reduce(
     writes: io.SliceWrites | None = None,
 ) -> list[dict[str, Any]]:
     """Read the staged slice, compute comparisons on the driver, write the results slice."""
-    ids = _chosen(config, experiment_ids)
+    ids = _chosen(config, experiment_ids, analysis_date)
     with io.input_errors(config.tables()):
         staged = io.read_slice(spark, config.output.staging, ids, analysis_date).collect()
         diags = io.read_slice(spark, config.output.diagnostics, ids, analysis_date).collect()
@@ -141,17 +174,28 @@ def reduce(
     )
 
 
+def run_outcome(
+    spark: SparkSession,
+    config: Config,
+    analysis_date: dt.date,
+    experiment_ids: list[str] | None = None,
+) -> Outcome:
+    """Stage and reduce in one go (same run id in every table): the staged rows are reduced
+    as collected, not read back. If any step fails, the slices already written are put
+    back as they were (`io.SliceWrites`). Returns the results and diagnostics rows."""
+    ids = _chosen(config, experiment_ids, analysis_date)
+    with io.SliceWrites(spark, ids, analysis_date) as writes:
+        run_id = new_run_id()
+        staged, diags = _stage(spark, config, analysis_date, ids, run_id, writes)
+        results = _reduce(spark, config, analysis_date, ids, staged, diags, run_id, writes)
+    return Outcome(run_id, results, diags)
+
+
 def run(
     spark: SparkSession,
     config: Config,
     analysis_date: dt.date,
     experiment_ids: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Stage and reduce in one go (same run id in every table): the staged rows are reduced
-    as collected, not read back. If any step fails, the slices already written are put
-    back as they were (`io.SliceWrites`)."""
-    ids = _chosen(config, experiment_ids)
-    with io.SliceWrites(spark, ids, analysis_date) as writes:
-        run_id = new_run_id()
-        staged, diags = _stage(spark, config, analysis_date, ids, run_id, writes)
-        return _reduce(spark, config, analysis_date, ids, staged, diags, run_id, writes)
+    """`run_outcome`'s results rows (`tables.RESULT_COLUMNS` as dicts)."""
+    return run_outcome(spark, config, analysis_date, experiment_ids).results

@@ -1,10 +1,11 @@
 """One pass over one metric source: its events with the unit id (directly or through an
 id mapping), joined to the exposure slots and aggregated once per (unit, first-level key)
 for every component that reads the source: the first aggregation level, persisted, with
-its NULL-id, unmapped-id and NULL-filter-value diagnostics."""
+its NULL-id, unmapped-id, NULL-filter-value and filter-match diagnostics."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial, reduce
@@ -12,10 +13,11 @@ from functools import partial, reduce
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from cluster_spark.config import Component, IdMapping
+from cluster_spark.checks import filter_values, matched_check, value_check
+from cluster_spark.config import Component, Condition, IdMapping
 from cluster_spark.io import check_columns, describe, read_table, utc_timestamp
 from cluster_spark.staging.exposures import exposure_slots, slot
-from cluster_spark.staging.filters import event_condition, pre_condition
+from cluster_spark.staging.filters import condition, event_condition, pre_condition
 from cluster_spark.staging.plan import SUB, TS, UNIT, Cache, Plan, diag, experiment_ids
 
 
@@ -145,6 +147,26 @@ def filter_columns(parts: dict[str, tuple[Component, float]]) -> list[str]:
     return sorted({cond.column for comp, _ in parts.values() for cond in comp.filter})
 
 
+def _predicate_key(conditions: Iterable[Condition]) -> str:
+    return json.dumps([c.model_dump(mode="json") for c in conditions], sort_keys=True)
+
+
+def match_predicates(parts: dict[str, tuple[Component, float]]) -> list[tuple[Condition, ...]]:
+    """The event predicates whose matches the first level counts per key (`_match__i`):
+    every component's filter (all its conditions), and each value of an `eq` or `in`
+    condition on its own (`column == value`, as `eq` compares). Equal predicates are
+    counted once: a filter of one `eq` condition is also its value's predicate."""
+    found: dict[str, tuple[Condition, ...]] = {}
+    for comp, _ in parts.values():
+        if comp.filter:
+            found.setdefault(_predicate_key(comp.filter), tuple(comp.filter))
+        for cond in comp.filter:
+            for value in filter_values(cond):
+                one = (Condition(column=cond.column, op="eq", value=value),)
+                found.setdefault(_predicate_key(one), one)
+    return list(found.values())
+
+
 def first_level(
     plan: Plan,
     events: DataFrame,
@@ -164,9 +186,11 @@ def first_level(
     pre-period), `_first_ts`, `_n_pre` (events before exposure), `_active` (1 if any event
     after exposure), and per key (over all its events the join keeps: those in any of its
     unit's experiment ranges) `_n_events`, `_null__i` (events whose i-th filter column,
-    `filter_columns(parts)[i]`, is NULL) and, for sources read through an id mapping,
-    `_n_unmapped` (events whose id the mapping lacks). Bookkeeping per key rather than per
-    slot keeps the aggregation narrow: its cost grows with the number of values.
+    `filter_columns(parts)[i]`, is NULL), `_match__i` (events that pass the i-th predicate
+    of `match_predicates(parts)`: the filter-match diagnostics) and, for sources read
+    through an id mapping, `_n_unmapped` (events whose id the mapping lacks). Bookkeeping
+    per key rather than per slot keeps the aggregation narrow: its cost grows with the
+    number of values.
     """
     slots, n_slots = exposure_slots(units, len(plan.experiments))
     ks = [slot(k) for k in range(n_slots)]
@@ -209,6 +233,11 @@ def first_level(
     totals += [
         F.count(F.when(F.col(c).isNull(), 1)).alias(f"_null__{i}") for i, c in enumerate(nullable)
     ]
+    predicates = match_predicates(parts)
+    totals += [
+        F.count(F.when(reduce(Column.__and__, map(condition, conds)), 1)).alias(f"_match__{i}")
+        for i, conds in enumerate(predicates)
+    ]
     if "_unmapped" in events.columns:
         totals.append(F.count(F.when(F.col("_unmapped"), 1)).alias("_n_unmapped"))
     per_key = joined.groupBy(UNIT, SUB).agg(*aggs, *totals)
@@ -223,6 +252,7 @@ def first_level(
     ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
     total_names = [c for c in per_key.columns if c in ("_n_events", "_n_unmapped")]
     total_names += [f"_null__{i}" for i in range(len(nullable))]
+    total_names += [f"_match__{i}" for i in range(len(predicates))]
     values = None
     if pairs:  # distinct values by aggregation: no per-unit arrays (a heavy org's hotspot)
         values = (
@@ -283,8 +313,10 @@ def source_level(
     that reaches the assignment unit (events of the whole source: they belong to no unit)
     and, where the source has it, for the analysis unit; `unmapped_ids:<source>` (events
     whose id the id mapping lacks); and `null_values:<source>:<column>` for every filter
-    column (NULL values: kept by `ne`/`not_in`/`is_null`, dropped by the others). The last
-    two count the events of the experiment's units that the run reads: from the earliest
+    column (NULL values: kept by `ne`/`not_in`/`is_null`, dropped by the others); per
+    metric reading the source, `matched_events:<role>` and `filter_value_events:<role>:
+    <column>=<value>` (`cluster_spark.checks`: a filter that matches nothing). All but the
+    first count the events of the experiment's units that the run reads: from the earliest
     start (or pre-period) to the latest analysis time of the unit's experiments."""
     config = plan.config
     src = config.sources[source]
@@ -307,22 +339,15 @@ def source_level(
     per_source = no_unit.crossJoin(experiment_ids(spark, plan))
     diags = [diag(per_source, check, F.col(col)) for check, col in checks]
     nullable = filter_columns(parts)
-    in_exp = [(f"null_values:{source}:{c}", total(f"_null__{i}")) for i, c in enumerate(nullable)]
+    in_exp: list[tuple[str | None, str, Column]] = [
+        (None, f"null_values:{source}:{c}", total(f"_null__{i}")) for i, c in enumerate(nullable)
+    ]
     if by_analysis_unit and plan.analysis_unit != key_type:  # else a NULL one has no unit
         null_sub = F.when(F.col(SUB).isNull(), F.col("_n_events"))
-        in_exp.append((f"events_with_null_ids:{source}:{plan.analysis_unit}", total(null_sub)))
-    if in_exp:
-        per_exp = experiment_ids(spark, plan).join(
-            level1.where(F.col("experiment_id").isNotNull() & F.col(UNIT).isNotNull())
-            .groupBy("experiment_id")
-            .agg(*[value.alias(f"_d{i}") for i, (_, value) in enumerate(in_exp)]),
-            "experiment_id",
-            "left",
-        )
-        diags += [
-            diag(per_exp, check, F.coalesce(F.col(f"_d{i}"), F.lit(0)))
-            for i, (check, _) in enumerate(in_exp)
-        ]
+        check = f"events_with_null_ids:{source}:{plan.analysis_unit}"
+        in_exp.append((None, check, total(null_sub)))
+    in_exp += [(m, check, total(col)) for m, check, col in _match_checks(plan, source, parts)]
+    diags.append(_per_experiment(spark, plan, level1, in_exp))
     return SourceLevel(
         source,
         where,
@@ -333,6 +358,64 @@ def source_level(
         level1,
         first.values,
         reduce(DataFrame.unionByName, diags),
+    )
+
+
+def _match_checks(
+    plan: Plan, source: str, parts: dict[str, tuple[Component, float]]
+) -> list[tuple[str, str, str]]:
+    """(metric, check, first-level column) of the filter-match diagnostics of the metrics
+    reading `source` (`checks.matched_check`, `checks.value_check`)."""
+    index = {_predicate_key(p): i for i, p in enumerate(match_predicates(parts))}
+    out: dict[tuple[str, str], str] = {}
+    for (metric, role), (_, comp, _) in plan.components.items():
+        if comp.source != source:
+            continue
+        matched = f"_match__{index[_predicate_key(comp.filter)]}" if comp.filter else "_n_events"
+        out[(metric, matched_check(role))] = matched
+        for cond in comp.filter:
+            for value in filter_values(cond):
+                one = [Condition(column=cond.column, op="eq", value=value)]
+                column = f"_match__{index[_predicate_key(one)]}"
+                out[(metric, value_check(role, cond.column, value))] = column
+    return [(metric, check, column) for (metric, check), column in out.items()]
+
+
+def _per_experiment(
+    spark: SparkSession,
+    plan: Plan,
+    level1: DataFrame,
+    checks: list[tuple[str | None, str, Column]],
+) -> DataFrame:
+    """Diagnostics rows of (metric or None, check, aggregate over the experiment's
+    first-level rows), from one aggregation: every experiment of the plan gets each of its
+    checks (0 when it has no rows), metric-level ones only for its own metrics."""
+    per_exp = experiment_ids(spark, plan).join(
+        level1.where(F.col("experiment_id").isNotNull() & F.col(UNIT).isNotNull())
+        .groupBy("experiment_id")
+        .agg(*[value.alias(f"_d{i}") for i, (_, _, value) in enumerate(checks)]),
+        "experiment_id",
+        "left",
+    )
+    entries = [
+        F.struct(
+            F.lit(metric).cast("string").alias("metric"),
+            F.lit(check).alias("check"),
+            F.coalesce(F.col(f"_d{i}"), F.lit(0)).cast("bigint").alias("value"),
+        )
+        for i, (metric, check, _) in enumerate(checks)
+    ]
+    metrics = F.create_map(
+        *[x for e in plan.experiments for x in (F.lit(e.id), F.array(*map(F.lit, e.metrics)))]
+    )
+    own = F.array_contains(F.element_at(metrics, F.col("experiment_id")), F.col("metric"))
+    return (
+        per_exp.select("experiment_id", F.explode(F.array(*entries)).alias("d"))
+        .select("experiment_id", "d.*")
+        .where(F.col("metric").isNull() | own)
+        .select(
+            "experiment_id", "metric", F.lit(None).cast("string").alias("variant"), "check", "value"
+        )
     )
 
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cluster_spark.checks import is_warning
+
 Row = Mapping[str, Any]
 
 #: Diagnostics checks that count units rather than problems (shown in the SRM box too).
@@ -345,7 +347,7 @@ def _diagnostics_table(diagnostics: Sequence[Row]) -> str:
     body = []
     for d in sorted(diagnostics, key=key):
         value = d.get("value")
-        bad = d.get("check") not in UNIT_CHECKS and (_finite(value) or 0) > 0
+        bad = _finite(value) is not None and is_warning(d.get("check"), value)
         body.append(
             [
                 _e(d.get("check")),
@@ -359,16 +361,12 @@ def _diagnostics_table(diagnostics: Sequence[Row]) -> str:
     return _table(["check", "metric", "variant", "value"], body, left=3)
 
 
-def render_report(
+def _sections(
     experiment_id: str,
     analysis_date: dt.date | str,
     results: Sequence[Row],
     diagnostics: Sequence[Row],
 ) -> str:
-    """One self-contained HTML page for an experiment: header, SRM box, a results table per
-    metric, a forest plot of relative lifts and the diagnostics table. Rows of other
-    experiments (by `experiment_id`, when present) are ignored."""
-
     def mine(r: Row) -> bool:
         return r.get("experiment_id", experiment_id) == experiment_id
 
@@ -388,16 +386,48 @@ def render_report(
         else '<p class="muted">No treatments.</p>'
     )
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>Experiment {_e(experiment_id)} — {_e(analysis_date)}</title>"
-        f"<style>{CSS}</style></head><body>"
         f"{_header(experiment_id, analysis_date, results)}"
         f"<h2>Sample-ratio mismatch</h2>{_srm_box(results, diagnostics, control)}"
         f"<h2>Results</h2>{tables or '<p class=muted>No results.</p>'}"
         f"<h2>Relative lift</h2>{plot}"
         f"<h2>Diagnostics</h2>{_diagnostics_table(diagnostics)}"
-        "</body></html>\n"
     )
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def render_report(
+    experiment_id: str,
+    analysis_date: dt.date | str,
+    results: Sequence[Row],
+    diagnostics: Sequence[Row],
+) -> str:
+    """One self-contained HTML page for an experiment: header, SRM box, a results table per
+    metric, a forest plot of relative lifts and the diagnostics table. Rows of other
+    experiments (by `experiment_id`, when present) are ignored."""
+    return _page(
+        f"Experiment {experiment_id} — {analysis_date}",
+        _sections(experiment_id, analysis_date, results, diagnostics),
+    )
+
+
+def render_reports(
+    analysis_date: dt.date | str,
+    experiments: Sequence[tuple[str, Sequence[Row], Sequence[Row]]],
+) -> str:
+    """One self-contained HTML page for several experiments, given as (experiment id,
+    results rows, diagnostics rows): each experiment's sections as in `render_report`, one
+    after the other. With one experiment it is `render_report`'s page."""
+    if len(experiments) == 1:
+        return render_report(experiments[0][0], analysis_date, *experiments[0][1:])
+    ids = ", ".join(e for e, _, _ in experiments)
+    body = "<hr>".join(_sections(e, analysis_date, r, d) for e, r, d in experiments)
+    return _page(f"Experiments {ids} — {analysis_date}", body)
 
 
 def write_report(

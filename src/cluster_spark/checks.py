@@ -1,0 +1,164 @@
+"""What a run tells its user besides the numbers (pure Python, no Spark): the analysis
+date against each experiment's dates, and the filter-match diagnostics turned into
+warnings that name the experiment, metric, component, column and value.
+
+The filter-match counts themselves are computed in Spark in the first aggregation pass
+(`staging.events.first_level`) and staged as diagnostics rows, per experiment and metric
+(variant NULL):
+
+- `matched_events:<numerator|denominator>`: events of the experiment's units that the run
+  reads (from the earliest start, or pre-period, to the latest analysis time of the unit's
+  experiments: the scope of `null_values`) that pass the component's filter (all its
+  conditions; every such event without a filter). 0 means the component is 0 for every
+  unit.
+- `filter_value_events:<numerator|denominator>:<column>=<value>`: the same events whose
+  `column` equals one value of an `eq` or `in` condition (value as JSON, instants in ISO
+  8601 UTC). 0 means the value never occurs there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from cluster_spark.errors import UsageError
+
+if TYPE_CHECKING:  # no run-time dependency: the report imports this module
+    from cluster_spark.config import Component, Condition, Config
+
+#: Component roles as `Metric.components` names them → as the config spells them.
+ROLES = {"num": "numerator", "den": "denominator"}
+
+MATCHED = "matched_events"
+FILTER_VALUE = "filter_value_events"
+
+
+def matched_check(role: str) -> str:
+    """Diagnostics check of the events matching a component's filter (`num`/`den`)."""
+    return f"{MATCHED}:{ROLES.get(role, role)}"
+
+
+def _literal(value: Any) -> str:
+    """A filter value as it appears in a check name: JSON, instants in ISO 8601."""
+    return json.dumps(value, default=lambda v: v.isoformat(), ensure_ascii=False)
+
+
+def value_check(role: str, column: str, value: Any) -> str:
+    """Diagnostics check of the events whose `column` equals one filter value."""
+    return f"{FILTER_VALUE}:{ROLES.get(role, role)}:{column}={_literal(value)}"
+
+
+def filter_values(cond: Condition) -> list[Any]:
+    """The values an `eq` or `in` condition looks for (none for other operators)."""
+    if cond.op == "eq":
+        return [cond.value]
+    if cond.op == "in":
+        return list(cond.value)
+    return []
+
+
+def is_warning(check: str | None, value: Any) -> bool:
+    """Whether a diagnostics row is a problem: a filter-match count of 0, or a positive
+    count of any other check but the unit counts."""
+    if check is None or value is None:
+        return False
+    if check.startswith((f"{MATCHED}:", f"{FILTER_VALUE}:")):
+        return value == 0
+    return check not in ("assignment_units", "analysis_units") and value > 0
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return repr(value)
+
+
+def describe_filter(conditions: Iterable[Condition]) -> str:
+    """A component's filter as text, e.g. `event eq 'Purchase' and value gt 100`."""
+    parts = []
+    for c in conditions:
+        if c.op in ("is_null", "not_null"):
+            parts.append(f"{c.column} {c.op}")
+        elif isinstance(c.value, list):
+            parts.append(f"{c.column} {c.op} [{', '.join(map(_show, c.value))}]")
+        else:
+            parts.append(f"{c.column} {c.op} {_show(c.value)}")
+    return " and ".join(parts)
+
+
+def _component_warning(
+    comp: Component, role: str, found: Mapping[str, Any], where: str
+) -> str | None:
+    absent = [
+        (cond.column, value)
+        for cond in comp.filter
+        for value in filter_values(cond)
+        if found.get(value_check(role, cond.column, value)) == 0
+    ]
+    never = "; ".join(f"column '{c}' never holds {_show(v)}" for c, v in absent)
+    hint = " (values are compared exactly: case and spaces count)" if absent else ""
+    part = ROLES[role]
+    if found.get(matched_check(role)) == 0:
+        events = f"events of source '{comp.source}' {_SCOPE}"
+        if comp.filter:
+            what = f"none of the {events} matches the filter [{describe_filter(comp.filter)}]"
+        else:
+            what = f"there are no {events}"
+        reason = f": {never}{hint}" if never else ""
+        return f"{where}: {what}{reason}; the {part} is 0 for every unit"
+    if absent:
+        return f"{where}: in source '{comp.source}', {never}{hint}"
+    return None
+
+
+_SCOPE = "(of the experiment's units, from its start to the analysis time)"
+
+
+def filter_warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One warning per component (in config order) whose filter matches no event of an
+    experiment's units, or one of whose `eq`/`in` values never occurs in its column, from
+    the staged diagnostics rows (`experiment_id`, `metric`, `check`, `value`). Components
+    without such rows (not staged) give none."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for d in diagnostics:
+        if d.get("metric") is not None:
+            found.setdefault((d["experiment_id"], d["metric"]), {})[d["check"]] = d["value"]
+    out = []
+    for exp in config.experiments:
+        for name in exp.metrics:
+            rows = found.get((exp.id, name))
+            if not rows:
+                continue
+            for role, comp in config.metrics[name].components.items():
+                if comp.agg == "unit_count":
+                    continue
+                where = f"experiment '{exp.id}', metric '{name}', {ROLES[role]}"
+                message = _component_warning(comp, role, rows, where)
+                if message:
+                    out.append(message)
+    return out
+
+
+def date_notes(config: Config, experiment_ids: Iterable[str], analysis_date: dt.date) -> list[str]:
+    """Check the analysis date against each chosen experiment's dates, before any Spark
+    work. Raises `UsageError` (exit 64) naming every experiment that starts after the
+    date (nothing can be exposed yet); returns a note for each experiment that ended
+    before it (its analysis is capped at the end of `end`, 24:00 UTC)."""
+    exps = [config.experiment(e) for e in experiment_ids]
+    early = [e for e in exps if analysis_date < e.start]
+    if early:
+        named = ", ".join(f"'{e.id}' starts on {e.start}" for e in early)
+        others = len(early) < len(exps)
+        raise UsageError(
+            f"analysis date {analysis_date} is before the start of the experiment ({named}): "
+            "no unit can be exposed yet, so there is nothing to analyse; choose a date on or "
+            "after the start" + (", or leave that experiment out (--experiment)" if others else "")
+        )
+    return [
+        f"experiment '{e.id}' ended on {e.end}: the analysis for {analysis_date} is capped "
+        f"at the end date (events and exposures up to {e.end} 24:00 UTC)"
+        for e in exps
+        if e.end is not None and analysis_date > e.end
+    ]
