@@ -26,6 +26,11 @@ from cluster_spark.errors import ClusterSparkError, InputError
 
 #: The kind a column needs, by priority when two uses of one column differ.
 _PRIORITY = {"id": 2, "numeric": 1, "any": 0}
+_CONSTANT_HINT = (
+    "; a table of one experiment's exposures can name it instead: "
+    "experiment_id: {constant: <experiment id>}"
+)
+_SQLSTATE = re.compile(r"\s*SQLSTATE: \w+\.?")
 #: Longest example value shown in a message.
 _SHOWN = 120
 
@@ -163,12 +168,18 @@ class Inputs:
         try:
             read = self.read(need.label)
         except InputError as err:
-            return [str(err)]
+            return [f"{need.label}: {_SQLSTATE.sub('', str(err))}"]
         df = read.df
         problems = list(read.problems)
         problems += io.column_problems(df, need.columns, need.where)
+        src = self.config.exposures
+        if need.label == "exposures" and src.constant_experiment is None:
+            problems = [
+                p + _CONSTANT_HINT if f"missing column '{src.experiment_id}'" in p else p
+                for p in problems
+            ]
         if need.time is not None:
-            problem = io.time_problem(df, need.time, need.where)
+            problem = io.time_problem(df, need.time, need.where, read.nanos)
             problems += [problem] if problem else []
         problems += filter_problems(df, need)
         return problems + self._data_problems(need, read)
@@ -264,7 +275,9 @@ def _scan_failure(err: Exception, need: Need) -> str:
     text = str(err)
     if "INVALID_DATETIME_PATTERN" in text and need.time is not None:
         reason = next((line for line in text.splitlines() if "INVALID_DATETIME" in line), text)
-        reason = re.sub(r"\s*SQLSTATE: \w+\.?", "", reason).strip()
+        reason = _SQLSTATE.sub("", reason).strip()
+        if need.time.format:  # as the user wrote it (`io.pattern_instants` may add an offset)
+            reason = reason.replace(io.zoned_pattern(need.time.format), need.time.format)
         return f"{need.where}, column '{need.time.column}': {reason}"
     mapped = io.read_failure(err, {need.label: need.table.path or need.table.table or ""})
     if mapped is None:

@@ -286,14 +286,19 @@ def _has_zone(pattern: str) -> bool:
     return False
 
 
+def zoned_pattern(pattern: str) -> str:
+    """The pattern `pattern_instants` parses with: with an offset (` xx`) when it has none."""
+    return pattern if _has_zone(pattern) else pattern + " xx"
+
+
 def pattern_instants(text: Column, pattern: str) -> Column:
     """Text read with a Spark datetime pattern as instants; NULL when it does not parse.
     A pattern without a zone or offset reads UTC: the text gets ` +0000` and the pattern
     ` xx`, so the session's zone never enters."""
     s = F.trim(text)
     if not _has_zone(pattern):
-        s, pattern = F.concat(s, F.lit(" +0000")), pattern + " xx"
-    fmt = F.lit(pattern)
+        s = F.concat(s, F.lit(" +0000"))
+    fmt = F.lit(zoned_pattern(pattern))
     # to_timestamp_ltz is an instant whatever spark.sql.timestampType says; it fails on
     # text that does not parse, so it only sees text that try_to_timestamp parses.
     return F.when(F.try_to_timestamp(s, fmt).isNotNull(), F.to_timestamp_ltz(s, fmt))
@@ -325,12 +330,12 @@ def time_instants(df: DataFrame, spec: TimeColumn, nanos: bool = False) -> Colum
     return None
 
 
-def time_problem(df: DataFrame, spec: TimeColumn, where: str) -> str | None:
+def time_problem(df: DataFrame, spec: TimeColumn, where: str, nanos: bool = False) -> str | None:
     """Why `time_instants` cannot read the column (None when it can or it is missing)."""
     if spec.column not in df.columns:
         return None
     kind = df.schema[spec.column].dataType
-    if time_instants(df, spec) is not None:
+    if time_instants(df, spec, nanos) is not None:
         return None
     shown = f"{where}: column '{spec.column}' has type {kind.simpleString()}"
     if spec.format is not None:

@@ -281,8 +281,9 @@ def source_level(
     that reaches the assignment unit (events of the whole source: they belong to no unit)
     and, where the source has it, for the analysis unit; `unmapped_ids:<source>` (events
     whose id the id mapping lacks); `events_with_null_timestamps:<source>` (events of the
-    whole source without a timestamp: they are in no window); and `null_values:<source>:<column>` for every filter
-    column (NULL values: kept by `ne`/`not_in`/`is_null`, dropped by the others). The last
+    whole source without a timestamp: they are in no window); and
+    `null_values:<source>:<column>` for every filter column (NULL values: kept by
+    `ne`/`not_in`/`is_null`, dropped by the others). The last
     two count the events of the experiment's units that the run reads: from the earliest
     start (or pre-period) to the latest analysis time of the unit's experiments."""
     config = plan.config
