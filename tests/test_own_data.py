@@ -65,65 +65,48 @@ o4,u5,page_view,0,
 007,u6,purchase,1,2026-03-05T00:00:00Z
 7,u7,purchase,100,2026-03-05T00:00:00Z
 """
-# control: o1 10 + 5.5 (naive = UTC), o2 8 (7 is a second before its exposure), 007 1.
-# treatment: o3 20, o4 0 (30 is half a second before its exposure), 7 100.
-CSV_EXPECTED = {"control": (3, 24.5), "treatment": (3, 120.0)}
-
-MINIMAL_YAML = """
-exposures:
-  path: exposures.csv
-  format: csv
-  experiment_id: {constant: pricing_page}
-  timestamp: exposed_at
-  ids: {org_id: org_id}
-sources:
-  events:
-    path: events.csv
-    format: csv
-    timestamp: ts
-    ids: {org_id: org_id, user_id: user_id}
-metrics:
-  revenue_per_org:
-    kind: mean
-    numerator: {source: events, agg: sum, column: value,
-                filter: [{column: event, op: eq, value: purchase}]}
-experiments:
-  - id: pricing_page
-    assignment_unit: org_id
-    control: control
-    variants: [control, treatment]
-    start: 2026-03-02
-    metrics: [revenue_per_org]
-output: {staging: out/staging, results: out/results, diagnostics: out/diagnostics}
-"""
+# control: o1 10 + 5.5 (naive = UTC) over u1, u2; o2 8 over u3 (7 is a second before its
+# exposure); 007 1 over u6. treatment: o3 20 over u4; o4 nothing (30 is half a second
+# before its exposure, the page view has no time); 7 100 over u7.
+README_EXPECTED = {"control": (3, 24.5, 4.0, 6.125), "treatment": (3, 120.0, 2.0, 60.0)}
 
 
-def _results(spark, root: Path) -> dict[str, tuple[int, float]]:
-    rows = spark.read.format("delta").load(str(root / "out" / "results")).collect()
-    return {r.variant: (r.n_units, r.numerator_sum) for r in rows}
-
-
-def _checks(spark, root: Path) -> dict[tuple[str, str | None], int]:
-    rows = spark.read.format("delta").load(str(root / "out" / "diagnostics")).collect()
-    return {(d.check, d.variant): d.value for d in rows if d.metric is None}
+def readme_config() -> str:
+    """The config of the README's section "Your own data", as a user copies it."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Your own data") :]
+    block = section[section.index("```yaml\n") + len("```yaml\n") :]
+    return block[: block.index("```\n")]
 
 
 def test_two_csv_exports_one_config_one_command(spark, tmp_path, capsys):
-    write(tmp_path / "exposures.csv", EXPOSURES_CSV)
-    write(tmp_path / "events.csv", EVENTS_CSV)
-    write(tmp_path / "conf.yaml", MINIMAL_YAML)
-    code = cli.main(
-        ["run", "--config", str(tmp_path / "conf.yaml"), "--date", "2026-03-09",
-         "--root", str(tmp_path)]
-    )  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    assert "pricing_page" in capsys.readouterr().out
-    assert _results(spark, tmp_path) == CSV_EXPECTED
-    checks = _checks(spark, tmp_path)
+    """The README's "Your own data": its config, two CSV exports, `run` and `report`."""
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "conf").mkdir()
+    write(tmp_path / "exports" / "exposures.csv", EXPOSURES_CSV)
+    write(tmp_path / "exports" / "events.csv", EVENTS_CSV)
+    write(tmp_path / "conf" / "pricing_page.yaml", readme_config())
+    args = ["--config", str(tmp_path / "conf" / "pricing_page.yaml"), "--date", "2026-03-09"]
+    code = cli.main(["run", *args, "--root", str(tmp_path)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "pricing_page" in out.out
+    out_dir = tmp_path / "out" / "pricing_page"
+    rows = spark.read.format("delta").load(str(out_dir / "results")).collect()
+    got = {r.variant: (r.n_units, r.numerator_sum, r.denominator_sum, r.mean) for r in rows}
+    assert got == README_EXPECTED
+    diags = spark.read.format("delta").load(str(out_dir / "diagnostics")).collect()
+    checks = {(d.check, d.variant): d.value for d in diags if d.metric is None}
     assert checks[("exposures_with_null_ids", None)] == 1  # o5: no exposure time
     assert checks[("events_with_null_timestamps:events", None)] == 1  # o4's page view
     assert checks[("assignment_units", "control")] == 3
     assert checks[("assignment_units", "treatment")] == 3
+    assert checks[("analysis_units", "control")] == 4
+    assert checks[("analysis_units", "treatment")] == 2
+    reports = tmp_path / "reports"
+    code = cli.main(["report", *args, "--root", str(tmp_path), "--out", str(reports)])
+    assert code == 0
+    assert "revenue_per_user" in (reports / "pricing_page_2026-03-09.html").read_text()
 
 
 # ---------------------------------------------------------------- JSON, no header, options
