@@ -303,6 +303,7 @@ def test_diagnostics_table(spark, tmp_path):
         ("exposures_with_null_ids", None): 1,
         ("events_with_null_ids:events:org_id", None): 1,  # the u9 row
         ("events_with_null_ids:events:user_id", None): 0,
+        ("events_with_null_timestamps:events", None): 0,
         ("null_values:events:event", None): 0,
         ("events_before_exposure:events", None): 2,
         ("analysis_units_in_several_units", None): 0,

@@ -13,8 +13,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -176,18 +179,116 @@ class Metric(_Model):
         return any(c.winsorize for c in self.components.values())
 
 
+#: Column types a CSV or JSON table's `schema` may give (Spark SQL type names).
+ColumnType = Literal["string", "int", "bigint", "double", "boolean", "date", "timestamp"]
+
+#: Options that only text formats have: (key, formats it applies to).
+_TEXT_OPTIONS = {
+    "header": ("csv",),
+    "delimiter": ("csv",),
+    "multiline": ("csv", "json"),
+    "column_types": ("csv", "json"),
+}
+
+
 class Table(_Model):
-    """A Delta or Parquet table, by path (local or URI) or by metastore name."""
+    """A table by path (local or URI) or by metastore name: Delta, Parquet, or a CSV or
+    JSON export (by path).
+
+    CSV and JSON: `schema` (column → type) types columns by name; columns it does not
+    name are typed from the data (Spark's inference, a pass over the files) except the
+    id, variant and experiment-id columns, which are read as text (`007` stays `007`),
+    and timestamp columns, which are read as text and parsed (see `TimeColumn`). An empty
+    CSV field is NULL. CSV: `header` (default true: the first line names the columns;
+    without one, `schema` names every column in file order), `delimiter` (`,`), quotes
+    escaped by doubling them (RFC 4180, as pandas, Excel and BigQuery write them). JSON:
+    one object per line, or `multiline: true` for a file holding one array or object.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     path: str | None = None
     table: str | None = None
-    format: Literal["delta", "parquet"] = "delta"
+    format: Literal["delta", "parquet", "csv", "json"] = "delta"
+    header: bool = True
+    delimiter: Annotated[str, Field(min_length=1)] = ","
+    multiline: bool = False
+    column_types: dict[str, ColumnType] | None = Field(default=None, alias="schema")
 
     @model_validator(mode="after")
     def _one_location(self) -> Table:
         if (self.path is None) == (self.table is None):
             raise ValueError("give exactly one of 'path' or 'table'")
+        if self.format in ("csv", "json") and self.path is None:
+            raise ValueError(f"a {self.format} table is read by 'path', not by 'table' name")
+        for key, formats in _TEXT_OPTIONS.items():
+            if key in self.model_fields_set and self.format not in formats:
+                shown = "schema" if key == "column_types" else key
+                raise ValueError(
+                    f"'{shown}' applies to format {' or '.join(formats)}, not {self.format}"
+                )
+        if self.format == "csv" and not self.header and not self.column_types:
+            raise ValueError(
+                "a CSV file without a header needs 'schema': every column, in file order"
+            )
+        if any(ch in self.delimiter for ch in "\r\n"):
+            raise ValueError("'delimiter' cannot hold a line break")
         return self
+
+    @property
+    def text(self) -> bool:
+        """Whether the table is a text export (CSV or JSON)."""
+        return self.format in ("csv", "json")
+
+
+class TimeColumn(_Model):
+    """A timestamp column and how its values become instants (UTC).
+
+    `TIMESTAMP` columns are instants; `TIMESTAMP_NTZ` and `DATE` columns are read as UTC.
+    Text is ISO-8601: `YYYY-MM-DD`, optionally `T` or a space and `hh:mm[:ss[.fraction]]`,
+    optionally an offset (`Z`, `±hh:mm`, `±hhmm`, `±hh`, `UTC`, `GMT`; a space before it is
+    allowed); without an offset it is UTC. `format` reads text with a Spark datetime
+    pattern instead (e.g. `dd/MM/yyyy HH:mm`; UTC unless the pattern has an offset or
+    zone). `epoch` reads numbers (or numeric text) as seconds, milliseconds, microseconds or
+    nanoseconds since 1970-01-01 UTC. A value that does not parse is an input error naming
+    the table, column and examples; an empty value is NULL.
+    """
+
+    column: Annotated[str, Field(min_length=1)]
+    format: Annotated[str, Field(min_length=1)] | None = None
+    epoch: Literal["s", "ms", "us", "ns"] | None = None
+
+    @model_validator(mode="after")
+    def _one_reading(self) -> TimeColumn:
+        if self.format is not None and self.epoch is not None:
+            raise ValueError("give 'format' (text) or 'epoch' (numbers), not both")
+        return self
+
+
+def _time_column(value: Any) -> Any:
+    """A bare column name is a `TimeColumn` read by its type (ISO-8601 for text)."""
+    return {"column": value} if isinstance(value, str) else value
+
+
+TimeSpec = Annotated[TimeColumn, BeforeValidator(_time_column)]
+
+
+class Constant(_Model):
+    """A value that holds for every row, for a table without that column (e.g. an export
+    of one experiment's exposures: `experiment_id: {constant: pricing_page}`)."""
+
+    constant: Annotated[str, Field(min_length=1)]
+
+
+def _column_or_constant(value: Any) -> str:
+    return "constant" if isinstance(value, dict | Constant) else "column"
+
+
+#: A column name, or `{constant: value}` for a table without that column.
+ColumnOrConstant = Annotated[
+    Annotated[str, Tag("column")] | Annotated[Constant, Tag("constant")],
+    Discriminator(_column_or_constant),
+]
 
 
 class Source(Table):
@@ -199,9 +300,11 @@ class Source(Table):
     unit (not in distinct counts, the multi-unit check, `n_analysis_units` or the design
     effect); `drop_null_ids: true` drops such rows too. Both kinds are counted in the
     diagnostics (`events_with_null_ids:<source>:<id type>`, `unmapped_ids:<source>`).
+    A row whose timestamp is NULL (or empty text) is in no window and is counted
+    (`events_with_null_timestamps:<source>`).
     """
 
-    timestamp: str
+    timestamp: TimeSpec
     ids: dict[Name, str] = Field(min_length=1)
     drop_null_ids: bool = False
 
@@ -222,12 +325,20 @@ class IdMapping(Table):
 
 
 class ExposureSource(Table):
-    """The assignment source: one row per exposure (duplicates allowed)."""
+    """The assignment source: one row per exposure (duplicates allowed).
 
-    experiment_id: str = "experiment_id"
+    `experiment_id` names its column, or is `{constant: <id>}` for a table that holds one
+    experiment's exposures and has no such column."""
+
+    experiment_id: ColumnOrConstant = "experiment_id"
     variant: str = "variant"
-    timestamp: str = "timestamp"
+    timestamp: TimeSpec = "timestamp"
     ids: dict[Name, str] = Field(min_length=1)
+
+    @property
+    def constant_experiment(self) -> str | None:
+        """The experiment every row belongs to, when the table has no experiment-id column."""
+        return self.experiment_id.constant if isinstance(self.experiment_id, Constant) else None
 
 
 #: Delta (Hive) reads a partition directory of this name back as NULL.
@@ -369,7 +480,13 @@ class Config(_Model):
                         f"metrics.{name}.{role}.source: unknown source '{comp.source}' "
                         f"(known: {sorted(self.sources)})"
                     )
+        constant = self.exposures.constant_experiment
         for i, exp in enumerate(self.experiments):
+            if constant is not None and exp.id != constant:
+                problems.append(
+                    f"experiments[{i}]: '{exp.id}' has no exposures: exposures.experiment_id "
+                    f"is {{constant: {constant}}}, so every exposure row is '{constant}'"
+                )
             for m in exp.metrics:
                 if m not in self.metrics:
                     problems.append(

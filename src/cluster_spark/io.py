@@ -11,15 +11,18 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cluster_spark.config import Table
+from cluster_spark.config import Table, TimeColumn
 from cluster_spark.errors import ClusterSparkError, InputError
 
 # What a column may be, by the role it plays.
@@ -44,45 +47,307 @@ def describe(table: Table) -> str:
     return table.path if table.path is not None else f"table {table.table}"
 
 
+#: Spark types of the type names a CSV or JSON table's `schema` may give.
+SCHEMA_TYPES: dict[str, T.DataType] = {
+    "string": T.StringType(),
+    "int": T.IntegerType(),
+    "bigint": T.LongType(),
+    "double": T.DoubleType(),
+    "boolean": T.BooleanType(),
+    "date": T.DateType(),
+    "timestamp": T.TimestampType(),
+}
+
+#: The column where Spark puts a CSV/JSON record whose values do not fit the schema.
+MALFORMED = "_cluster_spark_malformed"
+
+#: Numbers since the epoch, read exactly (nanoseconds and fractions of seconds).
+EPOCH_NUMBER = T.DecimalType(38, 9)
+
+_NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
+
+
+@dataclass(frozen=True)
+class Read:
+    """An input table as read. `nanos`: a Parquet table with TIMESTAMP(NANOS) columns,
+    which Spark reads as bigint nanoseconds since the epoch. `malformed`: the column of a
+    CSV/JSON table holding the records whose values do not fit their types (else None).
+    `problems`: what was wrong with the table's options (a `schema` column the file lacks)."""
+
+    df: DataFrame
+    nanos: bool = False
+    malformed: str | None = None
+    problems: tuple[str, ...] = ()
+
+
 def read_table(spark: SparkSession, table: Table) -> DataFrame:
-    """Read a Delta/Parquet table by path or metastore name; InputError if it is missing."""
+    """Read a table by path or metastore name; InputError if it is missing (see
+    `read_input`)."""
+    return read_input(spark, table).df
+
+
+def read_input(
+    spark: SparkSession,
+    table: Table,
+    text: Mapping[str, T.DataType] | None = None,
+    needed: Iterable[str] | None = None,
+) -> Read:
+    """Read a Delta, Parquet, CSV or JSON table; InputError if it cannot be read at all.
+
+    CSV/JSON (`_read_text`): `text` gives columns a fixed type whatever the table's
+    `schema` says (ids and timestamps are read as text); `needed` are the columns whose
+    type matters, inferred from the data when the `schema` does not give it. Parquet with
+    TIMESTAMP(NANOS) columns (pandas 2 writes them), which Spark cannot read as
+    timestamps: read with those columns as bigint nanoseconds (`Read.nanos`)."""
     try:
         if table.table is not None:
-            return spark.read.table(table.table)
-        return spark.read.format(table.format).load(table.path)
+            df = spark.read.table(table.table)
+        elif table.text:
+            return _read_text(spark, table, dict(text or {}), needed)
+        else:
+            df = spark.read.format(table.format).load(table.path)
+        df.schema  # noqa: B018 (resolved now: under Spark Connect reads are lazy)
+        return Read(df)
     except AnalysisException as err:
+        if table.format == "parquet" and _nanos(err):
+            return Read(_read_nanos(spark, table), nanos=True)
         raise InputError(
             f"cannot read {table.format} {describe(table)}: {err.getMessage()}"
         ) from None
 
 
+def _nanos(err: AnalysisException) -> bool:
+    text = str(err)
+    return "PARQUET_TYPE_ILLEGAL" in text and "NANOS" in text
+
+
+def _read_nanos(spark: SparkSession, table: Table) -> DataFrame:
+    """A Parquet table with TIMESTAMP(NANOS) columns: the schema is resolved with Spark's
+    `spark.sql.legacy.parquet.nanosAsLong` (those columns become bigint), set for that
+    moment only and put back as it was; the files are then read with that schema, which
+    needs no setting."""
+    previous = spark.conf.get(_NANOS_AS_LONG, None)
+    spark.conf.set(_NANOS_AS_LONG, "true")
+    try:
+        schema = spark.read.format("parquet").load(table.path).schema
+    finally:
+        if previous is None:
+            spark.conf.unset(_NANOS_AS_LONG)
+        else:
+            spark.conf.set(_NANOS_AS_LONG, previous)
+    return spark.read.schema(schema).format("parquet").load(table.path)
+
+
+def _text_reader(spark: SparkSession, table: Table, **options: Any) -> DataFrameReader:
+    reader = spark.read.format(table.format).option("multiLine", table.multiline)
+    # Values of `timestamp`/`date` columns without a zone are UTC, whatever the session's.
+    reader = reader.option("timeZone", "UTC")
+    if table.format == "csv":
+        reader = reader.options(header=table.header, sep=table.delimiter, escape='"')
+    return reader.options(**options)
+
+
+def _read_text(
+    spark: SparkSession,
+    table: Table,
+    text: dict[str, T.DataType],
+    needed: Iterable[str] | None,
+) -> Read:
+    """A CSV or JSON table with an explicit schema: column names from the CSV header (or
+    the `schema`, without one) or from JSON inference; each column's type from `text`,
+    else the table's `schema`, else Spark's inference (a pass over the data, made only
+    when a needed column has no type yet), else string. Records whose values do not fit
+    their types are kept in the `MALFORMED` column (`Read.malformed`)."""
+    given = {c: SCHEMA_TYPES[t] for c, t in (table.column_types or {}).items()}
+    if table.format == "json":
+        inferred = _text_reader(spark, table).load(table.path).schema
+        names = [f.name for f in inferred.fields if f.name != "_corrupt_record"]
+    elif table.header:
+        names = _text_reader(spark, table).load(table.path).columns
+        inferred = None
+    else:
+        names, inferred = list(given), None
+    problems = tuple(
+        f"{table.format} {describe(table)}: 'schema' names column '{c}', which the "
+        f"{'header' if table.format == 'csv' else 'data'} does not have "
+        f"(has: {', '.join(names)})"
+        for c in given
+        if c not in names
+    )
+    wanted = set(names if needed is None else needed)
+    untyped = [c for c in names if c in wanted and c not in text and c not in given]
+    if untyped and inferred is None:
+        inferred = _text_reader(spark, table, inferSchema=True).load(table.path).schema
+    found = {f.name: f.dataType for f in (inferred.fields if inferred else [])}
+    schema = T.StructType(
+        [
+            T.StructField(c, text.get(c) or given.get(c) or found.get(c) or T.StringType())
+            for c in names
+        ]
+        + [T.StructField(MALFORMED, T.StringType())]
+    )
+    options = {"columnNameOfCorruptRecord": MALFORMED, "mode": "PERMISSIVE"}
+    if table.format == "csv" and table.header:
+        options["enforceSchema"] = False  # every file's header must name these columns
+    df = _text_reader(spark, table, **options).schema(schema).load(table.path)
+    return Read(df, malformed=MALFORMED, problems=problems)
+
+
 def check_columns(df: DataFrame, required: Mapping[str, str], where: str) -> None:
     """Raise InputError if a required column is missing or has a type of the wrong kind."""
-    fields = {f.name: f.dataType for f in df.schema.fields}
+    problems = column_problems(df, required, where)
+    if problems:
+        raise InputError(problems[0])
+
+
+def column_problems(df: DataFrame, required: Mapping[str, str], where: str) -> list[str]:
+    """Every required column that is missing or has a type of the wrong kind."""
+    fields = {f.name: f.dataType for f in df.schema.fields if f.name != MALFORMED}
+    problems = []
     for column, kind in required.items():
         if column not in fields:
-            raise InputError(
+            problems.append(
                 f"{where}: missing column '{column}' (has: {', '.join(sorted(fields))})"
             )
-        if not isinstance(fields[column], KINDS[kind]):
-            raise InputError(
+        elif not isinstance(fields[column], KINDS[kind]):
+            problems.append(
                 f"{where}: column '{column}' has type {fields[column].simpleString()}, "
                 f"expected {kind}"
             )
+    return problems
 
 
-def utc_timestamp(name: str, kind: T.DataType) -> Column:
+def utc_timestamp(name: str | Column, kind: T.DataType) -> Column:
     """Column `name` as instants, whatever the session's or the machine's time zone:
     a TIMESTAMP is an instant already; a TIMESTAMP_NTZ (wall clock without zone) and a
     DATE (its midnight) are read as UTC. (A plain cast would read them in the session
     time zone, and a DST gap there would even shift them.)"""
-    col = F.col(name)
+    col = F.col(name) if isinstance(name, str) else name
     if isinstance(kind, T.TimestampNTZType):
         day = F.to_date(col)
         return F.timestamp_seconds(F.unix_date(day) * 86400) + (col - day.cast("timestamp_ntz"))
     if isinstance(kind, T.DateType):
         return F.timestamp_seconds(F.unix_date(col) * 86400)
     return col.cast("timestamp")
+
+
+#: ISO-8601 as exports write it: a date, optionally a time (`T` or a space), optionally
+#: an offset (`Z`, `UTC`, `GMT`, `±hh`, `±hhmm`, `±hh:mm`, a space before it allowed).
+ISO_8601 = (
+    r"^(\d{4}-\d{2}-\d{2})(?:[Tt ](\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?))?"
+    r" ?(?:([Zz]|UTC|GMT)|([+-])(\d{2})(?::?(\d{2}))?)?$"
+)
+#: Epoch numbers outside [1971, 2200) are in another unit than the configured one.
+EPOCH_RANGE_US = (
+    int(dt.datetime(1971, 1, 1, tzinfo=dt.UTC).timestamp()) * 1_000_000,
+    int(dt.datetime(2200, 1, 1, tzinfo=dt.UTC).timestamp()) * 1_000_000,
+)
+_EPOCH_TO_US = {
+    "s": Decimal(1_000_000),
+    "ms": Decimal(1000),
+    "us": Decimal(1),
+    "ns": Decimal("0.001"),
+}
+#: Letters of a Spark datetime pattern that read a zone or an offset.
+_ZONE_LETTERS = set("VzOXxZ")
+
+
+def iso_instants(text: Column) -> Column:
+    """ISO-8601 text (`ISO_8601`) as instants; NULL when it does not parse. Without an
+    offset the time is UTC. The wall clock is read without any zone (TIMESTAMP_NTZ, then
+    as UTC) and the offset subtracted in microseconds, so neither the session's zone nor
+    the machine's enters."""
+    s = F.trim(text)
+
+    def part(i: int) -> Column:
+        return F.regexp_extract(s, ISO_8601, i)
+
+    time = F.when(part(2) != "", F.regexp_replace(part(2), ",", ".")).otherwise("00:00:00")
+    wall = F.concat(part(1), F.lit("T"), time).try_cast("timestamp_ntz")
+    hours = F.when(part(5) != "", part(5).cast("int")).otherwise(0)
+    minutes = F.when(part(6) != "", part(6).cast("int")).otherwise(0)
+    sign = F.when(part(4) == "-", -1).otherwise(1)
+    offset_us = sign * (hours * 3600 + minutes * 60).cast("bigint") * 1_000_000
+    valid = s.rlike(ISO_8601) & (hours <= 18) & (minutes <= 59)
+    return F.when(
+        valid,
+        F.timestamp_micros(F.unix_micros(utc_timestamp(wall, T.TimestampNTZType())) - offset_us),
+    )
+
+
+def _has_zone(pattern: str) -> bool:
+    """Whether a Spark datetime pattern reads a zone or offset (outside quoted text)."""
+    quoted = False
+    for ch in pattern:
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch in _ZONE_LETTERS:
+            return True
+    return False
+
+
+def zoned_pattern(pattern: str) -> str:
+    """The pattern `pattern_instants` parses with: with an offset (` xx`) when it has none."""
+    return pattern if _has_zone(pattern) else pattern + " xx"
+
+
+def pattern_instants(text: Column, pattern: str) -> Column:
+    """Text read with a Spark datetime pattern as instants; NULL when it does not parse.
+    A pattern without a zone or offset reads UTC: the text gets ` +0000` and the pattern
+    ` xx`, so the session's zone never enters."""
+    s = F.trim(text)
+    if not _has_zone(pattern):
+        s = F.concat(s, F.lit(" +0000"))
+    fmt = F.lit(zoned_pattern(pattern))
+    # to_timestamp_ltz is an instant whatever spark.sql.timestampType says; it fails on
+    # text that does not parse, so it only sees text that try_to_timestamp parses.
+    return F.when(F.try_to_timestamp(s, fmt).isNotNull(), F.to_timestamp_ltz(s, fmt))
+
+
+def epoch_instants(number: Column, unit: str) -> Column:
+    """Numbers (or numeric text) since 1970-01-01 UTC in `unit` (s, ms, us, ns) as
+    instants, truncated to microseconds; NULL when not a number or outside 1971–2199."""
+    micros = F.floor(F.try_multiply(number.try_cast(EPOCH_NUMBER), F.lit(_EPOCH_TO_US[unit])))
+    low, high = EPOCH_RANGE_US
+    inside = (micros >= F.lit(low)) & (micros < F.lit(high))
+    return F.when(inside, F.timestamp_micros(micros.cast("bigint")))
+
+
+def time_instants(df: DataFrame, spec: TimeColumn, nanos: bool = False) -> Column | None:
+    """The timestamp column `spec` of `df` as instants (UTC), or None when its type cannot
+    be read that way (`time_problem` says why). Text that does not parse is NULL (the
+    input check counts it first: `inputs`); empty text is NULL."""
+    kind = df.schema[spec.column].dataType
+    col = F.col(spec.column)
+    if spec.epoch or (nanos and isinstance(kind, T.LongType)):
+        if isinstance(kind, (*NUMERIC, T.StringType)):
+            return epoch_instants(col, spec.epoch or "ns")
+        return None
+    if isinstance(kind, T.StringType):
+        return iso_instants(col) if spec.format is None else pattern_instants(col, spec.format)
+    if isinstance(kind, KINDS["timestamp"]) and spec.format is None:
+        return utc_timestamp(col, kind)
+    return None
+
+
+def time_problem(df: DataFrame, spec: TimeColumn, where: str, nanos: bool = False) -> str | None:
+    """Why `time_instants` cannot read the column (None when it can or it is missing)."""
+    if spec.column not in df.columns:
+        return None
+    kind = df.schema[spec.column].dataType
+    if time_instants(df, spec, nanos) is not None:
+        return None
+    shown = f"{where}: column '{spec.column}' has type {kind.simpleString()}"
+    if spec.format is not None:
+        return f"{shown}: 'format' reads text, remove it for a {kind.simpleString()} column"
+    if spec.epoch is not None:
+        return f"{shown}, expected numbers since the epoch ('epoch: {spec.epoch}')"
+    if isinstance(kind, NUMERIC):
+        return (
+            f"{shown}, expected timestamp; if it holds numbers since 1970-01-01 UTC, give "
+            f"their unit: timestamp: {{column: {spec.column}, epoch: s|ms|us|ns}}"
+        )
+    return f"{shown}, expected timestamp (or ISO-8601 text)"
 
 
 #: Spark's error conditions (and JVM I/O failures) that mean an input cannot be read as

@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cluster_spark.config import Config
+from cluster_spark.inputs import Inputs
 from cluster_spark.staging.moments import group_statistics
 from cluster_spark.staging.options import winsorize
 from cluster_spark.staging.plan import Cache, plans
@@ -70,7 +71,9 @@ def _stage(
     cache: Cache,
 ) -> Staged:
     stats, diags = [], []
-    for plan in plans(config, experiment_ids, analysis_date):
+    # Every input table, column, type and timestamp checked first, every problem at once.
+    inputs = Inputs.checked(spark, config, experiment_ids)
+    for plan in plans(config, experiment_ids, analysis_date, inputs):
         unit = unit_values(spark, plan, cache)
         values = winsorize(unit.values, plan)
         group = group_statistics(values, plan)

@@ -15,18 +15,18 @@ from pyspark.sql import functions as F
 
 from cluster_spark.checks import filter_values, matched_check, value_check
 from cluster_spark.config import Component, Condition, IdMapping
-from cluster_spark.io import check_columns, describe, read_table, utc_timestamp
+from cluster_spark.inputs import Inputs, mapping_label, plan_inputs, source_label
+from cluster_spark.io import describe
 from cluster_spark.staging.exposures import exposure_slots, slot
 from cluster_spark.staging.filters import condition, event_condition, pre_condition
 from cluster_spark.staging.plan import SUB, TS, UNIT, Cache, Plan, diag, experiment_ids
 
 
-def _map_ids(spark: SparkSession, events: DataFrame, mapping: IdMapping) -> DataFrame:
+def _map_ids(inputs: Inputs, events: DataFrame, mapping: IdMapping) -> DataFrame:
     """Attach the assignment-unit id to events through an id mapping table (left join:
     events whose id is NULL or unmapped keep a NULL unit; `_unmapped` marks the latter)."""
-    table = read_table(spark, mapping)
+    table = inputs.table(mapping_label(mapping)).df
     src_col, dst_col = mapping.columns[mapping.from_id], mapping.columns[mapping.to_id]
-    check_columns(table, {src_col: "id", dst_col: "id"}, f"id mapping {describe(mapping)}")
     pairs = (
         table.select(
             F.col(src_col).cast("string").alias("_from"), F.col(dst_col).cast("string").alias(UNIT)
@@ -43,35 +43,26 @@ def _map_ids(spark: SparkSession, events: DataFrame, mapping: IdMapping) -> Data
 def source_events(
     spark: SparkSession, plan: Plan, source: str, columns: set[str], sub_col: str | None
 ) -> tuple[DataFrame, str]:
-    """The source's events with `_unit` (the assignment unit), `_ts` (UTC instants),
-    `_sub` (the column `sub_col` of the first aggregation level, null without one), the
-    columns the metrics read and, for a source reached through an id mapping,
-    `_unmapped`."""
+    """The source's events with `_unit` (the assignment unit), `_ts` (UTC instants: see
+    `io.time_instants`), `_sub` (the column `sub_col` of the first aggregation level, null
+    without one), the columns the metrics read and, for a source reached through an id
+    mapping, `_unmapped`. Columns and types are checked by `inputs.Inputs.check`."""
     config = plan.config
     src = config.sources[source]
-    df = read_table(spark, src)
+    inputs = plan_inputs(spark, plan)
+    table = inputs.table(source_label(source))
     route = config.unit_route(source, plan.unit_type)
     key_col = route if isinstance(route, str) else src.ids[route.from_id]
-    required = {key_col: "id", src.timestamp: "timestamp"}
-    if sub_col:
-        required[sub_col] = "id" if sub_col in src.ids.values() else "any"
-    for column in columns:
-        required.setdefault(column, "any")
     where = f"source '{source}' ({describe(src)})"
-    check_columns(df, required, where)
-    events = df.select(
+    events = table.df.select(
         F.col(key_col).cast("string").alias(UNIT if isinstance(route, str) else "_from"),
-        utc_timestamp(src.timestamp, df.schema[src.timestamp].dataType).alias(TS),
+        table.instants.alias(TS),
         (F.col(sub_col).cast("string") if sub_col else F.lit(None).cast("string")).alias(SUB),
-        *[F.col(c) for c in sorted(columns - {key_col, src.timestamp})],
+        *[F.col(c) for c in sorted(columns - {key_col, src.timestamp.column})],
     )
     if isinstance(route, IdMapping):
-        events = _map_ids(spark, events, route)
+        events = _map_ids(inputs, events, route)
     return events, where
-
-
-def _numeric_columns(comps: Iterable[Component]) -> dict[str, str]:
-    return {c.column: "numeric" for c in comps if c.agg == "sum"}
 
 
 def _first_level_key(plan: Plan, source: str, comps: Iterable[Component]) -> str | None:
@@ -188,9 +179,10 @@ def first_level(
     unit's experiment ranges) `_n_events`, `_null__i` (events whose i-th filter column,
     `filter_columns(parts)[i]`, is NULL), `_match__i` (events that pass the i-th predicate
     of `match_predicates(parts)`: the filter-match diagnostics) and, for sources read
-    through an id mapping, `_n_unmapped` (events whose id the mapping lacks). Bookkeeping
-    per key rather than per slot keeps the aggregation narrow: its cost grows with the
-    number of values.
+    through an id mapping, `_n_unmapped` (events whose id the mapping lacks). Events
+    without a timestamp are in no window: they go with the events without a unit, counted
+    as `_n_null_ts` (and not as unmapped). Bookkeeping per key rather than per slot keeps
+    the aggregation narrow: its cost grows with the number of values.
     """
     slots, n_slots = exposure_slots(units, len(plan.experiments))
     ks = [slot(k) for k in range(n_slots)]
@@ -202,6 +194,9 @@ def first_level(
     # Left join: events without a unit id stay; events of units that are not exposed are
     # in no slot's range (null) and go.
     # Events without a unit are only counted: one group per source, whatever their key.
+    # An event without a timestamp belongs to no window of any unit: it joins them.
+    no_time = F.col(TS).isNull()
+    events = events.withColumn("_no_ts", no_time).withColumn(UNIT, F.when(~no_time, F.col(UNIT)))
     joined = (
         events.join(slots, UNIT, "left")
         .where(F.col(UNIT).isNull() | reduce(Column.__or__, in_range.values()))
@@ -238,8 +233,10 @@ def first_level(
         F.count(F.when(reduce(Column.__and__, map(condition, conds)), 1)).alias(f"_match__{i}")
         for i, conds in enumerate(predicates)
     ]
+    totals.append(F.count(F.when(F.col("_no_ts"), 1)).alias("_n_null_ts"))
     if "_unmapped" in events.columns:
-        totals.append(F.count(F.when(F.col("_unmapped"), 1)).alias("_n_unmapped"))
+        unmapped = F.col("_unmapped") & ~F.col("_no_ts")
+        totals.append(F.count(F.when(unmapped, 1)).alias("_n_unmapped"))
     per_key = joined.groupBy(UNIT, SUB).agg(*aggs, *totals)
     slot_rows = [
         F.struct(
@@ -250,7 +247,7 @@ def first_level(
         for i, k in enumerate(ks)
     ]
     ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
-    total_names = [c for c in per_key.columns if c in ("_n_events", "_n_unmapped")]
+    total_names = [c for c in per_key.columns if c in ("_n_events", "_n_null_ts", "_n_unmapped")]
     total_names += [f"_null__{i}" for i in range(len(nullable))]
     total_names += [f"_match__{i}" for i in range(len(predicates))]
     values = None
@@ -312,17 +309,18 @@ def source_level(
     Diagnostics (per experiment): `events_with_null_ids:<source>:<id type>` for the id
     that reaches the assignment unit (events of the whole source: they belong to no unit)
     and, where the source has it, for the analysis unit; `unmapped_ids:<source>` (events
-    whose id the id mapping lacks); and `null_values:<source>:<column>` for every filter
-    column (NULL values: kept by `ne`/`not_in`/`is_null`, dropped by the others); per
-    metric reading the source, `matched_events:<role>` and `filter_value_events:<role>:
-    <column>=<value>` (`cluster_spark.checks`: a filter that matches nothing). All but the
-    first count the events of the experiment's units that the run reads: from the earliest
+    whose id the id mapping lacks); `events_with_null_timestamps:<source>` (events of the
+    whole source without a timestamp: they are in no window); `null_values:<source>:
+    <column>` for every filter column (NULL values: kept by `ne`/`not_in`/`is_null`,
+    dropped by the others); and, per metric reading the source, `matched_events:<role>`
+    and `filter_value_events:<role>:<column>=<value>` (`cluster_spark.checks`: a filter
+    that matches nothing). The last three count the events of the experiment's units that
+    the run reads: from the earliest
     start (or pre-period) to the latest analysis time of the unit's experiments."""
     config = plan.config
     src = config.sources[source]
     parts, columns, key_col = source_parts(plan, source)
     events, where = source_events(spark, plan, source, columns, key_col)
-    check_columns(events, _numeric_columns(c for c, _ in parts.values()), where)
     route = config.unit_route(source, plan.unit_type)
     key_type = route.from_id if isinstance(route, IdMapping) else plan.unit_type
     by_analysis_unit = plan.analysis_unit in src.ids
@@ -330,10 +328,14 @@ def source_level(
     level1 = first.rows
     total = partial(_sum_or_zero, level1.columns)
     no_unit = level1.where(F.col(UNIT).isNull()).agg(
-        (total("_n_events") - total("_n_unmapped")).alias("null_key"),
+        (total("_n_events") - total("_n_unmapped") - total("_n_null_ts")).alias("null_key"),
         total("_n_unmapped").alias("unmapped"),
+        total("_n_null_ts").alias("null_ts"),
     )
-    checks = [(f"events_with_null_ids:{source}:{key_type}", "null_key")]
+    checks = [
+        (f"events_with_null_ids:{source}:{key_type}", "null_key"),
+        (f"events_with_null_timestamps:{source}", "null_ts"),
+    ]
     if isinstance(route, IdMapping):
         checks.append((f"unmapped_ids:{source}", "unmapped"))
     per_source = no_unit.crossJoin(experiment_ids(spark, plan))

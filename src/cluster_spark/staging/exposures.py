@@ -11,7 +11,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from cluster_spark.io import check_columns, describe, literal_frame, read_table, utc_timestamp
+from cluster_spark.inputs import plan_inputs
+from cluster_spark.io import literal_frame
 from cluster_spark.staging.filters import shift
 from cluster_spark.staging.plan import TS, UNIT, Cache, Plan, diag
 
@@ -20,15 +21,13 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
     """First exposure per (experiment, unit) within each experiment's dates; units seen in
     two variants are dropped. Returns (units, diagnostics), both from one per-unit frame
     persisted in `cache`. Units have columns experiment_id, _unit, variant, exposure_ts,
-    start_ts, analysis_ts, pre_start_ts (instants, UTC: see `io.utc_timestamp`)."""
+    start_ts, analysis_ts, pre_start_ts (instants, UTC: see `io.time_instants`). A table
+    without an experiment-id column holds the exposures of its constant experiment."""
     src = plan.config.exposures
-    df = read_table(spark, src)
+    table = plan_inputs(spark, plan).table("exposures")
     unit_col = src.ids[plan.unit_type]
-    check_columns(
-        df,
-        {src.experiment_id: "id", unit_col: "id", src.variant: "any", src.timestamp: "timestamp"},
-        f"exposures {describe(src)}",
-    )
+    constant = src.constant_experiment
+    experiment = F.col(src.experiment_id).cast("string") if constant is None else F.lit(constant)
     bounds = literal_frame(
         spark,
         [
@@ -47,11 +46,11 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
             ("lookback_days", "int"),
         ],
     )
-    rows = df.select(
-        F.col(src.experiment_id).cast("string").alias("experiment_id"),
+    rows = table.df.select(
+        experiment.alias("experiment_id"),
         F.col(unit_col).cast("string").alias(UNIT),
         F.col(src.variant).cast("string").alias("variant"),
-        utc_timestamp(src.timestamp, df.schema[src.timestamp].dataType).alias(TS),
+        table.instants.alias(TS),
     ).join(F.broadcast(bounds), "experiment_id")
     null = F.col(UNIT).isNull() | F.col("variant").isNull() | F.col(TS).isNull()
     valid = ~null & (F.col(TS) >= F.col("start_ts")) & (F.col(TS) < F.col("analysis_ts"))

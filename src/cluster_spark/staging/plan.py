@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cluster_spark.config import Component, Config, Experiment, Metric
 from cluster_spark.io import literal_frame
+
+if TYPE_CHECKING:
+    from cluster_spark.inputs import Inputs
 
 UNIT = "_unit"
 
@@ -26,12 +30,15 @@ SUB = "_sub"  # the analysis-unit id (e.g. user_id), where a source has it
 
 @dataclass(frozen=True)
 class Plan:
-    """The experiments of one assignment-unit type, analysed together in one pass."""
+    """The experiments of one assignment-unit type, analysed together in one pass.
+    `inputs`: the run's input tables, read and checked once (`inputs.Inputs`); without
+    them, each step reads and checks what it needs (`inputs.plan_inputs`)."""
 
     config: Config
     unit_type: str
     experiments: tuple[Experiment, ...]
     analysis_date: dt.date
+    inputs: Inputs | None = field(default=None, compare=False, repr=False)
 
     @property
     def metrics(self) -> dict[str, Metric]:
@@ -104,7 +111,9 @@ def experiment_ids(spark: SparkSession, plan: Plan) -> DataFrame:
     return literal_frame(spark, [(e.id,) for e in plan.experiments], [("experiment_id", "string")])
 
 
-def plans(config: Config, experiment_ids: list[str], analysis_date: dt.date) -> list[Plan]:
+def plans(
+    config: Config, experiment_ids: list[str], analysis_date: dt.date, inputs: Inputs | None = None
+) -> list[Plan]:
     """Group the chosen experiments by (assignment unit, analysis unit): one pass per group,
     so an experiment's analysis-unit rules never apply to another's."""
     chosen = [config.experiment(e) for e in experiment_ids]
@@ -112,6 +121,6 @@ def plans(config: Config, experiment_ids: list[str], analysis_date: dt.date) -> 
     for e in chosen:
         groups.setdefault((e.assignment_unit, e.analysis_unit or ""), []).append(e)
     return [
-        Plan(config, unit_type, tuple(exps), analysis_date)
+        Plan(config, unit_type, tuple(exps), analysis_date, inputs)
         for (unit_type, _), exps in sorted(groups.items())
     ]
