@@ -32,7 +32,8 @@ here. From `EXACT_CAP_VALUES` values on, Spark's answer depends on its partial s
 and cannot be matched: pass the staged caps (`caps`) instead.
 
 Not reproduced (a config using them is refused): CUPED, id mappings, the
-`keep_first`/`fail` multi-unit policies, tables given by metastore name, the
+`keep_first`/`fail` multi-unit policies, tables given by metastore name, CSV/JSON
+tables, timestamps read as text or epoch numbers, a constant experiment id, the
 analysis-unit (design-effect) moments and the diagnostics.
 """
 
@@ -181,7 +182,7 @@ def _units(config: Config, plan: Plan) -> str:
   FROM (SELECT CAST({_ident(src.experiment_id)} AS VARCHAR) AS experiment_id,
                CAST({_ident(src.ids[plan.unit_type])} AS VARCHAR) AS _unit,
                CAST({_ident(src.variant)} AS VARCHAR) AS _variant,
-               epoch_us({_ident(src.timestamp)}) AS _ts FROM _exposures) x
+               epoch_us({_ident(src.timestamp.column)}) AS _ts FROM _exposures) x
   JOIN _bounds b USING (experiment_id)
   WHERE x._unit IS NOT NULL AND x._variant IS NOT NULL
     AND x._ts >= b.start_us AND x._ts < b.analysis_us
@@ -208,12 +209,13 @@ def _sources(config: Config, plan: Plan, sql: _Sql) -> list[str]:
         used |= {cond.column for c, _ in parts.values() for cond in c.filter}
         cols = {name: f"_e{k}" for k, name in enumerate(sorted(used))}
         sub = s.ids.get(plan.analysis_unit) if plan.analysis_unit else None
+        ts = _ident(s.timestamp.column)
         selected = "".join(f", {_ident(n)} AS {a}" for n, a in cols.items())
         null_subs = " AND e._sub IS NOT NULL" if sub and s.drop_null_ids else ""
         ctes.append(
             f"""ev{i} AS (
   SELECT u.experiment_id, u._unit, u.exposure_us, u.analysis_us, e.* EXCLUDE (_unit)
-  FROM (SELECT CAST({_ident(route)} AS VARCHAR) AS _unit, epoch_us({_ident(s.timestamp)}) AS _ts,
+  FROM (SELECT CAST({_ident(route)} AS VARCHAR) AS _unit, epoch_us({ts}) AS _ts,
                {f"CAST({_ident(sub)} AS VARCHAR)" if sub else "NULL"} AS _sub{selected}
         FROM _source{i}) e
   JOIN units u ON e._unit = u._unit
@@ -316,6 +318,11 @@ def _plan_sql(plan: Plan, config: Config, caps_given: bool) -> tuple[str, dict[s
         raise ValueError("duckdb peer: CUPED is not reproduced")
     if any(e.multi_unit_policy != "drop" for e in plan.experiments):
         raise ValueError("duckdb peer: only multi_unit_policy 'drop' is reproduced")
+    if not isinstance(config.exposures.experiment_id, str):
+        raise ValueError("duckdb peer: a constant experiment id is not reproduced")
+    tables = [config.exposures, *(config.sources[s] for s in plan.sources)]
+    if any(t.timestamp.format or t.timestamp.epoch for t in tables):
+        raise ValueError("duckdb peer: timestamps read as text or epoch are not reproduced")
     sql = _Sql()
     ctes = [_units(config, plan), *_sources(config, plan, sql), *_values(plan, sql, caps_given)]
     return "WITH " + ",\n".join(ctes) + _statistics(plan, sql), sql.params
@@ -327,6 +334,8 @@ def _dataset(table: Table) -> ds.Dataset:
         raise ValueError(f"duckdb peer: table '{table.table}' is given by name, not by path")
     if table.format == "delta":
         return DeltaTable(table.path).to_pyarrow_dataset()
+    if table.format != "parquet":
+        raise ValueError(f"duckdb peer: {table.format} tables are not reproduced")
     return ds.dataset(table.path, format="parquet")
 
 
