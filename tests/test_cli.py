@@ -195,6 +195,10 @@ def test_run_report_writes_the_html_of_the_run(inputs, tmp_path, started, capsys
     assert "<td>5.667</td>" in text and "<td>5.25</td>" in text  # 17/3 and 21/4
     assert cli.main([*common, "--report", str(tmp_path / "dir")]) == 0
     assert (tmp_path / "dir" / "e1_2026-03-09.html").exists()
+    argv = ["report", "-q", "--config", str(conf), "--date", "2026-03-09"]
+    assert cli.main([*argv, "--out", str(tmp_path / "again.html")]) == 0
+    last = (tmp_path / "dir" / "e1_2026-03-09.html").read_text("utf-8")  # the last run's
+    assert (tmp_path / "again.html").read_text("utf-8") == last  # read back: the same page
 
 
 def test_one_report_file_for_two_experiments_is_a_usage_error(inputs, tmp_path, started, capsys):
@@ -202,12 +206,13 @@ def test_one_report_file_for_two_experiments_is_a_usage_error(inputs, tmp_path, 
     raw["experiments"].append({**raw["experiments"][0], "id": "e2"})
     path = tmp_path / "two.yaml"
     path.write_text(json.dumps(raw))
-    argv = ["run", "--config", str(path), "--date", "2026-03-09", "--report", "r.html"]
-    assert cli.main(argv) == 64
-    assert capsys.readouterr().err == (
-        "cluster-spark: error: --report r.html: one file for 2 experiments (e1, e2); give a "
-        "directory, or one --experiment\n"
-    )
+    for command, option in (("run", "--report"), ("report", "--out")):
+        argv = [command, "--config", str(path), "--date", "2026-03-09", option, "r.html"]
+        assert cli.main(argv) == 64
+        assert capsys.readouterr().err == (
+            f"cluster-spark: error: {option} r.html: one file for 2 experiments (e1, e2); "
+            "give a directory, or one --experiment\n"
+        )
     assert started == []
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from cluster_spark import checks
 from cluster_spark import config as _config
 from cluster_spark.config import Config
-from cluster_spark.errors import ConfigError, InputError
+from cluster_spark.errors import ClusterSparkWarning, ConfigError, InputError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -87,8 +87,6 @@ def _experiment_ids(config: Config, experiments: str | Iterable[str] | None) -> 
 
 
 def _warn(messages: Iterable[str]) -> None:
-    from cluster_spark.errors import ClusterSparkWarning
-
     for message in messages:
         warnings.warn(message, ClusterSparkWarning, stacklevel=3)
 

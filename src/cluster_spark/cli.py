@@ -117,7 +117,12 @@ def _parser() -> argparse.ArgumentParser:
                 "(<experiment>_<date>.html each)",
             )
         if name == "report":
-            p.add_argument("--out", type=Path, default=Path("out/reports"), help="directory")
+            p.add_argument(
+                "--out",
+                type=Path,
+                default=Path("out/reports"),
+                help="directory (<experiment>_<date>.html each), or PATH.html for one experiment",
+            )
         if name == "plan":
             p.add_argument(
                 "--units",
@@ -192,13 +197,15 @@ def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = N
     (console or Console(width=170)).print(table)
 
 
-def _report_paths(target: Path, ids: Sequence[str], date: dt.date) -> dict[str, Path]:
+def _report_paths(
+    target: Path, ids: Sequence[str], date: dt.date, option: str = "--report"
+) -> dict[str, Path]:
     """Where each experiment's report goes: `target` itself when it names an .html file
     (one experiment only: a usage error otherwise), else `<target>/<id>_<date>.html`."""
     if target.suffix.lower() in (".html", ".htm"):
         if len(ids) != 1:
             raise UsageError(
-                f"--report {target}: one file for {len(ids)} experiments "
+                f"{option} {target}: one file for {len(ids)} experiments "
                 f"({', '.join(ids)}); give a directory, or one --experiment"
             )
         return {ids[0]: target}
@@ -336,8 +343,10 @@ def _run(args: argparse.Namespace) -> int:
     for e in ids:
         config.experiment(e)  # ConfigError naming an unknown id
     notes = checks.date_notes(config, ids, args.date)  # UsageError before the start
-    if getattr(args, "report", None) is not None:
-        _report_paths(args.report, ids, args.date)  # one file for several: UsageError
+    option = "--out" if args.command == "report" else "--report"
+    target = getattr(args, option.removeprefix("--"), None)
+    if target is not None:
+        _report_paths(target, ids, args.date, option)  # one .html for several: UsageError
     _Progress.warn(notes, "note")
     from cluster_spark import io
 
@@ -385,10 +394,12 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
     elif args.command == "report":
         progress("reading results and diagnostics")
         reported, missing = api.read_reported(spark, config, args.date, ids)
+        paths = _report_paths(args.out, [r.experiment_id for r in reported], args.date, "--out")
         for r in reported:
-            exp_id = r.experiment_id
-            path = _report_paths(args.out, [exp_id], args.date)[exp_id]
-            print(f"wrote {write_report(path, exp_id, args.date, r.results, r.diagnostics)}")
+            page = write_report(
+                paths[r.experiment_id], r.experiment_id, args.date, r.results, r.diagnostics
+            )
+            print(f"wrote {page}")
         _Progress.warn(f"no results for experiment '{e}' on {args.date}" for e in missing)
         _Progress.warn(checks.filter_warnings(config, [d for r in reported for d in r.diagnostics]))
     else:
