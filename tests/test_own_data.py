@@ -462,6 +462,22 @@ def test_malformed_records_patterns_and_epoch_units(spark, tmp_path):
     assert len(problems) == 2
 
 
+def test_csv_files_with_different_headers_are_named(spark, tmp_path):
+    write(tmp_path / "exposures.csv", TZ_EXPOSURES)
+    (tmp_path / "events").mkdir()
+    write(tmp_path / "events" / "a.csv", "org_id,value,ts\no1,1,2026-03-03\n")
+    write(tmp_path / "events" / "b.csv", "value,org_id,ts\n2,o2,2026-03-03\n")
+    raw = _tz_config(tmp_path)
+    raw["sources"]["events"] |= {"path": str(tmp_path / "events"), "schema": {"value": "int"}}
+    (problem,) = _check(spark, raw)
+    assert problem.startswith(
+        f"  - cannot read source 'events' ({tmp_path / 'events'}): [FAILED_READ_FILE"
+    )
+    assert problem.endswith(
+        "(its files' header lines differ: give every file the same columns in order)"
+    )
+
+
 # ---------------------------------------------------------------- config
 
 

@@ -389,6 +389,8 @@ def read_failure(err: BaseException, tables: Mapping[str, str]) -> InputError | 
     hint = ""
     if "DATA_TYPE_MISMATCH" in reason or "SchemaColumnConvert" in text:
         hint = " (its files disagree on this column's type: rewrite them with one type)"
+    elif "CSV header does not conform" in text:
+        hint = " (its files' header lines differ: give every file the same columns in order)"
     verb = "access" if table and table[0].startswith("output.") else "read"
     return InputError(f"cannot {verb} {', '.join(parts)}: {reason}{hint}")
 
