@@ -431,13 +431,15 @@ def test_malformed_records_patterns_and_epoch_units(spark, tmp_path):
     write(tmp_path / "events.csv", "org_id,value,ts\no1,1.5,1772445600000\no1,ten,1772445601\n")
     raw = _tz_config(tmp_path)
     raw["exposures"]["timestamp"] = {"column": "at", "format": "dd/MM/yyyy HH:mm"}
-    raw["sources"]["events"] |= {"schema": {"value": "double"},
+    raw["sources"]["events"] |= {"schema": {"value": "double", "amount": "double"},
                                  "timestamp": {"column": "ts", "epoch": "s"}}  # fmt: skip
     exposures, events = tmp_path / "exposures.csv", tmp_path / "events.csv"
     assert _check(spark, raw) == [
         f"  - exposures ({exposures}), column 'at': 1 of 2 values do not match the format "
         "'dd/MM/yyyy HH:mm' (e.g. '2026-03-02'); correct the format (a Spark datetime "
         "pattern) or the values",
+        f"  - source 'events' ({events}): 'schema' names column 'amount', which the header "
+        "does not have (has: org_id, value, ts)",
         f"  - source 'events' ({events}), column 'ts': 1 of 2 values are not numbers of 's' "
         "since 1970-01-01 UTC between 1971 and 2199 (e.g. '1772445600000'); check the "
         "unit: timestamp: {column: ts, epoch: s|ms|us|ns}",
@@ -460,6 +462,22 @@ def test_malformed_records_patterns_and_epoch_units(spark, tmp_path):
         "{column: ts, epoch: s|ms|us|ns}"
     )
     assert len(problems) == 2
+
+
+def test_csv_files_with_different_headers_are_named(spark, tmp_path):
+    write(tmp_path / "exposures.csv", TZ_EXPOSURES)
+    (tmp_path / "events").mkdir()
+    write(tmp_path / "events" / "a.csv", "org_id,value,ts\no1,1,2026-03-03\n")
+    write(tmp_path / "events" / "b.csv", "value,org_id,ts\n2,o2,2026-03-03\n")
+    raw = _tz_config(tmp_path)
+    raw["sources"]["events"] |= {"path": str(tmp_path / "events"), "schema": {"value": "int"}}
+    (problem,) = _check(spark, raw)
+    assert problem.startswith(
+        f"  - cannot read source 'events' ({tmp_path / 'events'}): [FAILED_READ_FILE"
+    )
+    assert problem.endswith(
+        "(its files' header lines differ: give every file the same columns in order)"
+    )
 
 
 # ---------------------------------------------------------------- config

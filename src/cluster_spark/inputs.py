@@ -170,7 +170,7 @@ class Inputs:
         except InputError as err:
             return [f"{need.label}: {_SQLSTATE.sub('', str(err))}"]
         df = read.df
-        problems = list(read.problems)
+        problems = [f"{need.where}: {p}" for p in read.problems]
         problems += io.column_problems(df, need.columns, need.where)
         src = self.config.exposures
         if need.label == "exposures" and src.constant_experiment is None:

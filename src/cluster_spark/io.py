@@ -72,18 +72,13 @@ class Read:
     """An input table as read. `nanos`: a Parquet table with TIMESTAMP(NANOS) columns,
     which Spark reads as bigint nanoseconds since the epoch. `malformed`: the column of a
     CSV/JSON table holding the records whose values do not fit their types (else None).
-    `problems`: what was wrong with the table's options (a `schema` column the file lacks)."""
+    `problems`: what is wrong with the table's options (a `schema` column the file lacks),
+    each to be prefixed with the table's name."""
 
     df: DataFrame
     nanos: bool = False
     malformed: str | None = None
     problems: tuple[str, ...] = ()
-
-
-def read_table(spark: SparkSession, table: Table) -> DataFrame:
-    """Read a table by path or metastore name; InputError if it is missing (see
-    `read_input`)."""
-    return read_input(spark, table).df
 
 
 def read_input(
@@ -109,8 +104,13 @@ def read_input(
         df.schema  # noqa: B018 (resolved now: under Spark Connect reads are lazy)
         return Read(df)
     except AnalysisException as err:
-        if table.format == "parquet" and _nanos(err):
-            return Read(_read_nanos(spark, table), nanos=True)
+        if not (table.format == "parquet" and table.path and _nanos(err)):
+            raise InputError(
+                f"cannot read {table.format} {describe(table)}: {err.getMessage()}"
+            ) from None
+    try:
+        return Read(_read_nanos(spark, table), nanos=True)
+    except AnalysisException as err:
         raise InputError(
             f"cannot read {table.format} {describe(table)}: {err.getMessage()}"
         ) from None
@@ -168,7 +168,7 @@ def _read_text(
     else:
         names, inferred = list(given), None
     problems = tuple(
-        f"{table.format} {describe(table)}: 'schema' names column '{c}', which the "
+        f"'schema' names column '{c}', which the "
         f"{'header' if table.format == 'csv' else 'data'} does not have "
         f"(has: {', '.join(names)})"
         for c in given
@@ -191,13 +191,6 @@ def _read_text(
         options["enforceSchema"] = False  # every file's header must name these columns
     df = _text_reader(spark, table, **options).schema(schema).load(table.path)
     return Read(df, malformed=MALFORMED, problems=problems)
-
-
-def check_columns(df: DataFrame, required: Mapping[str, str], where: str) -> None:
-    """Raise InputError if a required column is missing or has a type of the wrong kind."""
-    problems = column_problems(df, required, where)
-    if problems:
-        raise InputError(problems[0])
 
 
 def column_problems(df: DataFrame, required: Mapping[str, str], where: str) -> list[str]:
@@ -389,6 +382,8 @@ def read_failure(err: BaseException, tables: Mapping[str, str]) -> InputError | 
     hint = ""
     if "DATA_TYPE_MISMATCH" in reason or "SchemaColumnConvert" in text:
         hint = " (its files disagree on this column's type: rewrite them with one type)"
+    elif "CSV header does not conform" in text:
+        hint = " (its files' header lines differ: give every file the same columns in order)"
     verb = "access" if table and table[0].startswith("output.") else "read"
     return InputError(f"cannot {verb} {', '.join(parts)}: {reason}{hint}")
 
