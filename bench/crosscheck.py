@@ -13,9 +13,13 @@ winsorized) holding the quantities it has (`QUANTITIES`), like with like:
   `var_pop`/`covar_pop`, raw ones by summing products).
 
 Two values agree when |a − b| ≤ RTOL·max(|a|, |b|) or |a − b| ≤ ATOL (zeros); both
-missing (NULL: no included units, no cap) also agree. Any disagreement, a key an engine
-lacks or one only it has raises `CrossCheckError` naming key, quantity and all three
-values.
+missing (NULL: no included units, no cap) also agree. A centered co-moment is computed
+from terms as large as its raw counterpart (Σmd for css_md), so its rounding is relative
+to that: for a mean metric (d ≡ 1) css_md is 0 exactly in DuckDB and ~1e-12 after Spark's
+merges of partial sums of size ~1e4. Its scale is max(|a|, |b|, |raw|).
+
+Any disagreement, a key an engine lacks or one only it has raises `CrossCheckError`
+naming key, quantity and all three values.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ RTOL = 1e-9
 ATOL = 1e-12
 RAW = ("n_units", "sum_m", "sum_d", "mean_m", "mean_d", "sum_mm", "sum_dd", "sum_md")
 CENTERED = ("css_mm", "css_dd", "css_md")
+RAW_OF = {"css_mm": "sum_mm", "css_dd": "sum_dd", "css_md": "sum_md"}
 COUNTS = ("n_zero_denominator", "n_incomplete_window", "n_unbaked")
 QUANTITIES = (*RAW, *CENTERED, *COUNTS, *CAP_COLUMNS)
 
@@ -130,11 +135,11 @@ def duckdb_groups(rows: Iterable[Mapping[str, Any]]) -> Groups:
     }
 
 
-def _rel_diff(a: Any, b: Any) -> float | None:
-    """|a − b| / max(|a|, |b|) (0 when equal), or None when they disagree."""
+def _rel_diff(a: Any, b: Any, floor: float = 0.0) -> float | None:
+    """|a − b| / max(|a|, |b|, floor) (0 when equal), or None when they disagree."""
     if a is None or b is None:
         return 0.0 if a is b else None
-    diff, scale = abs(a - b), max(abs(a), abs(b))
+    diff, scale = abs(a - b), max(abs(a), abs(b), floor)
     if diff <= RTOL * scale or diff <= ATOL:
         return diff / scale if scale else 0.0
     return None
@@ -160,7 +165,8 @@ def crosscheck(staged: Groups, engines: Mapping[str, Groups]) -> CrossCheck:
         for q in QUANTITIES:
             values = {"cluster_spark": ref[q]}
             values |= {n: g[key][q] for n, g in engines.items() if q in g.get(key, {})}
-            diffs = [_rel_diff(ref[q], v) for n, v in values.items() if n != "cluster_spark"]
+            raw = abs(ref.get(RAW_OF.get(q)) or 0.0)
+            diffs = [_rel_diff(ref[q], v, raw) for n, v in values.items() if n != "cluster_spark"]
             count += len(diffs)
             if None in diffs:
                 shown = ", ".join(f"{n} {_show(values, n)}" for n in names)

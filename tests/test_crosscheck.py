@@ -40,9 +40,9 @@ def _moments(m: list[float], d: list[float]) -> dict[str, float]:
     }
 
 
-def _answers() -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
+def _answers(D: list[float] = D) -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
     """One group (exp, metric, control) with a raw and a winsorized row, as each engine
-    reports it."""
+    reports it (denominators `D`)."""
     capped = [min(x, CAP) for x in M]
     caps = dict.fromkeys(CAP_COLUMNS) | {"num_upper_cap": CAP}
     counts = {"n_zero_denominator": 1, "n_incomplete_window": 0, "n_unbaked": 0}
@@ -124,3 +124,16 @@ def test_approximate_caps_skip_the_per_metric_winsorized_rows():
     staged, per_metric, duck = _answers()
     per_metric["metric"][0]["sum_m_w"] = 99.0  # another approximate cap, not compared
     assert _check(staged, per_metric, duck, exact_caps=False).rows == 2
+
+
+def test_a_centered_co_moment_is_compared_on_the_scale_of_its_raw_sum():
+    # A mean metric (d ≡ 1): css_md = 0 exactly (DuckDB) vs 3e-12 (Spark's merged partial
+    # sums): rounding on the scale of Σmd = 7, so they agree; 1e-6 on that scale does not.
+    staged, per_metric, duck = _answers([1.0] * 4)
+    assert staged[0]["css_md"] == 0.0 and duck[0]["sum_md"] == 7.0
+    for row in staged:
+        row["css_md"] = 3e-12
+    assert _check(staged, per_metric, duck).rows == 2
+    staged[0]["css_md"] = 1e-6
+    with pytest.raises(CrossCheckError, match="css_md"):
+        _check(staged, per_metric, duck)
