@@ -135,21 +135,24 @@ def heap_from_gc_log(text: str) -> tuple[float, float]:
     return max(before), max(after)
 
 
-def units_data(out: Path, n_units: int) -> tuple[Path, int]:
-    """The bench's user-randomized dataset with `n_units` assignment units, and its config."""
+def units_data(out: Path, n_units: int) -> tuple[Path, Path, int]:
+    """The bench's user-randomized dataset with `n_units` assignment units (under
+    `out.parent/data/`, where `make bench --out out.parent` keeps it too, so it is
+    reused), its config in `out`, and its event count."""
     sys.path.insert(0, str(ROOT / "bench"))
     from units import ensure_units_data, units_config_dict, users_params
 
     p = users_params(n_units)
     spark = build_spark("bounded-driver data", local_master="local[2]")
     try:
-        data = ensure_units_data(spark, out, p, print)
+        data = ensure_units_data(spark, out.parent, p, print)
     finally:
         spark.stop()
     raw = units_config_dict(p, data, out / "run")
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
-    return path, p.events
+    return path, data / "events", p.events
 
 
 def main() -> int:
@@ -186,8 +189,7 @@ def run_size(out: Path, n: int, driver_memory: str, units: bool = False) -> dict
     from tests.test_submit_cluster import Cluster
 
     if units:
-        config_path, n_events = units_data(out, n)
-        events_dir = config_path.parent / "data" / f"units_users_{n}" / "events"
+        config_path, events_dir, n_events = units_data(out, n)
     else:
         n_events = n
         if not (out / "events" / "_delta_log").exists():
