@@ -21,7 +21,7 @@ EVENT_DDL = "org_id string, user_id string, event string, value double, ts times
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(relative_path: str, *args: str) -> subprocess.CompletedProcess:
+def run_script(relative_path: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a repository script with this Python, as a user would: from the repository root,
     without BENCH_ARGS or the test session's Spark gateway in the environment."""
     env = {
@@ -35,7 +35,7 @@ def run_script(relative_path: str, *args: str) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
 
 

@@ -26,7 +26,10 @@ COLUMNS = (
 def test_bench_smoke(tmp_path):
     md = ROOT / "BENCHMARKS.md"
     md_before = md.stat().st_mtime_ns if md.exists() else None
-    proc = run_script("bench/run.py", "--smoke", "--no-write-md", "--out", str(tmp_path))
+    # Every measurement at 20k events, the units axis at 20k units: minutes, not seconds.
+    proc = run_script(
+        "bench/run.py", "--smoke", "--no-write-md", "--out", str(tmp_path), timeout=1800
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
     lines = proc.stdout.splitlines()
@@ -52,6 +55,12 @@ def test_bench_smoke(tmp_path):
     assert check["exact_caps"] and check["max_rel_diff"] <= 1e-9
     assert "| 20,000 | 140 | 154 |" in proc.stdout
     assert "cluster_spark = per-metric = DuckDB" in proc.stdout
+    units = {r["kind"]: r for r in report["units_axis"]}
+    assert units["users"]["units"] == 20_000 and units["users"]["events"] == 80_000
+    assert units["heavy_org"]["heavy_users"] == 4_000
+    # users: 4 metrics × 2 variants, all 20,000 users exposed in one variant each
+    assert units["users"]["analysed_units"] == 20_000
+    assert "| users | 20,000 | 20,000 | 80,000 |" in proc.stdout
     assert size["memory"]["py_rss_peak_mib"] > 0
     assert size["memory"]["jvm_heap_peak_mib"] > 0
     plan = report["staging_plan_operators"]["staging statistics"]
