@@ -47,7 +47,7 @@ def _noop(df: DataFrame) -> None:
 
 def _variant(config: Config, **change: Any) -> Config:
     """A copy of the config with experiments/metrics changed (validated again)."""
-    raw = config.model_dump(mode="json", exclude_none=True)
+    raw = config.model_dump(mode="json", exclude_unset=True, by_alias=True)
     metrics = raw["metrics"]
     if change.get("no_analysis_unit"):
         for e in raw["experiments"]:
