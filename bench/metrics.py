@@ -88,9 +88,15 @@ def metric_definitions() -> dict[str, dict[str, Any]]:
     return out
 
 
-def bench_config(data: Path, results: Path) -> Config:
+#: The dimensions of the sliced variant of the config (`slices.py`): values per dimension.
+SLICE_DIMENSIONS = {"tier": 3, "region": 12}
+
+
+def bench_config(data: Path, results: Path, slices: bool = False) -> Config:
     """Every experiment with all 20 metrics over the tables under `data` (ensure_data's
-    directory); staging, results and diagnostics written under `results`."""
+    directory); staging, results and diagnostics written under `results`. `slices`: the
+    first experiment is also broken down by `SLICE_DIMENSIONS`, from the org attributes
+    table `slices.py` writes beside the data."""
     metrics = metric_definitions()
     experiments = [
         {
@@ -126,4 +132,14 @@ def bench_config(data: Path, results: Path) -> Config:
             "diagnostics": str(results / "diagnostics"),
         },
     }
+    if slices:
+        raw["unit_attributes"] = {
+            "orgs": {
+                "path": str(data / "org_attributes"),
+                "timestamp": "updated_at",
+                "ids": {"org_id": "org_id"},
+                "dimensions": list(SLICE_DIMENSIONS),
+            }
+        }
+        experiments[0]["dimensions"] = list(SLICE_DIMENSIONS)
     return parse_config(raw, origin="bench/run.py")

@@ -130,6 +130,20 @@ def test_show_and_report_of_a_date_never_run_say_so(inputs, tmp_path, started, c
         ) in err, command
 
 
+def test_show_of_a_dimension_the_results_do_not_have_is_a_usage_error(
+    inputs, tmp_path, started, capsys
+):
+    conf = _config_file(inputs, tmp_path)
+    assert cli.main(["run", "-q", "--config", str(conf), "--date", "2026-03-09"]) == 0
+    assert "results by" not in capsys.readouterr().err  # no slices: no note
+    args = ["show", "--config", str(conf), "--date", "2026-03-09", "--dimension", "plan"]
+    assert cli.main(args) == 64
+    assert (
+        "cluster-spark: error: --dimension 'plan': the results of 2026-03-09 have no "
+        "dimensions (no experiment lists any)"
+    ) in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- item 8: Spark settings
 
 

@@ -67,6 +67,15 @@ TZ_EVENTS = [
 # control o1, o3: revenue 15, 6; purchases 2, 2. treatment o2, o4: revenue 7, 14; purchases 1, 2.
 # revenue_3d (days 0-2 after each exposure): o1 10, o3 4 | o2 0, o4 8 + 6.
 # revenue_baked (48 h: events up to 03-08T00:00Z): o1 10, o3 4 | o2 0, o4 0.
+# Org attributes with TIMESTAMP_NTZ times, read as UTC: the value at or before exposure.
+TZ_ATTRIBUTES = [
+    ("o1", "pre", dt.datetime(2026, 3, 2, 1)),  # o1 exposed 02:00Z: before (in LA: after)
+    ("o1", "post", dt.datetime(2026, 3, 2, 3)),
+    ("o2", "pre", dt.datetime(2026, 3, 2, 3)),  # exactly at o2's exposure
+    ("o3", "post", dt.datetime(2026, 3, 5, 0, 0, 1)),  # after: o3 is in (null)
+    ("o4", "pre", dt.datetime(2026, 3, 4, 20)),
+]
+TZ_SLICE_UNITS = {("pre", "control"): 1, ("pre", "treatment"): 2, ("(null)", "control"): 1}
 TZ_EXPECTED = {
     ("revenue", "control"): (2, 21.0),
     ("revenue", "treatment"): (2, 21.0),
@@ -113,7 +122,10 @@ def _tz_config(root: Path, out: str) -> dict:
         },
         "experiments": [{"id": "tz", "assignment_unit": "org_id", "control": "control",
                          "variants": ["control", "treatment"], "start": "2026-03-02",
-                         "metrics": ["revenue", "purchases", "revenue_3d", "revenue_baked"]}],
+                         "metrics": ["revenue", "purchases", "revenue_3d", "revenue_baked"],
+                         "dimensions": ["stage"], "min_slice_units": 1}],
+        "unit_attributes": {"orgs": {"path": str(root / "orgs"), "timestamp": "updated_at",
+                                     "ids": {"org_id": "org_id"}, "dimensions": ["stage"]}},
         "output": {k: str(root / out / k) for k in ("staging", "results", "diagnostics")},
     }  # fmt: skip
 
@@ -125,9 +137,20 @@ def test_results_do_not_depend_on_the_machine_or_session_time_zone(spark, tmp_pa
         spark, TZ_EVENTS, "org_id string, event string, value double, ts timestamp_ntz",
         tmp_path / "events",
     )  # fmt: skip
+    write_delta(
+        spark, TZ_ATTRIBUTES, "org_id string, stage string, updated_at timestamp_ntz",
+        tmp_path / "orgs",
+    )  # fmt: skip
     here = pipeline.run(spark, parse_config(_tz_config(tmp_path, "utc")), ANALYSIS_DATE)
-    got = {(r["metric"], r["variant"]): (r["n_units"], r["numerator_sum"]) for r in here}
+    overall = [r for r in here if r["dimension"] is None]
+    got = {(r["metric"], r["variant"]): (r["n_units"], r["numerator_sum"]) for r in overall}
     assert got == TZ_EXPECTED
+    sliced = {
+        (r["slice"], r["variant"]): r["n_units"]
+        for r in here
+        if r["metric"] == "revenue" and r["dimension"] == "stage"
+    }
+    assert {k: v for k, v in sliced.items() if v} == TZ_SLICE_UNITS
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
     for zone in ("America/Los_Angeles", "Asia/Tokyo"):  # west and east of UTC
         proc = subprocess.run(
@@ -142,9 +165,9 @@ def test_results_do_not_depend_on_the_machine_or_session_time_zone(spark, tmp_pa
         there = json.loads(line.removeprefix("ROWS "))
         numbers = ("n_units", "numerator_sum", "mean", "effect_abs", "p_value", "srm_chi2")
         assert len(there) == len(here), zone
-        key = _by(there, "metric", "variant")
+        key = _by(there, "metric", "variant", "dimension", "slice")
         for a in here:
-            b = key[(a["metric"], a["variant"])]
+            b = key[(a["metric"], a["variant"], a["dimension"], a["slice"])]
             for k in numbers:
                 assert b[k] == (None if a[k] is None else pytest.approx(a[k], rel=1e-12)), zone
 

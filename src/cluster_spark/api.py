@@ -92,13 +92,19 @@ def _warn(messages: Iterable[str]) -> None:
 
 
 def _ordered(df: DataFrame) -> DataFrame:
-    """Results in the contract's columns, by experiment and metric, control first."""
+    """Results in the contract's columns, by experiment, the overall rows first, then by
+    dimension and slice, metric, control first."""
     from pyspark.sql import functions as F
 
     from cluster_spark.tables import RESULT_COLUMNS
 
     return df.select(*[c for c, _ in RESULT_COLUMNS]).orderBy(
-        "experiment_id", "metric", F.col("variant") != F.col("control_variant"), "variant"
+        "experiment_id",
+        F.col("dimension").asc_nulls_first(),
+        F.col("slice").asc_nulls_first(),
+        "metric",
+        F.col("variant") != F.col("control_variant"),
+        "variant",
     )
 
 
@@ -122,7 +128,9 @@ def analyze(
     for every experiment of the config.
 
     Returns the results slice read back from `config.output.results`: one row per
-    experiment × metric × variant (control first), the 53 columns of
+    experiment × metric × variant (control first), then the same per slice for
+    experiments with `dimensions` (`dimension`, `slice` set; NULL on the overall rows:
+    `.where("dimension IS NULL")` for the topline), the 57 columns of
     `tables.RESULT_COLUMNS` (README, "Output tables"): `n_units` assignment units, `mean`
     = ΣM/ΣD in the metric's own units, `effect_abs` in those units, `effect_rel` and its
     CI as fractions (0.05 = +5 %), `p_value`, `status`, … Small: `.toPandas()` is safe.

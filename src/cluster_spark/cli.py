@@ -123,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
                 default=Path("out/reports"),
                 help="directory (<experiment>_<date>.html each), or PATH.html for one experiment",
             )
+        if name == "show":
+            p.add_argument(
+                "--dimension",
+                metavar="NAME",
+                help="the slices of this dimension instead of the overall results",
+            )
         if name == "plan":
             p.add_argument(
                 "--units",
@@ -153,11 +159,17 @@ def _cuped_cell(r: Mapping[str, Any]) -> str:
     return "" if status in (None, "not_compared") else status.removeprefix("fallback_")
 
 
-def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = None) -> None:
-    """A readable results table: one line per metric and variant."""
+def print_results(
+    rows: Iterable[Mapping[str, Any]], console: Console | None = None, dimension: str | None = None
+) -> None:
+    """A readable results table: one line per metric and variant of the overall rows, or
+    with `dimension`, per slice of that dimension (with the heterogeneity p-value)."""
+    rows = [r for r in rows if r.get("dimension") == dimension]
+    sliced = dimension is not None
     table = Table(show_lines=False)
     for col in (
         "experiment",
+        *(["slice"] if sliced else []),
         "metric",
         "variant",
         "units",
@@ -183,6 +195,7 @@ def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = N
         )
         table.add_row(
             r["experiment_id"],
+            *([r["slice"]] if sliced else []),
             r["metric"],
             r["variant"],
             str(r["n_units"]),
@@ -192,9 +205,22 @@ def print_results(rows: Iterable[Mapping[str, Any]], console: Console | None = N
             "" if r["p_value"] is None else _fmt(r["p_value"], ".3g"),
             _cuped_cell(r),
             "" if r.get("srm_p_value") is None else _fmt(r["srm_p_value"], ".3g"),
+            *([_fmt(r.get("heterogeneity_p_value"), ".3g")] if sliced else []),
             r["status"],
         )
     (console or Console(width=170)).print(table)
+
+
+def _slice_notes(rows: Iterable[Mapping[str, Any]], date: dt.date) -> list[str]:
+    """Where the slice rows the overall table leaves out are."""
+    counts: dict[str, set[str]] = {}
+    for r in rows:
+        if r.get("dimension") is not None:
+            counts.setdefault(r["dimension"], set()).add(r["slice"])
+    if not counts:
+        return []
+    dims = ", ".join(f"{d} ({len(s)} slices)" for d, s in sorted(counts.items()))
+    return [f"results by {dims}: cluster-spark show --date {date} --dimension NAME"]
 
 
 def _report_paths(
@@ -381,11 +407,14 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
         _Progress.warn(outcome.warnings(config))
     elif args.command == "reduce":
         progress("reducing")
-        print_results(pipeline.reduce(spark, config, args.date, ids))
+        results = pipeline.reduce(spark, config, args.date, ids)
+        print_results(results)
+        _Progress.warn(_slice_notes(results, args.date), kind="note")
     elif args.command == "run":
         progress("staging and reducing")
         outcome = pipeline.run_outcome(spark, config, args.date, ids)
         print_results(outcome.results)
+        _Progress.warn(_slice_notes(outcome.results, args.date), kind="note")
         if args.report is not None:
             _write_reports(outcome, config, args)
         _Progress.warn(outcome.warnings(config))
@@ -404,16 +433,23 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
         _Progress.warn(checks.filter_warnings(config, [d for r in reported for d in r.diagnostics]))
     else:
         reported, missing = api.read_reported(spark, config, args.date, ids, diagnostics=False)
-        rows = sorted(
-            (row for r in reported for row in r.results),
-            key=lambda r: (
-                r["experiment_id"],
-                r["metric"],
-                r["variant"] != r["control_variant"],
-                r["variant"],
-            ),
-        )
-        print_results(rows)
+        rows = [row for r in reported for row in r.results]
+        dims = sorted({r["dimension"] for r in rows if r.get("dimension") is not None})
+        if args.dimension is not None and args.dimension not in dims:
+            raise UsageError(
+                f"--dimension {args.dimension!r}: the results of {args.date} have "
+                + (f"the dimensions {dims}" if dims else "no dimensions (no experiment lists any)")
+            )
+        if args.dimension is None:
+            rows.sort(
+                key=lambda r: (
+                    r["experiment_id"],
+                    r["metric"],
+                    r["variant"] != r["control_variant"],
+                    r["variant"],
+                )
+            )
+        print_results(rows, dimension=args.dimension)
         _Progress.warn(f"no results for experiment '{e}' on {args.date}" for e in missing)
     return 0
 

@@ -334,11 +334,38 @@ class ExposureSource(Table):
     variant: str = "variant"
     timestamp: TimeSpec = "timestamp"
     ids: dict[Name, str] = Field(min_length=1)
+    #: Columns whose values break results down (slices): a unit's value is the one on its
+    #: first exposure row for the experiment (ties at one instant: the smallest value).
+    dimensions: list[Annotated[str, Field(min_length=1)]] = []
+
+    @field_validator("dimensions", mode="after")
+    @classmethod
+    def _unique_dimensions(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"dimensions are listed twice: {value}")
+        return value
 
     @property
     def constant_experiment(self) -> str | None:
         """The experiment every row belongs to, when the table has no experiment-id column."""
         return self.experiment_id.constant if isinstance(self.experiment_id, Constant) else None
+
+
+class UnitAttributes(Table):
+    """Attributes of assignment units over time (e.g. an org table with `plan`, `country`
+    and `updated_at`), for slices: `ids` names the one assignment-unit id column, and each
+    of `dimensions` is a column. A unit's value in an experiment is the one on its latest
+    row at or before its exposure (never a later one: the treatment may have changed it);
+    a unit with no such row, or a NULL value there, is in the slice `(null)`. Rows with a
+    NULL id or timestamp are dropped and counted (`unit_attribute_rows_dropped:<name>`)."""
+
+    timestamp: TimeSpec
+    ids: dict[Name, str] = Field(min_length=1, max_length=1)
+    dimensions: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+
+    @property
+    def unit_type(self) -> str:
+        return next(iter(self.ids))
 
 
 #: Delta (Hive) reads a partition directory of this name back as NULL.
@@ -389,6 +416,16 @@ class Experiment(_Model):
     sequential: bool = False
     sequential_n_star: Annotated[int, Field(gt=1)] | None = None
     power: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    #: Slices: the dimensions (of `exposures.dimensions` or a `unit_attributes` table)
+    #: results are broken down by; per dimension the `max_slices` largest slices by
+    #: assignment units, the rest pooled into `(other)`; a slice with fewer than
+    #: `min_slice_units` assignment units in some variant gets a status, not numbers.
+    dimensions: list[Annotated[str, Field(min_length=1)]] = []
+    max_slices: Annotated[int, Field(ge=1)] = 20
+    min_slice_units: Annotated[int, Field(ge=1)] = 10
+    #: Winsorization caps of slice rows: the whole experiment's (default, as GrowthBook:
+    #: per-slice caps create spurious effects in small slices) or each slice's own.
+    slice_caps: Literal["experiment", "slice"] = "experiment"
 
     @field_validator("id", mode="after")
     @classmethod
@@ -423,6 +460,8 @@ class Experiment(_Model):
             )
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError("metrics are listed twice")
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError(f"dimensions are listed twice: {self.dimensions}")
         if self.sequential and self.sequential_n_star is None:
             raise ValueError(
                 "sequential: true needs sequential_n_star (the planned number of assignment "
@@ -464,6 +503,7 @@ class Config(_Model):
     metrics: dict[Name, Metric] = Field(min_length=1)
     experiments: list[Experiment] = Field(min_length=1)
     id_mappings: list[IdMapping] = []
+    unit_attributes: dict[Name, UnitAttributes] = {}
     output: Output
 
     @model_validator(mode="after")
@@ -498,6 +538,19 @@ class Config(_Model):
                     f"experiments[{i}].assignment_unit: '{exp.assignment_unit}' is not an id "
                     f"of exposures.ids {sorted(self.exposures.ids)}"
                 )
+            for dim in exp.dimensions:
+                found = self.dimension_sources(exp, dim)
+                if len(found) != 1:
+                    where = (
+                        f"both {' and '.join(found)}"
+                        if found
+                        else "neither exposures.dimensions nor a unit_attributes table with "
+                        f"the '{exp.assignment_unit}' id"
+                    )
+                    problems.append(
+                        f"experiments[{i}].dimensions: '{dim}' must come from exactly one "
+                        f"place; it comes from {where}"
+                    )
             for m in exp.metrics:
                 for src in self.metric_sources(self.metrics.get(m)):
                     if self.unit_route(src, exp.assignment_unit) is None:
@@ -509,6 +562,16 @@ class Config(_Model):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def dimension_sources(self, experiment: Experiment, dimension: str) -> list[str]:
+        """Where `dimension` of `experiment` comes from: `exposures` and/or the names of
+        `unit_attributes` tables keyed by its assignment unit (valid configs: one)."""
+        found = ["exposures"] if dimension in self.exposures.dimensions else []
+        return found + [
+            name
+            for name, t in self.unit_attributes.items()
+            if t.unit_type == experiment.assignment_unit and dimension in t.dimensions
+        ]
 
     def unit_route(self, source: str, unit_type: str) -> IdMapping | str | None:
         """How a source reaches an assignment unit: its own id column (str), an id
@@ -533,6 +596,7 @@ class Config(_Model):
         inputs: dict[str, Table] = {"exposures": self.exposures}
         inputs |= {f"source '{name}'": src for name, src in self.sources.items()}
         inputs |= {f"id mapping {m.from_id} → {m.to_id}": m for m in self.id_mappings}
+        inputs |= {f"unit attributes '{name}'": t for name, t in self.unit_attributes.items()}
         out = {label: t.path or t.table or "" for label, t in inputs.items()}
         return out | {f"output.{k}": v for k, v in self.output.model_dump().items()}
 
@@ -560,6 +624,7 @@ def _resolve_paths(raw: dict[str, Any], root: Path) -> dict[str, Any]:
         raw.get("exposures"),
         *(raw.get("sources") or {}).values(),
         *(raw.get("id_mappings") or []),
+        *(raw.get("unit_attributes") or {}).values(),
     ]
     for table in tables:
         if isinstance(table, dict) and isinstance(table.get("path"), str):

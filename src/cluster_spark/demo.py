@@ -4,7 +4,9 @@ Org sizes are heavy-tailed (log-normal), users of one org share an org effect (s
 correlated), and `treatment_a` raises the value of each purchase by `LIFT` — a known true
 lift in revenue per user. Some orgs are exposed twice and a few in two variants, and users
 are active in the two weeks before their org's exposure (a CUPED pre-period), so the
-data-quality rules and the variance reduction have work to do.
+data-quality rules and the variance reduction have work to do. Each exposure row carries
+the org's `plan` (by its size), and an org attributes table its `country` over time (some
+orgs move after exposure: the analysis must use the value at exposure), for slices.
 """
 
 from __future__ import annotations
@@ -28,9 +30,15 @@ def _offsets(rng: np.random.Generator, n: int, low_days: float, high_days: float
     return np.datetime64(START, "us") + seconds.astype("timedelta64[s]")
 
 
-def generate_frames(n_orgs: int = 8000, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Exposures (experiment_id, org_id, variant, exposure_ts) and events
-    (org_id, user_id, event, value, ts) as pandas frames."""
+COUNTRIES = ("US", "DE", "IN", "BR", "JP", "FR")
+
+
+def generate_frames(
+    n_orgs: int = 8000, seed: int = 7
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Exposures (experiment_id, org_id, variant, exposure_ts, plan), events
+    (org_id, user_id, event, value, ts) and org attributes (org_id, country, updated_at)
+    as pandas frames."""
     rng = np.random.default_rng(seed)
     org_ids = np.array([f"o{i:06d}" for i in range(n_orgs)])
     variant = rng.integers(0, len(VARIANTS), n_orgs)
@@ -53,6 +61,8 @@ def generate_frames(n_orgs: int = 8000, seed: int = 7) -> tuple[pd.DataFrame, pd
     )
 
     sizes = np.clip(np.round(rng.lognormal(1.4, 1.0, n_orgs)), 1, 500).astype(int)
+    plan = np.where(sizes >= 10, "team", np.where(sizes >= 3, "pro", "free"))
+    exposures["plan"] = np.concatenate([plan, plan[dup], plan[switch]])
     user_org = np.repeat(np.arange(n_orgs), sizes)
     n_users = len(user_org)
     activity = rng.gamma(2.0, 0.5, n_users) * org_effect[user_org]
@@ -73,14 +83,37 @@ def generate_frames(n_orgs: int = 8000, seed: int = 7) -> tuple[pd.DataFrame, pd
             "ts": ts,
         }
     )
-    return exposures, events
+    return exposures, events, _org_attributes(org_ids, exposure, seed)
+
+
+def _org_attributes(org_ids: np.ndarray, exposure: np.ndarray, seed: int) -> pd.DataFrame:
+    """Each org's country a month before the start; 20 % move 3 days after their exposure
+    (rows a correct analysis never uses). Its own generator: the other frames are as
+    before this table existed."""
+    rng = np.random.default_rng(seed + 1)
+    n = len(org_ids)
+    country = np.array(COUNTRIES)[rng.choice(len(COUNTRIES), n, p=[0.4, 0.2, 0.15, 0.1, 0.1, 0.05])]
+    moved = rng.random(n) < 0.2
+    return pd.DataFrame(
+        {
+            "org_id": np.concatenate([org_ids, org_ids[moved]]),
+            "country": np.concatenate([country, np.roll(country, 1)[moved]]),
+            "updated_at": np.concatenate(
+                [
+                    np.full(n, np.datetime64(START - dt.timedelta(days=30), "us")),
+                    exposure[moved] + np.timedelta64(3, "D"),
+                ]
+            ),
+        }
+    )
 
 
 def write_demo_data(spark: SparkSession, root: str | Path, n_orgs: int = 8000, seed: int = 7):
-    """Write the demo's exposures and events as Delta tables under `root/data/`."""
-    exposures, events = generate_frames(n_orgs, seed)
+    """Write the demo's exposures, events and org attributes as Delta tables under
+    `root/data/`."""
+    exposures, events, orgs = generate_frames(n_orgs, seed)
     data = Path(root) / "data"
-    for name, frame in (("exposures", exposures), ("events", events)):
+    for name, frame in (("exposures", exposures), ("events", events), ("orgs", orgs)):
         (
             spark.createDataFrame(frame)
             .write.format("delta")

@@ -244,8 +244,14 @@ def _shorten(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def forest_plot(rows: Sequence[Row], alpha: float | None = None, width: int = 1100) -> str:
-    """Inline SVG of relative lifts with their CIs, one line per treatment row.
+def forest_plot(
+    rows: Sequence[Row],
+    alpha: float | None = None,
+    width: int = 1100,
+    keys: tuple[str, str] = ("metric", "variant"),
+) -> str:
+    """Inline SVG of relative lifts with their CIs, one line per treatment row, labelled
+    by the two `keys` (the background alternates with the first).
 
     Rows with a null CI are labelled 'n/a' and drawn as a hollow point (no interval); rows
     with a null effect have no point. Points are colored by whether the CI excludes 0.
@@ -275,7 +281,7 @@ def forest_plot(rows: Sequence[Row], alpha: float | None = None, width: int = 11
     shaded, prev_metric = True, None
     for i, r in enumerate(rows):
         y = top + row_h * i + row_h / 2
-        metric, variant = str(r.get("metric")), str(r.get("variant"))
+        metric, variant = str(r.get(keys[0])), str(r.get(keys[1]))
         shaded ^= metric != prev_metric  # alternate the background per metric
         prev_metric = metric
         if shaded:
@@ -372,6 +378,10 @@ def _sections(
 
     results = [r for r in results if mine(r)]
     diagnostics = [d for d in diagnostics if mine(d)]
+    sliced = [r for r in results if r.get("dimension") is not None]
+    slice_diags = [d for d in diagnostics if d.get("dimension") is not None]
+    results = [r for r in results if r.get("dimension") is None]
+    diagnostics = [d for d in diagnostics if d.get("dimension") is None]
     control = _first(results, "control_variant")
     metrics: dict[str, list[Row]] = {}
     for r in results:
@@ -390,8 +400,59 @@ def _sections(
         f"<h2>Sample-ratio mismatch</h2>{_srm_box(results, diagnostics, control)}"
         f"<h2>Results</h2>{tables or '<p class=muted>No results.</p>'}"
         f"<h2>Relative lift</h2>{plot}"
+        f"{_slice_sections(sliced, slice_diags, control)}"
         f"<h2>Diagnostics</h2>{_diagnostics_table(diagnostics)}"
     )
+
+
+def _slice_sections(results: Sequence[Row], diagnostics: Sequence[Row], control: Any) -> str:
+    """Per dimension: the slices' assignment units and SRM, and per metric a forest plot of
+    each slice's relative lift with Cochran's Q heterogeneity p-value."""
+    out = []
+    for dimension in dict.fromkeys(str(r["dimension"]) for r in results):
+        rows = [r for r in results if r["dimension"] == dimension]
+        slices = list(dict.fromkeys(str(r["slice"]) for r in rows))
+        variants = sorted({str(r["variant"]) for r in rows}, key=lambda v: (v != control, v))
+        units = {
+            (d.get("slice"), d.get("variant")): d.get("value")
+            for d in diagnostics
+            if d.get("dimension") == dimension and d.get("check") == "assignment_units"
+        }
+        body = []
+        for name in slices:
+            first = next(r for r in rows if r["slice"] == name)
+            flagged = first.get("srm_flag")
+            body.append(
+                [
+                    _e(name),
+                    *[_e(fmt_num(units.get((name, v), 0))) for v in variants],
+                    (_e(fmt_p(first.get("srm_p_value"))), "warn" if flagged else ""),
+                    (_e(first.get("status")), "warn")
+                    if first.get("status") == "too_few_slice_units"
+                    else "",
+                ]
+            )
+        table = _table(["slice", *[f"units: {v}" for v in variants], "SRM p", ""], body)
+        plots = []
+        for metric in dict.fromkeys(str(r["metric"]) for r in rows):
+            treated = [r for r in rows if r["metric"] == metric and not _is_control(r)]
+            het = ", ".join(
+                f"{v}: {fmt_p(_first(arm, 'heterogeneity_p_value'))}"
+                for v in variants
+                if v != control and (arm := [r for r in treated if r["variant"] == v])
+            )
+            plots.append(
+                f"<h3>{_e(metric)}</h3><p class='note'>Heterogeneity across slices "
+                f"(Cochran's Q p-value): {_e(het)}</p>"
+                + forest_plot(treated, _first(rows, "alpha"), keys=("slice", "variant"))
+            )
+        out.append(
+            f"<h2>By {_e(dimension)}</h2>"
+            "<p class='note'>Each slice is analysed on its own units (SRM and CUPED within "
+            "the slice); p-values (BH) are adjusted within the dimension.</p>"
+            f"{table}{''.join(plots)}"
+        )
+    return "".join(out)
 
 
 def _page(title: str, body: str) -> str:

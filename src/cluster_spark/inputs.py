@@ -61,6 +61,10 @@ def source_label(name: str) -> str:
     return f"source '{name}'"
 
 
+def attributes_label(name: str) -> str:
+    return f"unit attributes '{name}'"
+
+
 def mapping_label(mapping: IdMapping) -> str:
     return f"id mapping {mapping.from_id} → {mapping.to_id}"
 
@@ -79,6 +83,19 @@ def needs(config: Config, experiment_ids: Iterable[str]) -> dict[str, Need]:
     exposures.require(src.variant, "any")
     exposures.require(src.timestamp.column, "any")
     out = {"exposures": exposures}
+    for e in experiments:
+        for dim in e.dimensions:
+            (where,) = config.dimension_sources(e, dim)
+            if where == "exposures":
+                exposures.require(dim, "any")
+                continue
+            table = config.unit_attributes[where]
+            label = attributes_label(where)
+            need = out.setdefault(label, Need(label, table, table.timestamp))
+            need.require(table.ids[table.unit_type], "id")
+            need.text.add(table.ids[table.unit_type])
+            need.require(table.timestamp.column, "any")
+            need.require(dim, "any")
     for e in experiments:
         for name in e.metrics:
             metric = config.metrics[name]

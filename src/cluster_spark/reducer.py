@@ -14,7 +14,7 @@ from functools import reduce
 from typing import Any
 
 from cluster_spark.config import Experiment
-from cluster_spark.stats import intervals, multiplicity, power, sequential
+from cluster_spark.stats import heterogeneity, intervals, multiplicity, power, sequential
 from cluster_spark.stats.cuped import CupedStats, compare_cuped
 from cluster_spark.stats.inference import Comparison, compare, srm_test
 from cluster_spark.stats.ratio import RatioStats
@@ -84,6 +84,34 @@ def srm(
     return chi2, p, p < experiment.srm_threshold
 
 
+#: Slice names that are not attribute values (`staging.slices`), shown last.
+_POOLED = ("(null)", "(other)")
+
+#: The columns a slice below `min_slice_units` keeps; every other one is null.
+_SLICE_KEPT = frozenset(
+    {
+        "experiment_id",
+        "analysis_date",
+        "metric",
+        "variant",
+        "dimension",
+        "slice",
+        "control_variant",
+        "n_units",
+        "n_analysis_units",
+        "alpha",
+        "test",
+        "status",
+        "winsorized",
+        "relative_ci_method",
+        "srm_chi2",
+        "srm_p_value",
+        "srm_flag",
+        "run_id",
+    }
+)
+
+
 def reduce_experiment(
     rows: Iterable[Mapping[str, Any]],
     experiment: Experiment,
@@ -92,14 +120,58 @@ def reduce_experiment(
     diagnostics: Iterable[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Result rows (RESULT_COLUMNS) for one experiment: one per metric and variant, every
-    configured variant included (one without units has n_units 0 and `too_few_units`).
+    configured variant included (one without units has n_units 0 and `too_few_units`),
+    then the same per slice of each of the experiment's dimensions.
 
     Control rows carry the group's estimate and null effects; when the control variant has
     no units, treatment rows carry status `control_missing` and null effects. For
     winsorized metrics the main columns are capped and `*_uncapped` columns are raw.
+
+    Slices (rows and diagnostics with a `dimension`): each slice is analysed on its own
+    units as the experiment is (SRM within the slice, CUPED θ within the slice); a slice
+    with fewer than `min_slice_units` assignment units in a configured variant has status
+    `too_few_slice_units` and null estimates. BH/Holm p-values of slice rows are adjusted
+    within each dimension (slices × metrics × treatments), apart from the topline's; each
+    treatment row carries Cochran's Q of its effect across the dimension's slices.
     """
-    rows = list(rows)
-    diagnostics = list(diagnostics)
+    rows_of: dict[tuple[Any, Any], list[Mapping[str, Any]]] = defaultdict(list)
+    diags_of: dict[tuple[Any, Any], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        rows_of[(r.get("dimension"), r.get("slice"))].append(r)
+    for d in diagnostics:
+        diags_of[(d.get("dimension"), d.get("slice"))].append(d)
+    control = experiment.control
+    args = (experiment, analysis_date, run_id)
+    out = _segment(rows_of[(None, None)], diags_of[(None, None)], *args)
+    _adjust_p_values(out, control)
+    found = {k for k in (*rows_of, *diags_of) if k[0] is not None}
+    dimensions = list(experiment.dimensions) + sorted(
+        {d for d, _ in found} - set(experiment.dimensions)
+    )
+    for dimension in dimensions:
+        names = sorted((s for d, s in found if d == dimension), key=lambda s: (s in _POOLED, s))
+        per_dimension = []
+        for name in names:
+            key = (dimension, name)
+            segment = _segment(rows_of[key], diags_of[key], *args, segment=key)
+            _small_slice(segment, diags_of[key], experiment)
+            per_dimension += segment
+        _adjust_p_values(per_dimension, control)
+        _heterogeneity(per_dimension, control)
+        out += per_dimension
+    return out
+
+
+def _segment(
+    rows: list[Mapping[str, Any]],
+    diagnostics: list[Mapping[str, Any]],
+    experiment: Experiment,
+    analysis_date: dt.date,
+    run_id: str,
+    segment: tuple[str | None, str | None] = (None, None),
+) -> list[dict[str, Any]]:
+    """The result rows of one segment (the experiment overall, or one slice) from its
+    staged rows and diagnostics, before multiple-testing corrections."""
     groups = merge_groups(rows)
     naive = analysis_unit_groups(rows)
     caps = {(r["metric"], r["variant"]): r for r in rows if r.get("winsorized")}
@@ -121,6 +193,8 @@ def reduce_experiment(
             analysis_date=analysis_date,
             metric=metric,
             variant=variant,
+            dimension=segment[0],
+            slice=segment[1],
             control_variant=control,
             n_units=s.n,
             n_analysis_units=subs.get(variant),
@@ -156,8 +230,40 @@ def reduce_experiment(
         for key in ("status", "cuped_status"):  # plain strings, as the table stores them
             row[key] = None if row[key] is None else str(row[key])
         out.append(row)
-    _adjust_p_values(out, control)
     return out
+
+
+def _small_slice(
+    rows: list[dict[str, Any]], diagnostics: list[Mapping[str, Any]], experiment: Experiment
+) -> None:
+    """A slice with fewer than `min_slice_units` assignment units in some configured
+    variant: status `too_few_slice_units`, every estimate null (counts and SRM kept)."""
+    units = {d["variant"]: d["value"] for d in diagnostics if d["check"] == "assignment_units"}
+    if min(int(units.get(v) or 0) for v in experiment.variants) >= experiment.min_slice_units:
+        return
+    for row in rows:
+        for key in row:
+            if key not in _SLICE_KEPT:
+                row[key] = None
+        row["status"] = str(Status.TOO_FEW_SLICE_UNITS)
+
+
+def _heterogeneity(rows: list[dict[str, Any]], control: str) -> None:
+    """Cochran's Q of each (metric, treatment)'s absolute effect (CUPED-adjusted where
+    applied: the estimand of `p_value`) across the slices of one dimension that have an
+    effect and a positive standard error; set on those treatment rows."""
+    effects: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        se = row["effect_abs_stderr"]
+        if row["variant"] != control and row["effect_abs"] is not None and se and se > 0:
+            effects[(row["metric"], row["variant"])].append(row)
+    for group in effects.values():
+        h = heterogeneity.cochran_q(
+            [r["effect_abs"] for r in group], [r["effect_abs_stderr"] for r in group]
+        )
+        if h is not None:
+            for r in group:
+                r["heterogeneity_q"], r["heterogeneity_p_value"] = h.q, h.p_value
 
 
 def compare_groups(
@@ -223,7 +329,8 @@ def _uncapped(groups, metric: str, variant: str, experiment: Experiment) -> dict
 
 
 def _adjust_p_values(rows: list[dict[str, Any]], control: str) -> None:
-    """Benjamini–Hochberg and Holm adjusted p-values across metrics × variants."""
+    """Benjamini–Hochberg and Holm adjusted p-values across the rows' metrics × variants
+    (one family: the topline, or one dimension's slices)."""
     treated = [r for r in rows if r["variant"] != control]
     pvalues = [r["p_value"] for r in treated]
     for r, bh, holm in zip(
@@ -260,7 +367,7 @@ def plan_experiment(
     `(z_{1−α/2} + z_power)·sqrt(2V/n)` (`power.mde`); the first column is for the
     staged units split evenly over the variants.
     """
-    groups = merge_groups(rows)
+    groups = merge_groups(r for r in rows if r.get("dimension") is None)  # overall rows
     pooled: dict[str, CupedStats] = {}
     for (metric, variant, winsorized), s in groups.items():
         if winsorized or (metric, variant, True) not in groups:

@@ -16,6 +16,9 @@ class Status(StrEnum):
 
     #: The control variant has no units (treatment rows): effects null.
     CONTROL_MISSING = "control_missing"
+    #: A slice row whose slice has fewer than the experiment's `min_slice_units`
+    #: assignment units in some configured variant: counts and SRM given, estimates null.
+    TOO_FEW_SLICE_UNITS = "too_few_slice_units"
     #: A group has fewer than 2 units (or the variant has none): all estimates null.
     TOO_FEW_UNITS = "too_few_units"
     #: ΣD = 0 in a group: all estimates null.

@@ -13,12 +13,15 @@ from pyspark.sql import types as T
 #: The per-unit contract (staging.units → staging.options and staging.moments): one row per
 #: experiment × assignment unit × metric; m, d are the unit's numerator and denominator,
 #: x, y the CUPED pre-period ones (0 without CUPED); complete and baked say whether the
-#: unit is in the metric under the completed-window and bake rules.
+#: unit is in the metric under the completed-window and bake rules. A unit's overall row
+#: has NULL `dimension` and `slice`; with slices it has one more row per dimension.
 UNIT_VALUES_SCHEMA = T.StructType(
     [
         T.StructField("experiment_id", T.StringType()),
         T.StructField("variant", T.StringType()),
         T.StructField("_unit", T.StringType()),
+        T.StructField("dimension", T.StringType()),
+        T.StructField("slice", T.StringType()),
         T.StructField("metric", T.StringType()),
         T.StructField("m", T.DoubleType()),
         T.StructField("d", T.DoubleType()),
@@ -59,6 +62,8 @@ STAGING_SCHEMA = T.StructType(
         T.StructField("analysis_date", T.DateType(), False),
         T.StructField("metric", T.StringType(), False),
         T.StructField("variant", T.StringType(), False),
+        T.StructField("dimension", T.StringType(), True),
+        T.StructField("slice", T.StringType(), True),
         T.StructField("winsorized", T.BooleanType(), False),
         T.StructField("n_units", T.LongType(), False),
         T.StructField("sum_m", T.DoubleType(), True),
@@ -80,7 +85,16 @@ STAGING_SCHEMA = T.StructType(
 )
 
 
-STAGING_KEYS = ("experiment_id", "analysis_date", "metric", "variant", "winsorized", "run_id")
+STAGING_KEYS = (
+    "experiment_id",
+    "analysis_date",
+    "metric",
+    "variant",
+    "dimension",
+    "slice",
+    "winsorized",
+    "run_id",
+)
 
 
 STAGING_STAT_COLUMNS = [f.name for f in STAGING_SCHEMA.fields if f.name not in STAGING_KEYS]
@@ -111,6 +125,8 @@ DIAGNOSTICS_SCHEMA = T.StructType(
         T.StructField("analysis_date", T.DateType(), False),
         T.StructField("metric", T.StringType(), True),
         T.StructField("variant", T.StringType(), True),
+        T.StructField("dimension", T.StringType(), True),
+        T.StructField("slice", T.StringType(), True),
         T.StructField("check", T.StringType(), False),
         T.StructField("value", T.LongType(), True),
         T.StructField("run_id", T.StringType(), False),
@@ -118,11 +134,14 @@ DIAGNOSTICS_SCHEMA = T.StructType(
 )
 
 #: The public results contract (column, Spark SQL type); README documents each column.
+#: Overall rows have NULL `dimension` and `slice`; slice rows name them.
 RESULT_COLUMNS: list[tuple[str, str]] = [
     ("experiment_id", "string"),
     ("analysis_date", "date"),
     ("metric", "string"),
     ("variant", "string"),
+    ("dimension", "string"),
+    ("slice", "string"),
     ("control_variant", "string"),
     ("n_units", "bigint"),
     ("n_analysis_units", "bigint"),
@@ -171,5 +190,7 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("srm_chi2", "double"),
     ("srm_p_value", "double"),
     ("srm_flag", "boolean"),
+    ("heterogeneity_q", "double"),
+    ("heterogeneity_p_value", "double"),
     ("run_id", "string"),
 ]

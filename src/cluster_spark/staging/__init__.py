@@ -7,11 +7,13 @@ The pipeline, one module a step:
 - `exposures`: first exposure per (experiment, unit); exposure slots.
 - `events`: one pass per metric source, the first aggregation level (unit × key).
 - `policy`: the multi-unit policy (an analysis unit under several assignment units).
+- `slices`: each unit's slice of every dimension (exposure columns, unit attributes).
 - `units`: the per-unit contract (`tables.UNIT_VALUES_SCHEMA`).
 - `options`: completed windows, bake, conversion rule, winsorization.
 - `moments`: per-group moments and the analysis-unit moments (design effect).
 
-Only (experiment, metric, variant) rows leave Spark; aggregation uses built-ins only.
+Only (experiment, metric, variant, dimension, slice) rows leave Spark; aggregation uses
+built-ins only.
 """
 
 from __future__ import annotations
@@ -81,8 +83,13 @@ def _stage(
         if moments is None:
             group = group.select("*", *[F.lit(None).alias(c) for c in ANALYSIS_UNIT_COLUMNS])
         else:
-            keys = ["experiment_id", "metric", "variant"]
-            group = group.join(F.broadcast(moments), keys, "left").select(
+            # NULL-safe: the overall rows have NULL dimension and slice.
+            keys = ["experiment_id", "metric", "variant", "dimension", "slice"]
+            moments = moments.select(
+                *[F.col(k).alias(f"_k_{k}") for k in keys], *ANALYSIS_UNIT_COLUMNS
+            )
+            on = [F.col(k).eqNullSafe(F.col(f"_k_{k}")) for k in keys]
+            group = group.join(F.broadcast(moments), on, "left").select(
                 *[c for c in group.columns],
                 *[F.when(~F.col("winsorized"), F.col(c)).alias(c) for c in ANALYSIS_UNIT_COLUMNS],
             )
@@ -95,6 +102,8 @@ def _stage(
             *meta,
             "metric",
             "variant",
+            "dimension",
+            "slice",
             "winsorized",
             *[F.col(c).cast(STAGING_SCHEMA[c].dataType) for c in STAGING_STAT_COLUMNS],
             F.lit(run_id).alias("run_id"),
@@ -104,6 +113,8 @@ def _stage(
             *meta,
             "metric",
             "variant",
+            "dimension",
+            "slice",
             "check",
             "value",
             F.lit(run_id).alias("run_id"),

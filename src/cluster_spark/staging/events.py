@@ -416,7 +416,11 @@ def _per_experiment(
         .select("experiment_id", "d.*")
         .where(F.col("metric").isNull() | own)
         .select(
-            "experiment_id", "metric", F.lit(None).cast("string").alias("variant"), "check", "value"
+            "experiment_id",
+            "metric",
+            *[F.lit(None).cast("string").alias(c) for c in ("variant", "dimension", "slice")],
+            "check",
+            "value",
         )
     )
 

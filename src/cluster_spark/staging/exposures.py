@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import reduce
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
@@ -17,11 +17,24 @@ from cluster_spark.staging.filters import shift
 from cluster_spark.staging.plan import TS, UNIT, Cache, Plan, diag
 
 
+def dimension_column(i: int) -> str:
+    """The units' column of the i-th of `Plan.exposure_dimensions`."""
+    return f"_dim{i}"
+
+
+def first_exposure_value(valid: Column, column: str) -> Column:
+    """`column` on the unit's first valid exposure row (ties at one instant: the smallest
+    value, NULL first), as the aggregate `min` of (timestamp, value) structs."""
+    first = F.min(F.when(valid, F.struct(F.col(TS).alias("t"), F.col(column).alias("v"))))
+    return first["v"].alias(column)
+
+
 def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFrame, DataFrame]:
     """First exposure per (experiment, unit) within each experiment's dates; units seen in
     two variants are dropped. Returns (units, diagnostics), both from one per-unit frame
     persisted in `cache`. Units have columns experiment_id, _unit, variant, exposure_ts,
-    start_ts, analysis_ts, pre_start_ts (instants, UTC: see `io.time_instants`). A table
+    start_ts, analysis_ts, pre_start_ts (instants, UTC: see `io.time_instants`) and the
+    value of each of `Plan.exposure_dimensions` (`dimension_column`). A table
     without an experiment-id column holds the exposures of its constant experiment."""
     src = plan.config.exposures
     table = plan_inputs(spark, plan).table("exposures")
@@ -46,11 +59,13 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
             ("lookback_days", "int"),
         ],
     )
+    dims = plan.exposure_dimensions
     rows = table.df.select(
         experiment.alias("experiment_id"),
         F.col(unit_col).cast("string").alias(UNIT),
         F.col(src.variant).cast("string").alias("variant"),
         table.instants.alias(TS),
+        *[F.col(d).cast("string").alias(dimension_column(i)) for i, d in enumerate(dims)],
     ).join(F.broadcast(bounds), "experiment_id")
     null = F.col(UNIT).isNull() | F.col("variant").isNull() | F.col(TS).isNull()
     valid = ~null & (F.col(TS) >= F.col("start_ts")) & (F.col(TS) < F.col("analysis_ts"))
@@ -65,6 +80,7 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
             F.first("start_ts").alias("start_ts"),
             F.first("analysis_ts").alias("analysis_ts"),
             F.first("lookback_days").alias("lookback_days"),
+            *[first_exposure_value(valid, dimension_column(i)) for i in range(len(dims))],
         )
         .withColumn(
             "pre_start_ts",
@@ -74,7 +90,14 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
     exposed = F.col("n_rows") > 0
     single = F.col("variant") == F.col("_last_variant")
     units = per_unit.where(exposed & single).select(
-        "experiment_id", UNIT, "variant", "exposure_ts", "start_ts", "analysis_ts", "pre_start_ts"
+        "experiment_id",
+        UNIT,
+        "variant",
+        "exposure_ts",
+        "start_ts",
+        "analysis_ts",
+        "pre_start_ts",
+        *[dimension_column(i) for i in range(len(dims))],
     )
     per_exp = per_unit.groupBy("experiment_id").agg(
         F.coalesce(F.sum(F.when(exposed & single, F.col("n_rows") - 1)), F.lit(0)).alias("dup"),

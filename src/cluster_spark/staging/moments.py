@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from cluster_spark.staging.options import conversion, included
 from cluster_spark.staging.plan import SUB, UNIT, Plan
+from cluster_spark.staging.slices import segments
 from cluster_spark.tables import CAP_COLUMNS, CUPED_COLUMNS
 
 
@@ -32,7 +33,8 @@ def moments(prefix: str, m: Column, d: Column, keep: Column) -> list[Column]:
 def analysis_unit_moments(
     plan: Plan, per_analysis_unit: list[DataFrame], units: DataFrame
 ) -> DataFrame | None:
-    """Per (experiment, metric, variant): n, means and centered co-moments of the values
+    """Per (experiment, metric, variant, dimension, slice): n, means and centered
+    co-moments of the values
     (m_j, d_j) of the analysis units with activity in the metric, treated as independent
     units — the naive variance in the design effect (Kish 1965; Deng et al. 2018, §3).
     Only ratio metrics whose components add up over analysis units (sums, counts, distinct
@@ -45,8 +47,16 @@ def analysis_unit_moments(
         subs = subs.groupBy("experiment_id", UNIT, SUB).agg(
             *[F.sum(c).alias(c) for c in value_cols]
         )
+    sliced = "_slices" in units.columns
     subs = subs.join(
-        units.select("experiment_id", UNIT, "variant", "exposure_ts", "analysis_ts"),
+        units.select(
+            "experiment_id",
+            UNIT,
+            "variant",
+            "exposure_ts",
+            "analysis_ts",
+            segments(F.col("_slices") if sliced else None).alias("_segments"),
+        ),
         ["experiment_id", UNIT],
     )
     entries = []
@@ -66,15 +76,19 @@ def analysis_unit_moments(
     # Long rows, not one wide aggregation: a few hundred moment aggregates in one operator
     # exceed Spark's code-generation limits and run interpreted.
     return (
-        subs.select("experiment_id", "variant", F.explode(F.array(*entries)).alias("a"))
-        .select("experiment_id", "variant", "a.*")
-        .groupBy("experiment_id", "metric", "variant")
+        subs.select(
+            "experiment_id", "variant", "_segments", F.explode(F.array(*entries)).alias("a")
+        )
+        .select("experiment_id", "variant", "a.*", F.explode("_segments").alias("s"))
+        .select("experiment_id", "variant", "s.*", "m", "d", "keep", "metric")
+        .groupBy("experiment_id", "metric", "variant", "dimension", "slice")
         .agg(*moments("au_", F.col("m"), F.col("d"), F.col("keep")))
     )
 
 
 def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
-    """Per (experiment, metric, variant, winsorized): n, sums, means and centered
+    """Per (experiment, metric, variant, dimension, slice, winsorized): n, sums, means and
+    centered
     co-moments of the included units, and counts of the excluded ones."""
     converting = [n for n, m in plan.metrics.items() if m.kind == "ratio" and m.conversion_rate]
     m = F.when(F.col("metric").isin(converting) & (F.col("d") == 0), F.lit(0.0)).otherwise(
@@ -108,7 +122,9 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
         if plan.cuped
         else [F.lit(None).alias(c) for c in CUPED_COLUMNS]
     )
-    return values.groupBy("experiment_id", "metric", "variant", "winsorized").agg(
+    return values.groupBy(
+        "experiment_id", "metric", "variant", "dimension", "slice", "winsorized"
+    ).agg(
         *moments("", m, F.col("d"), inc),
         F.sum(mi).alias("sum_m"),
         F.sum(di).alias("sum_d"),

@@ -41,9 +41,26 @@ def conversion(metric: Metric, m: Column, d: Column) -> Column:
     return m
 
 
+#: The cap key of the rows that take the experiment's caps (`_cap_key`).
+_WHOLE = ""
+
+
+def _cap_key(plan: Plan) -> list[Column]:
+    """(`_cd`, `_cs`): the segment whose caps a row takes: its own slice's for the
+    experiments with `slice_caps: slice`, else the whole experiment's ("", "": no
+    dimension is named "")."""
+    own = F.col("experiment_id").isin([e.id for e in plan.experiments if e.slice_caps == "slice"])
+    own &= F.col("dimension").isNotNull()
+    return [
+        F.when(own, F.col(c)).otherwise(F.lit(_WHOLE)).alias(k)
+        for c, k in (("dimension", "_cd"), ("slice", "_cs"))
+    ]
+
+
 def _caps(values: DataFrame, plan: Plan) -> DataFrame | None:
-    """Winsorization thresholds per (experiment, metric), from the unit values of included
-    units pooled across variants (never per variant), over non-zero values by default."""
+    """Winsorization thresholds per (experiment, metric, cap key), from the unit values of
+    included units pooled across variants (never per variant), over non-zero values by
+    default: the experiment's overall rows, or a slice's rows for per-slice caps."""
     aggs = []
     for name, metric in plan.metrics.items():
         for role, col in (("num", "m"), ("den", "d")):
@@ -59,7 +76,13 @@ def _caps(values: DataFrame, plan: Plan) -> DataFrame | None:
                     aggs.append(pct.alias(f"{name}|{role}_{side}_cap"))
     if not aggs:
         return None
-    wide = values.groupBy("experiment_id").agg(*aggs)
+    keyed = values.select("*", *_cap_key(plan))
+    # Overall rows, and the slice rows of experiments with per-slice caps.
+    wide = (
+        keyed.where(F.col("dimension").isNull() | (F.col("_cd") != _WHOLE))
+        .groupBy("experiment_id", "_cd", "_cs")
+        .agg(*aggs)
+    )
     caps = [
         F.struct(
             F.lit(name).alias("metric"),
@@ -73,8 +96,8 @@ def _caps(values: DataFrame, plan: Plan) -> DataFrame | None:
         for name, metric in plan.metrics.items()
         if metric.winsorized
     ]
-    return wide.select("experiment_id", F.explode(F.array(*caps)).alias("c")).select(
-        "experiment_id", "c.*"
+    return wide.select("experiment_id", "_cd", "_cs", F.explode(F.array(*caps)).alias("c")).select(
+        "experiment_id", "_cd", "_cs", "c.*"
     )
 
 
@@ -86,7 +109,9 @@ def _clamp(col: str, low: str, high: str, ignore_zeros: Column) -> Column:
 
 def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
     """Add `winsorized` rows (clamped values) beside the raw rows of winsorized metrics.
-    Returns the values with a `winsorized` flag and the cap columns.
+    Returns the values with a `winsorized` flag and the cap columns. Slice rows take the
+    experiment's caps (one threshold, as GrowthBook), or their slice's own with
+    `slice_caps: slice`.
 
     CUPED's pre-period values are clamped with the same caps as the component they
     precede (X at the numerator's, Y at the denominator's thresholds, computed from the
@@ -101,12 +126,17 @@ def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
         )
     # A few rows per experiment, collected once: a lazy broadcast would compute the
     # percentiles once per branch below.
+    key = [("experiment_id", "string"), ("_cd", "string"), ("_cs", "string")]
     caps = literal_frame(
         values.sparkSession,
         _caps(values, plan).collect(),
-        [("experiment_id", "string"), ("metric", "string"), *[(c, "double") for c in cap_cols]],
+        [*key, ("metric", "string"), *[(c, "double") for c in cap_cols]],
     )
-    with_caps = values.join(F.broadcast(caps), ["experiment_id", "metric"], "left")
+    with_caps = (
+        values.select("*", *_cap_key(plan))
+        .join(F.broadcast(caps), [k for k, _ in key] + ["metric"], "left")
+        .drop("_cd", "_cs")
+    )
 
     def ignores_zeros(role: str) -> Column:
         flags = {n: plan.metrics[n].components[role].winsorize for n in names}
@@ -118,6 +148,8 @@ def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
         "experiment_id",
         "variant",
         UNIT,
+        "dimension",
+        "slice",
         "metric",
         _clamp("m", "num_lower_cap", "num_upper_cap", ignore_num).alias("m"),
         _clamp("d", "den_lower_cap", "den_upper_cap", ignore_den).alias("d"),
@@ -132,6 +164,8 @@ def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
         "experiment_id",
         "variant",
         UNIT,
+        "dimension",
+        "slice",
         "metric",
         "m",
         "d",

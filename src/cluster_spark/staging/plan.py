@@ -55,6 +55,21 @@ class Plan:
         return any(e.cuped_lookback_days for e in self.experiments)
 
     @property
+    def dimensions(self) -> dict[str, str]:
+        """Dimension → where its values come from (`exposures` or a `unit_attributes`
+        name), over the plan's experiments (one assignment unit: one place each)."""
+        return {
+            dim: self.config.dimension_sources(e, dim)[0]
+            for e in self.experiments
+            for dim in e.dimensions
+        }
+
+    @property
+    def exposure_dimensions(self) -> list[str]:
+        """The plan's dimensions that are columns of the exposure rows, sorted."""
+        return sorted(d for d, where in self.dimensions.items() if where == "exposures")
+
+    @property
     def analysis_unit(self) -> str | None:
         """The analysis-unit id type the plan's experiments share (`plans` groups by it)."""
         return self.experiments[0].analysis_unit
@@ -97,11 +112,18 @@ class Cache:
         self.frames.clear()
 
 
-def diag(df: DataFrame, check: str, value: Column, metric=None, variant=None) -> DataFrame:
+def diag(
+    df: DataFrame, check: str, value: Column, metric=None, variant=None, segment: bool = False
+) -> DataFrame:
+    """Diagnostics rows (`tables.DIAGNOSTICS_SCHEMA` but the run's columns) of `df`'s
+    experiments; `segment`: `df` has the `dimension` and `slice` columns of slice rows."""
+    null = F.lit(None).cast("string")
     return df.select(
         "experiment_id",
         F.lit(metric).cast("string").alias("metric"),
         (variant if variant is not None else F.lit(None)).cast("string").alias("variant"),
+        (F.col("dimension") if segment else null).alias("dimension"),
+        (F.col("slice") if segment else null).alias("slice"),
         F.lit(check).alias("check"),
         value.cast("bigint").alias("value"),
     )

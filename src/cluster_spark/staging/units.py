@@ -18,6 +18,7 @@ from cluster_spark.staging.moments import analysis_unit_moments
 from cluster_spark.staging.options import included
 from cluster_spark.staging.plan import SUB, UNIT, Cache, Plan, diag
 from cluster_spark.staging.policy import apply_multi_unit_policy, multi_unit_offenders
+from cluster_spark.staging.slices import segments, unit_slices
 
 
 def _second_level(comp: Component, col: str) -> tuple[Column, Column]:
@@ -90,17 +91,24 @@ class UnitValues:
 
 
 def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
-    """Long per-unit values: experiment_id, variant, _unit, metric, m, d, x, y, complete,
-    baked; zeros for units without events; plus diagnostics and analysis-unit moments.
+    """Long per-unit values: experiment_id, variant, _unit, dimension, slice, metric, m, d,
+    x, y, complete, baked (an overall row per unit and metric, and one per dimension of its
+    experiment: `slices`); zeros for units without events; plus diagnostics and
+    analysis-unit moments (per segment too).
     What it persists is in `cache`."""
     units, diags = exposed_units(spark, plan, cache)
+    slices, slice_diags = unit_slices(spark, plan, units, cache)
+    if slice_diags is not None:
+        diags = diags.unionByName(slice_diags)
     levels = [source_level(spark, plan, source, units, cache) for source in plan.sources]
     keyed = [level for level in levels if level.by_analysis_unit]
     if keyed:  # one policy over every source keyed by the analysis unit
         where = "; ".join(level.where for level in keyed)
         offenders, multi = multi_unit_offenders([level.rows for level in keyed], plan, where)
         diags = diags.unionByName(multi)
-    wide = units
+    # Units with their slices (`_slices`), the base of the per-unit frame.
+    sliced = units if slices is None else units.join(slices, ["experiment_id", UNIT], "left")
+    wide = sliced
     sub_cols, per_analysis_unit = [], []
     for level in levels:
         diags = diags.unionByName(level.diagnostics)
@@ -166,10 +174,19 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
             "variant",
             UNIT,
             analysis_units.alias("_n_subs"),
+            segments(F.col("_slices") if slices is not None else None).alias("_segments"),
             F.explode(F.array(*entries)).alias("v"),
         )
-        .select("experiment_id", "variant", UNIT, "_n_subs", "v.*")
-        .where(F.array_contains(F.element_at(wanted, F.col("experiment_id")), F.col("metric")))
+        .where(F.array_contains(F.element_at(wanted, F.col("experiment_id")), F.col("v.metric")))
+        .select(
+            "experiment_id",
+            "variant",
+            UNIT,
+            "_n_subs",
+            "v",
+            F.explode("_segments").alias("s"),
+        )
+        .select("experiment_id", "variant", UNIT, "_n_subs", "s.*", "v.*")
     )
     if sub_cols:  # a source has the analysis unit: count the active ones
         first_metric = {e.id: e.metrics[0] for e in plan.experiments}
@@ -179,12 +196,12 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
         )
         counts = (
             values.where(one_row)
-            .groupBy("experiment_id", "variant")
+            .groupBy("experiment_id", "variant", "dimension", "slice")
             .agg(F.sum("_n_subs").alias("n"))
         )
         diags = diags.unionByName(
-            diag(counts, "analysis_units", F.col("n"), variant=F.col("variant"))
+            diag(counts, "analysis_units", F.col("n"), variant=F.col("variant"), segment=True)
         )
     return UnitValues(
-        values.drop("_n_subs"), diags, analysis_unit_moments(plan, per_analysis_unit, units)
+        values.drop("_n_subs"), diags, analysis_unit_moments(plan, per_analysis_unit, sliced)
     )

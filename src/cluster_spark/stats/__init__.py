@@ -8,4 +8,5 @@ handful of staged group rows, and is tested against numpy/scipy/statsmodels orac
 - `sequential`: always-valid confidence sequences and p-values.
 - `multiplicity`: Benjamini–Hochberg and Holm.
 - `power`: minimum detectable effect and design effect.
+- `heterogeneity`: Cochran's Q across slices.
 """

@@ -1,0 +1,162 @@
+"""Slices: each exposed unit's value of every dimension its experiment is broken down by,
+from its first exposure row or from a unit-attributes table (the latest row at or before
+the exposure), with the smallest slices of a dimension pooled into `(other)`.
+
+A slice is a grouping key of the per-unit values, not another scan of the events: each
+unit value row is repeated once per dimension (`segments`), and the group statistics are
+grouped by (dimension, slice) besides (experiment, metric, variant). The overall rows
+carry NULL in both."""
+
+from __future__ import annotations
+
+from functools import reduce
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.window import Window
+
+from cluster_spark.inputs import attributes_label, plan_inputs
+from cluster_spark.staging.exposures import dimension_column
+from cluster_spark.staging.plan import UNIT, Cache, Plan, diag, experiment_ids
+
+#: The slice of units whose attribute is NULL (or who have no attribute row in time).
+NULL_SLICE = "(null)"
+#: The slice pooling the smaller slices beyond an experiment's `max_slices`.
+OTHER_SLICE = "(other)"
+
+SEGMENT = T.StructType(
+    [T.StructField("dimension", T.StringType()), T.StructField("slice", T.StringType())]
+)
+
+
+def segments(slices: Column | None) -> Column:
+    """The overall segment (NULL dimension and slice) followed by a unit's slices
+    (`_slices`, NULL for a unit whose experiment has no dimensions): explode it to give
+    each per-unit row its segments."""
+    overall = F.array(F.struct(*[F.lit(None).cast("string").alias(f.name) for f in SEGMENT]))
+    if slices is None:
+        return overall
+    return F.concat(overall, F.coalesce(slices, F.array().cast(T.ArrayType(SEGMENT))))
+
+
+def _by_experiment(plan: Plan, values: dict[str, Column]) -> Column:
+    pairs = [x for e in plan.experiments for x in (F.lit(e.id), values[e.id])]
+    return F.element_at(F.create_map(*pairs), F.col("experiment_id"))
+
+
+def _exposure_values(plan: Plan, units: DataFrame) -> DataFrame | None:
+    dims = plan.exposure_dimensions
+    if not dims:
+        return None
+    entries = [
+        F.struct(F.lit(d).alias("dimension"), F.col(dimension_column(i)).alias("value"))
+        for i, d in enumerate(dims)
+    ]
+    return units.select(
+        "experiment_id", UNIT, "variant", F.explode(F.array(*entries)).alias("e")
+    ).select("experiment_id", UNIT, "variant", "e.*")
+
+
+def _attribute_values(
+    spark: SparkSession, plan: Plan, name: str, units: DataFrame
+) -> tuple[DataFrame, DataFrame]:
+    """(Per-unit values of the table's dimensions at exposure, dropped-rows diagnostics)."""
+    table = plan.config.unit_attributes[name]
+    dims = sorted(d for d, where in plan.dimensions.items() if where == name)
+    prepared = plan_inputs(spark, plan).table(attributes_label(name))
+    rows = prepared.df.select(
+        F.col(table.ids[table.unit_type]).cast("string").alias(UNIT),
+        prepared.instants.alias("_at"),
+        *[F.col(d).cast("string").alias(f"_v{i}") for i, d in enumerate(dims)],
+    )
+    usable = F.col(UNIT).isNotNull() & F.col("_at").isNotNull()
+    users = [e.id for e in plan.experiments if set(e.dimensions) & set(dims)]
+    dropped = rows.agg(F.count(F.when(~usable, 1)).alias("n")).crossJoin(
+        experiment_ids(spark, plan).where(F.col("experiment_id").isin(users))
+    )
+    # The latest row at or before the exposure: max of (time, values) structs; ties at
+    # one instant take the largest values.
+    latest = (
+        units.select("experiment_id", UNIT, "exposure_ts")
+        .join(rows.where(usable), UNIT)
+        .where(F.col("_at") <= F.col("exposure_ts"))
+        .groupBy("experiment_id", UNIT)
+        .agg(F.max(F.struct("_at", *[f"_v{i}" for i in range(len(dims))])).alias("_l"))
+    )
+    entries = [
+        F.struct(F.lit(d).alias("dimension"), F.col(f"_l._v{i}").alias("value"))
+        for i, d in enumerate(dims)
+    ]
+    values = (
+        units.select("experiment_id", UNIT, "variant")
+        .join(latest, ["experiment_id", UNIT], "left")
+        .select("experiment_id", UNIT, "variant", F.explode(F.array(*entries)).alias("e"))
+        .select("experiment_id", UNIT, "variant", "e.*")
+    )
+    return values, diag(dropped, f"unit_attribute_rows_dropped:{name}", F.col("n"))
+
+
+def unit_slices(
+    spark: SparkSession, plan: Plan, units: DataFrame, cache: Cache
+) -> tuple[DataFrame | None, DataFrame | None]:
+    """(Per-unit slices, diagnostics); (None, None) when no experiment of the plan has
+    dimensions. Per-unit slices: experiment_id, _unit, `_slices` (array of (dimension,
+    slice), one per dimension the unit's experiment lists). A NULL value is the slice
+    `(null)`; per (experiment, dimension) the `max_slices` slices with the most units
+    (ties: by name) are kept and the rest pooled into `(other)`. Diagnostics:
+    `assignment_units` per (variant, dimension, slice), and the attribute rows dropped
+    for a NULL id or timestamp."""
+    if not plan.dimensions:
+        return None, None
+    parts, diags = [], []
+    exposure = _exposure_values(plan, units)
+    if exposure is not None:
+        parts.append(exposure)
+    for name in sorted({w for w in plan.dimensions.values() if w != "exposures"}):
+        values, dropped = _attribute_values(spark, plan, name, units)
+        parts.append(values)
+        diags.append(dropped)
+    wanted = _by_experiment(
+        plan, {e.id: F.array(*map(F.lit, e.dimensions or [""])) for e in plan.experiments}
+    )
+    raw = (
+        reduce(DataFrame.unionByName, parts)
+        .where(F.array_contains(wanted, F.col("dimension")))
+        .select(
+            "experiment_id",
+            UNIT,
+            "variant",
+            "dimension",
+            F.coalesce(F.col("value"), F.lit(NULL_SLICE)).alias("slice"),
+        )
+    )
+    keys = ["experiment_id", "dimension", "slice"]
+    rank = F.row_number().over(
+        Window.partitionBy("experiment_id", "dimension").orderBy(F.desc("n"), "slice")
+    )
+    max_slices = _by_experiment(plan, {e.id: F.lit(e.max_slices) for e in plan.experiments})
+    kept = (
+        raw.groupBy(*keys)
+        .agg(F.count(F.lit(1)).alias("n"))
+        .withColumn("_rank", rank)
+        .where(F.col("_rank") <= max_slices)
+        .select(*keys, F.lit(True).alias("_kept"))
+    )
+    sliced = cache.persist(
+        raw.join(kept, keys, "left").select(
+            "experiment_id",
+            UNIT,
+            "variant",
+            "dimension",
+            F.when(F.col("_kept"), F.col("slice")).otherwise(F.lit(OTHER_SLICE)).alias("slice"),
+        )
+    )
+    counts = sliced.groupBy("experiment_id", "variant", "dimension", "slice").count()
+    diags.append(
+        diag(counts, "assignment_units", F.col("count"), variant=F.col("variant"), segment=True)
+    )
+    per_unit = sliced.groupBy("experiment_id", UNIT).agg(
+        F.collect_list(F.struct("dimension", "slice")).alias("_slices")
+    )
+    return per_unit, reduce(DataFrame.unionByName, diags)
