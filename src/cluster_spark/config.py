@@ -381,6 +381,34 @@ def _partition_bytes(value: str) -> int:
     return sum(3 if ch in _ESCAPED or ord(ch) < 32 else len(ch.encode()) for ch in value)
 
 
+class MetricRole(_Model):
+    """What a metric means for the decision (GrowthBook's goal/secondary/guardrail metrics,
+    Statsig's primary/secondary metrics and guardrails).
+
+    `direction`: `increase` (higher is better) or `decrease` (lower is better: latency,
+    churn). `margin` (guardrails, required): the largest acceptable relative change in the
+    bad direction, e.g. 0.02 for 2 %: non-inferiority is shown when the one-sided 1 − alpha
+    bound of the relative effect in the bad direction lies within it."""
+
+    role: Literal["goal", "secondary", "guardrail"] = "goal"
+    direction: Literal["increase", "decrease"] = "increase"
+    margin: Annotated[float, Field(gt=0, lt=1)] | None = None
+
+    @model_validator(mode="after")
+    def _margin_fits_role(self) -> MetricRole:
+        if self.role == "guardrail" and self.margin is None:
+            raise ValueError(
+                "a guardrail needs a margin: the largest acceptable relative change in the "
+                "bad direction, e.g. margin: 0.02 for 2 %"
+            )
+        if self.role != "guardrail" and self.margin is not None:
+            raise ValueError(f"margin applies to guardrails only, not to role '{self.role}'")
+        return self
+
+
+GOAL = MetricRole()
+
+
 class Experiment(_Model):
     """One experiment: its arms and split, dates, metrics and analysis settings.
 
@@ -426,6 +454,14 @@ class Experiment(_Model):
     #: Winsorization caps of slice rows: the whole experiment's (default, as GrowthBook:
     #: per-slice caps create spurious effects in small slices) or each slice's own.
     slice_caps: Literal["experiment", "slice"] = "experiment"
+    #: Decisions: each metric's role, direction and guardrail margin (default: a goal
+    #: where higher is better); `metric_roles` keys are metrics of the experiment.
+    metric_roles: dict[Name, MetricRole] = {}
+    #: Pre-exposure bias check (needs `cuped_lookback_days`): flagged below this p-value.
+    bias_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.001
+    #: Health: the relative MDE the experiment was planned for; a goal metric whose
+    #: achieved `mde_rel` is larger is reported as underpowered.
+    planned_mde: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("id", mode="after")
     @classmethod
@@ -462,6 +498,12 @@ class Experiment(_Model):
             raise ValueError("metrics are listed twice")
         if len(set(self.dimensions)) != len(self.dimensions):
             raise ValueError(f"dimensions are listed twice: {self.dimensions}")
+        unknown = sorted(set(self.metric_roles) - set(self.metrics))
+        if unknown:
+            raise ValueError(
+                f"metric_roles names metrics the experiment does not have: {unknown} "
+                f"(its metrics: {self.metrics})"
+            )
         if self.sequential and self.sequential_n_star is None:
             raise ValueError(
                 "sequential: true needs sequential_n_star (the planned number of assignment "
@@ -479,6 +521,10 @@ class Experiment(_Model):
         midnight UTC after the experiment's `end`, whatever the machine's time zone."""
         last = min(analysis_date, self.end) if self.end else analysis_date
         return midnight_utc(last + dt.timedelta(days=1))
+
+    def role(self, metric: str) -> MetricRole:
+        """The metric's role in this experiment (a goal where higher is better by default)."""
+        return self.metric_roles.get(metric, GOAL)
 
     def comparison_n_star(self, variant: str) -> float | None:
         """`sequential_n_star` (planned assignment units over all variants) scaled to one

@@ -13,8 +13,16 @@ from collections.abc import Iterable, Mapping
 from functools import reduce
 from typing import Any
 
+from cluster_spark import health
 from cluster_spark.config import Experiment
-from cluster_spark.stats import heterogeneity, intervals, multiplicity, power, sequential
+from cluster_spark.stats import (
+    decisions,
+    heterogeneity,
+    intervals,
+    multiplicity,
+    power,
+    sequential,
+)
 from cluster_spark.stats.cuped import CupedStats, compare_cuped
 from cluster_spark.stats.inference import Comparison, compare, srm_test
 from cluster_spark.stats.ratio import RatioStats
@@ -143,7 +151,9 @@ def reduce_experiment(
     control = experiment.control
     args = (experiment, analysis_date, run_id)
     out = _segment(rows_of[(None, None)], diags_of[(None, None)], *args)
-    _adjust_p_values(out, control)
+    _adjust_p_values(out, experiment)
+    _decide(out, experiment)
+    health.assess(out, diags_of[(None, None)], rows_of[(None, None)], experiment)
     found = {k for k in (*rows_of, *diags_of) if k[0] is not None}
     dimensions = list(experiment.dimensions) + sorted(
         {d for d, _ in found} - set(experiment.dimensions)
@@ -156,7 +166,8 @@ def reduce_experiment(
             segment = _segment(rows_of[key], diags_of[key], *args, segment=key)
             _small_slice(segment, diags_of[key], experiment)
             per_dimension += segment
-        _adjust_p_values(per_dimension, control)
+        _adjust_p_values(per_dimension, experiment)
+        _decide(per_dimension, experiment)
         _heterogeneity(per_dimension, control)
         out += per_dimension
     return out
@@ -207,6 +218,8 @@ def _segment(
             status=_group_status(s),
             winsorized=winsorized,
             relative_ci_method=experiment.relative_ci,
+            role=experiment.role(metric).role,
+            direction=experiment.role(metric).direction,
             srm_chi2=srm_chi2,
             srm_p_value=srm_p,
             srm_flag=srm_flag,
@@ -224,7 +237,7 @@ def _segment(
             if ctrl is None:
                 row["status"] = Status.CONTROL_MISSING
             else:
-                row.update(compare_groups(s, ctrl, experiment, variant))
+                row.update(compare_groups(s, ctrl, experiment, variant, metric))
                 if winsorized and s.n > 0:
                     row.update(_uncapped(groups, metric, variant, experiment))
         for key in ("status", "cuped_status"):  # plain strings, as the table stores them
@@ -267,7 +280,7 @@ def _heterogeneity(rows: list[dict[str, Any]], control: str) -> None:
 
 
 def compare_groups(
-    t: CupedStats, c: CupedStats, experiment: Experiment, variant: str
+    t: CupedStats, c: CupedStats, experiment: Experiment, variant: str, metric: str = ""
 ) -> dict[str, Any]:
     """Every comparison column of treatment `variant` vs the control, per the experiment's
     settings: CUPED (Deng et al. 2013), Fieller or delta-method relative CIs, always-valid
@@ -288,6 +301,10 @@ def compare_groups(
         adjusted = cc.adjusted
         if adjusted:
             control_variance = cc.control_unit_variance
+            cols.update(_adjusted_means(t, c, cc.theta))
+        bias = compare(t.pre_stats, c.pre_stats, alpha=alpha, test=test).p_value
+        cols["bias_p_value"] = bias
+        cols["bias_flag"] = None if bias is None else bias < experiment.bias_threshold
     else:
         cols = _comparison_columns(compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test))
         adjusted = False
@@ -295,12 +312,23 @@ def compare_groups(
         control_variance, t.n, alpha, experiment.power, baseline=c.ratio, n_control=c.n
     )
     cols.update(mde_abs=planned.absolute, mde_rel=planned.relative)
+    role = experiment.role(metric)
     # Fieller's interval is for the unadjusted ratio; a CUPED-adjusted lift keeps delta.
     fieller = experiment.relative_ci == "fieller" and not adjusted
     cols["relative_ci_method"] = "fieller" if fieller else "delta"
     if fieller:
         interval = intervals.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test)
         cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
+    if role.role == "guardrail" and role.margin is not None:
+        args = (role.margin, role.direction, alpha, cols["df"])
+        ni = (
+            decisions.noninferiority_fieller(t.ratio_stats, c.ratio_stats, *args)
+            if fieller
+            else decisions.noninferiority_delta(
+                cols["effect_rel"], cols["effect_rel_stderr"], *args
+            )
+        )
+        cols["noninferiority_bound"], cols["p_value_noninferiority"] = ni.bound, ni.p_value
     if experiment.sequential:
         n = t.n + c.n  # the comparison's units, against its share of the planned total
         n_star = experiment.comparison_n_star(variant)
@@ -310,6 +338,47 @@ def compare_groups(
             cols["effect_abs_cs_low"], cols["effect_abs_cs_high"] = cs or (None, None)
             cols["p_value_sequential"] = sequential.sequential_p_value(est, se, n, alpha, n_star)
     return cols
+
+
+def _adjusted_means(t: CupedStats, c: CupedStats, theta: float) -> dict[str, float | None]:
+    """CUPED-adjusted means R − θ(P − P̄), P̄ = ΣX/ΣY over both groups: their difference
+    is the adjusted effect, so they can be shown beside it."""
+    pooled_y = t.sum_y + c.sum_y
+    if pooled_y == 0 or t.pre_ratio is None or c.pre_ratio is None:
+        return {}
+    pooled = (t.sum_x + c.sum_x) / pooled_y
+    return {
+        "mean_adjusted": t.ratio - theta * (t.pre_ratio - pooled),
+        "control_mean_adjusted": c.ratio - theta * (c.pre_ratio - pooled),
+    }
+
+
+def _decide(rows: list[dict[str, Any]], experiment: Experiment) -> None:
+    """`decision` of each treatment row with a comparison, by its metric's role
+    (`stats.decisions`): goals from the BH-adjusted p-value, secondary metrics from the
+    unadjusted one (with `sequential`, the always-valid p-value must agree), guardrails
+    from the non-inferiority test and the two-sided relative CI (absolute CI when the
+    relative one is null)."""
+    alpha = experiment.alpha
+    for row in rows:
+        if row["variant"] == experiment.control or row["status"] == Status.TOO_FEW_SLICE_UNITS:
+            continue
+        role = experiment.role(row["metric"])
+        if role.role == "guardrail":
+            ni = decisions.NonInferiority(
+                row["noninferiority_bound"], row["p_value_noninferiority"]
+            )
+            low, high = row["effect_rel_ci_low"], row["effect_rel_ci_high"]
+            if low is None or high is None:
+                low, high = row["effect_abs_ci_low"], row["effect_abs_ci_high"]
+            decision = decisions.guardrail_decision(ni, low, high, role.direction, alpha)
+        else:
+            p = row["p_value_bh"] if role.role == "goal" else row["p_value"]
+            if experiment.sequential and p is not None:
+                seq = row["p_value_sequential"]
+                p = None if seq is None else max(p, seq)
+            decision = decisions.effect_decision(p, row["effect_abs"], role.direction, alpha)
+        row["decision"] = str(decision)
 
 
 def _uncapped(groups, metric: str, variant: str, experiment: Experiment) -> dict[str, Any]:
@@ -328,10 +397,15 @@ def _uncapped(groups, metric: str, variant: str, experiment: Experiment) -> dict
     }
 
 
-def _adjust_p_values(rows: list[dict[str, Any]], control: str) -> None:
-    """Benjamini–Hochberg and Holm adjusted p-values across the rows' metrics × variants
-    (one family: the topline, or one dimension's slices)."""
-    treated = [r for r in rows if r["variant"] != control]
+def _adjust_p_values(rows: list[dict[str, Any]], experiment: Experiment) -> None:
+    """Benjamini–Hochberg and Holm adjusted p-values across the rows' goal metrics ×
+    treatments (one family: the topline, or one dimension's slices), as GrowthBook and
+    Statsig correct; secondary metrics and guardrails are not corrected (null)."""
+    treated = [
+        r
+        for r in rows
+        if r["variant"] != experiment.control and experiment.role(r["metric"]).role == "goal"
+    ]
     pvalues = [r["p_value"] for r in treated]
     for r, bh, holm in zip(
         treated, multiplicity.benjamini_hochberg(pvalues), multiplicity.holm(pvalues), strict=True

@@ -1,0 +1,131 @@
+"""The health verdict of an experiment on an analysis date (no Spark): `healthy`,
+`warning` or `unhealthy`, with a stable reason code for each problem found in what the run
+already measured (GrowthBook's experiment health, Statsig's health checks).
+
+Reasons (`REASONS`; `:<metric>` is appended where one metric is concerned):
+
+- unhealthy: `srm` (the sample-ratio-mismatch test of assignment units is flagged),
+  `guardrail_violated:<metric>` (a guardrail shows significant harm);
+- warning: `bias:<metric>` (a treatment's pre-exposure bias check is flagged),
+  `units_in_several_variants` (> 1 % of exposed units seen in two variants),
+  `duplicate_exposures` (duplicate exposure rows exceed 50 % of the units),
+  `analysis_units_in_several_units` (> 1 % of analysis units seen under several
+  assignment units: the multi-unit policy excluded or reassigned them),
+  `zero_denominator:<metric>` (> 50 % of a metric's units have a zero denominator),
+  `cuped_no_pre_data:<metric>` (CUPED is on, but a treatment fell back for lack of
+  pre-period data), `underpowered:<metric>` (a goal metric's relative CI half-width
+  exceeds the experiment's `planned_mde`).
+
+Thresholds are module constants; the verdict is the worst level among the reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Any
+
+from cluster_spark.config import Experiment
+
+
+class Health(StrEnum):
+    HEALTHY = "healthy"
+    WARNING = "warning"
+    UNHEALTHY = "unhealthy"
+
+
+#: Reason code → level.
+REASONS = {
+    "srm": Health.UNHEALTHY,
+    "guardrail_violated": Health.UNHEALTHY,
+    "bias": Health.WARNING,
+    "units_in_several_variants": Health.WARNING,
+    "duplicate_exposures": Health.WARNING,
+    "analysis_units_in_several_units": Health.WARNING,
+    "zero_denominator": Health.WARNING,
+    "cuped_no_pre_data": Health.WARNING,
+    "underpowered": Health.WARNING,
+}
+MAX_MULTI_VARIANT_SHARE = 0.01
+MAX_DUPLICATE_SHARE = 0.5
+MAX_MULTI_UNIT_SHARE = 0.01
+MAX_ZERO_DENOMINATOR_SHARE = 0.5
+
+_ORDER = [Health.HEALTHY, Health.WARNING, Health.UNHEALTHY]
+
+
+def _count(diagnostics: Iterable[Mapping[str, Any]], check: str) -> int:
+    return sum(int(d["value"] or 0) for d in diagnostics if d["check"] == check)
+
+
+def reasons(
+    results: list[Mapping[str, Any]],
+    diagnostics: list[Mapping[str, Any]],
+    staged: Iterable[Mapping[str, Any]],
+    experiment: Experiment,
+) -> list[str]:
+    """The reason codes of one experiment's overall results, diagnostics and staged rows,
+    sorted by level (worst first), then code."""
+    found: list[str] = []
+    treated = [r for r in results if r["variant"] != experiment.control]
+    if any(r["srm_flag"] for r in results):
+        found.append("srm")
+    units = _count(diagnostics, "assignment_units")
+    multi = _count(diagnostics, "units_in_several_variants")
+    if multi > MAX_MULTI_VARIANT_SHARE * (units + multi):
+        found.append("units_in_several_variants")
+    if _count(diagnostics, "duplicate_exposures") > MAX_DUPLICATE_SHARE * units:
+        found.append("duplicate_exposures")
+    subs = _count(diagnostics, "analysis_units")
+    several = _count(diagnostics, "analysis_units_in_several_units")
+    if several > MAX_MULTI_UNIT_SHARE * (subs + several):
+        found.append("analysis_units_in_several_units")
+    zero: dict[str, list[int]] = {}
+    for row in staged:
+        if not row.get("winsorized") and row.get("dimension") is None:
+            z = zero.setdefault(row["metric"], [0, 0])
+            z[0] += int(row.get("n_zero_denominator") or 0)
+            z[1] += int(row.get("n_units") or 0)
+    for metric, (n_zero, n) in sorted(zero.items()):
+        if n and n_zero > MAX_ZERO_DENOMINATOR_SHARE * n:
+            found.append(f"zero_denominator:{metric}")
+    for r in treated:
+        metric = r["metric"]
+        if r["bias_flag"]:
+            found.append(f"bias:{metric}")
+        if r["cuped_status"] == "fallback_no_pre_data":
+            found.append(f"cuped_no_pre_data:{metric}")
+        if r["decision"] == "guardrail_violated":
+            found.append(f"guardrail_violated:{metric}")
+        low, high = r["effect_rel_ci_low"], r["effect_rel_ci_high"]
+        if (
+            experiment.planned_mde is not None
+            and r["role"] == "goal"
+            and low is not None
+            and high is not None
+            and (high - low) / 2 > experiment.planned_mde
+        ):
+            found.append(f"underpowered:{metric}")
+    unique = list(dict.fromkeys(found))
+    return sorted(unique, key=lambda code: (-_ORDER.index(level(code)), code))
+
+
+def level(code: str) -> Health:
+    return REASONS[code.split(":", 1)[0]]
+
+
+def verdict(codes: Iterable[str]) -> Health:
+    """The worst level among the reason codes (`healthy` without any)."""
+    return max((level(c) for c in codes), key=_ORDER.index, default=Health.HEALTHY)
+
+
+def assess(
+    results: list[dict[str, Any]],
+    diagnostics: list[Mapping[str, Any]],
+    staged: Iterable[Mapping[str, Any]],
+    experiment: Experiment,
+) -> None:
+    """Set `health` and `health_reasons` on every overall results row of the experiment."""
+    codes = reasons(results, diagnostics, staged, experiment)
+    for row in results:
+        row["health"], row["health_reasons"] = str(verdict(codes)), codes
