@@ -182,7 +182,9 @@ def test_counts_are_aggregates_of_the_first_level(spark, tiny):
         ("matched_events:numerator", 3, False),
         ('filter_value_events:numerator:event="x"', 0, True),
         ("null_values:events:event", 0, False),
-        ("null_values:events:event", 2, True),
+        ("null_values:events:event", 2, False),  # the documented NULL rule applies
+        ("events_with_null_ids:events:org_id", 2, True),
+        ("duplicate_exposures", 9, False),
         ("assignment_units", 5, False),
     ],
 )

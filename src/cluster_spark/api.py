@@ -19,7 +19,7 @@ import copy
 import datetime as dt
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -157,11 +157,58 @@ def analyze(
 
 @dataclass(frozen=True)
 class Reported:
-    """One experiment's rows of the results and diagnostics slices of one date."""
+    """One experiment's rows of the results and diagnostics slices of one date, the
+    overall results rows of every date up to it (`history`, for the timeline) and its
+    metrics' descriptions."""
 
     experiment_id: str
     results: list[Row]
     diagnostics: list[Row]
+    history: list[Row] = field(default_factory=list)
+    descriptions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def report_args(self) -> tuple:
+        """(experiment id, results, diagnostics, history, descriptions), as
+        `html_report.render_reports` takes them."""
+        return (self.experiment_id, self.results, self.diagnostics, self.history, self.descriptions)
+
+
+#: The results columns the timeline reads from earlier dates.
+HISTORY_COLUMNS = (
+    "experiment_id",
+    "analysis_date",
+    "metric",
+    "variant",
+    "control_variant",
+    "mean",
+    "effect_rel",
+    "effect_rel_ci_low",
+    "effect_rel_ci_high",
+    "effect_abs_cs_low",
+    "effect_abs_cs_high",
+    "alpha",
+    "dimension",
+)
+
+
+def read_history(
+    spark: SparkSession, config: Config, date: dt.date, experiment_ids: list[str]
+) -> list[Row]:
+    """The overall results rows of these experiments on every analysis date up to `date`
+    (group-level: metrics × variants × dates), `HISTORY_COLUMNS` only."""
+    from pyspark.sql import functions as F
+
+    from cluster_spark import io
+
+    df = io.read_table(spark, config.output.results)
+    present = [c for c in HISTORY_COLUMNS if c in df.columns]
+    rows = df.where(
+        F.col("experiment_id").isin(experiment_ids) & (F.col("analysis_date") <= F.lit(date))
+    )
+    if "dimension" in df.columns:
+        rows = rows.where(F.col("dimension").isNull())
+    return [r.asDict() for r in rows.select(*present).collect()]
 
 
 def read_reported(
@@ -196,16 +243,31 @@ def read_reported(
             f"no results for experiment {names} on {date} in {out.results}: run the analysis "
             "for that date first (cluster-spark run, or cs.analyze)"
         )
+    history = []
+    if diagnostics:  # a report: the timeline too
+        with io.input_errors(config.tables()):
+            history = read_history(spark, config, date, [e for e in chosen if e in found])
     reported = [
         Reported(
             e,
             [r for r in results if r["experiment_id"] == e],
             [d for d in diags if d["experiment_id"] == e],
+            [h for h in history if h["experiment_id"] == e],
+            descriptions(config, e),
         )
         for e in chosen
         if e in found
     ]
     return reported, missing
+
+
+def descriptions(config: Config, experiment_id: str) -> dict[str, str]:
+    """Metric → its `description` from the config, for the experiment's metrics that have one."""
+    return {
+        m: config.metrics[m].description
+        for m in config.experiment(experiment_id).metrics
+        if config.metrics[m].description
+    }
 
 
 def report(
@@ -235,4 +297,4 @@ def report(
     checks.date_notes(config, ids or [e.id for e in config.experiments], date)
     reported, missing = read_reported(spark, config, date, ids)
     _warn(f"no results for experiment '{e}' on {date}: left out of the report" for e in missing)
-    return render_reports(date, [(r.experiment_id, r.results, r.diagnostics) for r in reported])
+    return render_reports(date, [r.report_args for r in reported])

@@ -59,14 +59,45 @@ def filter_values(cond: Condition) -> list[Any]:
     return []
 
 
+#: What each diagnostics check counts, in one line (by the part before the first ':').
+NOTES = {
+    "assignment_units": "exposed assignment units analysed",
+    "analysis_units": "analysis units with a post-exposure event",
+    "duplicate_exposures": "repeat exposure rows of a unit: normal, the first one counts",
+    "events_before_exposure": (
+        "events before the unit's exposure: normal, not counted (CUPED's pre-period reads them)"
+    ),
+    "null_values": "NULLs in a filter column: ne/not_in keep them, the other ops drop them",
+    "units_in_several_variants": "units seen in two variants: excluded",
+    "exposures_with_null_ids": "exposure rows with a NULL id, variant or timestamp: dropped",
+    "analysis_units_in_several_units": (
+        "analysis units under several assignment units: handled by multi_unit_policy"
+    ),
+    "events_with_null_ids": "events with a NULL id: see README, Time, NULLs and ids",
+    "unmapped_ids": "events whose id has no id-mapping row: dropped",
+    "events_with_null_timestamps": "events without a timestamp: in no window",
+    "unit_attribute_rows_dropped": "attribute rows with a NULL id or timestamp: dropped",
+    MATCHED: "events passing the component's filter (0: the filter matches nothing)",
+    FILTER_VALUE: "events with this filter value (0: no event has it)",
+}
+#: Checks whose counts are expected, never a problem.
+NORMAL = {"assignment_units", "analysis_units", "duplicate_exposures", "events_before_exposure",
+          "null_values"}  # fmt: skip
+
+
+def note(check: str | None) -> str:
+    return NOTES.get((check or "").split(":", 1)[0], "")
+
+
 def is_warning(check: str | None, value: Any) -> bool:
     """Whether a diagnostics row is a problem: a filter-match count of 0, or a positive
-    count of any other check but the unit counts."""
+    count of a check that is not expected (`NORMAL`: unit counts, repeat exposures,
+    pre-exposure events, filter-column NULLs)."""
     if check is None or value is None:
         return False
     if check.startswith((f"{MATCHED}:", f"{FILTER_VALUE}:")):
         return value == 0
-    return check not in ("assignment_units", "analysis_units") and value > 0
+    return check.split(":", 1)[0] not in NORMAL and value > 0
 
 
 def _show(value: Any) -> str:

@@ -244,13 +244,8 @@ def write_experiment_report(spark, config, experiment_id: str, date: dt.date, ou
     from cluster_spark.html_report import write_report
 
     (found,), _ = api.read_reported(spark, config, date, [experiment_id])
-    return write_report(
-        _report_paths(out, [experiment_id], date)[experiment_id],
-        experiment_id,
-        date,
-        found.results,
-        found.diagnostics,
-    )
+    path = _report_paths(out, [experiment_id], date)[experiment_id]
+    return write_report(path, experiment_id, date, *found.report_args[1:])
 
 
 def _print_plan(spark, config, args: argparse.Namespace) -> None:
@@ -348,6 +343,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     spark = _start_spark(args, "cluster_spark demo", conf)
     n_exp, n_ev = demo.write_demo_data(spark, args.out, n_orgs=args.orgs, seed=args.seed)
     console.print(f"generated {n_exp:,} exposure rows and {n_ev:,} events under {args.out}/data")
+    for date in demo.EARLIER_DATES:  # the daily job's earlier runs: the report's timeline
+        pipeline.run_outcome(spark, config, date)
+        console.print(f"analysed {date}")
     outcome = pipeline.run_outcome(spark, config, demo.ANALYSIS_DATE)
     print_results(outcome.results, console)
     _Progress.warn(outcome.warnings(config))
@@ -384,15 +382,21 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-def _write_reports(outcome, config, args: argparse.Namespace) -> None:
-    """`run --report`: the reports of this run's rows (nothing read back)."""
+def _write_reports(spark, outcome, config, args: argparse.Namespace) -> None:
+    """`run --report`: the reports of this run's rows, with the timeline of earlier dates
+    read from the results table."""
+    from cluster_spark import api
     from cluster_spark.html_report import write_report
 
     ids = args.experiment or [e.id for e in config.experiments]
+    history = api.read_history(spark, config, args.date, ids)
     for exp_id, path in _report_paths(args.report, ids, args.date).items():
         rows = [r for r in outcome.results if r["experiment_id"] == exp_id]
         diags = [d for d in outcome.diagnostics if d["experiment_id"] == exp_id]
-        print(f"wrote {write_report(path, exp_id, args.date, rows, diags)}")
+        past = [h for h in history if h["experiment_id"] == exp_id]
+        described = api.descriptions(config, exp_id)
+        page = write_report(path, exp_id, args.date, rows, diags, past, described)
+        print(f"wrote {page}")
 
 
 def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> int:
@@ -416,7 +420,7 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
         print_results(outcome.results)
         _Progress.warn(_slice_notes(outcome.results, args.date), kind="note")
         if args.report is not None:
-            _write_reports(outcome, config, args)
+            _write_reports(spark, outcome, config, args)
         _Progress.warn(outcome.warnings(config))
     elif args.command == "plan":
         _print_plan(spark, config, args)
@@ -426,7 +430,7 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
         paths = _report_paths(args.out, [r.experiment_id for r in reported], args.date, "--out")
         for r in reported:
             page = write_report(
-                paths[r.experiment_id], r.experiment_id, args.date, r.results, r.diagnostics
+                paths[r.experiment_id], r.experiment_id, args.date, *r.report_args[1:]
             )
             print(f"wrote {page}")
         _Progress.warn(f"no results for experiment '{e}' on {args.date}" for e in missing)

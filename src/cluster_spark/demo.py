@@ -20,6 +20,8 @@ from pyspark.sql import SparkSession
 
 START = dt.datetime(2026, 1, 5)
 ANALYSIS_DATE = dt.date(2026, 2, 1)
+#: Weekly analyses before ANALYSIS_DATE that the demo runs too (the report's timeline).
+EARLIER_DATES = (dt.date(2026, 1, 11), dt.date(2026, 1, 18), dt.date(2026, 1, 25))
 VARIANTS = ("control", "treatment_a", "treatment_b")
 LIFT = {"control": 0.0, "treatment_a": 0.10, "treatment_b": 0.0}
 EXPERIMENT_ID = "checkout_redesign"

@@ -1,9 +1,15 @@
 """A self-contained HTML report of one experiment's results (no Spark, no dependencies).
 
 `render_report` takes plain dict rows of the `results` table (RESULT_COLUMNS) and of the
-`diagnostics` table (experiment_id, analysis_date, metric, variant, check, value, run_id)
-and returns one HTML page with inline CSS and an inline SVG forest plot: no JavaScript
-and no external resources. Every value from the data is escaped with `html.escape`.
+`diagnostics` table of one analysis date, optionally the results rows of earlier dates
+(`history`, for the timeline) and the metrics' descriptions, and returns one HTML page:
+the health verdict and its reasons first, one sentence per goal metric and treatment,
+the SRM check, a results table per metric (role, decision, adjusted means, sequential
+and non-inferiority columns where computed, MDE, design effect; the jargon explained
+above them), a forest plot coloured by decision, the effect over time, a section per
+slice dimension and the diagnostics (problems highlighted). Inline CSS and SVG: no
+JavaScript and no external resources. Every value from the data is escaped with
+`html.escape`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cluster_spark.checks import is_warning
+from cluster_spark.checks import is_warning, note
 
 Row = Mapping[str, Any]
 
@@ -36,8 +42,32 @@ th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 .srm.unknown { border-color: #999; background: #f6f6f6; }
 .srm .verdict { font-weight: 600; }
 .pos { color: #1b7f3b; font-weight: 600; } .neg { color: #b3261e; font-weight: 600; }
+.charts { display: flex; flex-wrap: wrap; gap: 8px 24px; } details.note { margin: 4px 0 8px; }
 .warn { background: #fff4ce; } .muted { color: #777; } .note { color: #555; margin: 2px 0; }
 """
+
+#: The jargon of the results tables, explained once above them.
+GLOSSARY = (
+    '<details class="note"><summary>What the columns mean</summary><dl class="meta">'
+    "<dt>mean</dt><dd>ΣM/ΣD over the group's assignment units (e.g. revenue per user)</dd>"
+    "<dt>Δ abs</dt><dd>treatment mean − control mean, in the metric's units</dd>"
+    "<dt>Δ rel</dt><dd>Δ abs ÷ |control mean|: the lift</dd>"
+    "<dt>p-value</dt><dd>of Δ abs (two-sided; the delta method over assignment units)</dd>"
+    "<dt>p (BH)</dt><dd>adjusted for testing several goal metrics × treatments "
+    "(Benjamini–Hochberg); decisions of goal metrics use it</dd>"
+    "<dt>CUPED var. red.</dt><dd>how much of Δ's variance the pre-period adjustment "
+    "removed</dd>"
+    "<dt>adj. means</dt><dd>CUPED-adjusted means; their difference is the adjusted Δ</dd>"
+    "<dt>CS / p (seq.)</dt><dd>always-valid confidence sequence and p-value: safe to look "
+    "every day</dd>"
+    "<dt>NI bound / p (NI)</dt><dd>guardrails: the one-sided bound of Δ rel in the bad "
+    "direction, and the non-inferiority p-value against the margin</dd>"
+    "<dt>MDE rel</dt><dd>the smallest lift this comparison detects with the configured "
+    "power</dd>"
+    "<dt>design effect</dt><dd>variance ÷ the variance if users were independent: what "
+    "clustering costs</dd>"
+    "</dl></details>"
+)
 
 #: Forest-plot point colors: significant up, significant down, not significant, no CI.
 COLORS = {"pos": "#1b7f3b", "neg": "#b3261e", "ns": "#555", "na": "#999"}
@@ -90,11 +120,27 @@ def fmt_ci(low: Any, high: Any, fmt=fmt_num) -> str:
     return f"[{fmt(low)}, {fmt(high)}]"
 
 
+#: Colour class of each decision: good, bad, neither.
+TONES = {
+    "win": "pos",
+    "guardrail_ok": "pos",
+    "loss": "neg",
+    "guardrail_violated": "neg",
+    "inconclusive": "ns",
+    "guardrail_inconclusive": "ns",
+}
+
+
 def _significance(row: Row) -> str:
-    """'pos'/'neg' if the relative CI excludes 0, 'ns' if it contains it, 'na' if null."""
+    """The colour class of a treatment row: by its `decision` (after corrections, in the
+    metric's direction: 'pos' good, 'neg' bad, 'ns' neither), 'na' without a relative CI
+    to draw. Rows without a decision (written before decisions existed) are coloured by
+    whether the relative CI excludes 0."""
     low, high = _finite(row.get("effect_rel_ci_low")), _finite(row.get("effect_rel_ci_high"))
     if low is None or high is None:
         return "na"
+    if row.get("decision") in TONES:
+        return TONES[row["decision"]]
     return "pos" if low > 0 else "neg" if high < 0 else "ns"
 
 
@@ -167,41 +213,70 @@ def _srm_box(results: Sequence[Row], diagnostics: Sequence[Row], control: Any) -
     )
 
 
-def _metric_section(metric: str, rows: Sequence[Row]) -> str:
+def _role_line(rows: Sequence[Row]) -> str:
+    role, direction = _first(rows, "role"), _first(rows, "direction")
+    if role is None:
+        return ""
+    better = "lower is better" if direction == "decrease" else "higher is better"
+    return f"{role} · {better}"
+
+
+def _metric_section(metric: str, rows: Sequence[Row], description: str = "") -> str:
     winsorized = any(r.get("winsorized") for r in rows)
     cuped = any(r.get("variance_reduction") is not None for r in rows)
-    headers = ["variant", "units", "mean", "Δ abs", "Δ abs CI", "Δ rel", "Δ rel CI"]
-    headers += ["p-value", "p (BH)"]
+    adjusted = any(r.get("mean_adjusted") is not None for r in rows)
+    sequential = any(r.get("p_value_sequential") is not None for r in rows)
+    guardrail = any(r.get("p_value_noninferiority") is not None for r in rows)
+    decided = any(r.get("decision") is not None for r in rows)
+    headers = ["variant", "units", "mean"]
+    headers += ["adj. means (T vs C)"] if adjusted else []
+    headers += ["Δ abs", "Δ abs CI", "Δ rel", "Δ rel CI", "p-value", "p (BH)"]
+    headers += ["CS (abs)", "p (seq.)"] if sequential else []
+    headers += ["NI bound", "p (NI)"] if guardrail else []
+    headers += ["MDE rel", "design effect"]
     headers += ["Δ rel uncapped", "uncapped CI"] if winsorized else []
     headers += ["CUPED var. red."] if cuped else []
+    headers += ["decision"] if decided else []
     headers += ["status"]
     body = []
     for r in rows:
         sig = _significance(r)
         rel_cls = sig if sig in ("pos", "neg") else ""
+        control = _is_control(r)
         variant = _e(r.get("variant"))
-        if _is_control(r) and r.get("variant") != "control":
+        if control and r.get("variant") != "control":
             variant += ' <span class="muted">(control)</span>'
-        cells: list[Any] = [
-            variant,
-            _e(fmt_num(r.get("n_units"))),
-            _e(fmt_num(r.get("mean"))),
+        cells: list[Any] = [variant, _e(fmt_num(r.get("n_units"))), _e(fmt_num(r.get("mean")))]
+        if adjusted:
+            t, c = r.get("mean_adjusted"), r.get("control_mean_adjusted")
+            cells.append("—" if t is None else _e(f"{fmt_num(t)} vs {fmt_num(c)}"))
+        cells += [
             _e(fmt_num(r.get("effect_abs"))),
-            _e(fmt_ci(r.get("effect_abs_ci_low"), r.get("effect_abs_ci_high")))
-            if not _is_control(r)
-            else "—",
-            (_e(fmt_pct(r.get("effect_rel"))) if not _is_control(r) else "—", rel_cls),
-            _e(fmt_ci(r.get("effect_rel_ci_low"), r.get("effect_rel_ci_high"), fmt_pct))
-            if not _is_control(r)
-            else "—",
+            "—" if control else _e(fmt_ci(r.get("effect_abs_ci_low"), r.get("effect_abs_ci_high"))),
+            ("—" if control else _e(fmt_pct(r.get("effect_rel"))), rel_cls),
+            "—"
+            if control
+            else _e(fmt_ci(r.get("effect_rel_ci_low"), r.get("effect_rel_ci_high"), fmt_pct)),
             _e(fmt_p(r.get("p_value"))),
             _e(fmt_p(r.get("p_value_bh"))),
         ]
+        if sequential:
+            cs = fmt_ci(r.get("effect_abs_cs_low"), r.get("effect_abs_cs_high"))
+            cells += ["—" if control else _e(cs), _e(fmt_p(r.get("p_value_sequential")))]
+        if guardrail:
+            bound = r.get("noninferiority_bound")
+            cells += [
+                "—" if bound is None else _e(fmt_pct(bound)),
+                _e(fmt_p(r.get("p_value_noninferiority"))),
+            ]
+        cells += [
+            "—" if control else _e(fmt_pct(r.get("mde_rel"), sign=False)),
+            _e(fmt_num(r.get("design_effect"))),
+        ]
         if winsorized:
             low, high = r.get("effect_rel_uncapped_ci_low"), r.get("effect_rel_uncapped_ci_high")
-            none = _is_control(r)
-            cells.append("—" if none else _e(fmt_pct(r.get("effect_rel_uncapped"))))
-            cells.append("—" if none else _e(fmt_ci(low, high, fmt_pct)))
+            cells.append("—" if control else _e(fmt_pct(r.get("effect_rel_uncapped"))))
+            cells.append("—" if control else _e(fmt_ci(low, high, fmt_pct)))
         if cuped:
             vr, how = r.get("variance_reduction"), r.get("cuped_status")
             if r.get("cuped_applied"):
@@ -210,16 +285,26 @@ def _metric_section(metric: str, rows: Sequence[Row]) -> str:
                 cells.append((_e(how.replace("_", " ")), "warn"))
             else:
                 cells.append("—")
+        if decided:
+            decision = r.get("decision")
+            cells.append((_e(decision or "—"), sig if decision in TONES else ""))
         status = r.get("status") or "—"
         cells.append((_e(status), "" if status == "ok" else "warn"))
         body.append(cells)
-    notes = []
+    notes = [description] if description else []
+    if adjusted:
+        notes.append(
+            "CUPED-adjusted: Δ and p-values are adjusted for each unit's pre-period; "
+            "adj. means R − θ(P − P̄) differ by exactly the adjusted Δ abs."
+        )
     if winsorized:
         capped = next((r for r in rows if r.get("winsorized")), {})
         num, den = (_caps(capped, part) for part in ("num", "den"))
         notes.append(f"Winsorized — numerator {num}; denominator {den}.")
     notes_html = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
-    return f"<h3>{_e(metric)}</h3>{notes_html}{_table(headers, body)}"
+    role = _role_line(rows)
+    tag = f' <span class="muted">{_e(role)}</span>' if role else ""
+    return f"<h3>{_e(metric)}{tag}</h3>{notes_html}{_table(headers, body)}"
 
 
 def _caps(row: Row, part: str) -> str:
@@ -332,11 +417,11 @@ def forest_plot(
     return "".join(out)
 
 
-def _legend() -> str:
+def _legend(decided: bool = True) -> str:
     items = [
-        ("pos", "CI above 0"),
-        ("neg", "CI below 0"),
-        ("ns", "CI contains 0"),
+        ("pos", "win / guardrail ok" if decided else "CI above 0"),
+        ("neg", "loss / guardrail violated" if decided else "CI below 0"),
+        ("ns", "inconclusive" if decided else "CI contains 0"),
         ("na", "no CI (n/a)"),
     ]
     return (
@@ -344,6 +429,163 @@ def _legend() -> str:
         + " &nbsp; ".join(f'<span style="color:{COLORS[k]}">●</span> {_e(t)}' for k, t in items)
         + "</p>"
     )
+
+
+#: One line per health reason code (the part before ':'), README "Health".
+HEALTH_TEXT = {
+    "srm": "sample-ratio mismatch: assignment units do not follow the configured split",
+    "guardrail_violated": "a guardrail metric shows significant harm",
+    "bias": "the groups already differed before exposure (pre-exposure bias check)",
+    "units_in_several_variants": "more than 1 % of units were seen in two variants",
+    "duplicate_exposures": "duplicate exposure rows exceed half the units",
+    "analysis_units_in_several_units": (
+        "more than 1 % of analysis units appear under several assignment units"
+    ),
+    "zero_denominator": "more than half of the units have a zero denominator",
+    "cuped_no_pre_data": "CUPED is on but there is no usable pre-period data",
+    "underpowered": "the CI is wider than the planned minimum detectable effect",
+}
+
+
+def _health_box(results: Sequence[Row]) -> str:
+    verdict = _first(results, "health")
+    if verdict is None:
+        return ""
+    codes = _first(results, "health_reasons") or []
+    cls = {"healthy": "srm", "warning": "srm unknown", "unhealthy": "srm flagged"}[verdict]
+    items = "".join(
+        f"<li><code>{_e(c)}</code>: {_e(HEALTH_TEXT.get(c.split(':', 1)[0], ''))}</li>"
+        for c in codes
+    )
+    reasons = f"<ul>{items}</ul>" if items else "<div>No problem found in the checks.</div>"
+    return (
+        f'<h2>Health</h2><div class="{cls}"><div class="verdict">'
+        f"{_e(verdict.upper())}</div>{reasons}</div>"
+    )
+
+
+def _sentence(r: Row) -> str:
+    """'treatment_a raised revenue_per_user by +11.64% [+6.23%, +17.05%]: win'."""
+    rel, decision = r.get("effect_rel"), r.get("decision") or "inconclusive"
+    if _finite(rel) is None:
+        status = r.get("status")
+        return f"{r['variant']} on {r['metric']}: no estimate ({status})"
+    verb = "raised" if rel > 0 else "lowered" if rel < 0 else "did not change"
+    ci = fmt_ci(r.get("effect_rel_ci_low"), r.get("effect_rel_ci_high"), fmt_pct)
+    adjusted = " (CUPED-adjusted)" if r.get("cuped_applied") else ""
+    return f"{r['variant']} {verb} {r['metric']} by {fmt_pct(rel)} {ci}{adjusted}: {decision}"
+
+
+def _summary(results: Sequence[Row]) -> str:
+    goals = [r for r in results if not _is_control(r) and r.get("role", "goal") == "goal"]
+    if not goals:
+        return ""
+    items = "".join(
+        f'<li class="{TONES.get(r.get("decision"), "")}">{_e(_sentence(r))}</li>' for r in goals
+    )
+    return f"<h2>Summary</h2><ul>{items}</ul>"
+
+
+def timeline_plot(rows: Sequence[Row], alpha: Any = None, width: int = 560) -> str:
+    """Inline SVG of one metric × treatment over analysis dates: the relative effect and
+    its CI per date, and the confidence sequence where given (the absolute CS divided by
+    the control mean |R_C| of that date)."""
+    points = []
+    for r in sorted(rows, key=lambda r: str(r["analysis_date"])):
+        eff = _finite(r.get("effect_rel"))
+        if eff is None:
+            continue
+        lo, hi = _finite(r.get("effect_rel_ci_low")), _finite(r.get("effect_rel_ci_high"))
+        cs = None
+        base = _finite(r.get("control_mean"))
+        cs_lo, cs_hi = _finite(r.get("effect_abs_cs_low")), _finite(r.get("effect_abs_cs_high"))
+        if base and cs_lo is not None and cs_hi is not None:
+            cs = (cs_lo / abs(base), cs_hi / abs(base))
+        points.append((str(r["analysis_date"]), eff, lo, hi, cs))
+    if not points:
+        return '<p class="muted">No estimates yet.</p>'
+    values = [
+        100 * v for _, e, lo, hi, cs in points for v in (e, lo, hi, *(cs or ())) if v is not None
+    ]
+    ticks = _nice_ticks(min([0.0, *values]), max([0.0, *values]), target=4)
+    left, right, top, bottom, height = 60, 20, 10, 40, 170
+    y0, y1 = top, height - bottom
+    lo_t, hi_t = ticks[0], ticks[-1]
+
+    def y(pct: float) -> float:
+        return round(y1 - (pct - lo_t) / (hi_t - lo_t) * (y1 - y0), 2)
+
+    n = len(points)
+
+    def x(i: int) -> float:
+        return round(left + (i + 0.5) * (width - left - right) / n, 2)
+
+    out = [
+        f'<svg class="timeline" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        'role="img" aria-label="Relative effect over analysis dates" '
+        'font-family="system-ui, sans-serif" font-size="11">'
+    ]
+    for t in ticks:
+        out.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y(t)}" y2="{y(t)}" stroke="#eee"/>'
+            f'<text x="{left - 6}" y="{y(t) + 4}" text-anchor="end">{t:g}%</text>'
+        )
+    out.append(
+        f'<line class="zero" x1="{left}" x2="{width - right}" y1="{y(0)}" y2="{y(0)}" '
+        'stroke="#333" stroke-dasharray="4 3"/>'
+    )
+    path = []
+    for i, (date, eff, lo, hi, cs) in enumerate(points):
+        if cs is not None:
+            out.append(
+                f'<line class="cs" x1="{x(i)}" x2="{x(i)}" y1="{y(100 * cs[0])}" '
+                f'y2="{y(100 * cs[1])}" stroke="#9bb7d4" stroke-width="8" opacity="0.6"/>'
+            )
+        if lo is not None and hi is not None:
+            out.append(
+                f'<line class="ci" x1="{x(i)}" x2="{x(i)}" y1="{y(100 * lo)}" '
+                f'y2="{y(100 * hi)}" stroke="#333" stroke-width="2"/>'
+            )
+        out.append(f'<circle class="point" cx="{x(i)}" cy="{y(100 * eff)}" r="3.5" fill="#333"/>')
+        path.append(f"{x(i)},{y(100 * eff)}")
+        if n <= 8 or i in (0, n - 1) or i % max(1, n // 6) == 0:
+            out.append(
+                f'<text x="{x(i)}" y="{height - bottom + 16}" text-anchor="middle">'
+                f"{_e(date[5:])}</text>"
+            )
+    out.append(f'<polyline points="{" ".join(path)}" fill="none" stroke="#333" opacity="0.4"/>')
+    level = f"{100 * (1 - alpha):g}% CI" if _finite(alpha) is not None else "CI"
+    legend = f"relative effect and {level}" + (
+        "; band: confidence sequence" if any(p[4] for p in points) else ""
+    )
+    out.append(f'<text x="{left}" y="{height - 6}" fill="#555">{_e(legend)}</text></svg>')
+    return "".join(out)
+
+
+def _timeline(history: Sequence[Row], control: Any) -> str:
+    """Per metric × treatment, the relative effect over the analysis dates of the results
+    table (`history`: overall rows of every date up to the report's)."""
+    if not history:
+        return ""
+    control_means = {
+        (str(r["analysis_date"]), r["metric"]): r.get("mean")
+        for r in history
+        if r.get("variant") == control
+    }
+    series: dict[tuple[str, str], list[Row]] = {}
+    for r in history:
+        if r.get("variant") != control:
+            row = dict(r, control_mean=control_means.get((str(r["analysis_date"]), r["metric"])))
+            series.setdefault((str(r["metric"]), str(r["variant"])), []).append(row)
+    if not series or max(len(rows) for rows in series.values()) < 2:
+        return ""
+    alpha = _first(history, "alpha")
+    charts = "".join(
+        f'<div class="chart"><h3>{_e(metric)} · {_e(variant)}</h3>'
+        f"{timeline_plot(rows, alpha)}</div>"
+        for (metric, variant), rows in sorted(series.items())
+    )
+    return f"<h2>Over time</h2><div class='charts'>{charts}</div>"
 
 
 def _diagnostics_table(diagnostics: Sequence[Row]) -> str:
@@ -360,11 +602,14 @@ def _diagnostics_table(diagnostics: Sequence[Row]) -> str:
                 _e(d.get("metric") if d.get("metric") is not None else "—"),
                 _e(d.get("variant") if d.get("variant") is not None else "—"),
                 (_e(fmt_num(value)), "warn" if bad else ""),
+                (_e(note(d.get("check"))), "l muted"),
             ]
         )
     if not body:
         return '<p class="muted">No diagnostics.</p>'
-    return _table(["check", "metric", "variant", "value"], body, left=3)
+    return '<p class="note">Highlighted: counts that signal a problem.</p>' + _table(
+        ["check", "metric", "variant", "value", "what it counts"], body, left=3
+    )
 
 
 def _sections(
@@ -372,6 +617,8 @@ def _sections(
     analysis_date: dt.date | str,
     results: Sequence[Row],
     diagnostics: Sequence[Row],
+    history: Sequence[Row] = (),
+    descriptions: Mapping[str, str] | None = None,
 ) -> str:
     def mine(r: Row) -> bool:
         return r.get("experiment_id", experiment_id) == experiment_id
@@ -389,17 +636,25 @@ def _sections(
     for rows in metrics.values():
         rows.sort(key=lambda r: (not _is_control(r), str(r.get("variant"))))
     treated = [r for rows in metrics.values() for r in rows if not _is_control(r)]
-    tables = "".join(_metric_section(m, rows) for m, rows in metrics.items())
+    descriptions = descriptions or {}
+    tables = "".join(
+        _metric_section(m, rows, descriptions.get(m, "")) for m, rows in metrics.items()
+    )
+    decided = any(r.get("decision") for r in treated)
     plot = (
-        forest_plot(treated, _first(results, "alpha")) + _legend()
+        forest_plot(treated, _first(results, "alpha")) + _legend(decided)
         if treated
         else '<p class="muted">No treatments.</p>'
     )
+    mine_history = [r for r in history if mine(r) and r.get("dimension") is None]
     return (
         f"{_header(experiment_id, analysis_date, results)}"
+        f"{_health_box(results)}"
+        f"{_summary(results)}"
         f"<h2>Sample-ratio mismatch</h2>{_srm_box(results, diagnostics, control)}"
-        f"<h2>Results</h2>{tables or '<p class=muted>No results.</p>'}"
+        f"<h2>Results</h2>{GLOSSARY}{tables or '<p class=muted>No results.</p>'}"
         f"<h2>Relative lift</h2>{plot}"
+        f"{_timeline(mine_history, control)}"
         f"{_slice_sections(sliced, slice_diags, control)}"
         f"<h2>Diagnostics</h2>{_diagnostics_table(diagnostics)}"
     )
@@ -467,19 +722,21 @@ def render_report(
     analysis_date: dt.date | str,
     results: Sequence[Row],
     diagnostics: Sequence[Row],
+    history: Sequence[Row] = (),
+    descriptions: Mapping[str, str] | None = None,
 ) -> str:
     """One self-contained HTML page for an experiment: header, SRM box, a results table per
     metric, a forest plot of relative lifts and the diagnostics table. Rows of other
     experiments (by `experiment_id`, when present) are ignored."""
     return _page(
         f"Experiment {experiment_id} — {analysis_date}",
-        _sections(experiment_id, analysis_date, results, diagnostics),
+        _sections(experiment_id, analysis_date, results, diagnostics, history, descriptions),
     )
 
 
 def render_reports(
     analysis_date: dt.date | str,
-    experiments: Sequence[tuple[str, Sequence[Row], Sequence[Row]]],
+    experiments: Sequence[tuple],
 ) -> str:
     """One self-contained HTML page for several experiments, given as (experiment id,
     results rows, diagnostics rows): each experiment's sections as in `render_report`, one
@@ -487,7 +744,7 @@ def render_reports(
     if len(experiments) == 1:
         return render_report(experiments[0][0], analysis_date, *experiments[0][1:])
     ids = ", ".join(e for e, _, _ in experiments)
-    body = "<hr>".join(_sections(e, analysis_date, r, d) for e, r, d in experiments)
+    body = "<hr>".join(_sections(e[0], analysis_date, *e[1:]) for e in experiments)
     return _page(f"Experiments {ids} — {analysis_date}", body)
 
 
@@ -497,9 +754,12 @@ def write_report(
     analysis_date: dt.date | str,
     results: Sequence[Row],
     diagnostics: Sequence[Row],
+    history: Sequence[Row] = (),
+    descriptions: Mapping[str, str] | None = None,
 ) -> Path:
     """Render the report and write it to `path` (parents created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(experiment_id, analysis_date, results, diagnostics), "utf-8")
+    page = render_report(experiment_id, analysis_date, results, diagnostics, history, descriptions)
+    path.write_text(page, "utf-8")
     return path

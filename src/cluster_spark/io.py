@@ -537,14 +537,18 @@ class SliceWrites:
         write_slice(old.where(rows), path, self.ids, self.date)
 
 
+def read_table(spark: SparkSession, path: str) -> DataFrame:
+    """An output Delta table; InputError naming it when it cannot be read."""
+    try:
+        return spark.read.format("delta").load(path)
+    except AnalysisException as err:
+        raise InputError(f"cannot read Delta table {path}: {err.getMessage()}") from None
+
+
 def read_slice(
     spark: SparkSession, path: str, experiment_ids: Iterable[str], analysis_date: dt.date
 ) -> DataFrame:
-    try:
-        df = spark.read.format("delta").load(path)
-    except AnalysisException as err:
-        raise InputError(f"cannot read Delta table {path}: {err.getMessage()}") from None
-    return df.where(slice_filter(experiment_ids, analysis_date))
+    return read_table(spark, path).where(slice_filter(experiment_ids, analysis_date))
 
 
 def literal_frame(
