@@ -179,11 +179,11 @@ def print_results(
         "p",
         "CUPED var↓",
         "SRM p",
+        *(["het. p"] if sliced else []),
         "status",
     ):
-        table.add_column(
-            col, justify="left" if col in ("experiment", "metric", "variant", "status") else "right"
-        )
+        left = ("experiment", "slice", "metric", "variant", "status")
+        table.add_column(col, justify="left" if col in left else "right")
     for r in rows:
         rel = (
             ""
