@@ -162,10 +162,12 @@ def _cuped_cell(r: Mapping[str, Any]) -> str:
 def print_results(
     rows: Iterable[Mapping[str, Any]], console: Console | None = None, dimension: str | None = None
 ) -> None:
-    """A readable results table: one line per metric and variant of the overall rows, or
-    with `dimension`, per slice of that dimension (with the heterogeneity p-value)."""
+    """A readable results table: one line per metric and variant of the overall rows
+    (control first), or with `dimension`, per slice of that dimension (with the
+    heterogeneity p-value). CUPED-adjusted effects are marked `*`."""
     rows = [r for r in rows if r.get("dimension") == dimension]
     sliced = dimension is not None
+    decided = any(r.get("decision") for r in rows)
     table = Table(show_lines=False)
     for col in (
         "experiment",
@@ -180,16 +182,20 @@ def print_results(
         "CUPED var↓",
         "SRM p",
         *(["het. p"] if sliced else []),
+        *(["decision"] if decided else []),
         "status",
     ):
-        left = ("experiment", "slice", "metric", "variant", "status")
+        left = ("experiment", "slice", "metric", "variant", "decision", "status")
         table.add_column(col, justify="left" if col in left else "right")
+    adjusted = False
     for r in rows:
+        mark = "*" if r.get("cuped_applied") else ""
+        adjusted = adjusted or bool(mark)
         rel = (
             ""
             if r["effect_rel"] is None
             else (
-                f"{r['effect_rel']:+.2%} [{_fmt(r['effect_rel_ci_low'], '+.2%')}, "
+                f"{r['effect_rel']:+.2%}{mark} [{_fmt(r['effect_rel_ci_low'], '+.2%')}, "
                 f"{_fmt(r['effect_rel_ci_high'], '+.2%')}]"
             )
         )
@@ -200,15 +206,36 @@ def print_results(
             r["variant"],
             str(r["n_units"]),
             _fmt(r["mean"]),
-            "" if r["effect_abs"] is None else _fmt(r["effect_abs"], "+.4g"),
+            "" if r["effect_abs"] is None else _fmt(r["effect_abs"], "+.4g") + mark,
             rel,
             "" if r["p_value"] is None else _fmt(r["p_value"], ".3g"),
             _cuped_cell(r),
             "" if r.get("srm_p_value") is None else _fmt(r["srm_p_value"], ".3g"),
             *([_fmt(r.get("heterogeneity_p_value"), ".3g")] if sliced else []),
+            *([r.get("decision") or ""] if decided else []),
             r["status"],
         )
-    (console or Console(width=170)).print(table)
+    if adjusted:
+        table.caption = "* CUPED-adjusted effect (the mean column is unadjusted)"
+    (console or Console(width=190)).print(table)
+
+
+def health_lines(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One line per experiment with its health verdict and reason codes."""
+    seen: dict[str, Mapping[str, Any]] = {}
+    for r in rows:
+        if r.get("dimension") is None and r.get("health") is not None:
+            seen.setdefault(r["experiment_id"], r)
+    return [
+        f"{e}: {r['health']}"
+        + (f" ({', '.join(r['health_reasons'])})" if r["health_reasons"] else "")
+        for e, r in seen.items()
+    ]
+
+
+def _print_health(rows: Iterable[Mapping[str, Any]], console: Console | None = None) -> None:
+    for line in health_lines(rows):
+        (console or Console(width=190)).print(f"health {line}", highlight=False)
 
 
 def _slice_notes(rows: Iterable[Mapping[str, Any]], date: dt.date) -> list[str]:
@@ -348,6 +375,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         console.print(f"analysed {date}")
     outcome = pipeline.run_outcome(spark, config, demo.ANALYSIS_DATE)
     print_results(outcome.results, console)
+    _print_health(outcome.results, console)
     _Progress.warn(outcome.warnings(config))
     page = write_experiment_report(spark, config, demo.EXPERIMENT_ID, demo.ANALYSIS_DATE, args.out)
     lifts = ", ".join(f"{v} {lift:+.0%}" for v, lift in demo.LIFT.items() if v != "control")
@@ -413,11 +441,13 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
         progress("reducing")
         results = pipeline.reduce(spark, config, args.date, ids)
         print_results(results)
+        _print_health(results)
         _Progress.warn(_slice_notes(results, args.date), kind="note")
     elif args.command == "run":
         progress("staging and reducing")
         outcome = pipeline.run_outcome(spark, config, args.date, ids)
         print_results(outcome.results)
+        _print_health(outcome.results)
         _Progress.warn(_slice_notes(outcome.results, args.date), kind="note")
         if args.report is not None:
             _write_reports(spark, outcome, config, args)
@@ -454,6 +484,7 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
                 )
             )
         print_results(rows, dimension=args.dimension)
+        _print_health(rows)
         _Progress.warn(f"no results for experiment '{e}' on {args.date}" for e in missing)
     return 0
 
