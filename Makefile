@@ -27,11 +27,17 @@ $(JARS)/.fetched:
 	done
 	touch $@
 
+#: Debian's Chromium, for the report's headless-browser test (installed as root).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
 setup: $(VENV)/.installed $(JARS)/.fetched ## venv with pinned deps + Delta jars from Maven Central
 
 jars: $(JARS)/.fetched ## fetch the Delta Lake jars only
 
-test: setup ## run the test suite (local-mode Spark + Delta)
+test: setup $(CHROMIUM) ## run the test suite (local-mode Spark + Delta; Chromium for the report)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

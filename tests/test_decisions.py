@@ -265,3 +265,62 @@ def test_role_config_errors_name_the_key_and_rule(tmp_path):
     raw["experiments"][0]["metric_roles"] = {"latency": {"direction": "decrease"}}
     with pytest.raises(ConfigError, match=r"metric_roles names metrics .*\['latency'\]"):
         parse_config(raw)
+
+
+def test_one_sided_tests_everywhere_a_p_value_or_ci_is_made():
+    """`alternative: one-sided` follows each metric's direction: greater where higher is
+    better, less where lower is; p-values are the one-sided tails of the same z statistic,
+    CIs have one infinite end at the one-sided quantile, the MDE uses z₁₋α."""
+    rng = np.random.default_rng(23)
+    rows = _groups(rng, lift=0.1, metric="up") + _groups(rng, lift=0.1, metric="down")
+    base = {"metrics": ["up", "down"], "test": "z", "cuped_lookback_days": 7}
+    roles = {"down": MetricRole(direction="decrease")}
+    two = {
+        r["metric"]: r
+        for r in reduce_experiment(rows, experiment(**base, metric_roles=roles), DATE, "r")
+        if r["variant"] == "treatment"
+    }
+    one = {
+        r["metric"]: r
+        for r in reduce_experiment(
+            rows, experiment(**base, metric_roles=roles, alternative="one-sided"), DATE, "r"
+        )
+        if r["variant"] == "treatment"
+    }
+    for metric, sign in (("up", 1.0), ("down", -1.0)):
+        t, o = two[metric], one[metric]
+        assert o["cuped_applied"] and o["effect_abs"] == pytest.approx(t["effect_abs"], rel=1e-12)
+        z = t["effect_abs"] / t["effect_abs_stderr"]
+        assert o["p_value"] == pytest.approx(sps.norm.sf(sign * z), rel=1e-9)
+        se, est = t["effect_abs_stderr"], t["effect_abs"]
+        if sign > 0:
+            assert (o["effect_abs_ci_low"], o["effect_abs_ci_high"]) == (
+                pytest.approx(est - Z95 * se, rel=1e-9),
+                math.inf,
+            )
+        else:
+            assert (o["effect_abs_ci_low"], o["effect_abs_ci_high"]) == (
+                -math.inf,
+                pytest.approx(est + Z95 * se, rel=1e-9),
+            )
+        ratio = (Z95 + sps.norm.ppf(0.8)) / (sps.norm.ppf(0.975) + sps.norm.ppf(0.8))
+        assert o["mde_abs"] == pytest.approx(t["mde_abs"] * ratio, rel=1e-9)
+        assert o["bias_p_value"] == pytest.approx(t["bias_p_value"], rel=1e-12)  # two-sided
+    assert one["up"]["decision"] == "win"  # +10 %, higher is better
+    assert one["down"]["decision"] == "inconclusive"  # +10 % is the bad direction: p ≈ 1
+
+
+def test_one_sided_fieller_is_the_end_of_the_two_sided_interval_at_twice_alpha():
+    t = RatioStats.from_values([9.0, 11.5, 10.2, 8.7, 10.9, 9.8], [1, 1.2, 1, 0.9, 1.1, 1])
+    c = RatioStats.from_values([10.1, 10.8, 9.9, 10.4, 11.2, 9.5], [1, 1.1, 1, 1, 1.1, 0.9])
+    low, high = fieller_interval(t, c, 0.1, "z")
+    assert fieller_interval(t, c, 0.05, "z", "greater") == (low, math.inf)
+    assert fieller_interval(t, c, 0.05, "z", "less") == (-math.inf, high)
+
+
+def test_one_sided_intervals_in_the_report():
+    from cluster_spark.html_report import fmt_ci, fmt_pct
+
+    assert fmt_ci(0.1, math.inf, fmt_pct) == "[+10.00%, +∞]"
+    assert fmt_ci(-math.inf, -0.05, fmt_pct) == "[−∞, -5.00%]"
+    assert fmt_ci(-math.inf, math.inf) == "n/a" and fmt_ci(None, 1.0) == "n/a"

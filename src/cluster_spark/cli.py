@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import shutil
 import sys
@@ -148,7 +149,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fmt(x: float | None, spec: str = ".4g") -> str:
-    return "—" if x is None else format(x, spec)
+    if x is None:
+        return "—"
+    if x in (math.inf, -math.inf):  # the open end of a one-sided interval
+        return "+∞" if x > 0 else "−∞"
+    return format(x, spec)
 
 
 def _cuped_cell(r: Mapping[str, Any]) -> str:

@@ -457,6 +457,11 @@ class Experiment(_Model):
     #: Decisions: each metric's role, direction and guardrail margin (default: a goal
     #: where higher is better); `metric_roles` keys are metrics of the experiment.
     metric_roles: dict[Name, MetricRole] = {}
+    #: The tests' alternative: `two-sided` (default), `one-sided` (each metric's direction:
+    #: `greater` where higher is better, `less` where lower is), or `greater`/`less` for all.
+    #: One-sided p-values and CIs (one end infinite) everywhere but the confidence sequences
+    #: and the bias check, which stay two-sided.
+    alternative: Literal["two-sided", "one-sided", "greater", "less"] = "two-sided"
     #: Pre-exposure bias check (needs `cuped_lookback_days`): flagged below this p-value.
     bias_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.001
     #: Health: the relative MDE the experiment was planned for; a goal metric whose
@@ -525,6 +530,12 @@ class Experiment(_Model):
     def role(self, metric: str) -> MetricRole:
         """The metric's role in this experiment (a goal where higher is better by default)."""
         return self.metric_roles.get(metric, GOAL)
+
+    def alternative_for(self, metric: str) -> str:
+        """The alternative of the metric's tests: `two-sided`, `greater` or `less`."""
+        if self.alternative == "one-sided":
+            return "greater" if self.role(metric).direction == "increase" else "less"
+        return self.alternative
 
     def comparison_n_star(self, variant: str) -> float | None:
         """`sequential_n_star` (planned assignment units over all variants) scaled to one

@@ -40,7 +40,10 @@ th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 .srm { border: 2px solid #3a7d44; background: #eef7ef; padding: 8px 12px; }
 .srm.flagged { border-color: #b3261e; background: #fdecea; }
 .srm.unknown { border-color: #999; background: #f6f6f6; }
-.srm .verdict { font-weight: 600; }
+.srm .verdict, .health .verdict { font-weight: 600; }
+.health { border: 2px solid #3a7d44; background: #eef7ef; padding: 8px 12px; }
+.health.warning { border-color: #b58100; background: #fff4ce; }
+.health.unhealthy { border-color: #b3261e; background: #fdecea; }
 .pos { color: #1b7f3b; font-weight: 600; } .neg { color: #b3261e; font-weight: 600; }
 .charts { display: flex; flex-wrap: wrap; gap: 8px 24px; } details.note { margin: 4px 0 8px; }
 .warn { background: #fff4ce; } .muted { color: #777; } .note { color: #555; margin: 2px 0; }
@@ -114,10 +117,27 @@ def fmt_p(x: Any) -> str:
     return "<0.0001" if x < 1e-4 else f"{x:.4f}"
 
 
+def _one_sided_end(x: Any) -> bool:
+    return isinstance(x, float) and math.isinf(x)
+
+
 def fmt_ci(low: Any, high: Any, fmt=fmt_num) -> str:
-    if _finite(low) is None or _finite(high) is None:
+    """`[low, high]`; a one-sided interval's infinite end is shown as −∞ or +∞."""
+
+    def end(x: Any) -> str | None:
+        if _one_sided_end(x):
+            return "−∞" if x < 0 else "+∞"
+        return None if _finite(x) is None else fmt(x)
+
+    a, b = end(low), end(high)
+    if a is None or b is None or (_one_sided_end(low) and _one_sided_end(high)):
         return "n/a"
-    return f"[{fmt(low)}, {fmt(high)}]"
+    return f"[{a}, {b}]"
+
+
+def _bounded(x: Any) -> float | None:
+    """A CI end as a float: finite, or ±inf for a one-sided interval's open end."""
+    return float(x) if _one_sided_end(x) else _finite(x)
 
 
 #: Colour class of each decision: good, bad, neither.
@@ -136,8 +156,8 @@ def _significance(row: Row) -> str:
     metric's direction: 'pos' good, 'neg' bad, 'ns' neither), 'na' without a relative CI
     to draw. Rows without a decision (written before decisions existed) are coloured by
     whether the relative CI excludes 0."""
-    low, high = _finite(row.get("effect_rel_ci_low")), _finite(row.get("effect_rel_ci_high"))
-    if low is None or high is None:
+    low, high = (_bounded(row.get(k)) for k in ("effect_rel_ci_low", "effect_rel_ci_high"))
+    if low is None or high is None or (math.isinf(low) and math.isinf(high)):
         return "na"
     if row.get("decision") in TONES:
         return TONES[row["decision"]]
@@ -382,9 +402,11 @@ def forest_plot(
         )
         sig = _significance(r)
         low, high = r.get("effect_rel_ci_low"), r.get("effect_rel_ci_high")
-        if sig != "na":
+        if sig != "na":  # a one-sided interval's open end runs to the axis' end
+            x_low = x0 if math.isinf(low) else x(100 * low)
+            x_high = x1 if math.isinf(high) else x(100 * high)
             out.append(
-                f'<line class="ci" x1="{x(100 * low)}" x2="{x(100 * high)}" y1="{y}" y2="{y}" '
+                f'<line class="ci" x1="{x_low}" x2="{x_high}" y1="{y}" y2="{y}" '
                 f'stroke="{COLORS[sig]}" stroke-width="2"/>'
             )
         if (eff := _finite(r.get("effect_rel"))) is not None:
@@ -452,7 +474,7 @@ def _health_box(results: Sequence[Row]) -> str:
     if verdict is None:
         return ""
     codes = _first(results, "health_reasons") or []
-    cls = {"healthy": "srm", "warning": "srm unknown", "unhealthy": "srm flagged"}[verdict]
+    cls = f"health {verdict}"
     items = "".join(
         f"<li><code>{_e(c)}</code>: {_e(HEALTH_TEXT.get(c.split(':', 1)[0], ''))}</li>"
         for c in codes

@@ -283,14 +283,17 @@ def compare_groups(
     t: CupedStats, c: CupedStats, experiment: Experiment, variant: str, metric: str = ""
 ) -> dict[str, Any]:
     """Every comparison column of treatment `variant` vs the control, per the experiment's
-    settings: CUPED (Deng et al. 2013), Fieller or delta-method relative CIs, always-valid
-    confidence sequences (Waudby-Smith et al. 2024), and the MDE of this comparison,
+    settings and the metric's alternative (`Experiment.alternative_for`): CUPED (Deng et
+    al. 2013), Fieller or delta-method relative CIs, always-valid confidence sequences
+    (Waudby-Smith et al. 2024, two-sided), the pre-exposure bias check (two-sided), the
+    non-inferiority test of guardrails, and the MDE of this comparison,
     `(z₁₋α/₂ + z_power)·sqrt(V_C (1/n_T + 1/n_C))` with the control's CUPED-adjusted
     per-unit variance when the adjustment is applied."""
     alpha, test = experiment.alpha, experiment.test
+    side = experiment.alternative_for(metric)
     control_variance = c.ratio_stats.unit_variance
     if experiment.cuped_lookback_days:
-        cc = compare_cuped(t, c, alpha=alpha, test=test)
+        cc = compare_cuped(t, c, alpha=alpha, test=test, alternative=side)
         cols = _comparison_columns(cc)
         cols.update(
             cuped_applied=cc.adjusted,
@@ -306,10 +309,17 @@ def compare_groups(
         cols["bias_p_value"] = bias
         cols["bias_flag"] = None if bias is None else bias < experiment.bias_threshold
     else:
-        cols = _comparison_columns(compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test))
+        raw = compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test, alternative=side)
+        cols = _comparison_columns(raw)
         adjusted = False
     planned = power.mde(
-        control_variance, t.n, alpha, experiment.power, baseline=c.ratio, n_control=c.n
+        control_variance,
+        t.n,
+        alpha,
+        experiment.power,
+        baseline=c.ratio,
+        n_control=c.n,
+        one_sided=side != "two-sided",
     )
     cols.update(mde_abs=planned.absolute, mde_rel=planned.relative)
     role = experiment.role(metric)
@@ -317,7 +327,7 @@ def compare_groups(
     fieller = experiment.relative_ci == "fieller" and not adjusted
     cols["relative_ci_method"] = "fieller" if fieller else "delta"
     if fieller:
-        interval = intervals.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test)
+        interval = intervals.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test, side)
         cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
     if role.role == "guardrail" and role.margin is not None:
         args = (role.margin, role.direction, alpha, cols["df"])
@@ -387,6 +397,7 @@ def _uncapped(groups, metric: str, variant: str, experiment: Experiment) -> dict
         groups[(metric, experiment.control, False)].ratio_stats,
         alpha=experiment.alpha,
         test=experiment.test,
+        alternative=experiment.alternative_for(metric),
     )
     return {
         "effect_abs_uncapped": raw.effect_abs,

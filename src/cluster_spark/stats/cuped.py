@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 from cluster_spark.stats.inference import (
+    Alternative,
     Comparison,
     Test,
     absolute_columns,
@@ -262,6 +263,7 @@ def compare_cuped(
     control: CupedStats,
     alpha: float = 0.05,
     test: Test = "welch",
+    alternative: Alternative = "two-sided",
 ) -> CupedComparison:
     """CUPED-adjusted delta-method comparison of a treatment group with the control group.
 
@@ -278,7 +280,8 @@ def compare_cuped(
       (C_T + C_C)/(V_P,T + V_P,C), which is the same θ only when n_T = n_C; with unequal
       arms (a 90/10 split) it can be far from the minimum, so we deliberately differ;
     - Welch–Satterthwaite ν from a and b with `inference.compare`'s formula (used for both
-      effects), or the normal distribution for ``test="z"``; CI = est ± q·SE.
+      effects), or the normal distribution for ``test="z"``; CI = est ± q·SE (one-sided
+      `alternative`: as in `inference.interval`).
 
     Relative lift L = Δ_adj/|R_C| (R_C unadjusted) by the delta method over both groups'
     means (m̄, d̄, x̄, ȳ)_T and (m̄, d̄, x̄, ȳ)_C, θ fixed. Its gradient is
@@ -296,7 +299,9 @@ def compare_cuped(
     or ΣD = 0 give ``not_compared`` and null estimates. Raises only for invalid ``alpha``
     or ``test``.
     """
-    unadjusted = compare(treatment.ratio_stats, control.ratio_stats, alpha=alpha, test=test)
+    unadjusted = compare(
+        treatment.ratio_stats, control.ratio_stats, alpha=alpha, test=test, alternative=alternative
+    )
     if unadjusted.status in (Status.TOO_FEW_UNITS, Status.ZERO_DENOMINATOR):
         return _from_unadjusted(unadjusted, CupedStatus.NOT_COMPARED)
     t, c = _group_terms(treatment), _group_terms(control)
@@ -316,10 +321,10 @@ def compare_cuped(
             unadjusted, CupedStatus.NO_GAIN, theta=theta, variance_reduction=reduction
         )
 
-    df, dist, q = reference_distribution(a, b, t.n, c.n, alpha, test)
+    df, dist, q = reference_distribution(a, b, t.n, c.n, alpha, test, alternative)
     effect_abs = (t.r - theta * t.p) - (c.r - theta * c.p)
     se_abs = math.sqrt(var_adj)
-    out = absolute_columns(effect_abs, se_abs, q, dist.sf, df)
+    out = absolute_columns(effect_abs, se_abs, q, dist.sf, df, alternative)
     zero_se = se_abs == 0
     informative = control_mean_significant(c.r, c.v_r / c.n, q)
     if c.r != 0:
@@ -328,7 +333,7 @@ def compare_cuped(
         b_rel = max(k * k * c.v_r - 2.0 * k * theta * c.c + theta * theta * c.v_p, 0.0) / c.n
         se_rel = math.sqrt(a + b_rel) / abs(c.r)
         if math.isfinite(se_rel):
-            out |= relative_columns(effect_rel, se_rel, informative, q, dist.sf)
+            out |= relative_columns(effect_rel, se_rel, informative, q, dist.sf, alternative)
             zero_se = zero_se or se_rel == 0
     status = comparison_status(out, zero_se, informative)
     return CupedComparison(

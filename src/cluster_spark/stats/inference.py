@@ -21,13 +21,18 @@ from cluster_spark.status import Status
 RAW_SUM_KEYS = ("n", "sum_m", "sum_d", "sum_mm", "sum_dd", "sum_md")
 
 Test = Literal["welch", "z"]
+#: The alternative hypothesis of a test: Δ ≠ 0, Δ > 0 or Δ < 0. One-sided tests give
+#: one-sided p-values and CIs with one infinite end (±inf).
+Alternative = Literal["two-sided", "greater", "less"]
+ALTERNATIVES = ("two-sided", "greater", "less")
 
 
 @dataclass(frozen=True)
 class Comparison:
     """Treatment vs control: absolute (R_T − R_C) and relative ((R_T − R_C)/|R_C|) effects.
 
-    p-values are two-sided; ``df`` is the Welch–Satterthwaite ν (None for the z test).
+    p-values and CIs follow the comparison's alternative (two-sided by default; a one-sided
+    CI has one infinite end); ``df`` is the Welch–Satterthwaite ν (None for the z test).
     """
 
     effect_abs: float | None = None
@@ -67,13 +72,34 @@ def control_mean_significant(r_c: float, var_c: float, q: float) -> bool:
     return var_c == 0 or r_c * r_c > q * q * var_c
 
 
+def check_alternative(alternative: str) -> None:
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+
+
+def quantile(dist: Any, alpha: float, alternative: Alternative = "two-sided") -> float:
+    """The CI's quantile: 1 − alpha/2 for a two-sided interval, 1 − alpha for a one-sided."""
+    return float(dist.ppf(1 - alpha / 2 if alternative == "two-sided" else 1 - alpha))
+
+
 def interval(
-    est: float, se: float, q: float, sf: Callable[[float], float]
+    est: float,
+    se: float,
+    q: float,
+    sf: Callable[[float], float],
+    alternative: Alternative = "two-sided",
 ) -> tuple[float | None, float | None, float | None]:
-    """(CI low, CI high, two-sided p) of est ± q·SE, sf the survival function; None if SE = 0."""
+    """(CI low, CI high, p) of est with standard error SE, sf the survival function and q
+    from `quantile`: est ± q·SE and p = 2·sf(|est|/SE) two-sided; [est − q·SE, +inf) and
+    sf(est/SE) for `greater`; (−inf, est + q·SE] and sf(−est/SE) for `less`. None if SE = 0."""
     if se == 0:
         return None, None, None
-    return est - q * se, est + q * se, float(2.0 * sf(abs(est) / se))
+    z = est / se
+    if alternative == "greater":
+        return est - q * se, math.inf, float(sf(z))
+    if alternative == "less":
+        return -math.inf, est + q * se, float(sf(-z))
+    return est - q * se, est + q * se, float(2.0 * sf(abs(z)))
 
 
 def compare(
@@ -81,18 +107,21 @@ def compare(
     control: RatioStats,
     alpha: float = 0.05,
     test: Test = "welch",
+    alternative: Alternative = "two-sided",
 ) -> Comparison:
     """Delta-method comparison of a treatment group with the control group.
 
     Absolute: Δ = R_T − R_C, Var = a + b with a = V_T/n_T, b = V_C/n_C.
     Relative: Δ% = Δ/|R_C|, Var ≈ a/R_C² + R_T² b/R_C⁴ (Deng, Knoblich & Lu 2018, §3).
     Welch: t with ν = (a+b)² / (a²/(n_T−1) + b²/(n_C−1)) for both effects; z: normal.
-    CI = est ± q·SE with q the 1 − alpha/2 quantile. When R_C is not significantly
+    CI = est ± q·SE with q the 1 − alpha/2 quantile (one-sided `alternative`: the 1 − alpha
+    quantile, one end infinite, p one-sided; see `interval`). When R_C is not significantly
     different from 0 (`control_mean_significant`) the relative CI, stderr and p-value are
     null and the status is `relative_ci_unbounded`. Raises only for invalid ``alpha`` or
     ``test``; data problems give a status code (`status.Status`).
     """
     check_alpha(alpha)
+    check_alternative(alternative)
     if test not in ("welch", "z"):
         raise ValueError(f"test must be 'welch' or 'z', got {test!r}")
     if treatment.n < 2 or control.n < 2:
@@ -103,36 +132,47 @@ def compare(
         return Comparison(status=Status.ZERO_DENOMINATOR)
 
     a, b = v_t / treatment.n, v_c / control.n
-    df, dist, q = reference_distribution(a, b, treatment.n, control.n, alpha, test)
+    df, dist, q = reference_distribution(a, b, treatment.n, control.n, alpha, test, alternative)
     effect_abs = r_t - r_c
     se_abs = math.sqrt(a + b)
-    out = absolute_columns(effect_abs, se_abs, q, dist.sf, df)
+    out = absolute_columns(effect_abs, se_abs, q, dist.sf, df, alternative)
     zero_se = se_abs == 0
     informative = control_mean_significant(r_c, b, q)
     if r_c != 0:
         k = r_t / r_c
         se_rel = math.sqrt(a + k * k * b) / abs(r_c)
-        out |= relative_columns(effect_abs / abs(r_c), se_rel, informative, q, dist.sf)
+        out |= relative_columns(effect_abs / abs(r_c), se_rel, informative, q, dist.sf, alternative)
         zero_se = zero_se or se_rel == 0
     return Comparison(**out, status=comparison_status(out, zero_se, informative))
 
 
 def reference_distribution(
-    a: float, b: float, n_t: int, n_c: int, alpha: float, test: Test
+    a: float,
+    b: float,
+    n_t: int,
+    n_c: int,
+    alpha: float,
+    test: Test,
+    alternative: Alternative = "two-sided",
 ) -> tuple[float | None, Any, float]:
     """(ν, distribution, q): Welch's t with ν from the groups' variance terms a and b, or the
-    normal for ``test="z"`` (ν None); q its 1 − alpha/2 quantile. With a = b = 0 no interval
-    is computed, so the normal then stands in."""
+    normal for ``test="z"`` (ν None); q its `quantile` for the alternative. With a = b = 0
+    no interval is computed, so the normal then stands in."""
     df = welch_df(a, b, n_t, n_c) if test == "welch" else None
     dist = sps.norm() if df is None else sps.t(df)
-    return df, dist, float(dist.ppf(1 - alpha / 2))
+    return df, dist, quantile(dist, alpha, alternative)
 
 
 def absolute_columns(
-    effect_abs: float, se_abs: float, q: float, sf: Callable[[float], float], df: float | None
+    effect_abs: float,
+    se_abs: float,
+    q: float,
+    sf: Callable[[float], float],
+    df: float | None,
+    alternative: Alternative = "two-sided",
 ) -> dict[str, float | None]:
     """The absolute-effect columns of a comparison: estimate, CI, stderr, p-value and ν."""
-    low, high, p = interval(effect_abs, se_abs, q, sf)
+    low, high, p = interval(effect_abs, se_abs, q, sf, alternative)
     return {
         "effect_abs": effect_abs,
         "effect_abs_ci_low": low,
@@ -144,13 +184,18 @@ def absolute_columns(
 
 
 def relative_columns(
-    effect_rel: float, se_rel: float, informative: bool, q: float, sf: Callable[[float], float]
+    effect_rel: float,
+    se_rel: float,
+    informative: bool,
+    q: float,
+    sf: Callable[[float], float],
+    alternative: Alternative = "two-sided",
 ) -> dict[str, float | None]:
     """The relative-effect columns of a comparison: the estimate, and its CI, stderr and
     p-value when the interval is informative (`control_mean_significant`)."""
     out: dict[str, float | None] = {"effect_rel": effect_rel}
     if informative:
-        low, high, p = interval(effect_rel, se_rel, q, sf)
+        low, high, p = interval(effect_rel, se_rel, q, sf, alternative)
         out |= {
             "effect_rel_ci_low": low,
             "effect_rel_ci_high": high,

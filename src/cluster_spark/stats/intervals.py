@@ -7,7 +7,7 @@ import math
 
 from scipy import stats as sps
 
-from cluster_spark.stats.inference import Test, compare
+from cluster_spark.stats.inference import Alternative, Test, check_alternative, compare
 from cluster_spark.stats.ratio import RatioStats
 from cluster_spark.status import Status
 
@@ -17,6 +17,7 @@ def fieller_interval(
     control: RatioStats,
     alpha: float = 0.05,
     test: Test = "welch",
+    alternative: Alternative = "two-sided",
 ) -> tuple[float, float] | None:
     """Fieller's (1954) 1 − alpha interval for the relative lift (R_T − R_C)/|R_C|.
 
@@ -32,9 +33,16 @@ def fieller_interval(
     Returns None when the interval is not a bounded interval — b² ≤ q²v_C, i.e. R_C is not
     significantly different from 0 at level alpha (including R_C = 0): the set is then the
     whole line or the complement of an interval — and when it is undefined: too few units,
-    ΣD = 0 or both variances 0 (as `compare` gives no CI for a zero SE). Raises only for
-    invalid ``alpha`` or ``test``.
+    ΣD = 0 or both variances 0 (as `compare` gives no CI for a zero SE). A one-sided
+    `alternative` gives the matching end of the two-sided 1 − 2·alpha interval and ±inf at
+    the other. Raises only for invalid ``alpha``, ``test`` or ``alternative``.
     """
+    check_alternative(alternative)
+    if alternative != "two-sided":
+        both = fieller_interval(treatment, control, 2 * alpha, test)
+        if both is None:
+            return None
+        return (both[0], math.inf) if alternative == "greater" else (-math.inf, both[1])
     comparison = compare(treatment, control, alpha=alpha, test=test)
     if comparison.status in (Status.TOO_FEW_UNITS, Status.ZERO_DENOMINATOR):
         return None

@@ -52,8 +52,9 @@ def mde(
     power: float = 0.8,
     baseline: float | None = None,
     n_control: float | None = None,
+    one_sided: bool = False,
 ) -> MinimumDetectableEffect:
-    """Minimum detectable effect of a two-sided two-group z test.
+    """Minimum detectable effect of a two-sided (or `one_sided`: z_{1−α}) two-group z test.
 
     ``MDE = (z_{1−α/2} + z_{power}) · sqrt(V (1/n_T + 1/n_C))``, the normal-approximation
     power formula (as in Kohavi, Tang & Xu, "Trustworthy Online Controlled Experiments",
@@ -72,7 +73,7 @@ def mde(
         return MinimumDetectableEffect()
     if not (n_treatment > 0 and n_control > 0):
         return MinimumDetectableEffect()
-    z = float(sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power))
+    z = float(sps.norm.ppf(1 - alpha if one_sided else 1 - alpha / 2) + sps.norm.ppf(power))
     absolute = z * math.sqrt(unit_variance * (1.0 / n_treatment + 1.0 / n_control))
     if not math.isfinite(absolute):
         return MinimumDetectableEffect()
