@@ -200,8 +200,7 @@ def _result(metric="m1", variant="treatment", **kw):
         "cuped_status": None,
         "decision": "inconclusive",
         "role": "goal",
-        "effect_rel_ci_low": -0.01,
-        "effect_rel_ci_high": 0.01,
+        "mde_rel": 0.04,
     }
     return row | kw
 
@@ -225,11 +224,10 @@ UNITS = [_diag("assignment_units", 500, "control"), _diag("assignment_units", 50
          "duplicate_exposures"),
         ([_result()], [*UNITS, _diag("analysis_units", 990), _diag(
             "analysis_units_in_several_units", 11)], [], None, "analysis_units_in_several_units"),
-        ([_result()], UNITS, [{"metric": "m1", "n_units": 10, "n_zero_denominator": 6}], None,
+        ([_result()], UNITS, [{"metric": "m1", "n_units": 10, "n_zero_denominator": 10}], None,
          "zero_denominator:m1"),
         ([_result(cuped_status="fallback_no_pre_data")], UNITS, [], None, "cuped_no_pre_data:m1"),
-        ([_result(effect_rel_ci_low=-0.06, effect_rel_ci_high=0.06)], UNITS, [], 0.05,
-         "underpowered:m1"),
+        ([_result(mde_rel=0.051)], UNITS, [], 0.05, "underpowered:m1"),
     ],
 )  # fmt: skip
 def test_each_health_reason_from_a_hand_made_input(results, diagnostics, staged, planned_mde, code):
@@ -240,7 +238,7 @@ def test_each_health_reason_from_a_hand_made_input(results, diagnostics, staged,
 
 
 def test_just_below_every_threshold_is_healthy():
-    results = [_result(effect_rel_ci_low=-0.049, effect_rel_ci_high=0.049)]
+    results = [_result(mde_rel=0.05)]
     diagnostics = [
         *UNITS,
         _diag("units_in_several_variants", 10),  # 10 / 1010 < 1 %
@@ -248,7 +246,7 @@ def test_just_below_every_threshold_is_healthy():
         _diag("analysis_units", 990),
         _diag("analysis_units_in_several_units", 10),
     ]
-    staged = [{"metric": "m1", "n_units": 10, "n_zero_denominator": 5}]
+    staged = [{"metric": "m1", "n_units": 10, "n_zero_denominator": 9}]
     exp = experiment(planned_mde=0.05)
     assert health.reasons(results, diagnostics, staged, exp) == []
     assert health.verdict([]) == "healthy"

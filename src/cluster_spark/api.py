@@ -188,7 +188,6 @@ HISTORY_COLUMNS = (
     "effect_abs_cs_low",
     "effect_abs_cs_high",
     "alpha",
-    "dimension",
 )
 
 

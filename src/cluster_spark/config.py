@@ -465,7 +465,7 @@ class Experiment(_Model):
     #: Pre-exposure bias check (needs `cuped_lookback_days`): flagged below this p-value.
     bias_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.001
     #: Health: the relative MDE the experiment was planned for; a goal metric whose
-    #: achieved `mde_rel` is larger is reported as underpowered.
+    #: achieved `mde_rel` is larger (its CI wider than planned) is `underpowered`.
     planned_mde: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("id", mode="after")

@@ -11,10 +11,12 @@ Reasons (`REASONS`; `:<metric>` is appended where one metric is concerned):
   `duplicate_exposures` (duplicate exposure rows exceed 50 % of the units),
   `analysis_units_in_several_units` (> 1 % of analysis units seen under several
   assignment units: the multi-unit policy excluded or reassigned them),
-  `zero_denominator:<metric>` (> 50 % of a metric's units have a zero denominator),
+  `zero_denominator:<metric>` (> 90 % of a metric's units have a zero denominator: it
+  is measured on few units),
   `cuped_no_pre_data:<metric>` (CUPED is on, but a treatment fell back for lack of
-  pre-period data), `underpowered:<metric>` (a goal metric's relative CI half-width
-  exceeds the experiment's `planned_mde`).
+  pre-period data), `underpowered:<metric>` (a goal metric's achieved relative MDE,
+  `mde_rel`, exceeds the experiment's `planned_mde`: the observed CI is wider than the
+  experiment was planned for).
 
 Thresholds are module constants; the verdict is the worst level among the reasons.
 """
@@ -49,7 +51,7 @@ REASONS = {
 MAX_MULTI_VARIANT_SHARE = 0.01
 MAX_DUPLICATE_SHARE = 0.5
 MAX_MULTI_UNIT_SHARE = 0.01
-MAX_ZERO_DENOMINATOR_SHARE = 0.5
+MAX_ZERO_DENOMINATOR_SHARE = 0.9
 
 _ORDER = [Health.HEALTHY, Health.WARNING, Health.UNHEALTHY]
 
@@ -97,13 +99,12 @@ def reasons(
             found.append(f"cuped_no_pre_data:{metric}")
         if r["decision"] == "guardrail_violated":
             found.append(f"guardrail_violated:{metric}")
-        low, high = r["effect_rel_ci_low"], r["effect_rel_ci_high"]
+        mde = r["mde_rel"]
         if (
             experiment.planned_mde is not None
             and r["role"] == "goal"
-            and low is not None
-            and high is not None
-            and (high - low) / 2 > experiment.planned_mde
+            and mde is not None
+            and mde > experiment.planned_mde
         ):
             found.append(f"underpowered:{metric}")
     unique = list(dict.fromkeys(found))

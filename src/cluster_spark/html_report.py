@@ -55,7 +55,8 @@ GLOSSARY = (
     "<dt>mean</dt><dd>ΣM/ΣD over the group's assignment units (e.g. revenue per user)</dd>"
     "<dt>Δ abs</dt><dd>treatment mean − control mean, in the metric's units</dd>"
     "<dt>Δ rel</dt><dd>Δ abs ÷ |control mean|: the lift</dd>"
-    "<dt>p-value</dt><dd>of Δ abs (two-sided; the delta method over assignment units)</dd>"
+    "<dt>p-value</dt><dd>of Δ abs (the delta method over assignment units; two-sided unless "
+    "the experiment's alternative is one-sided)</dd>"
     "<dt>p (BH)</dt><dd>adjusted for testing several goal metrics × treatments "
     "(Benjamini–Hochberg); decisions of goal metrics use it</dd>"
     "<dt>CUPED var. red.</dt><dd>how much of Δ's variance the pre-period adjustment "
@@ -359,7 +360,8 @@ def forest_plot(
     by the two `keys` (the background alternates with the first).
 
     Rows with a null CI are labelled 'n/a' and drawn as a hollow point (no interval); rows
-    with a null effect have no point. Points are colored by whether the CI excludes 0.
+    with a null effect have no point. Points are coloured by decision (`_significance`); a
+    one-sided interval's open end runs to the edge of the axis.
     """
     label_w, text_w, row_h, top, bottom = 300, 230, 24, 10, 40
     x0, x1 = label_w, width - text_w
@@ -463,9 +465,9 @@ HEALTH_TEXT = {
     "analysis_units_in_several_units": (
         "more than 1 % of analysis units appear under several assignment units"
     ),
-    "zero_denominator": "more than half of the units have a zero denominator",
+    "zero_denominator": "more than 90 % of the units have a zero denominator",
     "cuped_no_pre_data": "CUPED is on but there is no usable pre-period data",
-    "underpowered": "the CI is wider than the planned minimum detectable effect",
+    "underpowered": "the achieved minimum detectable effect is larger than planned",
 }
 
 
@@ -747,9 +749,9 @@ def render_report(
     history: Sequence[Row] = (),
     descriptions: Mapping[str, str] | None = None,
 ) -> str:
-    """One self-contained HTML page for an experiment: header, SRM box, a results table per
-    metric, a forest plot of relative lifts and the diagnostics table. Rows of other
-    experiments (by `experiment_id`, when present) are ignored."""
+    """One self-contained HTML page for an experiment (see the module docstring for its
+    sections); `history`: results rows of earlier dates for the timeline; `descriptions`:
+    metric → description. Rows of other experiments (by `experiment_id`) are ignored."""
     return _page(
         f"Experiment {experiment_id} — {analysis_date}",
         _sections(experiment_id, analysis_date, results, diagnostics, history, descriptions),

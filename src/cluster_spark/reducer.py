@@ -112,6 +112,9 @@ _SLICE_KEPT = frozenset(
         "status",
         "winsorized",
         "relative_ci_method",
+        "role",
+        "direction",
+        "alternative",
         "srm_chi2",
         "srm_p_value",
         "srm_flag",
@@ -220,6 +223,7 @@ def _segment(
             relative_ci_method=experiment.relative_ci,
             role=experiment.role(metric).role,
             direction=experiment.role(metric).direction,
+            alternative=experiment.alternative_for(metric),
             srm_chi2=srm_chi2,
             srm_p_value=srm_p,
             srm_flag=srm_flag,
@@ -280,13 +284,13 @@ def _heterogeneity(rows: list[dict[str, Any]], control: str) -> None:
 
 
 def compare_groups(
-    t: CupedStats, c: CupedStats, experiment: Experiment, variant: str, metric: str = ""
+    t: CupedStats, c: CupedStats, experiment: Experiment, variant: str, metric: str
 ) -> dict[str, Any]:
     """Every comparison column of treatment `variant` vs the control, per the experiment's
     settings and the metric's alternative (`Experiment.alternative_for`): CUPED (Deng et
     al. 2013), Fieller or delta-method relative CIs, always-valid confidence sequences
     (Waudby-Smith et al. 2024, two-sided), the pre-exposure bias check (two-sided), the
-    non-inferiority test of guardrails, and the MDE of this comparison,
+    non-inferiority test and decision of guardrails, and the MDE of this comparison,
     `(z₁₋α/₂ + z_power)·sqrt(V_C (1/n_T + 1/n_C))` with the control's CUPED-adjusted
     per-unit variance when the adjustment is applied."""
     alpha, test = experiment.alpha, experiment.test
@@ -339,6 +343,13 @@ def compare_groups(
             )
         )
         cols["noninferiority_bound"], cols["p_value_noninferiority"] = ni.bound, ni.p_value
+        low, high = (
+            _harm_interval(cols)
+            if side == "two-sided"
+            else _harm_interval(compare_groups_two_sided(t, c, experiment, fieller))
+        )
+        decision = decisions.guardrail_decision(ni, low, high, role.direction, alpha)
+        cols["decision"] = str(decision)
     if experiment.sequential:
         n = t.n + c.n  # the comparison's units, against its share of the planned total
         n_star = experiment.comparison_n_star(variant)
@@ -347,6 +358,88 @@ def compare_groups(
             cs = sequential.confidence_sequence(est, se, n, alpha, n_star)
             cols["effect_abs_cs_low"], cols["effect_abs_cs_high"] = cs or (None, None)
             cols["p_value_sequential"] = sequential.sequential_p_value(est, se, n, alpha, n_star)
+    return cols
+
+
+def _harm_interval(cols: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The two-sided CI a guardrail's harm is judged by: relative, else absolute."""
+    low, high = cols["effect_rel_ci_low"], cols["effect_rel_ci_high"]
+    if low is None or high is None:
+        low, high = cols["effect_abs_ci_low"], cols["effect_abs_ci_high"]
+    return low, high
+
+
+def compare_groups_two_sided(
+    t: CupedStats, c: CupedStats, experiment: Experiment, fieller: bool
+) -> dict[str, Any]:
+    """The CI columns of the two-sided comparison (for guardrails under one-sided tests:
+    harm is always judged two-sided)."""
+    alpha, test = experiment.alpha, experiment.test
+    if experiment.cuped_lookback_days:
+        cols = _comparison_columns(compare_cuped(t, c, alpha=alpha, test=test))
+    else:
+        cols = _comparison_columns(compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test))
+    if fieller:
+        interval = intervals.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test)
+        cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
+    return cols
+
+
+def _adjusted_means(t: CupedStats, c: CupedStats, theta: float) -> dict[str, float | None]:
+    """CUPED-adjusted means R − θ(P − P̄), P̄ = ΣX/ΣY over both groups: their difference
+    is the adjusted effect, so they can be shown beside it."""
+    pooled_y = t.sum_y + c.sum_y
+    if pooled_y == 0 or t.pre_ratio is None or c.pre_ratio is None:
+        return {}
+    pooled = (t.sum_x + c.sum_x) / pooled_y
+    return {
+        "mean_adjusted": t.ratio - theta * (t.pre_ratio - pooled),
+        "control_mean_adjusted": c.ratio - theta * (c.pre_ratio - pooled),
+    }
+
+
+def _decide(rows: list[dict[str, Any]], experiment: Experiment) -> None:
+    """`decision` of each treatment row, by its metric's role (`stats.decisions`): goals
+    from the BH-adjusted p-value, secondary metrics from the unadjusted one; with
+    `sequential`, the always-valid (two-sided) p-value must be below alpha too. Guardrails
+    are decided with their comparison (`compare_groups`); one without a comparison is
+    `guardrail_inconclusive`."""
+    alpha = experiment.alpha
+    for row in rows:
+        if row["variant"] == experiment.control or row["status"] == Status.TOO_FEW_SLICE_UNITS:
+            continue
+        role = experiment.role(row["metric"])
+        if role.role == "guardrail":
+            row["decision"] = row["decision"] or str(decisions.Decision.GUARDRAIL_INCONCLUSIVE)
+            continue
+        p = row["p_value_bh"] if role.role == "goal" else row["p_value"]
+        if experiment.sequential and p is not None:
+            seq = row["p_value_sequential"]
+            p = None if seq is None else max(p, seq)
+        row["decision"] = str(decisions.effect_decision(p, row["effect_abs"], role.direction, alpha))
+
+
+def _harm_interval(cols: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The two-sided CI a guardrail's harm is judged by: relative, else absolute."""
+    low, high = cols["effect_rel_ci_low"], cols["effect_rel_ci_high"]
+    if low is None or high is None:
+        low, high = cols["effect_abs_ci_low"], cols["effect_abs_ci_high"]
+    return low, high
+
+
+def compare_groups_two_sided(
+    t: CupedStats, c: CupedStats, experiment: Experiment, fieller: bool
+) -> dict[str, Any]:
+    """The CI columns of the two-sided comparison (for guardrails under one-sided tests:
+    harm is always judged two-sided)."""
+    alpha, test = experiment.alpha, experiment.test
+    if experiment.cuped_lookback_days:
+        cols = _comparison_columns(compare_cuped(t, c, alpha=alpha, test=test))
+    else:
+        cols = _comparison_columns(compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test))
+    if fieller:
+        interval = intervals.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test)
+        cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
     return cols
 
 

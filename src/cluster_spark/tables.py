@@ -162,6 +162,7 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("df", "double"),
     ("alpha", "double"),
     ("test", "string"),
+    ("alternative", "string"),
     ("status", "string"),
     ("winsorized", "boolean"),
     ("num_lower_cap", "double"),

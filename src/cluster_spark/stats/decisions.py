@@ -117,7 +117,7 @@ def noninferiority_fieller(
     z = (r_t - c0 * r_c) / spread * (1.0 if direction == "increase" else -1.0)
     p = float(_dist(df).sf(z))
     test = "z" if df is None else "welch"
-    interval = fieller_interval(treatment, control, 2 * alpha, test)
+    interval = fieller_interval(treatment, control, 2 * alpha, test) if alpha < 0.5 else None
     bound = None if interval is None else interval[0] if direction == "increase" else interval[1]
     return NonInferiority(bound, p)
 

@@ -39,6 +39,8 @@ def fieller_interval(
     """
     check_alternative(alternative)
     if alternative != "two-sided":
+        if not alpha < 0.5:  # no two-sided interval at level 1 − 2·alpha ≤ 0
+            return None
         both = fieller_interval(treatment, control, 2 * alpha, test)
         if both is None:
             return None
