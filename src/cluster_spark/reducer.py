@@ -18,7 +18,7 @@ from cluster_spark.stats import heterogeneity, intervals, multiplicity, power, s
 from cluster_spark.stats.cuped import CupedStats, compare_cuped
 from cluster_spark.stats.inference import Comparison, compare, srm_test
 from cluster_spark.stats.ratio import RatioStats
-from cluster_spark.status import Status
+from cluster_spark.status import POOLED_SLICES, Status
 from cluster_spark.tables import CAP_COLUMNS, MOMENT_COLUMNS, RESULT_COLUMNS
 
 
@@ -84,9 +84,6 @@ def srm(
     return chi2, p, p < experiment.srm_threshold
 
 
-#: Slice names that are not attribute values (`staging.slices`), shown last.
-_POOLED = ("(null)", "(other)")
-
 #: The columns a slice below `min_slice_units` keeps; every other one is null.
 _SLICE_KEPT = frozenset(
     {
@@ -149,7 +146,9 @@ def reduce_experiment(
         {d for d, _ in found} - set(experiment.dimensions)
     )
     for dimension in dimensions:
-        names = sorted((s for d, s in found if d == dimension), key=lambda s: (s in _POOLED, s))
+        names = sorted(
+            (s for d, s in found if d == dimension), key=lambda s: (s in POOLED_SLICES, s)
+        )
         per_dimension = []
         for name in names:
             key = (dimension, name)
