@@ -95,3 +95,22 @@ one pass over the events either way; the per-unit values are grouped by slice to
 
 {result.slice_rows:,} staged slice rows.
 """
+
+
+def main() -> int:
+    """`bench/slices.py [run.py's arguments]`: the cost of slices alone, at the smallest
+    size (default 4M events), appended to nothing: prints the section."""
+    from run import parse_args, spark_session
+
+    args = parse_args()
+    spark = spark_session(args)
+    try:
+        p = DataParams(args.sizes[0], args.users, args.orgs, args.seed)
+        print(slices_markdown(measure_slices(spark, args, p, print)))
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

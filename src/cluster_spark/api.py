@@ -224,6 +224,7 @@ def read_reported(
     experiments has results on that date, or when an experiment asked for by id has none.
     """
     from cluster_spark import io
+    from cluster_spark.html_report import result_order
 
     chosen = experiment_ids or [e.id for e in config.experiments]
     out = config.output
@@ -234,6 +235,7 @@ def read_reported(
             if diagnostics
             else []
         )
+    results.sort(key=result_order)
     found = {r["experiment_id"] for r in results}
     missing = [e for e in chosen if e not in found]
     if missing and (experiment_ids or len(missing) == len(chosen)):

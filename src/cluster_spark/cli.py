@@ -434,7 +434,7 @@ def _write_reports(spark, outcome, config, args: argparse.Namespace) -> None:
 
 def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> int:
     from cluster_spark import api, pipeline
-    from cluster_spark.html_report import write_report
+    from cluster_spark.html_report import result_order, write_report
 
     ids = args.experiment
     if args.command == "stage":
@@ -479,16 +479,7 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
                 f"--dimension {args.dimension!r}: the results of {args.date} have "
                 + (f"the dimensions {dims}" if dims else "no dimensions (no experiment lists any)")
             )
-        if args.dimension is None:
-            rows.sort(
-                key=lambda r: (
-                    r["experiment_id"],
-                    r["metric"],
-                    r["variant"] != r["control_variant"],
-                    r["variant"],
-                )
-            )
-        print_results(rows, dimension=args.dimension)
+        print_results(sorted(rows, key=result_order), dimension=args.dimension)
         _print_health(rows)
         _Progress.warn(f"no results for experiment '{e}' on {args.date}" for e in missing)
     return 0

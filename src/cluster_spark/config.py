@@ -355,8 +355,9 @@ class UnitAttributes(Table):
     """Attributes of assignment units over time (e.g. an org table with `plan`, `country`
     and `updated_at`), for slices: `ids` names the one assignment-unit id column, and each
     of `dimensions` is a column. A unit's value in an experiment is the one on its latest
-    row at or before its exposure (never a later one: the treatment may have changed it);
-    a unit with no such row, or a NULL value there, is in the slice `(null)`. Rows with a
+    row at or before its exposure (never a later one: the treatment may have changed it;
+    of several rows at that instant, the largest value); a unit with no such row, or a NULL
+    value there, is in the slice `(null)`. Rows with a
     NULL id or timestamp are dropped and counted (`unit_attribute_rows_dropped:<name>`)."""
 
     timestamp: TimeSpec

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster_spark.checks import is_warning, note
+from cluster_spark.status import POOLED_SLICES
 
 Row = Mapping[str, Any]
 
@@ -163,6 +164,22 @@ def _significance(row: Row) -> str:
     if row.get("decision") in TONES:
         return TONES[row["decision"]]
     return "pos" if low > 0 else "neg" if high < 0 else "ns"
+
+
+def result_order(row: Row) -> tuple:
+    """Sort key of results rows: by experiment, the overall rows first, then each dimension's
+    slices (`(null)` and `(other)` last), by metric, the control first."""
+    dimension, name = row.get("dimension"), row.get("slice")
+    return (
+        str(row.get("experiment_id")),
+        dimension is not None,
+        str(dimension or ""),
+        name in POOLED_SLICES,
+        str(name or ""),
+        str(row.get("metric")),
+        row.get("variant") != row.get("control_variant"),
+        str(row.get("variant")),
+    )
 
 
 def _first(rows: Sequence[Row], key: str) -> Any:
@@ -688,6 +705,7 @@ def _slice_sections(results: Sequence[Row], diagnostics: Sequence[Row], control:
     """Per dimension: the slices' assignment units and SRM, and per metric a forest plot of
     each slice's relative lift with Cochran's Q heterogeneity p-value."""
     out = []
+    results = sorted(results, key=result_order)
     for dimension in dict.fromkeys(str(r["dimension"]) for r in results):
         rows = [r for r in results if r["dimension"] == dimension]
         slices = list(dict.fromkeys(str(r["slice"]) for r in rows))

@@ -26,7 +26,7 @@ from cluster_spark.stats import (
 from cluster_spark.stats.cuped import CupedStats, compare_cuped
 from cluster_spark.stats.inference import Comparison, compare, srm_test
 from cluster_spark.stats.ratio import RatioStats
-from cluster_spark.status import Status
+from cluster_spark.status import POOLED_SLICES, Status
 from cluster_spark.tables import CAP_COLUMNS, MOMENT_COLUMNS, RESULT_COLUMNS
 
 
@@ -91,9 +91,6 @@ def srm(
     chi2, p = srm_test(observed, weights)
     return chi2, p, p < experiment.srm_threshold
 
-
-#: Slice names that are not attribute values (`staging.slices`), shown last.
-_POOLED = ("(null)", "(other)")
 
 #: The columns a slice below `min_slice_units` keeps; every other one is null.
 _SLICE_KEPT = frozenset(
@@ -162,7 +159,9 @@ def reduce_experiment(
         {d for d, _ in found} - set(experiment.dimensions)
     )
     for dimension in dimensions:
-        names = sorted((s for d, s in found if d == dimension), key=lambda s: (s in _POOLED, s))
+        names = sorted(
+            (s for d, s in found if d == dimension), key=lambda s: (s in POOLED_SLICES, s)
+        )
         per_dimension = []
         for name in names:
             key = (dimension, name)
@@ -416,72 +415,9 @@ def _decide(rows: list[dict[str, Any]], experiment: Experiment) -> None:
         if experiment.sequential and p is not None:
             seq = row["p_value_sequential"]
             p = None if seq is None else max(p, seq)
-        row["decision"] = str(decisions.effect_decision(p, row["effect_abs"], role.direction, alpha))
-
-
-def _harm_interval(cols: dict[str, Any]) -> tuple[float | None, float | None]:
-    """The two-sided CI a guardrail's harm is judged by: relative, else absolute."""
-    low, high = cols["effect_rel_ci_low"], cols["effect_rel_ci_high"]
-    if low is None or high is None:
-        low, high = cols["effect_abs_ci_low"], cols["effect_abs_ci_high"]
-    return low, high
-
-
-def compare_groups_two_sided(
-    t: CupedStats, c: CupedStats, experiment: Experiment, fieller: bool
-) -> dict[str, Any]:
-    """The CI columns of the two-sided comparison (for guardrails under one-sided tests:
-    harm is always judged two-sided)."""
-    alpha, test = experiment.alpha, experiment.test
-    if experiment.cuped_lookback_days:
-        cols = _comparison_columns(compare_cuped(t, c, alpha=alpha, test=test))
-    else:
-        cols = _comparison_columns(compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test))
-    if fieller:
-        interval = intervals.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test)
-        cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
-    return cols
-
-
-def _adjusted_means(t: CupedStats, c: CupedStats, theta: float) -> dict[str, float | None]:
-    """CUPED-adjusted means R − θ(P − P̄), P̄ = ΣX/ΣY over both groups: their difference
-    is the adjusted effect, so they can be shown beside it."""
-    pooled_y = t.sum_y + c.sum_y
-    if pooled_y == 0 or t.pre_ratio is None or c.pre_ratio is None:
-        return {}
-    pooled = (t.sum_x + c.sum_x) / pooled_y
-    return {
-        "mean_adjusted": t.ratio - theta * (t.pre_ratio - pooled),
-        "control_mean_adjusted": c.ratio - theta * (c.pre_ratio - pooled),
-    }
-
-
-def _decide(rows: list[dict[str, Any]], experiment: Experiment) -> None:
-    """`decision` of each treatment row with a comparison, by its metric's role
-    (`stats.decisions`): goals from the BH-adjusted p-value, secondary metrics from the
-    unadjusted one (with `sequential`, the always-valid p-value must agree), guardrails
-    from the non-inferiority test and the two-sided relative CI (absolute CI when the
-    relative one is null)."""
-    alpha = experiment.alpha
-    for row in rows:
-        if row["variant"] == experiment.control or row["status"] == Status.TOO_FEW_SLICE_UNITS:
-            continue
-        role = experiment.role(row["metric"])
-        if role.role == "guardrail":
-            ni = decisions.NonInferiority(
-                row["noninferiority_bound"], row["p_value_noninferiority"]
-            )
-            low, high = row["effect_rel_ci_low"], row["effect_rel_ci_high"]
-            if low is None or high is None:
-                low, high = row["effect_abs_ci_low"], row["effect_abs_ci_high"]
-            decision = decisions.guardrail_decision(ni, low, high, role.direction, alpha)
-        else:
-            p = row["p_value_bh"] if role.role == "goal" else row["p_value"]
-            if experiment.sequential and p is not None:
-                seq = row["p_value_sequential"]
-                p = None if seq is None else max(p, seq)
-            decision = decisions.effect_decision(p, row["effect_abs"], role.direction, alpha)
-        row["decision"] = str(decision)
+        row["decision"] = str(
+            decisions.effect_decision(p, row["effect_abs"], role.direction, alpha)
+        )
 
 
 def _uncapped(groups, metric: str, variant: str, experiment: Experiment) -> dict[str, Any]:

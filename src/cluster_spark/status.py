@@ -1,4 +1,4 @@
-"""Status codes of the results table, declared once.
+"""Status codes and made-up slice names of the results table, declared once.
 
 `Status` says whether the reported effect columns of a row are defined and trustworthy;
 `CupedStatus` says what CUPED did for the row (README, "Output tables"). Data problems never
@@ -47,3 +47,11 @@ class CupedStatus(StrEnum):
     NO_GAIN = "fallback_no_gain"
     #: No comparison could be made (too few units, ΣD = 0): see `status`.
     NOT_COMPARED = "not_compared"
+
+
+#: The slice of units whose dimension value is NULL (or missing at exposure).
+NULL_SLICE = "(null)"
+#: The slice pooling the smaller slices beyond an experiment's `max_slices`.
+OTHER_SLICE = "(other)"
+#: Slice names that are not attribute values: listed after the others.
+POOLED_SLICES = (NULL_SLICE, OTHER_SLICE)

@@ -19,11 +19,7 @@ from pyspark.sql.window import Window
 from cluster_spark.inputs import attributes_label, plan_inputs
 from cluster_spark.staging.exposures import dimension_column
 from cluster_spark.staging.plan import UNIT, Cache, Plan, diag, experiment_ids
-
-#: The slice of units whose attribute is NULL (or who have no attribute row in time).
-NULL_SLICE = "(null)"
-#: The slice pooling the smaller slices beyond an experiment's `max_slices`.
-OTHER_SLICE = "(other)"
+from cluster_spark.status import NULL_SLICE, OTHER_SLICE
 
 SEGMENT = T.StructType(
     [T.StructField("dimension", T.StringType()), T.StructField("slice", T.StringType())]
@@ -64,6 +60,8 @@ def _attribute_values(
     """(Per-unit values of the table's dimensions at exposure, dropped-rows diagnostics)."""
     table = plan.config.unit_attributes[name]
     dims = sorted(d for d, where in plan.dimensions.items() if where == name)
+    users = [e.id for e in plan.experiments if set(e.dimensions) & set(dims)]
+    units = units.where(F.col("experiment_id").isin(users))
     prepared = plan_inputs(spark, plan).table(attributes_label(name))
     rows = prepared.df.select(
         F.col(table.ids[table.unit_type]).cast("string").alias(UNIT),
@@ -71,12 +69,11 @@ def _attribute_values(
         *[F.col(d).cast("string").alias(f"_v{i}") for i, d in enumerate(dims)],
     )
     usable = F.col(UNIT).isNotNull() & F.col("_at").isNotNull()
-    users = [e.id for e in plan.experiments if set(e.dimensions) & set(dims)]
     dropped = rows.agg(F.count(F.when(~usable, 1)).alias("n")).crossJoin(
         experiment_ids(spark, plan).where(F.col("experiment_id").isin(users))
     )
-    # The latest row at or before the exposure: max of (time, values) structs; ties at
-    # one instant take the largest values.
+    # The latest row at or before the exposure: max of (time, values) structs; rows at
+    # one instant: the largest values (UnitAttributes).
     latest = (
         units.select("experiment_id", UNIT, "exposure_ts")
         .join(rows.where(usable), UNIT)
@@ -103,8 +100,8 @@ def unit_slices(
     """(Per-unit slices, diagnostics); (None, None) when no experiment of the plan has
     dimensions. Per-unit slices: experiment_id, _unit, `_slices` (array of (dimension,
     slice), one per dimension the unit's experiment lists). A NULL value is the slice
-    `(null)`; per (experiment, dimension) the `max_slices` slices with the most units
-    (ties: by name) are kept and the rest pooled into `(other)`. Diagnostics:
+    `(null)`, always kept; per (experiment, dimension) the `max_slices` other slices with
+    the most units (ties: by name) are kept and the rest pooled into `(other)`. Diagnostics:
     `assignment_units` per (variant, dimension, slice), and the attribute rows dropped
     for a NULL id or timestamp."""
     if not plan.dimensions:
@@ -120,7 +117,7 @@ def unit_slices(
     wanted = _by_experiment(
         plan, {e.id: F.array(*map(F.lit, e.dimensions or [""])) for e in plan.experiments}
     )
-    raw = (
+    raw = cache.persist(
         reduce(DataFrame.unionByName, parts)
         .where(F.array_contains(wanted, F.col("dimension")))
         .select(
@@ -136,21 +133,22 @@ def unit_slices(
         Window.partitionBy("experiment_id", "dimension").orderBy(F.desc("n"), "slice")
     )
     max_slices = _by_experiment(plan, {e.id: F.lit(e.max_slices) for e in plan.experiments})
+    # (null) is always its own slice; the others compete for the max_slices places.
     kept = (
-        raw.groupBy(*keys)
+        raw.where(F.col("slice") != NULL_SLICE)
+        .groupBy(*keys)
         .agg(F.count(F.lit(1)).alias("n"))
         .withColumn("_rank", rank)
         .where(F.col("_rank") <= max_slices)
         .select(*keys, F.lit(True).alias("_kept"))
     )
-    sliced = cache.persist(
-        raw.join(kept, keys, "left").select(
-            "experiment_id",
-            UNIT,
-            "variant",
-            "dimension",
-            F.when(F.col("_kept"), F.col("slice")).otherwise(F.lit(OTHER_SLICE)).alias("slice"),
-        )
+    own = F.col("_kept") | (F.col("slice") == NULL_SLICE)
+    sliced = raw.join(kept, keys, "left").select(
+        "experiment_id",
+        UNIT,
+        "variant",
+        "dimension",
+        F.when(own, F.col("slice")).otherwise(F.lit(OTHER_SLICE)).alias("slice"),
     )
     counts = sliced.groupBy("experiment_id", "variant", "dimension", "slice").count()
     diags.append(
