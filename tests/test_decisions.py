@@ -322,3 +322,17 @@ def test_one_sided_intervals_in_the_report():
     assert fmt_ci(0.1, math.inf, fmt_pct) == "[+10.00%, +∞]"
     assert fmt_ci(-math.inf, -0.05, fmt_pct) == "[−∞, -5.00%]"
     assert fmt_ci(-math.inf, math.inf) == "n/a" and fmt_ci(None, 1.0) == "n/a"
+
+
+def test_harm_to_a_guardrail_is_judged_two_sided_under_one_sided_tests():
+    """A guardrail that fell by ~25 % against a 2 % margin is violated whatever the
+    alternative: the two-sided relative CI lies below 0 (the one-sided CI is open there)."""
+    rng = np.random.default_rng(29)
+    rows = _groups(rng, n=2000, lift=-0.6, metric="m1")
+    roles = {"m1": MetricRole(role="guardrail", margin=0.02)}
+    for alternative in ("two-sided", "one-sided", "greater"):
+        exp = experiment(metric_roles=roles, alternative=alternative)
+        out = reduce_experiment(rows, exp, DATE, "r")
+        t = next(r for r in out if r["variant"] == "treatment")
+        assert t["effect_rel"] < -0.1 and t["decision"] == "guardrail_violated", alternative
+        assert t["health"] == "unhealthy" and t["health_reasons"] == ["guardrail_violated:m1"]
