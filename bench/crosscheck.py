@@ -84,9 +84,12 @@ def _total(values: Iterable[Any]) -> Any:
 
 
 def staged_groups(rows: Iterable[Mapping[str, Any]]) -> Groups:
-    """cluster_spark's staging rows (one run) per key, merged where there are several."""
+    """cluster_spark's staging rows (one run) per key, merged where there are several;
+    the overall rows only (slice rows have a `dimension`)."""
     parts: dict[Key, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
+        if r.get("dimension") is not None:
+            continue
         parts[(r["experiment_id"], r["metric"], r["variant"], bool(r["winsorized"]))].append(r)
     out: Groups = {}
     for key, rs in parts.items():
