@@ -34,7 +34,7 @@ import paths  # noqa: F401  (src/ on sys.path before cluster_spark)
 
 from cluster_spark.reducer import stats_of
 from cluster_spark.stats.cuped import CupedStats
-from cluster_spark.tables import CAP_COLUMNS
+from cluster_spark.tables import ANALYSIS_UNITS_METRIC, CAP_COLUMNS
 
 RTOL = 1e-9
 ATOL = 1e-12
@@ -85,10 +85,11 @@ def _total(values: Iterable[Any]) -> Any:
 
 def staged_groups(rows: Iterable[Mapping[str, Any]]) -> Groups:
     """cluster_spark's staging rows (one run) per key, merged where there are several;
-    the overall rows only (slice rows have a `dimension`)."""
+    the overall rows of the config's metrics only (slice rows have a `dimension`; the
+    analysis-unit balance rows are no metric the other engines compute)."""
     parts: dict[Key, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
-        if r.get("dimension") is not None:
+        if r.get("dimension") is not None or r["metric"] == ANALYSIS_UNITS_METRIC:
             continue
         parts[(r["experiment_id"], r["metric"], r["variant"], bool(r["winsorized"]))].append(r)
     out: Groups = {}

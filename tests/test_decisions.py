@@ -336,3 +336,25 @@ def test_harm_to_a_guardrail_is_judged_two_sided_under_one_sided_tests():
         t = next(r for r in out if r["variant"] == "treatment")
         assert t["effect_rel"] < -0.1 and t["decision"] == "guardrail_violated", alternative
         assert t["health"] == "unhealthy" and t["health_reasons"] == ["guardrail_violated:m1"]
+
+
+def test_analysis_unit_balance_is_welchs_t_on_analysis_units_per_assignment_unit():
+    """Per-org user counts (pseudo-metric rows, m = users, d = 1) against scipy's Welch
+    test; a 20 % shortfall of users in the treatment's orgs is flagged, balance is not."""
+    from cluster_spark.tables import ANALYSIS_UNITS_METRIC
+
+    rng = np.random.default_rng(31)
+    for shortfall, flagged in ((0.0, False), (0.2, True)):
+        users = {
+            "control": rng.poisson(20, 600).astype(float),
+            "treatment": rng.poisson(20 * (1 - shortfall), 600).astype(float),
+        }
+        rows = [staged_row(ANALYSIS_UNITS_METRIC, v, u, np.ones_like(u)) for v, u in users.items()]
+        rows += _groups(rng, n=50)
+        out = reduce_experiment(rows, experiment(), DATE, "r")
+        assert {r["metric"] for r in out} == {"m1"}  # the pseudo-metric is no results row
+        t = next(r for r in out if r["variant"] == "treatment")
+        welch = sps.ttest_ind(users["treatment"], users["control"], equal_var=False)
+        assert t["srm_analysis_p_value"] == pytest.approx(welch.pvalue, rel=1e-9)
+        assert t["srm_analysis_flag"] is flagged
+        assert ("srm_analysis_units" in t["health_reasons"]) is flagged

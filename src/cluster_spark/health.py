@@ -6,7 +6,9 @@ Reasons (`REASONS`; `:<metric>` is appended where one metric is concerned):
 
 - unhealthy: `srm` (the sample-ratio-mismatch test of assignment units is flagged),
   `guardrail_violated:<metric>` (a guardrail shows significant harm);
-- warning: `bias:<metric>` (a treatment's pre-exposure bias check is flagged),
+- warning: `srm_analysis_units` (analysis units per assignment unit differ between arms:
+  the analysis-unit balance check, `srm_analysis_flag`, which a real effect on activity
+  can trip too), `bias:<metric>` (a treatment's pre-exposure bias check is flagged),
   `units_in_several_variants` (> 1 % of exposed units seen in two variants),
   `duplicate_exposures` (duplicate exposure rows exceed 50 % of the units),
   `analysis_units_in_several_units` (> 1 % of analysis units seen under several
@@ -39,6 +41,7 @@ class Health(StrEnum):
 #: Reason code → level.
 REASONS = {
     "srm": Health.UNHEALTHY,
+    "srm_analysis_units": Health.WARNING,
     "guardrail_violated": Health.UNHEALTHY,
     "bias": Health.WARNING,
     "units_in_several_variants": Health.WARNING,
@@ -72,6 +75,8 @@ def reasons(
     treated = [r for r in results if r["variant"] != experiment.control]
     if any(r["srm_flag"] for r in results):
         found.append("srm")
+    if any(r.get("srm_analysis_flag") for r in results):
+        found.append("srm_analysis_units")
     units = _count(diagnostics, "assignment_units")
     multi = _count(diagnostics, "units_in_several_variants")
     if multi > MAX_MULTI_VARIANT_SHARE * (units + multi):

@@ -476,6 +476,10 @@ def _legend(decided: bool = True) -> str:
 HEALTH_TEXT = {
     "srm": "sample-ratio mismatch: assignment units do not follow the configured split",
     "guardrail_violated": "a guardrail metric shows significant harm",
+    "srm_analysis_units": (
+        "analysis units per assignment unit differ between arms (broken logging, or a real "
+        "effect on activity)"
+    ),
     "bias": "the groups already differed before exposure (pre-exposure bias check)",
     "units_in_several_variants": "more than 1 % of units were seen in two variants",
     "duplicate_exposures": "duplicate exposure rows exceed half the units",

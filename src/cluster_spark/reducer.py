@@ -27,7 +27,12 @@ from cluster_spark.stats.cuped import CupedStats, compare_cuped
 from cluster_spark.stats.inference import Comparison, compare, srm_test
 from cluster_spark.stats.ratio import RatioStats
 from cluster_spark.status import POOLED_SLICES, Status
-from cluster_spark.tables import CAP_COLUMNS, MOMENT_COLUMNS, RESULT_COLUMNS
+from cluster_spark.tables import (
+    ANALYSIS_UNITS_METRIC,
+    CAP_COLUMNS,
+    MOMENT_COLUMNS,
+    RESULT_COLUMNS,
+)
 
 
 def stats_of(row: Mapping[str, Any]) -> CupedStats:
@@ -115,6 +120,8 @@ _SLICE_KEPT = frozenset(
         "srm_chi2",
         "srm_p_value",
         "srm_flag",
+        "srm_analysis_p_value",
+        "srm_analysis_flag",
         "run_id",
     }
 )
@@ -185,6 +192,10 @@ def _segment(
 ) -> list[dict[str, Any]]:
     """The result rows of one segment (the experiment overall, or one slice) from its
     staged rows and diagnostics, before multiple-testing corrections."""
+    balance = analysis_unit_balance(
+        merge_groups(r for r in rows if r["metric"] == ANALYSIS_UNITS_METRIC), experiment
+    )
+    rows = [r for r in rows if r["metric"] != ANALYSIS_UNITS_METRIC]
     groups = merge_groups(rows)
     naive = analysis_unit_groups(rows)
     caps = {(r["metric"], r["variant"]): r for r in rows if r.get("winsorized")}
@@ -228,6 +239,8 @@ def _segment(
             srm_flag=srm_flag,
             run_id=run_id,
         )
+        if variant in balance:
+            row["srm_analysis_p_value"], row["srm_analysis_flag"] = balance[variant]
         if (metric, variant) in naive:
             au = naive[(metric, variant)]
             raw = groups[(metric, variant, False)].ratio_stats
@@ -246,6 +259,30 @@ def _segment(
         for key in ("status", "cuped_status"):  # plain strings, as the table stores them
             row[key] = None if row[key] is None else str(row[key])
         out.append(row)
+    return out
+
+
+def analysis_unit_balance(
+    groups: Mapping[tuple[str, str, bool], CupedStats], experiment: Experiment
+) -> dict[str, tuple[float | None, bool | None]]:
+    """Treatment → (p-value, flag) of the analysis-unit balance check: Welch's t (or z) of
+    the mean number of active analysis units per assignment unit, treatment vs control,
+    from the staged `ANALYSIS_UNITS_METRIC` groups; flagged below `srm_threshold`. A χ² on
+    analysis-unit counts would be wrong here: they are sums over clusters, far more
+    variable than multinomial counts. The count is of analysis units with a post-exposure
+    event, so a treatment that changes activity moves it too: a flag means broken
+    assignment or logging, or a real effect on activity."""
+    control = groups.get((ANALYSIS_UNITS_METRIC, experiment.control, False))
+    out: dict[str, tuple[float | None, bool | None]] = {}
+    if control is None:
+        return out
+    for (_, variant, _), s in groups.items():
+        if variant == experiment.control:
+            continue
+        p = compare(
+            s.ratio_stats, control.ratio_stats, alpha=experiment.alpha, test=experiment.test
+        ).p_value
+        out[variant] = (p, None if p is None else p < experiment.srm_threshold)
     return out
 
 
@@ -481,7 +518,11 @@ def plan_experiment(
     `(z_{1−α/2} + z_power)·sqrt(2V/n)` (`power.mde`); the first column is for the
     staged units split evenly over the variants.
     """
-    groups = merge_groups(r for r in rows if r.get("dimension") is None)  # overall rows
+    groups = merge_groups(
+        r
+        for r in rows
+        if r.get("dimension") is None and r["metric"] != ANALYSIS_UNITS_METRIC  # overall
+    )
     pooled: dict[str, CupedStats] = {}
     for (metric, variant, winsorized), s in groups.items():
         if winsorized or (metric, variant, True) not in groups:

@@ -32,6 +32,11 @@ UNIT_VALUES_SCHEMA = T.StructType(
     ]
 )
 
+#: The staged pseudo-metric of analysis units per assignment unit (m = the unit's active
+#: analysis units, d = 1), for the analysis-unit balance check (`srm_analysis_*`): not a
+#: metric of the config (parentheses are not allowed in metric names), never a results row.
+ANALYSIS_UNITS_METRIC = "(analysis_units)"
+
 #: Winsorization thresholds per component and side.
 CAP_COLUMNS = ("num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap")
 
@@ -198,6 +203,8 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("srm_chi2", "double"),
     ("srm_p_value", "double"),
     ("srm_flag", "boolean"),
+    ("srm_analysis_p_value", "double"),
+    ("srm_analysis_flag", "boolean"),
     ("bias_p_value", "double"),
     ("bias_flag", "boolean"),
     ("heterogeneity_q", "double"),

@@ -19,6 +19,7 @@ from cluster_spark.staging.options import included
 from cluster_spark.staging.plan import SUB, UNIT, Cache, Plan, diag
 from cluster_spark.staging.policy import apply_multi_unit_policy, multi_unit_offenders
 from cluster_spark.staging.slices import segments, unit_slices
+from cluster_spark.tables import ANALYSIS_UNITS_METRIC
 
 
 def _second_level(comp: Component, col: str) -> tuple[Column, Column]:
@@ -93,8 +94,9 @@ class UnitValues:
 def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
     """Long per-unit values: experiment_id, variant, _unit, dimension, slice, metric, m, d,
     x, y, complete, baked (an overall row per unit and metric, and one per dimension of its
-    experiment: `slices`); zeros for units without events; plus diagnostics and
-    analysis-unit moments (per segment too).
+    experiment: `slices`); zeros for units without events; with an analysis unit, one more
+    row per unit for `ANALYSIS_UNITS_METRIC` (m = its active analysis units, d = 1); plus
+    diagnostics and analysis-unit moments (per segment too).
     What it persists is in `cache`."""
     units, diags = exposed_units(spark, plan, cache)
     slices, slice_diags = unit_slices(spark, plan, units, cache)
@@ -164,10 +166,28 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
                 baked.alias("baked"),
             )
         )
-    wanted = F.create_map(
-        *[x for e in plan.experiments for x in (F.lit(e.id), F.array(*map(F.lit, e.metrics)))]
-    )
     analysis_units = sub_cols[0] if sub_cols else F.lit(0)
+    extra = []
+    if sub_cols:  # analysis units per assignment unit: the analysis-unit balance check
+        extra = [ANALYSIS_UNITS_METRIC]
+        entries.append(
+            F.struct(
+                F.lit(ANALYSIS_UNITS_METRIC).alias("metric"),
+                analysis_units.cast("double").alias("m"),
+                F.lit(1.0).alias("d"),
+                F.lit(0.0).alias("x"),
+                F.lit(0.0).alias("y"),
+                F.lit(True).alias("complete"),
+                F.lit(True).alias("baked"),
+            )
+        )
+    wanted = F.create_map(
+        *[
+            x
+            for e in plan.experiments
+            for x in (F.lit(e.id), F.array(*map(F.lit, [*e.metrics, *extra])))
+        ]
+    )
     values = (
         wide.select(
             "experiment_id",
