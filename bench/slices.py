@@ -62,7 +62,7 @@ def measure_slices(
             times[sliced], _ = _timed(
                 lambda c=config: pipeline.stage(spark, c, ANALYSIS_DATE), args.repeat
             )
-        jobs[sliced] = counter["jobs"]
+        jobs[sliced] = counter["jobs"] // args.repeat  # per run
         log(f"  stage {'with' if sliced else 'without'} slices {times[sliced]:8.1f} s")
     staged = spark.read.format("delta").load(str(args.out / "runs" / "slices_True" / "staging"))
     return SlicesResult(
@@ -87,7 +87,7 @@ def slices_markdown(result: SlicesResult | None) -> str:
 experiment broken down by {dims} from an org attributes table (`bench/slices.py`):
 one pass over the events either way; the per-unit values are grouped by slice too.
 
-| stage | seconds | Spark jobs |
+| stage | seconds | Spark jobs per run |
 | --- | ---: | ---: |
 | without slices | {result.without_s:.1f} | {result.jobs_without} |
 | with slices | {result.with_s:.1f} | {result.jobs_with} |

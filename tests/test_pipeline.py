@@ -16,6 +16,8 @@ RESULT_SCHEMA = [
     ("analysis_date", "date"),
     ("metric", "string"),
     ("variant", "string"),
+    ("dimension", "string"),
+    ("slice", "string"),
     ("control_variant", "string"),
     ("n_units", "bigint"),
     ("n_analysis_units", "bigint"),
@@ -64,6 +66,8 @@ RESULT_SCHEMA = [
     ("srm_chi2", "double"),
     ("srm_p_value", "double"),
     ("srm_flag", "boolean"),
+    ("heterogeneity_q", "double"),
+    ("heterogeneity_p_value", "double"),
     ("run_id", "string"),
 ]
 
