@@ -7,6 +7,7 @@ from delta.tables import DeltaTable
 
 from cluster_spark import pipeline
 from cluster_spark.errors import ConfigError, InputError
+from cluster_spark.tables import ANALYSIS_UNITS_METRIC
 from tests.helpers import ANALYSIS_DATE, EVENT_DDL, EXPOSURE_DDL, make_config, write_delta
 from tests.test_staging import EVENTS, EXPOSURES
 
@@ -115,7 +116,13 @@ def test_run_writes_documented_results(spark, tiny):
     assert treat.control_variant == "control" and treat.status == "ok"
     assert rows[("purchases_per_org", "treatment")].mean == pytest.approx(2 / 3)
     staged = spark.read.format("delta").load(config.output.staging)
-    assert staged.count() == 4
+    # 2 metrics × 2 variants, and the analysis-unit balance rows (users per org) per variant
+    balance = staged.where(staged.metric == ANALYSIS_UNITS_METRIC).collect()
+    assert staged.count() == 4 + 2
+    # users active after exposure per org, by hand from test_staging's rows:
+    # control o1 2, o2 1; treatment o3 3, o4 1, o6 0
+    by_variant = {r.variant: (r.n_units, r.mean_m) for r in balance}
+    assert by_variant == {"control": (2, 1.5), "treatment": (3, pytest.approx(4 / 3))}
     assert {r.run_id for r in df.collect()} == {r.run_id for r in staged.collect()}
 
 
@@ -127,7 +134,7 @@ def test_rerun_replaces_rows(spark, tiny):
     again = _results(spark, config).collect()
     assert len(again) == 4 and len({r.run_id for r in again}) == 1
     assert {(r.metric, r.variant, r.mean) for r in again} == first
-    assert spark.read.format("delta").load(config.output.staging).count() == 4
+    assert spark.read.format("delta").load(config.output.staging).count() == 4 + 2
 
 
 def test_other_dates_and_experiments_are_kept(spark, tiny):
