@@ -49,7 +49,8 @@ def test_bench_smoke(tmp_path):
     assert len(size["per_metric_queries"]) == 20
     # 3 experiments with 3 + 2 + 2 variants, 20 metrics each, 2 of them winsorized
     assert size["results_rows"] == 20 * 7
-    assert size["staging_rows"] == (20 + 2) * 7
+    # 20 metrics (2 winsorized: two rows) and the analysis-unit balance row, × 7 arms
+    assert size["staging_rows"] == (20 + 2 + 1) * 7
     check = size["crosscheck"]
     assert (check["groups"], check["rows"]) == (20 * 7, (20 + 2) * 7)
     assert check["exact_caps"] and check["max_rel_diff"] <= 1e-9

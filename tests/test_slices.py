@@ -375,6 +375,9 @@ _NOT_COMPARED = {
     "heterogeneity_p_value",
     "p_value_bh",
     "p_value_holm",
+    "decision",  # goals decide by the BH p-value, corrected within the dimension
+    "health",  # the experiment's verdict: on overall rows only
+    "health_reasons",
 }
 #: Columns that do not depend on the winsorization thresholds.
 _UNCAPPED = {

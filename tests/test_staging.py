@@ -7,6 +7,7 @@ import pytest
 
 from cluster_spark import staging
 from cluster_spark.errors import InputError
+from cluster_spark.tables import ANALYSIS_UNITS_METRIC
 from tests.helpers import ANALYSIS_DATE, EVENT_DDL, EXPOSURE_DDL, at, make_config, write_delta
 
 EXPOSURES = [
@@ -58,8 +59,15 @@ def tiny(spark, tmp_path_factory):
 def test_staged_statistics_match_hand_computed_units(spark, tiny):
     config = make_config(tiny)
     rows = staging.stage(spark, config, ["e1"], ANALYSIS_DATE, "r1").stats.collect()
-    got = {(r.metric, r.variant): r for r in rows}
+    got = {(r.metric, r.variant): r for r in rows if r.metric != ANALYSIS_UNITS_METRIC}
     assert set(got) == set(EXPECTED_UNITS)
+    # the analysis-unit balance rows: users active after exposure per org (D of
+    # revenue_per_user above), m = users, d = 1
+    balance = {r.variant: r for r in rows if r.metric == ANALYSIS_UNITS_METRIC}
+    for variant in ("control", "treatment"):
+        users = [d for _, d in EXPECTED_UNITS[("revenue_per_user", variant)]]
+        assert (balance[variant].n_units, balance[variant].sum_m) == (len(users), sum(users))
+        assert balance[variant].sum_d == len(users)
     for key, units in EXPECTED_UNITS.items():
         m, d = np.array(units, dtype=float).T
         r = got[key]
@@ -93,7 +101,7 @@ def test_simple_ratio_counts_numerator_without_denominator(spark, tmp_path):
     raw["metrics"]["revenue_per_view"]["conversion_rate"] = False
     raw["experiments"][0]["metrics"] = ["revenue_per_view", "revenue_per_view_cr"]
     rows = staging.stage(spark, parse_config(raw), ["e1"], ANALYSIS_DATE, "r").stats.collect()
-    sums = {r.metric: (r.sum_m, r.sum_d) for r in rows}
+    sums = {r.metric: (r.sum_m, r.sum_d) for r in rows if r.metric != ANALYSIS_UNITS_METRIC}
     assert sums == {"revenue_per_view": (5.0, 0.0), "revenue_per_view_cr": (0.0, 0.0)}
 
 

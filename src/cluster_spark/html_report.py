@@ -785,11 +785,12 @@ def render_reports(
     experiments: Sequence[tuple],
 ) -> str:
     """One self-contained HTML page for several experiments, given as (experiment id,
-    results rows, diagnostics rows): each experiment's sections as in `render_report`, one
-    after the other. With one experiment it is `render_report`'s page."""
+    results rows, diagnostics rows[, history rows, descriptions]): each experiment's
+    sections as in `render_report`, one after the other. With one experiment it is
+    `render_report`'s page."""
     if len(experiments) == 1:
         return render_report(experiments[0][0], analysis_date, *experiments[0][1:])
-    ids = ", ".join(e for e, _, _ in experiments)
+    ids = ", ".join(e[0] for e in experiments)
     body = "<hr>".join(_sections(e[0], analysis_date, *e[1:]) for e in experiments)
     return _page(f"Experiments {ids} — {analysis_date}", body)
 
