@@ -366,7 +366,7 @@ def _start_spark(args: argparse.Namespace, app_name: str, extra_conf: dict[str, 
 def _run_demo(args: argparse.Namespace) -> int:
     from cluster_spark import demo, pipeline
 
-    console = Console(width=170)
+    console = Console(width=200)
     config = load_config(args.config, root=args.out)
     for table in ("data", "staging", "results", "diagnostics"):  # the demo starts afresh
         shutil.rmtree(args.out / table, ignore_errors=True)
