@@ -267,7 +267,7 @@ class Demo:
 
 def _rows(spark, path: str) -> dict[tuple, dict]:
     rows = spark.read.format("delta").load(path).collect()
-    out = {(r.experiment_id, r.metric, r.variant): r.asDict() for r in rows}
+    out = {(r.experiment_id, r.metric, r.variant, r.dimension, r.slice): r.asDict() for r in rows}
     assert len(out) == len(rows), "duplicate result keys"
     return out
 
