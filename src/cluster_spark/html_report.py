@@ -46,6 +46,7 @@ th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 .health.warning { border-color: #b58100; background: #fff4ce; }
 .health.unhealthy { border-color: #b3261e; background: #fdecea; }
 .pos { color: #1b7f3b; font-weight: 600; } .neg { color: #b3261e; font-weight: 600; }
+.scroll { overflow-x: auto; max-width: 100%; }
 .charts { display: flex; flex-wrap: wrap; gap: 8px 24px; } details.note { margin: 4px 0 8px; }
 .warn { background: #fff4ce; } .muted { color: #777; } .note { color: #555; margin: 2px 0; }
 """
@@ -203,7 +204,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1)
     body = "".join(
         "<tr>" + "".join(cell("td", i, c) for i, c in enumerate(r)) + "</tr>" for r in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'  # wide tables scroll, the page does not
 
 
 def _header(experiment_id: str, analysis_date: Any, results: Sequence[Row]) -> str:
