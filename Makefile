@@ -64,12 +64,15 @@ AIRFLOW_LOCK := requirements-airflow.lock
 DIST_ZIP := dist/cluster_spark.zip
 SUBMIT_ARGS ?= --master 'local[*]' -- run --config conf/demo.yaml --date 2026-02-01 --root out/demo
 
-.PHONY: dist submit airflow-venv airflow-check test-prod
+.PHONY: dist wheel submit airflow-venv airflow-check test-prod
 
 $(DIST_ZIP): $(shell find src/cluster_spark -type f ! -path '*__pycache__*' 2>/dev/null) scripts/build_zip.py
 	$(PY) scripts/build_zip.py $@
 
-dist: $(DIST_ZIP) ## zip the package for spark-submit --py-files (dist/cluster_spark.zip)
+wheel: ## the wheel for pip/cluster installs (dist/cluster_spark-<version>-py3-none-any.whl)
+	$(PY) -m pip wheel -q --no-deps -w dist .
+
+dist: $(DIST_ZIP) wheel ## dist/cluster_spark.zip (spark-submit --py-files) and the wheel
 
 submit: setup dist ## spark-submit jobs/analyze.py: make submit SUBMIT_ARGS='--master spark://h:7077 -- run ...'
 	scripts/submit.sh $(SUBMIT_ARGS)
