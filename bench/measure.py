@@ -135,11 +135,11 @@ def measure_size(
     staged = [
         r.asDict()
         for r in spark.read.format("delta")
-        .load(config.output.staging)
+        .load(config.output.staging.path)
         .where(F.col("run_id") == run_id)
         .collect()
     ]
-    diag = spark.read.format("delta").load(config.output.diagnostics)
+    diag = spark.read.format("delta").load(config.output.diagnostics.path)
     per_exp = (
         diag.where(F.col("check") == "assignment_units")
         .groupBy("experiment_id")

@@ -17,10 +17,14 @@ TEST_CONF = {
 
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(tmp_path_factory):
     from cluster_spark.session import build_spark
 
-    session = build_spark("cluster_spark tests", local_master="local[2]", extra_conf=TEST_CONF)
+    # Catalog tables (tests/test_catalog_tables.py) go to Spark's local catalog in a
+    # warehouse directory of this test session, not into the working directory.
+    warehouse = {"spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("warehouse"))}
+    conf = {**TEST_CONF, **warehouse}
+    session = build_spark("cluster_spark tests", local_master="local[2]", extra_conf=conf)
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

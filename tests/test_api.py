@@ -81,7 +81,7 @@ def test_load_config_from_a_dict_or_a_file(inputs, tmp_path):
     config = cs.load_config(raw, root=inputs)
     assert json.dumps(raw) == before  # the caller's dict is not modified
     assert config.exposures.path == str(inputs / "exposures")
-    assert config.output.results == str(inputs / "out" / "results")
+    assert config.output.results.path == str(inputs / "out" / "results")
     path = tmp_path / "conf.yaml"
     path.write_text(json.dumps(raw))
     assert cs.load_config(path, root=inputs) == config
@@ -121,7 +121,7 @@ def test_analyze_returns_the_results_slice(analysed):
     assert pdf["effect_abs"][3] == pytest.approx(21 / 4 - 17 / 3)
     assert set(pdf["analysis_date"]) == {ANALYSIS_DATE}
     assert len(set(pdf["run_id"])) == 1
-    assert Path(config.output.results).is_dir()  # written as Delta
+    assert Path(config.output.results.path).is_dir()  # written as Delta
 
 
 def test_analyze_takes_a_date_and_one_experiment_id(spark, analysed):

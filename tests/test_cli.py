@@ -77,7 +77,7 @@ def test_the_library_refuses_a_date_before_the_start_too(spark, inputs, tmp_path
     config = parse_config(config_dict(inputs))
     with pytest.raises(UsageError, match=r"2026-03-01 is before the start .*'e1' starts on"):
         pipeline.run(spark, config, dt.date(2026, 3, 1))
-    assert not Path(config.output.results).exists()
+    assert not Path(config.output.results.path).exists()
 
 
 def test_one_early_experiment_of_several_is_named(inputs, tmp_path, started, capsys):
@@ -109,7 +109,7 @@ def test_a_date_after_the_end_is_capped_with_a_note(spark, inputs, tmp_path, sta
     rows = {
         (r.metric, r.variant): r
         for r in pipeline.io.read_slice(
-            spark, config.output.results, ["e1"], dt.date(2026, 3, 9)
+            spark, config.output.results.path, ["e1"], dt.date(2026, 3, 9)
         ).collect()
     }
     assert rows[("revenue_per_user", "control")].mean == pytest.approx(17 / 3)

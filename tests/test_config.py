@@ -84,7 +84,7 @@ def test_relative_paths_resolve_against_root(tmp_path):
     raw["output"]["results"] = "s3://bucket/results"
     config = parse_config(raw, root=tmp_path)
     assert config.exposures.path == str(tmp_path / "data" / "exposures")
-    assert config.output.results == "s3://bucket/results"
+    assert config.output.results.path == "s3://bucket/results"
 
 
 def test_analysis_time_is_midnight_after_the_date_capped_by_end():

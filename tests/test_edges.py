@@ -35,7 +35,7 @@ def _by(rows, *keys):
 
 
 def _diagnostics(spark, config) -> dict[tuple[str, str | None], int]:
-    rows = spark.read.format("delta").load(config.output.diagnostics).collect()
+    rows = spark.read.format("delta").load(config.output.diagnostics.path).collect()
     return {(d.check, d.variant): d.value for d in rows if d.metric is None}
 
 
@@ -251,7 +251,7 @@ def test_any_experiment_id_runs_and_reruns(spark, tmp_path, exp_id):
     config = parse_config(raw)
     first = pipeline.run(spark, config, ANALYSIS_DATE)
     second = pipeline.run(spark, config, ANALYSIS_DATE)  # a rerun replaces its slice
-    results = spark.read.format("delta").load(config.output.results)
+    results = spark.read.format("delta").load(config.output.results.path)
     assert results.count() == len(first) == len(second) == 4  # 2 metrics × 2 variants
     assert {r.experiment_id for r in results.collect()} == {exp_id}
     assert [r["n_units"] for r in second] == [2, 3, 2, 3]  # control o1, o2; treatment o3, o4, o6
@@ -409,7 +409,7 @@ def test_parquet_files_that_disagree_on_a_type_are_an_input_error(spark, tmp_pat
     config = parse_config(raw)
     with pytest.raises(InputError, match=r"source 'events' .*column 'value'.*disagree"):
         pipeline.run(spark, config, ANALYSIS_DATE)
-    assert not Path(config.output.results).exists()  # nothing was written
+    assert not Path(config.output.results.path).exists()  # nothing was written
     path = tmp_path / "conf.yaml"
     path.write_text(json.dumps(raw))  # JSON is YAML
     code = cli.main(["run", "--config", str(path), "--date", "2026-03-09"])

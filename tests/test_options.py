@@ -295,7 +295,7 @@ def test_diagnostics_table(spark, tmp_path):
     write_delta(spark, EVENTS, EVENT_DDL, tmp_path / "events")
     config = parse_config(config_dict(tmp_path))
     rows = pipeline.run(spark, config, ANALYSIS_DATE)
-    diag = spark.read.format("delta").load(config.output.diagnostics).collect()
+    diag = spark.read.format("delta").load(config.output.diagnostics.path).collect()
     got = {(d.check, d.variant): d.value for d in diag if d.metric is None}
     assert got == {
         ("duplicate_exposures", None): 1,

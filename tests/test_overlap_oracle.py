@@ -392,8 +392,8 @@ def staged(request, spark, inputs):
     config = build_config(inputs, inputs / request.param, analysis_unit, allowed)
     pipeline.stage(spark, config, ANALYSIS_DATE)
     where = f"analysis_date = DATE'{ANALYSIS_DATE.isoformat()}'"
-    stats = spark.read.format("delta").load(config.output.staging).where(where).collect()
-    diags = spark.read.format("delta").load(config.output.diagnostics).where(where).collect()
+    stats = spark.read.format("delta").load(config.output.staging.path).where(where).collect()
+    diags = spark.read.format("delta").load(config.output.diagnostics.path).where(where).collect()
     return request.param, config, stats, diags
 
 

@@ -95,7 +95,7 @@ def tiny(spark, tmp_path):
 
 
 def _results(spark, config):
-    return spark.read.format("delta").load(config.output.results)
+    return spark.read.format("delta").load(config.output.results.path)
 
 
 def test_run_writes_documented_results(spark, tiny):
@@ -115,7 +115,7 @@ def test_run_writes_documented_results(spark, tiny):
     assert treat.effect_abs_ci_low < treat.effect_abs < treat.effect_abs_ci_high
     assert treat.control_variant == "control" and treat.status == "ok"
     assert rows[("purchases_per_org", "treatment")].mean == pytest.approx(2 / 3)
-    staged = spark.read.format("delta").load(config.output.staging)
+    staged = spark.read.format("delta").load(config.output.staging.path)
     # 2 metrics × 2 variants, and the analysis-unit balance rows (users per org) per variant
     balance = staged.where(staged.metric == ANALYSIS_UNITS_METRIC).collect()
     assert staged.count() == 4 + 2
@@ -134,7 +134,7 @@ def test_rerun_replaces_rows(spark, tiny):
     again = _results(spark, config).collect()
     assert len(again) == 4 and len({r.run_id for r in again}) == 1
     assert {(r.metric, r.variant, r.mean) for r in again} == first
-    assert spark.read.format("delta").load(config.output.staging).count() == 4 + 2
+    assert spark.read.format("delta").load(config.output.staging.path).count() == 4 + 2
 
 
 def test_other_dates_and_experiments_are_kept(spark, tiny):
@@ -153,7 +153,7 @@ def test_missing_source_fails_before_any_commit(spark, tiny):
     pipeline.run(spark, config, ANALYSIS_DATE)
     versions = {
         p: DeltaTable.forPath(spark, p).history(1).collect()[0].version
-        for p in (config.output.staging, config.output.results)
+        for p in (config.output.staging.path, config.output.results.path)
     }
     (tiny / "events").rename(tiny / "events_moved")  # the metric source disappears
     with pytest.raises(InputError):
@@ -185,7 +185,7 @@ def _rows(spark, path):
 
 
 def _tables(config):
-    return (config.output.staging, config.output.diagnostics, config.output.results)
+    return (config.output.staging.path, config.output.diagnostics.path, config.output.results.path)
 
 
 def test_crash_between_staging_and_results_keeps_previous_rows(spark, tiny, monkeypatch):
@@ -194,7 +194,7 @@ def test_crash_between_staging_and_results_keeps_previous_rows(spark, tiny, monk
     config = make_config(tiny)
     pipeline.run(spark, config, ANALYSIS_DATE)
     before = {p: _rows(spark, p) for p in _tables(config)}
-    results_version = DeltaTable.forPath(spark, config.output.results).history(1).first().version
+    results_version = DeltaTable.forPath(spark, config.output.results.path).history(1).first().version
 
     def crash(*args, **kwargs):
         raise RuntimeError("driver died while reducing")
@@ -202,12 +202,12 @@ def test_crash_between_staging_and_results_keeps_previous_rows(spark, tiny, monk
     monkeypatch.setattr(pipeline.reducer, "reduce_experiment", crash)
     with pytest.raises(RuntimeError, match="driver died"):
         pipeline.run(spark, config, ANALYSIS_DATE)
-    history = DeltaTable.forPath(spark, config.output.results).history(1).first()
+    history = DeltaTable.forPath(spark, config.output.results.path).history(1).first()
     assert history.version == results_version  # results were never written
     for path, rows in before.items():
         assert _rows(spark, path) == rows, path
     staging_ops = [
-        r.operation for r in DeltaTable.forPath(spark, config.output.staging).history(2).collect()
+        r.operation for r in DeltaTable.forPath(spark, config.output.staging.path).history(2).collect()
     ]
     assert staging_ops == ["WRITE", "WRITE"]  # the new slice, then the old one written back
 
@@ -217,9 +217,9 @@ def test_crash_in_a_first_run_leaves_no_rows(spark, tiny, monkeypatch):
     monkeypatch.setattr(pipeline.reducer, "reduce_experiment", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         pipeline.run(spark, config, ANALYSIS_DATE)
-    assert spark.read.format("delta").load(config.output.staging).count() == 0
-    assert spark.read.format("delta").load(config.output.diagnostics).count() == 0
-    assert not DeltaTable.isDeltaTable(spark, config.output.results)
+    assert spark.read.format("delta").load(config.output.staging.path).count() == 0
+    assert spark.read.format("delta").load(config.output.diagnostics.path).count() == 0
+    assert not DeltaTable.isDeltaTable(spark, config.output.results.path)
 
 
 def test_failed_diagnostics_write_gives_staging_its_rows_back(spark, tiny, monkeypatch):
@@ -269,10 +269,10 @@ def test_reduce_without_staged_rows_keeps_the_results(spark, tiny):
 
     config = make_config(tiny)
     pipeline.run(spark, config, ANALYSIS_DATE)
-    before = _rows(spark, config.output.results)
+    before = _rows(spark, config.output.results.path)
     with pytest.raises(InputError, match="nothing staged for experiment 'e1'"):
         pipeline.reduce(spark, config, ANALYSIS_DATE + dt.timedelta(days=1))
-    assert _rows(spark, config.output.results) == before
+    assert _rows(spark, config.output.results.path) == before
 
 
 def test_undo_goes_on_past_a_table_it_cannot_restore(spark, tmp_path):
@@ -289,8 +289,9 @@ def test_undo_goes_on_past_a_table_it_cannot_restore(spark, tmp_path):
     writes = pipeline.io.SliceWrites(spark, ["e"], ANALYSIS_DATE)
     for path in (a, b):
         writes.write(spark.createDataFrame([("e", ANALYSIS_DATE, 2)], ddl), path)
-    shutil.rmtree(tmp_path / "b" / "_delta_log")  # b is restored first, and fails
+    shutil.rmtree(tmp_path / "b")  # b is restored first, and fails: it is now a file
+    (tmp_path / "b").write_text("not a table")
     with pytest.raises(RuntimeError, match=r"could not give these tables their slice back: .*/b "):
         writes.undo()
     assert [r.value for r in spark.read.format("delta").load(a).collect()] == [1]
-    assert writes.written == [b]
+    assert [w.target.path for w in writes.written] == [b]

@@ -277,7 +277,7 @@ def _local_reference(spark, root: Path) -> dict:
     config = load_config(CONFIG, root=root)
     pipeline.run(spark, config, demo.ANALYSIS_DATE)
     print(f"\nlocal-mode reference run (in the background): {time.perf_counter() - t0:.1f}s")
-    return _rows(spark, config.output.results)
+    return _rows(spark, config.output.results.path)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 Config and analysis date are validated before a SparkSession is built. Under spark-submit
 the master comes from spark-submit; otherwise `--master` (default local[*]), and a local
-session the CLI starts gets small-input settings (`session.LOCAL_CONF`). `--conf KEY=VALUE`
+session the CLI starts gets small-input settings (`session.LOCAL_CONF`); or `--remote
+sc://HOST:PORT` (default: $SPARK_REMOTE) makes it a Spark Connect client. `--conf KEY=VALUE`
 adds Spark settings (they win over those); `-q` prints only results, warnings and errors.
 Progress, notes and warnings go to stderr, results to stdout.
 """
@@ -94,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--date", required=True, type=_date, help="analysis date (YYYY-MM-DD)")
         p.add_argument("--experiment", action="append", help="experiment id (repeatable)")
         p.add_argument("--root", type=Path, help="base of relative table paths (default: cwd)")
-        p.add_argument("--master", default="local[*]", help="master outside spark-submit")
+        _session_arguments(p)
         p.add_argument(
             "--conf",
             type=_conf,
@@ -143,9 +144,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     demo.add_argument("--orgs", type=int, default=8000)
     demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--master", default="local[*]")
+    _session_arguments(demo, conf=False)
     demo.add_argument("--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE")
     return parser
+
+
+def _session_arguments(p: argparse.ArgumentParser, conf: bool = True) -> None:
+    """--master and --remote: a classic session or a Spark Connect one, not both."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--master", help="master outside spark-submit (default: local[*])")
+    where.add_argument(
+        "--remote",
+        default=os.environ.get("SPARK_REMOTE"),
+        metavar="sc://HOST:PORT",
+        help="a Spark Connect server (default: $SPARK_REMOTE); the server brings Delta",
+    )
 
 
 def _fmt(x: float | None, spec: str = ".4g") -> str:
@@ -335,8 +348,11 @@ def _quiet_log4j() -> Path:
 def _spark_conf(args: argparse.Namespace) -> dict[str, str]:
     """Spark settings from the command line: -q's, then every --conf (the last one wins).
     -q also points a driver JVM it starts at QUIET_LOG4J (not under spark-submit, whose
-    JVM runs already; not when --conf sets the driver's Java options itself)."""
+    JVM runs already; not when --conf sets the driver's Java options itself). Under Spark
+    Connect only the --conf settings are sent: the server's logs are the server's."""
     conf = {}
+    if args.remote:
+        return dict(args.conf)
     if getattr(args, "quiet", False):
         conf |= QUIET_CONF
         if "PYSPARK_GATEWAY_PORT" not in os.environ:
@@ -350,8 +366,18 @@ def _start_spark(args: argparse.Namespace, app_name: str, extra_conf: dict[str, 
     usage error naming them and Spark's reason (no Java traceback)."""
     from cluster_spark.session import build_spark
 
+    if args.master and args.remote:
+        raise UsageError(
+            f"--master {args.master} and a Spark Connect server ({args.remote}, from --remote "
+            "or SPARK_REMOTE) were both given: choose one"
+        )
     try:
-        return build_spark(app_name, local_master=args.master, extra_conf=extra_conf)
+        return build_spark(
+            app_name,
+            local_master=args.master or "local[*]",
+            extra_conf=extra_conf,
+            remote=args.remote,
+        )
     except Exception as err:
         if not args.conf:
             raise
@@ -371,8 +397,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     for table in ("data", "staging", "results", "diagnostics"):  # the demo starts afresh
         shutil.rmtree(args.out / table, ignore_errors=True)
     t0 = time.perf_counter()
-    conf = {"spark.log.level": "ERROR", **_spark_conf(args)}
-    spark = _start_spark(args, "cluster_spark demo", conf)
+    quiet = {} if args.remote else {"spark.log.level": "ERROR"}
+    spark = _start_spark(args, "cluster_spark demo", {**quiet, **_spark_conf(args)})
     n_exp, n_ev = demo.write_demo_data(spark, args.out, n_orgs=args.orgs, seed=args.seed)
     console.print(f"generated {n_exp:,} exposure rows and {n_ev:,} events under {args.out}/data")
     for date in demo.EARLIER_DATES:  # the daily job's earlier runs: the report's timeline

@@ -549,10 +549,41 @@ class Experiment(_Model):
         return self.sequential_n_star * share
 
 
+#: A metastore table name: `name`, `schema.name` or `catalog.schema.name`, each part a
+#: plain identifier (letters, digits, underscores), so it is never parsed as anything else.
+TABLE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$"
+
+
+class Location(_Model):
+    """Where an output Delta table lives: `{path: PATH}` (a directory or URI) or
+    `{table: NAME}` (`catalog.schema.name`, `schema.name` or `name`, in the session's
+    catalog: Unity Catalog, a Hive metastore, Glue, or Spark's local warehouse). A plain
+    string is a path. A table is created on first write, partitioned by `experiment_id`."""
+
+    path: str | None = None
+    table: Annotated[str, Field(pattern=TABLE_NAME)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_location(self) -> Location:
+        if (self.path is None) == (self.table is None):
+            raise ValueError("give exactly one of 'path' or 'table'")
+        return self
+
+    def __str__(self) -> str:
+        return self.path if self.path is not None else f"table {self.table}"
+
+
 class Output(_Model):
-    staging: str
-    results: str
-    diagnostics: str
+    """The three Delta tables a run writes (see `tables` for their schemas)."""
+
+    staging: Location
+    results: Location
+    diagnostics: Location
 
 
 class Config(_Model):
@@ -563,6 +594,9 @@ class Config(_Model):
     id_mappings: list[IdMapping] = []
     unit_attributes: dict[Name, UnitAttributes] = {}
     output: Output
+    #: `memory`: staging persists the frames it reads twice; `none`: it persists nothing
+    #: (for Spark Connect platforms that forbid `persist`, e.g. Databricks serverless).
+    cache: Literal["memory", "none"] = "memory"
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -656,7 +690,8 @@ class Config(_Model):
         inputs |= {f"id mapping {m.from_id} → {m.to_id}": m for m in self.id_mappings}
         inputs |= {f"unit attributes '{name}'": t for name, t in self.unit_attributes.items()}
         out = {label: t.path or t.table or "" for label, t in inputs.items()}
-        return out | {f"output.{k}": v for k, v in self.output.model_dump().items()}
+        outputs = {k: getattr(self.output, k) for k in Output.model_fields}
+        return out | {f"output.{k}": loc.path or loc.table or "" for k, loc in outputs.items()}
 
     def experiment(self, experiment_id: str) -> Experiment:
         for exp in self.experiments:
@@ -692,6 +727,8 @@ def _resolve_paths(raw: dict[str, Any], root: Path) -> dict[str, Any]:
         for key in Output.model_fields:
             if isinstance(out.get(key), str):
                 out[key] = _resolve(out[key], root)
+            elif isinstance(out.get(key), dict) and isinstance(out[key].get("path"), str):
+                out[key]["path"] = _resolve(out[key]["path"], root)
     return raw
 
 

@@ -9,20 +9,19 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from delta import exceptions as delta_errors
-from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cluster_spark.config import Table, TimeColumn
+from cluster_spark.config import Location, Table, TimeColumn
 from cluster_spark.errors import ClusterSparkError, InputError
 
 # What a column may be, by the role it plays.
@@ -436,27 +435,62 @@ CONFLICTS = (
 )
 
 
+def _location(target: Location | str) -> Location:
+    """A `Location`; a plain string is a path."""
+    return target if isinstance(target, Location) else Location(path=target)
+
+
 def write_slice(
     df: DataFrame,
-    path: str,
+    target: Location | str,
     experiment_ids: Iterable[str],
     analysis_date: dt.date,
     attempts: int = 5,
     user_metadata: str | None = None,
 ) -> None:
     """Atomically replace the rows of these experiments on this analysis date (a small
-    frame: it is written by one task).
+    frame: it is written by one task) in the Delta table at `target` (a path, or a catalog
+    table created on first write).
 
     One Delta commit: readers see the old slice or the new one, never a mix, and a rerun
     leaves exactly one set of rows. The table is partitioned by `experiment_id`, so writers
     of different experiments touch disjoint files; a commit conflict (two first writers
     creating the table, say) is retried, which is safe because the write is idempotent.
+    Under Spark Connect the conflicts are recognised through Delta's Connect client
+    (`session.connect`).
     """
-    # The frames written are group-level rows (a few per metric): one task and one file
-    # per experiment partition, not one per shuffle partition.
+    target = _location(target)
+    df = df.coalesce(1)  # group-level rows: one task, one file per experiment partition
+    if target.table is not None:
+        write = _table_write(df, target.table, experiment_ids, analysis_date, user_metadata)
+    else:
+        write = _path_write(df, target.path, experiment_ids, analysis_date, user_metadata)
+    for attempt in range(1, attempts + 1):
+        try:
+            write()
+            return
+        except (*CONFLICTS, AnalysisException) as err:
+            if not isinstance(err, CONFLICTS) and _CREATED_MEANWHILE not in str(err):
+                raise
+            if attempt == attempts:
+                raise
+            time.sleep(random.uniform(0.5, 2.0) * attempt)
+
+
+#: Another writer created the catalog table between our existence check and our create.
+_CREATED_MEANWHILE = "TABLE_OR_VIEW_ALREADY_EXISTS"
+
+
+def _path_write(
+    df: DataFrame,
+    path: str,
+    experiment_ids: Iterable[str],
+    analysis_date: dt.date,
+    user_metadata: str | None,
+) -> Callable[[], None]:
+    """A Delta path: `replaceWhere`, whose predicate is SQL text (`slice_predicate`)."""
     writer = (
-        df.coalesce(1)
-        .write.format("delta")
+        df.write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", slice_predicate(experiment_ids, analysis_date))
         .option("mergeSchema", "true")  # new nullable columns are added, never dropped
@@ -464,25 +498,53 @@ def write_slice(
     )
     if user_metadata:
         writer = writer.option("userMetadata", user_metadata)  # shown in the table history
-    for attempt in range(1, attempts + 1):
-        try:
-            writer.save(path)
-            return
-        except CONFLICTS:
-            if attempt == attempts:
-                raise
-            time.sleep(random.uniform(0.5, 2.0) * attempt)
+    return lambda: writer.save(path)
+
+
+def _table_write(
+    df: DataFrame,
+    name: str,
+    experiment_ids: Iterable[str],
+    analysis_date: dt.date,
+    user_metadata: str | None,
+) -> Callable[[], None]:
+    """A catalog table: created by the first write (partitioned by experiment_id), then
+    overwritten by condition (`DataFrameWriterV2.overwrite`, the slice as a Column; Delta
+    runs it as a replaceWhere and checks every written row lies in the slice)."""
+    spark = df.sparkSession
+    writer = df.writeTo(name).option("mergeSchema", "true")
+    if user_metadata:
+        writer = writer.option("userMetadata", user_metadata)
+
+    def write() -> None:
+        if spark.catalog.tableExists(name):
+            writer.overwrite(slice_filter(experiment_ids, analysis_date))
+        else:
+            writer.using("delta").partitionedBy(F.col("experiment_id")).create()
+
+    return write
+
+
+@dataclass(frozen=True)
+class _Before:
+    """A table's slice as it was before a run wrote it: its rows and their schema, or
+    `rows=None` when the table did not exist yet."""
+
+    target: Location
+    schema: T.StructType | None
+    rows: list | None
 
 
 class SliceWrites:
     """The slice writes of one run, undone together when the run fails.
 
     Delta commits one table at a time; a run writes three (staging, diagnostics, results).
-    `undo` is the compensating write: every table this run wrote gets its slice back as it
-    was just before this run's commit (found in the table history by the run's
-    `userMetadata` tag and read by time travel), so a failed run leaves the tables' rows as
-    they were. Other slices are not touched, so concurrent runs of other experiments or
-    dates are safe. A table the run created is left empty. Nothing is read on success.
+    Before each write, the slice it replaces is read (group-level rows: a few per metric
+    and variant, one small Spark job); `undo` writes those rows back, last table first, so
+    a failed run leaves every table's rows as they were. Other slices are not touched, so
+    concurrent runs of other experiments or dates are safe. A table the run created is left
+    empty. Only the DataFrame API and Delta's data source are used: no time travel lookup
+    through `DeltaTable`, whose Spark Connect form needs Delta's server plugin.
 
     Used as a context manager, a failure inside undoes every write made so far; nested
     blocks over the same instance are safe (what is undone is forgotten).
@@ -493,7 +555,7 @@ class SliceWrites:
     ) -> None:
         self.spark, self.ids, self.date = spark, sorted(set(experiment_ids)), analysis_date
         self.tag = f"cluster_spark-run-{uuid.uuid4().hex}"
-        self.written: list[str] = []
+        self.written: list[_Before] = []
 
     def __enter__(self) -> SliceWrites:
         return self
@@ -506,49 +568,83 @@ class SliceWrites:
         except Exception as undo_err:  # keep the original error; say what is left
             err.add_note(f"undoing the run's writes failed too: {undo_err!r}")
 
-    def write(self, df: DataFrame, path: str) -> None:
-        write_slice(df, path, self.ids, self.date, user_metadata=self.tag)
-        self.written.append(path)
+    def write(self, df: DataFrame, target: Location | str) -> None:
+        target = _location(target)
+        existing = existing_table(self.spark, target)
+        if existing is None:
+            before = _Before(target, None, None)
+        else:
+            rows = existing.where(slice_filter(self.ids, self.date))
+            before = _Before(target, existing.schema, rows.collect())
+        write_slice(df, target, self.ids, self.date, user_metadata=self.tag)
+        self.written.append(before)
 
     def undo(self) -> None:
         """Restore every written table, last first; a table that cannot be restored stays
         listed (a later `undo` retries it) and is named in the error raised at the end."""
-        failed: list[tuple[str, Exception]] = []
-        for path in reversed(self.written):
+        failed: list[tuple[_Before, Exception]] = []
+        for before in reversed(self.written):
             try:
-                self._restore(path)
+                self._restore(before)
             except Exception as err:  # go on with the other tables
-                failed.append((path, err))
-        self.written = [path for path, _ in reversed(failed)]
+                failed.append((before, err))
+        self.written = [before for before, _ in reversed(failed)]
         if failed:
             raise RuntimeError(
                 "could not give these tables their slice back: "
-                + "; ".join(f"{path} ({err!r})" for path, err in failed)
+                + "; ".join(f"{b.target} ({err!r})" for b, err in failed)
             )
 
-    def _restore(self, path: str) -> None:
-        rows = slice_filter(self.ids, self.date)
-        table = DeltaTable.forPath(self.spark, path)
-        ours = table.history().where(F.col("userMetadata") == self.tag).first()["version"]
-        if ours == 0:
-            table.delete(rows)
-            return
-        old = self.spark.read.format("delta").option("versionAsOf", ours - 1).load(path)
-        write_slice(old.where(rows), path, self.ids, self.date)
+    def _restore(self, before: _Before) -> None:
+        if before.rows is None:  # the run created the table: empty its slice
+            old = read_table(self.spark, before.target).where(F.lit(False))
+        else:
+            old = self.spark.createDataFrame(before.rows, before.schema)
+        write_slice(old, before.target, self.ids, self.date)
 
 
-def read_table(spark: SparkSession, path: str) -> DataFrame:
-    """An output Delta table; InputError naming it when it cannot be read."""
+#: Error conditions of a read that mean: there is no table at this location yet.
+_ABSENT = (
+    "PATH_NOT_FOUND",
+    "DELTA_PATH_DOES_NOT_EXIST",
+    "DELTA_MISSING_DELTA_TABLE",
+    "TABLE_OR_VIEW_NOT_FOUND",
+    "DELTA_TABLE_NOT_FOUND",
+)
+
+
+def existing_table(spark: SparkSession, target: Location) -> DataFrame | None:
+    """The Delta table at `target`, or None when there is none yet; InputError when the
+    location holds something Spark cannot read as a table."""
     try:
-        return spark.read.format("delta").load(path)
+        return read_table(spark, target)
+    except InputError as err:
+        if any(f"[{cond}" in str(err) for cond in _ABSENT):
+            return None
+        raise
+
+
+def read_table(spark: SparkSession, target: Location | str) -> DataFrame:
+    """An output Delta table; InputError naming it when it cannot be read."""
+    target = _location(target)
+    try:
+        if target.table is not None:
+            df = spark.read.table(target.table)
+        else:
+            df = spark.read.format("delta").load(target.path)
+        df.schema  # noqa: B018 (resolved now: under Spark Connect reads are lazy)
+        return df
     except AnalysisException as err:
-        raise InputError(f"cannot read Delta table {path}: {err.getMessage()}") from None
+        raise InputError(f"cannot read Delta {target}: {err.getMessage()}") from None
 
 
 def read_slice(
-    spark: SparkSession, path: str, experiment_ids: Iterable[str], analysis_date: dt.date
+    spark: SparkSession,
+    target: Location | str,
+    experiment_ids: Iterable[str],
+    analysis_date: dt.date,
 ) -> DataFrame:
-    return read_table(spark, path).where(slice_filter(experiment_ids, analysis_date))
+    return read_table(spark, target).where(slice_filter(experiment_ids, analysis_date))
 
 
 def literal_frame(

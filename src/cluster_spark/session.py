@@ -1,7 +1,9 @@
 """SparkSession with Delta Lake, built at the edge (CLI, jobs, tests) and passed in.
 
 No master is set here, so `spark-submit --master ...` decides; `local_master` is only a
-fallback for runs that are not launched by spark-submit (the CLI, pytest).
+fallback for runs that are not launched by spark-submit (the CLI, pytest). With a Spark
+Connect URL (`remote`, or the `SPARK_REMOTE` environment variable) the session is a Connect
+client (`connect_spark`): no master, no jars, no JVM on this side.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import os
 from pathlib import Path
 
 from pyspark.sql import SparkSession
+
+from cluster_spark.errors import UsageError
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -39,13 +43,18 @@ def build_spark(
     app_name: str = "cluster_spark",
     local_master: str | None = None,
     extra_conf: dict[str, str] | None = None,
+    remote: str | None = None,
 ) -> SparkSession:
     """Create (or get) a Delta-enabled SparkSession.
 
-    `local_master` is used only when no master was given by spark-submit or the
-    environment. When the jars are already on the classpath (spark-submit --jars or
-    --packages), nothing is added.
+    `remote` (else `SPARK_REMOTE`): a Spark Connect URL, `sc://HOST:PORT`; see
+    `connect_spark`. Otherwise a classic session: `local_master` is used only when no
+    master was given by spark-submit or the environment; when the jars are already on the
+    classpath (spark-submit --jars or --packages), nothing is added.
     """
+    remote = remote or os.environ.get("SPARK_REMOTE")
+    if remote:
+        return connect_spark(remote, extra_conf)
     builder = SparkSession.builder.appName(app_name)
     # spark-submit starts the Python driver with a gateway already running and a master set.
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
@@ -61,3 +70,27 @@ def build_spark(
         if local_master:
             builder = builder.master(local_master)
     return builder.getOrCreate()
+
+
+def connect_spark(remote: str, conf: dict[str, str] | None = None) -> SparkSession:
+    """A Spark Connect session to `remote` (`sc://HOST:PORT[/;token=…]`).
+
+    The server brings Delta: its jars (or runtime) and the settings in `DELTA_CONF`
+    (`spark.sql.extensions`, `spark.sql.catalog.spark_catalog`) are the server's, as is
+    the master (README, "Spark Connect"). Delta's Connect server plugin is not needed: the
+    library reads and writes through the DataFrame API and Delta's data source only. This
+    side sets the session's time zone to UTC and `conf` (runtime SQL settings only; a static
+    one is refused by the server), and imports Delta's Connect client, which makes Delta's
+    commit conflicts arrive as `delta.exceptions` classes, so `io.write_slice` retries them.
+    """
+    try:
+        import delta.connect.exceptions  # noqa: F401 (registers Delta's exception classes)
+    except ImportError as err:
+        raise UsageError(
+            f"Spark Connect ({remote}) needs PySpark's Connect client: "
+            f"pip install 'cluster-spark[connect]' ({err})"
+        ) from None
+    spark = SparkSession.builder.remote(remote).getOrCreate()
+    for key, value in {"spark.sql.session.timeZone": "UTC", **(conf or {})}.items():
+        spark.conf.set(key, value)
+    return spark

@@ -56,7 +56,7 @@ def stage(
     """The staged statistics (STAGING_SCHEMA) and diagnostics of these experiments, lazy.
     The caller releases the result (`Staged.release`); if staging itself fails, what it
     persisted so far is released before the error propagates."""
-    cache = Cache()
+    cache = Cache(config.cache)
     try:
         return _stage(spark, config, experiment_ids, analysis_date, run_id, cache)
     except BaseException:

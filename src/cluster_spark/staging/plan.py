@@ -96,12 +96,20 @@ class Plan:
 
 class Cache:
     """The frames one staging run persists, released together: after the run's writes,
-    or as soon as staging itself fails."""
+    or as soon as staging itself fails.
 
-    def __init__(self) -> None:
+    `mode` is the config's `cache`: `memory` persists (Spark's MEMORY_AND_DISK), so the
+    frames read twice (the first aggregation level, the per-unit frame) are computed once;
+    `none` persists nothing and those frames are recomputed by each reader, for platforms
+    that forbid `persist` (Databricks serverless). `make bench` measures what it costs."""
+
+    def __init__(self, mode: str = "memory") -> None:
+        self.mode = mode
         self.frames: list[DataFrame] = []
 
     def persist(self, df: DataFrame) -> DataFrame:
+        if self.mode == "none":
+            return df
         df = df.persist()
         self.frames.append(df)
         return df
