@@ -92,11 +92,11 @@ def metric_definitions() -> dict[str, dict[str, Any]]:
 SLICE_DIMENSIONS = {"tier": 3, "region": 12}
 
 
-def bench_config(data: Path, results: Path, slices: bool = False) -> Config:
+def bench_config(data: Path, results: Path, slices: bool = False, cache: str = "memory") -> Config:
     """Every experiment with all 20 metrics over the tables under `data` (ensure_data's
     directory); staging, results and diagnostics written under `results`. `slices`: the
     first experiment is also broken down by `SLICE_DIMENSIONS`, from the org attributes
-    table `slices.py` writes beside the data."""
+    table `costs.py` writes beside the data. `cache`: the config's `cache`."""
     metrics = metric_definitions()
     experiments = [
         {
@@ -126,6 +126,7 @@ def bench_config(data: Path, results: Path, slices: bool = False) -> Config:
         },
         "metrics": metrics,
         "experiments": experiments,
+        "cache": cache,
         "output": {
             "staging": str(results / "staging"),
             "results": str(results / "results"),

@@ -35,9 +35,10 @@ the bench is split by what it owns: `dataset.py` (the generated data), `metrics.
 config of 20 metrics × 3 experiments), `queries.py` (floor and per-metric queries),
 `duckdb_peer.py` (the DuckDB peer), `crosscheck.py` (the cross-engine check),
 `measure.py` (one size's measurements), `plans.py` (the staging plan, `--explain`),
-`slices.py` (stage time with and without slices, smallest size), `units.py` (the units
-axis), `report.py` (tables, bench.json, BENCHMARKS.md) and `jvm.py` (the only module that
-reaches into the JVM: memory, job counts, plans). `paths.py` puts `src/` on `sys.path`.
+`costs.py` (stage time with and without slices, and with `cache: none`, smallest size),
+`units.py` (the units axis), `report.py` (tables, bench.json, BENCHMARKS.md) and `jvm.py`
+(the only module that reaches into the JVM: memory, job counts, plans). `paths.py` puts
+`src/` on `sys.path`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from costs import costs_markdown, measure_option
 from crosscheck import CrossCheckError
 from dataset import DataParams, data_root
 from jvm import set_log_level
@@ -66,7 +68,6 @@ from report import (
     results_table,
     targets_table,
 )
-from slices import measure_slices, slices_markdown
 from units import (
     SMOKE_UNITS,
     UNIT_SIZES,
@@ -123,7 +124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-units", action="store_true", help="skip the units axis (users, heavy org)"
     )
     parser.add_argument(
-        "--no-slices", action="store_true", help="skip the cost-of-slices measurement"
+        "--no-costs",
+        action="store_true",
+        help="skip the costs of slices and of `cache: none` (bench/costs.py)",
     )
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up")
     parser.add_argument(
@@ -196,10 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         for p in params:
             log(f"size {p.events:,} events")
             rows.append(measure_size(spark, args, p, log))
-        sliced = None
-        if not args.no_slices:
-            log(f"slices: {params[0].events:,} events, stage without and with slices")
-            sliced = measure_slices(spark, args, params[0], log)
+        costs = []
+        for option in () if args.no_costs else ("slices", "cache"):
+            log(f"cost of {option}: {params[0].events:,} events, stage without and with it")
+            costs.append(measure_option(spark, args, params[0], option, log))
         units_rows = []
         if not args.no_units:
             heavy = (
@@ -223,12 +226,12 @@ def main(argv: list[str] | None = None) -> int:
             print(units_table(units_rows))
         report = json.loads(bench_json(rows, machine, args, plans))
         report["units_axis"] = [asdict(r) for r in units_rows]
-        report["slices"] = None if sliced is None else asdict(sliced)
+        report["option_costs"] = [asdict(c) for c in costs]
         (args.out / "bench.json").write_text(json.dumps(report, indent=2))
         if not args.no_write_md:
             args.md.write_text(
                 markdown(rows, machine, args, plans)
-                + slices_markdown(sliced)
+                + costs_markdown(costs)
                 + units_markdown(units_rows)
             )
             log(f"\nwrote {args.md}")

@@ -249,6 +249,25 @@ def test_a_conf_spark_cannot_start_with_is_a_usage_error(monkeypatch, capsys, tm
     )
 
 
+def test_master_and_a_connect_server_together_are_a_usage_error(monkeypatch, capsys, tmp_path):
+    """--master with SPARK_REMOTE set is ambiguous: a usage error before any session starts;
+    --master with --remote is refused by the parser."""
+    started = []
+    monkeypatch.setattr(session, "build_spark", lambda *a, **k: started.append(k))
+    monkeypatch.setenv("SPARK_REMOTE", "sc://spark.example:15002")
+    conf = _config_file(tmp_path, tmp_path / "out")
+    argv = ["run", "--config", str(conf), "--date", "2026-03-09", "--master", "local[1]"]
+    assert cli.main(argv) == 64
+    assert capsys.readouterr().err == (
+        "cluster-spark: error: --master local[1] and a Spark Connect server "
+        "(sc://spark.example:15002, from --remote or SPARK_REMOTE) were both given: choose one\n"
+    )
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--remote", "sc://localhost:15002"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert started == []
+
+
 @pytest.mark.slow
 def test_the_entry_point_quiet_with_conf_and_report(inputs, tmp_path):
     """`cluster-spark run -q --conf … --report …` in its own JVM: only results on stdout,

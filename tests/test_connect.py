@@ -113,6 +113,9 @@ def test_notebook_api_over_connect_with_catalog_tables(server, demo_data):
         from cluster_spark.session import build_spark
 
         spark = build_spark(remote={server!r})
+        # Delta's Connect client is imported: its conflicts arrive as delta.exceptions
+        from pyspark.errors.exceptions.connect import EXCEPTION_CLASS_MAPPING
+        assert "io.delta.exceptions.ConcurrentAppendException" in EXCEPTION_CLASS_MAPPING
         raw = yaml.safe_load(open({str(DEMO_CONFIG)!r}))
         raw["output"] = {{k: {{"table": f"cs_connect.{{k}}"}} for k in
                          ("staging", "results", "diagnostics")}}

@@ -39,9 +39,12 @@ def test_the_wheel_leaves_spark_to_the_cluster(wheel):
         entry_points = z.read(entry).decode()
     requires = metadata.get_all("Requires-Dist")
     spark = [r for r in requires if r.split(";")[0].strip().startswith(("pyspark", "delta-spark"))]
-    assert spark and all('extra == "spark"' in r for r in spark), spark
+    # Spark only under an extra: `spark` (a laptop) or `connect` (a Spark Connect client)
+    extras = ('extra == "spark"', 'extra == "connect"')
+    assert spark and all(any(e in r for e in extras) for r in spark), spark
+    assert any("pyspark[connect]" in r for r in spark), spark
     assert {"pydantic", "scipy", "numpy"} <= {r.split(">")[0].split("<")[0] for r in requires}
-    assert "spark" in metadata.get_all("Provides-Extra")
+    assert {"spark", "connect"} <= set(metadata.get_all("Provides-Extra"))
     assert "cluster-spark = cluster_spark.cli:main" in entry_points
     modules = {
         str(p.relative_to(PACKAGE.parent))

@@ -194,7 +194,9 @@ def test_crash_between_staging_and_results_keeps_previous_rows(spark, tiny, monk
     config = make_config(tiny)
     pipeline.run(spark, config, ANALYSIS_DATE)
     before = {p: _rows(spark, p) for p in _tables(config)}
-    results_version = DeltaTable.forPath(spark, config.output.results.path).history(1).first().version
+    results_version = (
+        DeltaTable.forPath(spark, config.output.results.path).history(1).first().version
+    )
 
     def crash(*args, **kwargs):
         raise RuntimeError("driver died while reducing")
@@ -207,7 +209,8 @@ def test_crash_between_staging_and_results_keeps_previous_rows(spark, tiny, monk
     for path, rows in before.items():
         assert _rows(spark, path) == rows, path
     staging_ops = [
-        r.operation for r in DeltaTable.forPath(spark, config.output.staging.path).history(2).collect()
+        r.operation
+        for r in DeltaTable.forPath(spark, config.output.staging.path).history(2).collect()
     ]
     assert staging_ops == ["WRITE", "WRITE"]  # the new slice, then the old one written back
 
