@@ -88,7 +88,7 @@ def metric_definitions() -> dict[str, dict[str, Any]]:
     return out
 
 
-#: The dimensions of the sliced variant of the config (`slices.py`): values per dimension.
+#: The dimensions of the sliced variant of the config (`costs.py`): values per dimension.
 SLICE_DIMENSIONS = {"tier": 3, "region": 12}
 
 
