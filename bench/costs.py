@@ -10,6 +10,7 @@ as it is and with the option, same session, same files, best of `--repeat`.
 from __future__ import annotations
 
 import argparse
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ def measure_option(
     times, jobs = {}, {}
     for on in (False, True):
         out = args.out / "runs" / f"{option}_{on}"
+        shutil.rmtree(out, ignore_errors=True)  # every measurement starts without tables
         if option == "slices":
             config = bench_config(data, out, slices=on)
         else:

@@ -71,8 +71,8 @@ def start(
     ]
     env = {**os.environ, "SPARK_HOME": str(home)}
     env.pop("SPARK_REMOTE", None)
-    out = log.open("wb")
-    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    with log.open("wb") as out:  # the child keeps its own handle
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

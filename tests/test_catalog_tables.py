@@ -9,8 +9,8 @@ import datetime as dt
 import pytest
 
 from cluster_spark import api, pipeline
-from cluster_spark.config import Location, parse_config
-from cluster_spark.errors import ConfigError
+from cluster_spark.config import Location, Output, parse_config
+from cluster_spark.errors import ConfigError, InputError
 from tests.helpers import ANALYSIS_DATE, EVENT_DDL, EXPOSURE_DDL, config_dict, write_delta
 from tests.test_staging import EVENTS, EXPOSURES
 
@@ -33,8 +33,11 @@ def catalog_config(spark, tmp_path):
     spark.sql("DROP SCHEMA IF EXISTS cs_test CASCADE")
 
 
-def _rows(spark, name):
-    return sorted(map(tuple, spark.read.table(name).collect()), key=repr)
+def _rows(spark, name, without=None):
+    df = spark.read.table(name)
+    if without:
+        df = df.drop(without)
+    return sorted(map(tuple, df.collect()), key=repr)
 
 
 def test_output_locations_parse():
@@ -43,6 +46,10 @@ def test_output_locations_parse():
     assert Location.model_validate({"table": "main.exp.results"}).table == "main.exp.results"
     assert str(Location(table="exp.results")) == "table exp.results"
 
+    raw = config_dict("/tmp/root")
+    raw["output"]["results"] = {"path": "/tmp/root/staging"}
+    with pytest.raises(ConfigError, match=r"output = .*'results' and 'staging' are both"):
+        parse_config(raw)
     for bad, rule in [
         ({"table": "a.b.c.d"}, "should match pattern"),
         ({"table": "exp.results; DROP TABLE x"}, "should match pattern"),
@@ -69,9 +76,9 @@ def test_run_into_catalog_tables(spark, catalog_config):
         assert detail.format == "delta" and detail.partitionColumns == ["experiment_id"], name
 
     # A rerun replaces the slice (same rows, new run id); another date is a new slice.
-    before = {name: len(_rows(spark, name)) for name in TABLES.values()}
+    before = {name: _rows(spark, name, without="run_id") for name in TABLES.values()}
     pipeline.run(spark, config, ANALYSIS_DATE)
-    assert {name: len(_rows(spark, name)) for name in TABLES.values()} == before
+    assert {name: _rows(spark, name, without="run_id") for name in TABLES.values()} == before
     pipeline.run(spark, config, ANALYSIS_DATE + dt.timedelta(days=1))
     dates = {r.analysis_date for r in spark.read.table(TABLES["results"]).collect()}
     assert dates == {ANALYSIS_DATE, ANALYSIS_DATE + dt.timedelta(days=1)}
@@ -90,3 +97,14 @@ def test_failed_run_keeps_catalog_tables_as_they_were(spark, catalog_config, mon
         pipeline.run(spark, config, ANALYSIS_DATE)
     for name, rows in before.items():
         assert _rows(spark, name) == rows, name
+
+
+def test_a_table_spark_cannot_write_is_an_input_error_naming_it(spark, catalog_config):
+    """A table in a schema that does not exist: InputError naming the table, and the
+    tables written before it get their slices back (here: none existed)."""
+    tables = {k: Location(table=v) for k, v in TABLES.items()}
+    output = Output(**{**tables, "results": Location(table="no_such_schema.results")})
+    config = catalog_config.model_copy(update={"output": output})
+    with pytest.raises(InputError, match=r"cannot write Delta table no_such_schema\.results: "):
+        pipeline.run(spark, config, ANALYSIS_DATE)
+    assert _rows(spark, TABLES["staging"]) == []

@@ -48,7 +48,8 @@ def started(spark, monkeypatch):
     """Calls of build_spark by the CLI, as (app name, local master, extra conf)."""
     calls = []
 
-    def fake(app_name="cluster_spark", local_master=None, extra_conf=None):
+    def fake(app_name="cluster_spark", local_master=None, extra_conf=None, remote=None):
+        assert remote is None  # no --remote, no SPARK_REMOTE in these tests
         calls.append((app_name, local_master, dict(extra_conf or {})))
         return spark
 
@@ -256,7 +257,7 @@ def test_master_and_a_connect_server_together_are_a_usage_error(monkeypatch, cap
     monkeypatch.setattr(session, "build_spark", lambda *a, **k: started.append(k))
     monkeypatch.setenv("SPARK_REMOTE", "sc://spark.example:15002")
     conf = _config_file(tmp_path, tmp_path / "out")
-    argv = ["run", "--config", str(conf), "--date", "2026-03-09", "--master", "local[1]"]
+    argv = ["run", "-q", "--config", str(conf), "--date", "2026-03-09", "--master", "local[1]"]
     assert cli.main(argv) == 64
     assert capsys.readouterr().err == (
         "cluster-spark: error: --master local[1] and a Spark Connect server "
@@ -266,6 +267,19 @@ def test_master_and_a_connect_server_together_are_a_usage_error(monkeypatch, cap
         cli.main([*argv, "--remote", "sc://localhost:15002"])
     assert "not allowed with argument" in capsys.readouterr().err
     assert started == []
+
+
+def test_an_unreachable_connect_server_is_a_usage_error(capsys, tmp_path):
+    """Said at once, naming the server (PySpark alone retries for minutes)."""
+    conf = _config_file(tmp_path, tmp_path / "out")
+    argv = ["run", "--config", str(conf), "--date", "2026-03-09", "-q"]
+    assert cli.main([*argv, "--remote", "sc://localhost:1"]) == 64
+    assert capsys.readouterr().err == (
+        "cluster-spark: error: cannot reach the Spark Connect server localhost:1 "
+        "(sc://localhost:1): Connection refused\n"
+    )
+    assert cli.main([*argv, "--remote", "localhost:15002"]) == 64
+    assert "looks like sc://HOST:PORT, not 'localhost:15002'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

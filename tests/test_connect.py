@@ -104,18 +104,16 @@ def test_cli_run_through_remote_equals_classic(server, demo_data):
 
 
 def test_notebook_api_over_connect_with_catalog_tables(server, demo_data):
-    """`cs.analyze` and `cs.report` with a Connect session: outputs are catalog tables
-    (in the server's warehouse) and nothing is persisted (`cache: none`)."""
+    """`cs.analyze` and `cs.report` with the user's own Connect session (not one
+    `build_spark` made): outputs are catalog tables (in the server's warehouse) and nothing
+    is persisted (`cache: none`)."""
     root, classic = demo_data
     script = f"""
         import json, yaml
         import cluster_spark as cs
-        from cluster_spark.session import build_spark
+        from pyspark.sql import SparkSession
 
-        spark = build_spark(remote={server!r})
-        # Delta's Connect client is imported: its conflicts arrive as delta.exceptions
-        from pyspark.errors.exceptions.connect import EXCEPTION_CLASS_MAPPING
-        assert "io.delta.exceptions.ConcurrentAppendException" in EXCEPTION_CLASS_MAPPING
+        spark = SparkSession.builder.remote({server!r}).getOrCreate()  # the user's own
         raw = yaml.safe_load(open({str(DEMO_CONFIG)!r}))
         raw["output"] = {{k: {{"table": f"cs_connect.{{k}}"}} for k in
                          ("staging", "results", "diagnostics")}}
@@ -127,6 +125,9 @@ def test_notebook_api_over_connect_with_catalog_tables(server, demo_data):
         assert "checkout_redesign" in html
         detail = spark.sql("DESCRIBE DETAIL cs_connect.results").first()
         assert detail.partitionColumns == ["experiment_id"], detail
+        # Delta's Connect client was imported: conflicts arrive as delta.exceptions
+        from pyspark.errors.exceptions.connect import EXCEPTION_CLASS_MAPPING
+        assert "io.delta.exceptions.ConcurrentAppendException" in EXCEPTION_CLASS_MAPPING
         print(json.dumps([r.asDict() for r in results.collect()], default=str))
     """
     remote = _python(script)

@@ -6,9 +6,17 @@ import pytest
 from delta.tables import DeltaTable
 
 from cluster_spark import pipeline
+from cluster_spark.config import parse_config
 from cluster_spark.errors import ConfigError, InputError
 from cluster_spark.tables import ANALYSIS_UNITS_METRIC
-from tests.helpers import ANALYSIS_DATE, EVENT_DDL, EXPOSURE_DDL, make_config, write_delta
+from tests.helpers import (
+    ANALYSIS_DATE,
+    EVENT_DDL,
+    EXPOSURE_DDL,
+    config_dict,
+    make_config,
+    write_delta,
+)
 from tests.test_staging import EVENTS, EXPOSURES
 
 # The documented results contract (README "Output tables"), written out independently.
@@ -298,3 +306,36 @@ def test_undo_goes_on_past_a_table_it_cannot_restore(spark, tmp_path):
         writes.undo()
     assert [r.value for r in spark.read.format("delta").load(a).collect()] == [1]
     assert [w.target.path for w in writes.written] == [b]
+
+
+def test_cache_none_persists_nothing_and_writes_the_same_rows(spark, tiny, tmp_path, monkeypatch):
+    """`cache: none` (serverless forbids persist): no frame is persisted, and the staging,
+    diagnostics and results rows equal a `cache: memory` run's (stats and diagnostics
+    come from one Spark action then). The expected numbers are test_run_writes_documented_
+    results' hand-computed ones."""
+    frame = type(spark.range(1))  # the session's DataFrame class (classic or Connect)
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("persist called with cache: none")
+
+    memory = make_config(tiny)
+    pipeline.run(spark, memory, ANALYSIS_DATE)
+    none = parse_config(
+        {
+            **config_dict(tiny),
+            "cache": "none",
+            "output": {
+                k: str(tmp_path / "none" / k) for k in ("staging", "results", "diagnostics")
+            },
+        }
+    )
+    monkeypatch.setattr(frame, "persist", refuse)
+    monkeypatch.setattr(frame, "cache", refuse)
+    pipeline.run(spark, none, ANALYSIS_DATE)
+    monkeypatch.undo()
+    for a, b in zip(_tables(memory), _tables(none), strict=True):
+        rows = [spark.read.format("delta").load(p).drop("run_id").collect() for p in (a, b)]
+        assert sorted(map(tuple, rows[0]), key=repr) == sorted(map(tuple, rows[1]), key=repr), b
+    means = {(r.metric, r.variant): r.mean for r in _results(spark, none).collect()}
+    assert means[("revenue_per_user", "control")] == pytest.approx(17 / 3)
+    assert means[("revenue_per_user", "treatment")] == pytest.approx(21 / 4)

@@ -144,12 +144,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     demo.add_argument("--orgs", type=int, default=8000)
     demo.add_argument("--seed", type=int, default=7)
-    _session_arguments(demo, conf=False)
+    _session_arguments(demo)
     demo.add_argument("--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE")
     return parser
 
 
-def _session_arguments(p: argparse.ArgumentParser, conf: bool = True) -> None:
+def _session_arguments(p: argparse.ArgumentParser) -> None:
     """--master and --remote: a classic session or a Spark Connect one, not both."""
     where = p.add_mutually_exclusive_group()
     where.add_argument("--master", help="master outside spark-submit (default: local[*])")
@@ -378,6 +378,8 @@ def _start_spark(args: argparse.Namespace, app_name: str, extra_conf: dict[str, 
             extra_conf=extra_conf,
             remote=args.remote,
         )
+    except ClusterSparkError:
+        raise
     except Exception as err:
         if not args.conf:
             raise
@@ -517,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_demo(args) if args.command == "demo" else _run(args)
     except ClusterSparkError as err:
         print(f"cluster-spark: error: {err}", file=sys.stderr)
+        for note in getattr(err, "__notes__", []):  # e.g. an undo that failed too
+            print(f"cluster-spark: error: {note}", file=sys.stderr)
         return err.exit_code
 
 

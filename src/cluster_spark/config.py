@@ -579,11 +579,22 @@ class Location(_Model):
 
 
 class Output(_Model):
-    """The three Delta tables a run writes (see `tables` for their schemas)."""
+    """The three Delta tables a run writes (see `tables` for their schemas), three
+    different locations."""
 
     staging: Location
     results: Location
     diagnostics: Location
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Output:
+        seen: dict[Location, str] = {}
+        for key in ("staging", "results", "diagnostics"):
+            location = getattr(self, key)
+            if location in seen:
+                raise ValueError(f"'{key}' and '{seen[location]}' are both {location}")
+            seen[location] = key
+        return self
 
 
 class Config(_Model):

@@ -4,11 +4,11 @@ never duplicate rows, and `SliceWrites`, which gives a failed run's tables their
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import random
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,14 +105,24 @@ def read_input(
     except AnalysisException as err:
         if not (table.format == "parquet" and table.path and _nanos(err)):
             raise InputError(
-                f"cannot read {table.format} {describe(table)}: {err.getMessage()}"
+                f"cannot read {table.format} {describe(table)}: {spark_message(err)}"
             ) from None
     try:
         return Read(_read_nanos(spark, table), nanos=True)
     except AnalysisException as err:
         raise InputError(
-            f"cannot read {table.format} {describe(table)}: {err.getMessage()}"
+            f"cannot read {table.format} {describe(table)}: {spark_message(err)}"
         ) from None
+
+
+def spark_message(err: AnalysisException) -> str:
+    """Spark's message of an analysis error, `[CONDITION] text`. `getMessage()` looks the
+    condition up in Spark's own catalogue, which lacks Delta's (`DELTA_TABLE_NOT_FOUND`
+    makes it fail with INTERNAL_ERROR); the exception's text is then used."""
+    try:
+        return err.getMessage()
+    except Exception:
+        return str(err).strip().splitlines()[0]
 
 
 def _nanos(err: AnalysisException) -> bool:
@@ -399,6 +409,8 @@ def input_errors(tables: Mapping[str, str]) -> Iterator[None]:
         mapped = read_failure(err, tables)
         if mapped is None:
             raise
+        for note in getattr(err, "__notes__", []):  # e.g. an undo that failed too
+            mapped.add_note(note)
         raise mapped from None
 
 
@@ -421,6 +433,11 @@ def slice_predicate(experiment_ids: Iterable[str], analysis_date: dt.date) -> st
     ids = ", ".join(_sql_string(e) for e in sorted(set(experiment_ids)))
     return f"experiment_id IN ({ids}) AND analysis_date = DATE'{analysis_date.isoformat()}'"
 
+
+# Delta's Connect client (the `connect` extra), when installed: Delta's commit conflicts on
+# any Spark Connect session, the user's own too, then arrive as `delta.exceptions` classes.
+with contextlib.suppress(ImportError):
+    import delta.connect.exceptions  # noqa: F401
 
 #: Commit conflicts that a retry resolves: another writer committed first (e.g. both
 #: created the table, or wrote other experiments' partitions at the same time).
@@ -446,7 +463,6 @@ def write_slice(
     experiment_ids: Iterable[str],
     analysis_date: dt.date,
     attempts: int = 5,
-    user_metadata: str | None = None,
 ) -> None:
     """Atomically replace the rows of these experiments on this analysis date (a small
     frame: it is written by one task) in the Delta table at `target` (a path, or a catalog
@@ -457,21 +473,23 @@ def write_slice(
     of different experiments touch disjoint files; a commit conflict (two first writers
     creating the table, say) is retried, which is safe because the write is idempotent.
     Under Spark Connect the conflicts are recognised through Delta's Connect client
-    (`session.connect`).
+    (imported above). Raises InputError naming the table when Spark refuses the write (a
+    missing schema, no permission, a location that is not a Delta table).
     """
     target = _location(target)
     df = df.coalesce(1)  # group-level rows: one task, one file per experiment partition
     if target.table is not None:
-        write = _table_write(df, target.table, experiment_ids, analysis_date, user_metadata)
+        write = _table_write(df, target.table, experiment_ids, analysis_date)
     else:
-        write = _path_write(df, target.path, experiment_ids, analysis_date, user_metadata)
+        write = _path_write(df, target.path, experiment_ids, analysis_date)
     for attempt in range(1, attempts + 1):
         try:
             write()
             return
         except (*CONFLICTS, AnalysisException) as err:
-            if not isinstance(err, CONFLICTS) and _CREATED_MEANWHILE not in str(err):
-                raise
+            retry = isinstance(err, CONFLICTS) or _CREATED_MEANWHILE in str(err)
+            if not retry:
+                raise InputError(f"cannot write Delta {target}: {spark_message(err)}") from None
             if attempt == attempts:
                 raise
             time.sleep(random.uniform(0.5, 2.0) * attempt)
@@ -482,11 +500,7 @@ _CREATED_MEANWHILE = "TABLE_OR_VIEW_ALREADY_EXISTS"
 
 
 def _path_write(
-    df: DataFrame,
-    path: str,
-    experiment_ids: Iterable[str],
-    analysis_date: dt.date,
-    user_metadata: str | None,
+    df: DataFrame, path: str, experiment_ids: Iterable[str], analysis_date: dt.date
 ) -> Callable[[], None]:
     """A Delta path: `replaceWhere`, whose predicate is SQL text (`slice_predicate`)."""
     writer = (
@@ -496,25 +510,17 @@ def _path_write(
         .option("mergeSchema", "true")  # new nullable columns are added, never dropped
         .partitionBy("experiment_id")
     )
-    if user_metadata:
-        writer = writer.option("userMetadata", user_metadata)  # shown in the table history
     return lambda: writer.save(path)
 
 
 def _table_write(
-    df: DataFrame,
-    name: str,
-    experiment_ids: Iterable[str],
-    analysis_date: dt.date,
-    user_metadata: str | None,
+    df: DataFrame, name: str, experiment_ids: Iterable[str], analysis_date: dt.date
 ) -> Callable[[], None]:
     """A catalog table: created by the first write (partitioned by experiment_id), then
     overwritten by condition (`DataFrameWriterV2.overwrite`, the slice as a Column; Delta
     runs it as a replaceWhere and checks every written row lies in the slice)."""
     spark = df.sparkSession
     writer = df.writeTo(name).option("mergeSchema", "true")
-    if user_metadata:
-        writer = writer.option("userMetadata", user_metadata)
 
     def write() -> None:
         if spark.catalog.tableExists(name):
@@ -540,11 +546,14 @@ class SliceWrites:
 
     Delta commits one table at a time; a run writes three (staging, diagnostics, results).
     Before each write, the slice it replaces is read (group-level rows: a few per metric
-    and variant, one small Spark job); `undo` writes those rows back, last table first, so
-    a failed run leaves every table's rows as they were. Other slices are not touched, so
-    concurrent runs of other experiments or dates are safe. A table the run created is left
-    empty. Only the DataFrame API and Delta's data source are used: no time travel lookup
-    through `DeltaTable`, whose Spark Connect form needs Delta's server plugin.
+    and variant; a small read of the table); `undo` writes those rows back, last table
+    first, so a failed run leaves every table's rows as they were. A table is listed for
+    undo before its write, so a commit that lands while the call still fails (a dropped
+    Connect stream) is undone too. Other slices are not touched, so concurrent runs of other
+    experiments or dates are safe; two concurrent runs of the same slice are not (the last
+    writer wins, and an undo restores the rows read before its own write). A table the run
+    created is left empty. Only the DataFrame API and Delta's data source are used: no time
+    travel lookup through `DeltaTable`, whose Spark Connect form needs Delta's server plugin.
 
     Used as a context manager, a failure inside undoes every write made so far; nested
     blocks over the same instance are safe (what is undone is forgotten).
@@ -554,7 +563,6 @@ class SliceWrites:
         self, spark: SparkSession, experiment_ids: Iterable[str], analysis_date: dt.date
     ) -> None:
         self.spark, self.ids, self.date = spark, sorted(set(experiment_ids)), analysis_date
-        self.tag = f"cluster_spark-run-{uuid.uuid4().hex}"
         self.written: list[_Before] = []
 
     def __enter__(self) -> SliceWrites:
@@ -569,6 +577,8 @@ class SliceWrites:
             err.add_note(f"undoing the run's writes failed too: {undo_err!r}")
 
     def write(self, df: DataFrame, target: Location | str) -> None:
+        """Replace this run's slice of `target` with `df` (`write_slice`), keeping the
+        slice's previous rows for `undo`."""
         target = _location(target)
         existing = existing_table(self.spark, target)
         if existing is None:
@@ -576,8 +586,8 @@ class SliceWrites:
         else:
             rows = existing.where(slice_filter(self.ids, self.date))
             before = _Before(target, existing.schema, rows.collect())
-        write_slice(df, target, self.ids, self.date, user_metadata=self.tag)
         self.written.append(before)
+        write_slice(df, target, self.ids, self.date)
 
     def undo(self) -> None:
         """Restore every written table, last first; a table that cannot be restored stays
@@ -635,7 +645,7 @@ def read_table(spark: SparkSession, target: Location | str) -> DataFrame:
         df.schema  # noqa: B018 (resolved now: under Spark Connect reads are lazy)
         return df
     except AnalysisException as err:
-        raise InputError(f"cannot read Delta {target}: {err.getMessage()}") from None
+        raise InputError(f"cannot read Delta {target}: {spark_message(err)}") from None
 
 
 def read_slice(
@@ -644,6 +654,8 @@ def read_slice(
     experiment_ids: Iterable[str],
     analysis_date: dt.date,
 ) -> DataFrame:
+    """The rows of these experiments on this analysis date of an output table (lazy);
+    InputError naming it when it cannot be read."""
     return read_table(spark, target).where(slice_filter(experiment_ids, analysis_date))
 
 

@@ -9,7 +9,9 @@ client (`connect_spark`): no master, no jars, no JVM on this side.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
@@ -90,7 +92,28 @@ def connect_spark(remote: str, conf: dict[str, str] | None = None) -> SparkSessi
             f"Spark Connect ({remote}) needs PySpark's Connect client: "
             f"pip install 'cluster-spark[connect]' ({err})"
         ) from None
-    spark = SparkSession.builder.remote(remote).getOrCreate()
-    for key, value in {"spark.sql.session.timeZone": "UTC", **(conf or {})}.items():
+    _reachable(remote)
+    try:
+        spark = SparkSession.builder.remote(remote).getOrCreate()
+        spark.conf.set("spark.sql.session.timeZone", "UTC")
+    except Exception as err:
+        raise UsageError(f"cannot use the Spark Connect server {remote}: {err}") from None
+    for key, value in (conf or {}).items():
         spark.conf.set(key, value)
     return spark
+
+
+def _reachable(remote: str, timeout: float = 10.0) -> None:
+    """UsageError unless `remote` is an `sc://HOST[:PORT]…` URL whose host accepts a
+    connection (PySpark would otherwise retry for minutes before saying so)."""
+    url = urlparse(remote)
+    if url.scheme != "sc" or not url.hostname:
+        raise UsageError(f"a Spark Connect URL looks like sc://HOST:PORT, not {remote!r}")
+    port = url.port or 15002  # Spark Connect's default port
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        raise UsageError(
+            f"cannot reach the Spark Connect server {url.hostname}:{port} ({remote}): "
+            f"{err.strerror or err}"
+        ) from None
