@@ -77,10 +77,11 @@ def measure_option(
                 lambda c=config: pipeline.stage(spark, c, ANALYSIS_DATE), args.repeat
             )
         jobs[on] = counter["jobs"] // args.repeat  # per run
-        label = f"cache: {'none' if on else 'memory'}" if option == "cache" else option
-        log(
-            f"  stage {'with' if on or option == 'cache' else 'without'} {label} {times[on]:8.1f} s"
-        )
+        if option == "cache":
+            label = f"with cache: {'none' if on else 'memory'}"
+        else:
+            label = f"{'with' if on else 'without'} {option}"
+        log(f"  stage {label} {times[on]:8.1f} s")
     rows = 0
     if option == "slices":
         staged = spark.read.format("delta").load(str(args.out / "runs" / "slices_True" / "staging"))

@@ -20,14 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-#: What the server needs for cluster_spark: Delta's SQL extension and catalog (static
-#: settings, so the server's, not the client's), the Connect port, and UTC.
-SERVER_CONF = {
-    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-    "spark.sql.session.timeZone": "UTC",
-    "spark.ui.enabled": "false",
-}
+from cluster_spark.session import DELTA_CONF, delta_jars
+
+#: What the server needs for cluster_spark: Delta's SQL extension and catalog and UTC
+#: (`session.DELTA_CONF`: static settings, so the server's, not the client's), no UI.
+SERVER_CONF = {**DELTA_CONF, "spark.ui.enabled": "false"}
 
 
 def _spark_home() -> Path:
@@ -36,11 +33,10 @@ def _spark_home() -> Path:
     return Path(pyspark.__file__).parent
 
 
-def _delta_jars() -> list[str]:
-    jar_dir = Path(os.environ.get("CLUSTER_SPARK_JARS", Path(__file__).parents[1] / ".jars"))
-    jars = sorted(str(p) for p in jar_dir.glob("*.jar"))
+def _delta_jars_or_exit() -> list[str]:
+    jars = delta_jars()
     if not jars:
-        sys.exit(f"no Delta jars in {jar_dir}: run `make jars` first")
+        sys.exit("no Delta jars (CLUSTER_SPARK_JARS or .jars/): run `make jars` first")
     return jars
 
 
@@ -65,7 +61,7 @@ def start(
         "--master",
         master,
         "--jars",
-        ",".join(_delta_jars()),
+        ",".join(_delta_jars_or_exit()),
         *[arg for key, value in settings.items() for arg in ("--conf", f"{key}={value}")],
         "spark-internal",
     ]

@@ -453,8 +453,8 @@ CONFLICTS = (
 
 
 def _location(target: Location | str) -> Location:
-    """A `Location`; a plain string is a path."""
-    return target if isinstance(target, Location) else Location(path=target)
+    """A `Location`; a plain string is a path (the config's own rule)."""
+    return Location.model_validate(target)
 
 
 def write_slice(
