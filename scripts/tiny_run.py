@@ -71,6 +71,7 @@ def write_input(root: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--logs", type=Path, help="keep each run's Spark event log here")
     args = parser.parse_args(argv)
     cli = Path(sys.executable).with_name("cluster-spark")
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print("| run | wall s (JVM start included) | Spark jobs |")
         print("|---:|---:|---:|")
         for i in range(args.repeat):
-            logs = root / f"events_{i}"
-            logs.mkdir()
+            logs = (args.logs or root) / f"events_{i}"
+            logs.mkdir(parents=True)
             cmd = [
                 str(cli), "run", "-q", "--config", str(config), "--date", "2026-03-09",
                 "--root", tmp, "--conf", "spark.eventLog.enabled=true",

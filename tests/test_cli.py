@@ -43,14 +43,24 @@ def _config_file(inputs: Path, out: Path, **experiment) -> Path:
     return path
 
 
+class _Calls(list):
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[int | None] = []
+
+
 @pytest.fixture()
 def started(spark, monkeypatch):
-    """Calls of build_spark by the CLI, as (app name, local master, extra conf)."""
-    calls = []
+    """Calls of build_spark by the CLI, as (app name, local master, extra conf); the
+    `input_bytes` of each call in `calls.sizes`."""
+    calls = _Calls()
 
-    def fake(app_name="cluster_spark", local_master=None, extra_conf=None, remote=None):
+    def fake(
+        app_name="cluster_spark", local_master=None, extra_conf=None, remote=None, input_bytes=None
+    ):
         assert remote is None  # no --remote, no SPARK_REMOTE in these tests
         calls.append((app_name, local_master, dict(extra_conf or {})))
+        calls.sizes.append(input_bytes)
         return spark
 
     monkeypatch.setattr(session, "build_spark", fake)
@@ -186,6 +196,33 @@ def test_run_show_report_start_a_local_session_with_the_given_conf(
     assert session.LOCAL_CONF["spark.sql.shuffle.partitions"] == "8"
 
 
+def _bytes_under(*paths: Path) -> int:
+    return sum(
+        os.path.getsize(os.path.join(d, f)) for p in paths for d, _, fs in os.walk(p) for f in fs
+    )
+
+
+def test_the_session_is_sized_from_the_tables_the_command_reads(inputs, tmp_path, started, capsys):
+    conf = _config_file(inputs, tmp_path)
+    common = ["--config", str(conf), "--date", "2026-03-09", "-q"]
+    assert cli.main(["run", *common]) == 0
+    assert cli.main(["show", *common]) == 0
+    outputs = [tmp_path / k for k in ("staging", "results", "diagnostics")]
+    # run reads the inputs; show the output tables it wrote (group-level rows)
+    assert started.sizes == [
+        _bytes_under(inputs / "exposures", inputs / "events"),
+        _bytes_under(*outputs),
+    ]
+    assert 0 < started.sizes[0] < session.SMALL_INPUT_BYTES
+    # an input named as a catalog table: its size is unknown, so no small-input settings
+    raw = json.loads(conf.read_text())
+    raw["sources"]["events"] = {**raw["sources"]["events"], "table": "events"}
+    del raw["sources"]["events"]["path"]
+    conf.write_text(json.dumps(raw))
+    cli.main(["plan", *common])
+    assert started.sizes[-1] is None
+
+
 def test_quiet_prints_results_but_no_progress(inputs, tmp_path, started, capsys):
     conf = _config_file(inputs, tmp_path)
     common = ["--config", str(conf), "--date", "2026-03-09"]
@@ -286,7 +323,8 @@ def test_an_unreachable_connect_server_is_a_usage_error(capsys, tmp_path):
 def test_the_entry_point_quiet_with_conf_and_report(inputs, tmp_path):
     """`cluster-spark run -q --conf … --report …` in its own JVM: only results on stdout,
     nothing from Spark on stderr but the JVM's own start-up line, and the event log (turned
-    on by --conf) shows the session's settings: LOCAL_CONF, -q's and the --conf ones."""
+    on by --conf) shows the session's settings: LOCAL_CONF and SMALL_INPUT_CONF, -q's and
+    the --conf ones."""
     conf = _config_file(inputs, tmp_path, metrics=["purchases_per_org"])
     events = tmp_path / "eventlog"
     events.mkdir()
@@ -311,7 +349,11 @@ def test_the_entry_point_quiet_with_conf_and_report(inputs, tmp_path):
         if '"SparkListenerEnvironmentUpdate"' in line
     )
     props = dict(env_update["Spark Properties"])
-    assert props["spark.sql.shuffle.partitions"] == "8"  # LOCAL_CONF
+    # LOCAL_CONF, and SMALL_INPUT_CONF over it: the inputs are a few KiB
+    assert props["spark.databricks.delta.snapshotPartitions"] == "4"
+    assert props["spark.sql.shuffle.partitions"] == "1"
+    assert props["spark.sql.adaptive.enabled"] == "false"
+    assert props["spark.sql.codegen.factoryMode"] == "NO_CODEGEN"
     assert props["spark.ui.showConsoleProgress"] == "false"
     assert props["spark.log.level"] == "ERROR"
     assert props["spark.eventLog.enabled"] == "true"

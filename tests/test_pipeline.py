@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from delta.tables import DeltaTable
 
-from cluster_spark import pipeline
+from cluster_spark import pipeline, session
 from cluster_spark.config import parse_config
 from cluster_spark.errors import ConfigError, InputError
 from cluster_spark.tables import ANALYSIS_UNITS_METRIC
@@ -339,3 +339,23 @@ def test_cache_none_persists_nothing_and_writes_the_same_rows(spark, tiny, tmp_p
     means = {(r.metric, r.variant): r.mean for r in _results(spark, none).collect()}
     assert means[("revenue_per_user", "control")] == pytest.approx(17 / 3)
     assert means[("revenue_per_user", "treatment")] == pytest.approx(21 / 4)
+
+
+def test_small_input_settings_give_the_hand_computed_numbers(spark, tiny):
+    """The settings a local session gets for small inputs (`session.SMALL_INPUT_CONF`: no
+    AQE, one shuffle partition, interpreted expressions) give test_run_writes_documented_
+    results' hand-computed numbers."""
+    before = {k: spark.conf.get(k, None) for k in session.SMALL_INPUT_CONF}
+    try:
+        for key, value in session.SMALL_INPUT_CONF.items():
+            spark.conf.set(key, value)
+        results = pipeline.run(spark, make_config(tiny), ANALYSIS_DATE)
+    finally:
+        for key, value in before.items():
+            spark.conf.unset(key) if value is None else spark.conf.set(key, value)
+    rows = {(r["metric"], r["variant"]): r for r in results}
+    ctrl, treat = rows[("revenue_per_user", "control")], rows[("revenue_per_user", "treatment")]
+    assert (ctrl["n_units"], ctrl["numerator_sum"], ctrl["denominator_sum"]) == (2, 17.0, 3.0)
+    assert ctrl["mean"] == pytest.approx(17 / 3) and treat["mean"] == pytest.approx(21 / 4)
+    assert treat["effect_abs"] == pytest.approx(21 / 4 - 17 / 3)
+    assert rows[("purchases_per_org", "treatment")]["mean"] == pytest.approx(2 / 3)

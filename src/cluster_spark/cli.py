@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster_spark import checks
-from cluster_spark.config import load_config
+from cluster_spark.config import Config, load_config
 from cluster_spark.errors import EXIT_USAGE, ClusterSparkError, UsageError
 
 #: Spark settings of `-q`: only errors in Spark's log, no progress bars.
@@ -361,9 +361,26 @@ def _spark_conf(args: argparse.Namespace) -> dict[str, str]:
     return conf | dict(args.conf)
 
 
-def _start_spark(args: argparse.Namespace, app_name: str, extra_conf: dict[str, str]):
-    """build_spark; a session that does not start with the --conf settings given is a
-    usage error naming them and Spark's reason (no Java traceback)."""
+def _input_bytes(config: Config, command: str) -> int | None:
+    """Size of the tables the command reads, when all are on this machine's disk
+    (`session.local_bytes`): the inputs for stage, run and plan; the output tables (group-
+    level rows) for reduce, show and report."""
+    from cluster_spark.session import local_bytes
+
+    if command in ("stage", "run", "plan"):
+        return local_bytes(t.path if t.table is None else None for t in config.inputs().values())
+    return local_bytes(loc.path for loc in dict(config.output).values())
+
+
+def _start_spark(
+    args: argparse.Namespace,
+    app_name: str,
+    extra_conf: dict[str, str],
+    input_bytes: int | None = None,
+):
+    """build_spark (small-input settings for a local session when `input_bytes` is small);
+    a session that does not start with the --conf settings given is a usage error naming
+    them and Spark's reason (no Java traceback)."""
     from cluster_spark.session import build_spark
 
     if args.master and args.remote:
@@ -377,6 +394,7 @@ def _start_spark(args: argparse.Namespace, app_name: str, extra_conf: dict[str, 
             local_master=args.master or "local[*]",
             extra_conf=extra_conf,
             remote=args.remote,
+            input_bytes=input_bytes,
         )
     except ClusterSparkError:
         raise
@@ -436,7 +454,8 @@ def _run(args: argparse.Namespace) -> int:
     from cluster_spark import io
 
     progress(f"starting Spark for {args.command} of {', '.join(ids)} on {args.date}")
-    spark = _start_spark(args, f"cluster_spark {args.command}", _spark_conf(args))
+    size = _input_bytes(config, args.command)
+    spark = _start_spark(args, f"cluster_spark {args.command}", _spark_conf(args), size)
     with io.input_errors(config.tables()):
         code = _command(spark, config, args, progress)
     progress("done")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -35,10 +36,64 @@ LOCAL_CONF = {
 }
 
 
+#: Input size (bytes on local disk over all input tables) up to which a local session the
+#: library starts also gets SMALL_INPUT_CONF.
+SMALL_INPUT_BYTES = 4 * 2**20
+
+#: Small inputs: plans run as built, one shuffle partition, expressions interpreted.
+#: AQE re-plans each shuffle stage as its own Spark job (a tiny run: 50 jobs, 23 without);
+#: code generation compiles a Java class per operator and expression (Janino), which costs
+#: more than evaluating a few thousand rows (`factoryMode` is Spark's internal switch
+#: between its generated and interpreted evaluators; both are tested by Spark). README,
+#: "Small inputs", has the measurements.
+SMALL_INPUT_CONF = {
+    "spark.sql.shuffle.partitions": "1",
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+}
+
+
+def local_bytes(paths: Iterable[str | None]) -> int | None:
+    """Total size of the files under these paths, or None unless every one is a path on
+    this machine's file system (no catalog table, no other URI scheme, nothing missing).
+    Lists files only (no Spark); a Delta table's size includes files of older versions."""
+    total = 0
+    for text in paths:
+        if text is None:
+            return None
+        url = urlparse(text)
+        if url.scheme not in ("", "file"):
+            return None
+        path = Path(url.path if url.scheme else text)
+        if path.is_file():
+            total += path.stat().st_size
+        elif path.is_dir():
+            total += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        else:
+            return None
+    return total
+
+
 def delta_jars() -> list[str]:
     """Delta Lake jars fetched by `make jars` (or the directory in CLUSTER_SPARK_JARS)."""
     jar_dir = Path(os.environ.get("CLUSTER_SPARK_JARS", Path(__file__).parents[2] / ".jars"))
     return sorted(str(p) for p in jar_dir.glob("*.jar"))
+
+
+def session_conf(
+    local: bool, input_bytes: int | None = None, extra_conf: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The settings `build_spark` gives a classic session: DELTA_CONF; LOCAL_CONF when
+    it starts a local one, and SMALL_INPUT_CONF then too when `input_bytes` is at most
+    SMALL_INPUT_BYTES; `extra_conf` wins over all of them."""
+    small = local and input_bytes is not None and input_bytes <= SMALL_INPUT_BYTES
+    return {
+        **DELTA_CONF,
+        **(LOCAL_CONF if local else {}),
+        **(SMALL_INPUT_CONF if small else {}),
+        **(extra_conf or {}),
+    }
 
 
 def build_spark(
@@ -46,13 +101,15 @@ def build_spark(
     local_master: str | None = None,
     extra_conf: dict[str, str] | None = None,
     remote: str | None = None,
+    input_bytes: int | None = None,
 ) -> SparkSession:
     """Create (or get) a Delta-enabled SparkSession.
 
     `remote` (else `SPARK_REMOTE`): a Spark Connect URL, `sc://HOST:PORT`; see
     `connect_spark`. Otherwise a classic session: `local_master` is used only when no
     master was given by spark-submit or the environment; when the jars are already on the
-    classpath (spark-submit --jars or --packages), nothing is added.
+    classpath (spark-submit --jars or --packages), nothing is added. Settings:
+    `session_conf`, where `input_bytes` is the inputs' size (`local_bytes`) if known.
     """
     remote = remote or os.environ.get("SPARK_REMOTE")
     if remote:
@@ -62,7 +119,7 @@ def build_spark(
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
     starts = SparkSession.getActiveSession() is None  # else getOrCreate returns that one
     local = starts and not submitted and (local_master or "").startswith("local")
-    conf = {**DELTA_CONF, **(LOCAL_CONF if local else {}), **(extra_conf or {})}
+    conf = session_conf(local, input_bytes, extra_conf)
     for key, value in conf.items():
         builder = builder.config(key, value)
     if not submitted:
