@@ -343,7 +343,8 @@ def test_cache_none_persists_nothing_and_writes_the_same_rows(spark, tiny, tmp_p
 
 def test_small_input_settings_give_the_hand_computed_numbers(spark, tiny):
     """The settings a local session gets for small inputs (`session.SMALL_INPUT_CONF`: no
-    AQE, one shuffle partition, interpreted expressions) give test_run_writes_documented_
+    AQE, one shuffle partition, no broadcast joins but those asked for, interpreted
+    expressions) give test_run_writes_documented_
     results' hand-computed numbers."""
     before = {k: spark.conf.get(k, None) for k in session.SMALL_INPUT_CONF}
     try:

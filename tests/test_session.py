@@ -36,6 +36,7 @@ def test_small_input_settings_only_for_a_small_local_session():
     assert small == {**DELTA_CONF, **LOCAL_CONF, **SMALL_INPUT_CONF}
     assert small["spark.sql.adaptive.enabled"] == "false"
     assert small["spark.sql.shuffle.partitions"] == "1"
+    assert small["spark.sql.autoBroadcastJoinThreshold"] == "-1"
     assert small["spark.sql.codegen.factoryMode"] == "NO_CODEGEN"
     assert session_conf(True, SMALL_INPUT_BYTES + 1) == {**DELTA_CONF, **LOCAL_CONF}
     assert session_conf(True, None) == {**DELTA_CONF, **LOCAL_CONF}

@@ -40,15 +40,18 @@ LOCAL_CONF = {
 #: library starts also gets SMALL_INPUT_CONF.
 SMALL_INPUT_BYTES = 4 * 2**20
 
-#: Small inputs: plans run as built, one shuffle partition, expressions interpreted.
-#: AQE re-plans each shuffle stage as its own Spark job (a tiny run: 50 jobs, 23 without);
+#: Small inputs: plans run as built, one shuffle partition, joins in the query's own job,
+#: expressions interpreted. AQE re-plans each shuffle stage as its own Spark job, and each
+#: broadcast the planner chooses is a job too (a tiny run: 50 jobs, 14 without either);
 #: code generation compiles a Java class per operator and expression (Janino), which costs
 #: more than evaluating a few thousand rows (`factoryMode` is Spark's internal switch
-#: between its generated and interpreted evaluators; both are tested by Spark). README,
-#: "Small inputs", has the measurements.
+#: between its generated and interpreted evaluators; both are tested by Spark). The
+#: broadcasts the library asks for (group-level rows) stay. README, "Small inputs", has
+#: the measurements.
 SMALL_INPUT_CONF = {
     "spark.sql.shuffle.partitions": "1",
     "spark.sql.adaptive.enabled": "false",
+    "spark.sql.autoBroadcastJoinThreshold": "-1",
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
 }
