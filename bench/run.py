@@ -28,7 +28,9 @@ SparkSession and the same Delta files:
 6. cross-engine check (`crosscheck.py`): cluster_spark's staged moments (read back from
    its staging table) against the per-metric queries' and DuckDB's answers, for every
    (experiment, metric, variant), raw and winsorized, to 1e-9 relative; a disagreement
-   stops the run (exit status 1) with the values of all three.
+   stops the run (exit status 1) with the values of all three;
+7. small inputs (`tiny.py`): `cluster-spark run -q` on 6 orgs and 14 events, each run a
+   new process (JVM start included), its wall clock and Spark jobs.
 
 This file parses the arguments, starts the SparkSession and runs the sizes; the rest of
 the bench is split by what it owns: `dataset.py` (the generated data), `metrics.py` (the
@@ -36,9 +38,9 @@ config of 20 metrics × 3 experiments), `queries.py` (floor and per-metric queri
 `duckdb_peer.py` (the DuckDB peer), `crosscheck.py` (the cross-engine check),
 `measure.py` (one size's measurements), `plans.py` (the staging plan, `--explain`),
 `costs.py` (stage time with and without slices, and with `cache: none`, smallest size),
-`units.py` (the units axis), `report.py` (tables, bench.json, BENCHMARKS.md) and `jvm.py`
-(the only module that reaches into the JVM: memory, job counts, plans). `paths.py` puts
-`src/` on `sys.path`.
+`units.py` (the units axis), `tiny.py` (a tiny input through the CLI, new processes),
+`report.py` (tables, bench.json, BENCHMARKS.md) and `jvm.py` (the only module that reaches
+into the JVM: memory, job counts, plans). `paths.py` puts `src/` on `sys.path`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import tiny
 from costs import costs_markdown, measure_option
 from crosscheck import CrossCheckError
 from dataset import DataParams, data_root
@@ -127,6 +130,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-costs",
         action="store_true",
         help="skip the costs of slices and of `cache: none` (bench/costs.py)",
+    )
+    parser.add_argument(
+        "--no-tiny",
+        action="store_true",
+        help="skip the tiny-input runs through the CLI (bench/tiny.py; one with --smoke)",
     )
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up")
     parser.add_argument(
@@ -213,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             for up in [users_params(n) for n in args.units] + [heavy]:
                 log(f"units axis: {up.kind}, {up.units:,} assignment units, {up.events:,} events")
                 units_rows.append(measure_units(spark, args, up, log))
+        tiny_runs = [] if args.no_tiny else tiny.measure(1 if args.smoke else 3, spark=spark)
         data = data_root(args.out, params[0].events)
         plans = staging_plans(spark, bench_config(data, args.out / "runs" / "explain"))
         print()
@@ -224,15 +233,20 @@ def main(argv: list[str] | None = None) -> int:
         if units_rows:
             print()
             print(units_table(units_rows))
+        if tiny_runs:
+            print()
+            print(tiny.tiny_table(tiny_runs))
         report = json.loads(bench_json(rows, machine, args, plans))
         report["units_axis"] = [asdict(r) for r in units_rows]
         report["option_costs"] = [asdict(c) for c in costs]
+        report["tiny_runs"] = [asdict(r) for r in tiny_runs]
         (args.out / "bench.json").write_text(json.dumps(report, indent=2))
         if not args.no_write_md:
             args.md.write_text(
                 markdown(rows, machine, args, plans)
                 + costs_markdown(costs)
                 + units_markdown(units_rows)
+                + tiny.tiny_markdown(tiny_runs)
             )
             log(f"\nwrote {args.md}")
         return 0

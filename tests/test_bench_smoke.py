@@ -4,6 +4,7 @@ passes the cross-engine check over every (experiment, metric, variant)."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -66,4 +67,31 @@ def test_bench_smoke(tmp_path):
     assert size["memory"]["jvm_heap_peak_mib"] > 0
     plan = report["staging_plan_operators"]["staging statistics"]
     assert plan["Scan events"] >= 1 and plan["HashAggregate"] >= 1
+    # one tiny run through the CLI (bench/tiny.py), in a process of its own
+    (run,) = report["tiny_runs"]
+    assert run["run"] == 1 and run["seconds"] > 0 and run["jobs"] > 0
+    assert "| run | wall s (JVM start included) | Spark jobs |" in proc.stdout
     assert (md.stat().st_mtime_ns if md.exists() else None) == md_before  # --no-write-md
+
+
+def test_tiny_section_goes_in_place_of_the_old_one():
+    """bench/tiny.py's BENCHMARKS.md section: the runs, verdicts against issue #14's
+    targets (≤ 15 s, ≤ 12 jobs), replacing an earlier section or appended."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from tiny import TinyRun, splice, tiny_markdown  # bench/ is not a package
+
+    section = tiny_markdown([TinyRun(1, 14.96, 12), TinyRun(2, 31.0, 29)])
+    assert "| 1 | 15.0 | 12 |\n| 2 | 31.0 | 29 |" in section
+    assert "| tiny run, wall clock | 15.0 s | ≤ 15 s | PASS |" in section
+    assert "| tiny run, Spark jobs of stage + reduce | 12 | ≤ 12 | PASS |" in section
+    failed = tiny_markdown([TinyRun(1, 15.04, 13)])
+    assert "| 15.0 s | ≤ 15 s | **FAIL** |" in failed and "| 13 | ≤ 12 | **FAIL** |" in failed
+    assert tiny_markdown([]) == ""
+    md = "# B\n\n## Units axis\n\nu\n"
+    once = splice(md, section)
+    assert once.startswith(md) and once.count("## Small inputs") == 1
+    assert once == "# B\n\n## Units axis\n\nu\n" + section
+    assert splice(once, failed) == "# B\n\n## Units axis\n\nu\n" + failed
+    again = splice(once + "\n## Later\n\nx\n", failed)
+    assert again.count("## Small inputs") == 1 and "**FAIL**" in again and "PASS" not in again
+    assert again.endswith("\n## Later\n\nx\n") and "\n## Units axis\n\nu\n" in again
