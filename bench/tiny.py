@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--md", type=Path, default=paths.ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-write-md", action="store_true")
     args = parser.parse_args(argv)
+    if args.logs is not None and args.logs.exists() and any(args.logs.iterdir()):
+        parser.error(f"--logs {args.logs}: give a new or empty directory")
     runs = measure(args.repeat, args.logs)
     print(tiny_table(runs))
     if not args.no_write_md:

@@ -43,24 +43,17 @@ def _config_file(inputs: Path, out: Path, **experiment) -> Path:
     return path
 
 
-class _Calls(list):
-    def __init__(self):
-        super().__init__()
-        self.sizes: list[int | None] = []
-
-
 @pytest.fixture()
 def started(spark, monkeypatch):
-    """Calls of build_spark by the CLI, as (app name, local master, extra conf); the
-    `input_bytes` of each call in `calls.sizes`."""
-    calls = _Calls()
+    """Calls of build_spark by the CLI, as (app name, local master, extra conf, input
+    bytes)."""
+    calls = []
 
     def fake(
         app_name="cluster_spark", local_master=None, extra_conf=None, remote=None, input_bytes=None
     ):
         assert remote is None  # no --remote, no SPARK_REMOTE in these tests
-        calls.append((app_name, local_master, dict(extra_conf or {})))
-        calls.sizes.append(input_bytes)
+        calls.append((app_name, local_master, dict(extra_conf or {}), input_bytes))
         return spark
 
     monkeypatch.setattr(session, "build_spark", fake)
@@ -179,7 +172,7 @@ def test_run_show_report_start_a_local_session_with_the_given_conf(
     assert cli.main(["show", *common, *extra]) == 0
     assert cli.main(["report", *common, *extra, "--out", str(tmp_path / "reports")]) == 0
     # local[*]: build_spark adds session.LOCAL_CONF to a local session it starts itself
-    assert [(name, master) for name, master, _ in started] == [
+    assert [(name, master) for name, master, _, _ in started] == [
         ("cluster_spark run", "local[*]"),
         ("cluster_spark show", "local[*]"),
         ("cluster_spark report", "local[*]"),
@@ -202,25 +195,32 @@ def _bytes_under(*paths: Path) -> int:
     )
 
 
-def test_the_session_is_sized_from_the_tables_the_command_reads(inputs, tmp_path, started, capsys):
+def test_the_session_is_sized_from_the_tables_the_command_reads(inputs, tmp_path, started):
+    """`session.local_bytes` of what each command reads decides the small-input settings:
+    the inputs for run and stage; output tables (group-level rows) for the others."""
     conf = _config_file(inputs, tmp_path)
     common = ["--config", str(conf), "--date", "2026-03-09", "-q"]
-    assert cli.main(["run", *common]) == 0
+    out = {k: tmp_path / k for k in ("staging", "results", "diagnostics")}
+    assert cli.main(["stage", *common]) == 0  # no results table yet
+    assert cli.main(["reduce", *common]) == 0
     assert cli.main(["show", *common]) == 0
-    outputs = [tmp_path / k for k in ("staging", "results", "diagnostics")]
-    # run reads the inputs; show the output tables it wrote (group-level rows)
-    assert started.sizes == [
-        _bytes_under(inputs / "exposures", inputs / "events"),
-        _bytes_under(*outputs),
-    ]
-    assert 0 < started.sizes[0] < session.SMALL_INPUT_BYTES
+    assert cli.main(["plan", *common]) == 0
+    sizes = [size for *_, size in started]
+    staged = _bytes_under(out["staging"], out["diagnostics"])
+    assert sizes[:2] == [_bytes_under(inputs / "exposures", inputs / "events"), staged]
+    assert sizes[2:] == [_bytes_under(out["results"]), _bytes_under(out["staging"])]
+    assert all(0 < s < session.SMALL_INPUT_BYTES for s in sizes)
+    # report before any results: those tables count as empty
+    empty = _config_file(inputs, tmp_path / "empty")
+    cli.main(["report", "--config", str(empty), "--date", "2026-03-09", "-q"])
+    assert started[-1][3] == 0
     # an input named as a catalog table: its size is unknown, so no small-input settings
     raw = json.loads(conf.read_text())
     raw["sources"]["events"] = {**raw["sources"]["events"], "table": "events"}
     del raw["sources"]["events"]["path"]
     conf.write_text(json.dumps(raw))
-    cli.main(["plan", *common])
-    assert started.sizes[-1] is None
+    cli.main(["run", *common])  # fails: there is no such table
+    assert started[-1][3] is None
 
 
 def test_quiet_prints_results_but_no_progress(inputs, tmp_path, started, capsys):

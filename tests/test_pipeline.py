@@ -344,8 +344,7 @@ def test_cache_none_persists_nothing_and_writes_the_same_rows(spark, tiny, tmp_p
 def test_small_input_settings_give_the_hand_computed_numbers(spark, tiny):
     """The settings a local session gets for small inputs (`session.SMALL_INPUT_CONF`: no
     AQE, one shuffle partition, no broadcast joins but those asked for, interpreted
-    expressions) give test_run_writes_documented_
-    results' hand-computed numbers."""
+    expressions) give the hand-computed numbers of test_run_writes_documented_results."""
     before = {k: spark.conf.get(k, None) for k in session.SMALL_INPUT_CONF}
     try:
         for key, value in session.SMALL_INPUT_CONF.items():
@@ -353,7 +352,10 @@ def test_small_input_settings_give_the_hand_computed_numbers(spark, tiny):
         results = pipeline.run(spark, make_config(tiny), ANALYSIS_DATE)
     finally:
         for key, value in before.items():
-            spark.conf.unset(key) if value is None else spark.conf.set(key, value)
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
     rows = {(r["metric"], r["variant"]): r for r in results}
     ctrl, treat = rows[("revenue_per_user", "control")], rows[("revenue_per_user", "treatment")]
     assert (ctrl["n_units"], ctrl["numerator_sum"], ctrl["denominator_sum"]) == (2, 17.0, 3.0)

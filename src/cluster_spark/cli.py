@@ -2,7 +2,8 @@
 
 Config and analysis date are validated before a SparkSession is built. Under spark-submit
 the master comes from spark-submit; otherwise `--master` (default local[*]), and a local
-session the CLI starts gets small-input settings (`session.LOCAL_CONF`); or `--remote
+session the CLI starts gets laptop-sized settings (`session.LOCAL_CONF`), and more for
+tables of a few MiB (`session.SMALL_INPUT_CONF`, `_input_bytes`); or `--remote
 sc://HOST:PORT` (default: $SPARK_REMOTE) makes it a Spark Connect client. `--conf KEY=VALUE`
 adds Spark settings (they win over those); `-q` prints only results, warnings and errors.
 Progress, notes and warnings go to stderr, results to stdout.
@@ -361,15 +362,30 @@ def _spark_conf(args: argparse.Namespace) -> dict[str, str]:
     return conf | dict(args.conf)
 
 
-def _input_bytes(config: Config, command: str) -> int | None:
-    """Size of the tables the command reads, when all are on this machine's disk
-    (`session.local_bytes`): the inputs for stage, run and plan; the output tables (group-
-    level rows) for reduce, show and report."""
-    from cluster_spark.session import local_bytes
+def _input_bytes(args: argparse.Namespace, config: Config) -> int | None:
+    """Size of the tables the command reads (`session.local_bytes`), when the CLI starts a
+    local session: the chosen experiments' inputs for stage and run; the staging table for
+    plan, staging and diagnostics for reduce, results for show, results and diagnostics for
+    report (group-level rows; one not written yet counts as empty)."""
+    from cluster_spark.session import SMALL_INPUT_BYTES, local_bytes
 
-    if command in ("stage", "run", "plan"):
-        return local_bytes(t.path if t.table is None else None for t in config.inputs().values())
-    return local_bytes(loc.path for loc in dict(config.output).values())
+    master = args.master or "local[*]"
+    if args.remote or "PYSPARK_GATEWAY_PORT" in os.environ or not master.startswith("local"):
+        return None
+    if args.command in ("stage", "run"):
+        from cluster_spark.inputs import needs
+
+        ids = args.experiment or [e.id for e in config.experiments]
+        paths = [need.table.path for need in needs(config, ids).values()]
+        return local_bytes(paths, SMALL_INPUT_BYTES)
+    out = config.output
+    reads = {
+        "plan": [out.staging],
+        "reduce": [out.staging, out.diagnostics],
+        "show": [out.results],
+        "report": [out.results, out.diagnostics],
+    }[args.command]
+    return local_bytes([t.path for t in reads], SMALL_INPUT_BYTES, absent_empty=True)
 
 
 def _start_spark(
@@ -454,7 +470,7 @@ def _run(args: argparse.Namespace) -> int:
     from cluster_spark import io
 
     progress(f"starting Spark for {args.command} of {', '.join(ids)} on {args.date}")
-    size = _input_bytes(config, args.command)
+    size = _input_bytes(args, config)
     spark = _start_spark(args, f"cluster_spark {args.command}", _spark_conf(args), size)
     with io.input_errors(config.tables()):
         code = _command(spark, config, args, progress)
