@@ -89,7 +89,8 @@ def _stage(
                 *[F.col(k).alias(f"_k_{k}") for k in keys], *ANALYSIS_UNIT_COLUMNS
             )
             on = [F.col(k).eqNullSafe(F.col(f"_k_{k}")) for k in keys]
-            group = group.join(F.broadcast(moments), on, "left").select(
+            # group-level rows on both sides: the planner broadcasts them or not
+            group = group.join(moments, on, "left").select(
                 *[c for c in group.columns],
                 *[F.when(~F.col("winsorized"), F.col(c)).alias(c) for c in ANALYSIS_UNIT_COLUMNS],
             )

@@ -5,14 +5,16 @@ experiments its unit is in."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import reduce
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+from cluster_spark.config import Experiment
 from cluster_spark.inputs import plan_inputs
-from cluster_spark.io import literal_frame
 from cluster_spark.staging.filters import shift
 from cluster_spark.staging.plan import TS, UNIT, Cache, Plan, diag
 
@@ -29,6 +31,17 @@ def first_exposure_value(valid: Column, column: str) -> Column:
     return first["v"].alias(column)
 
 
+def _per_experiment(plan: Plan, value: Callable[[Experiment], Any], kind: str) -> Column:
+    """Each row's experiment's `value`, as literals chosen by experiment id (rows are of
+    the plan's experiments only): no join, so no broadcast and no Spark job of its own."""
+    first, *rest = plan.experiments
+    out = F.lit(value(first)).cast(kind)
+    for e in rest:
+        chosen = F.col("experiment_id") == F.lit(e.id)
+        out = F.when(chosen, F.lit(value(e)).cast(kind)).otherwise(out)
+    return out
+
+
 def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFrame, DataFrame]:
     """First exposure per (experiment, unit) within each experiment's dates; units seen in
     two variants are dropped. Returns (units, diagnostics), both from one per-unit frame
@@ -41,32 +54,28 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
     unit_col = src.ids[plan.unit_type]
     constant = src.constant_experiment
     experiment = F.col(src.experiment_id).cast("string") if constant is None else F.lit(constant)
-    bounds = literal_frame(
-        spark,
-        [
-            (
-                e.id,
-                e.start_time,
-                e.analysis_time(plan.analysis_date),
-                e.cuped_lookback_days or 0,
-            )
-            for e in plan.experiments
-        ],
-        [
-            ("experiment_id", "string"),
-            ("start_ts", "timestamp"),
-            ("analysis_ts", "timestamp"),
-            ("lookback_days", "int"),
-        ],
-    )
     dims = plan.exposure_dimensions
-    rows = table.df.select(
-        experiment.alias("experiment_id"),
-        F.col(unit_col).cast("string").alias(UNIT),
-        F.col(src.variant).cast("string").alias("variant"),
-        table.instants.alias(TS),
-        *[F.col(d).cast("string").alias(dimension_column(i)) for i, d in enumerate(dims)],
-    ).join(F.broadcast(bounds), "experiment_id")
+    start = _per_experiment(plan, lambda e: e.start_time, "timestamp")
+    end = _per_experiment(plan, lambda e: e.analysis_time(plan.analysis_date), "timestamp")
+    lookback = _per_experiment(plan, lambda e: e.cuped_lookback_days or 0, "int")
+    rows = (
+        table.df.select(
+            experiment.alias("experiment_id"),
+            F.col(unit_col).cast("string").alias(UNIT),
+            F.col(src.variant).cast("string").alias("variant"),
+            table.instants.alias(TS),
+            *[F.col(d).cast("string").alias(dimension_column(i)) for i, d in enumerate(dims)],
+        )
+        # the plan's experiments only (a NULL experiment id is none of them); a filter of
+        # literals, so the scan can skip other experiments' files
+        .where(F.col("experiment_id").isin([e.id for e in plan.experiments]))
+        .select(
+            "*",
+            start.alias("start_ts"),
+            end.alias("analysis_ts"),
+            lookback.alias("lookback_days"),
+        )
+    )
     null = F.col(UNIT).isNull() | F.col("variant").isNull() | F.col(TS).isNull()
     valid = ~null & (F.col(TS) >= F.col("start_ts")) & (F.col(TS) < F.col("analysis_ts"))
     per_unit = cache.persist(
