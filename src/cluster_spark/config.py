@@ -693,18 +693,14 @@ class Config(_Model):
         comps = (metric.numerator, metric.denominator)
         return sorted({c.source for c in comps if c and c.source and c.source in self.sources})
 
-    def inputs(self) -> dict[str, Table]:
-        """Label → every table a run reads (exposures, sources, id mappings, attributes)."""
+    def tables(self) -> dict[str, str]:
+        """Label → location (path or table name) of every table a run reads or writes,
+        for error messages."""
         inputs: dict[str, Table] = {"exposures": self.exposures}
         inputs |= {f"source '{name}'": src for name, src in self.sources.items()}
         inputs |= {f"id mapping {m.from_id} → {m.to_id}": m for m in self.id_mappings}
         inputs |= {f"unit attributes '{name}'": t for name, t in self.unit_attributes.items()}
-        return inputs
-
-    def tables(self) -> dict[str, str]:
-        """Label → location (path or table name) of every table a run reads or writes,
-        for error messages."""
-        out = {label: t.path or t.table or "" for label, t in self.inputs().items()}
+        out = {label: t.path or t.table or "" for label, t in inputs.items()}
         outputs = {k: getattr(self.output, k) for k in Output.model_fields}
         return out | {f"output.{k}": loc.path or loc.table or "" for k, loc in outputs.items()}
 

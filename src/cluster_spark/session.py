@@ -38,19 +38,18 @@ LOCAL_CONF = {
 
 
 #: Size (bytes on local disk, over the tables a command reads) up to which a local
-#: session the CLI starts also gets SMALL_INPUT_CONF. At the demo's 5.1 MiB of inputs the
+#: session the CLI starts also gets SMALL_INPUT_CONF. At the demo's 4.9 MiB of inputs the
 #: two settings took the same time (README, "Small inputs").
 SMALL_INPUT_BYTES = 4 * 2**20
 
 #: Small inputs: plans run as built, one shuffle partition, joins in the query's own job,
 #: expressions interpreted. AQE re-plans after each shuffle stage and runs each stage as
 #: its own Spark job, and each broadcast the planner chooses is a job too (a tiny run: 50
-#: jobs, 14 without either; the broadcasts the library asks for, of group-level rows,
-#: stay). Code generation compiles Java classes per query (Janino), which costs more than
-#: evaluating a few thousand rows. `spark.sql.codegen.factoryMode` is an internal Spark
-#: setting, "not supposed to be set by end users": Spark's own test suites run its
-#: interpreted evaluators with it; here it took a tiny run in a warm JVM from 13.5 s to
-#: 10.4 s. `--conf` sets any of these back, key by key.
+#: jobs, 14 without either). Code generation compiles Java classes per query (Janino),
+#: which costs more than evaluating a few thousand rows. `spark.sql.codegen.factoryMode`
+#: is an internal Spark setting, "not supposed to be set by end users": Spark's own test
+#: suites run its interpreted evaluators with it; here it took a tiny run in a warm JVM
+#: from 13.5 s to 10.4 s. `--conf` sets any of these back, key by key.
 SMALL_INPUT_CONF = {
     "spark.sql.shuffle.partitions": "1",
     "spark.sql.adaptive.enabled": "false",
