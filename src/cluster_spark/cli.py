@@ -367,10 +367,9 @@ def _input_bytes(args: argparse.Namespace, config: Config) -> int | None:
     local session: the chosen experiments' inputs for stage and run; the staging table for
     plan, staging and diagnostics for reduce, results for show, results and diagnostics for
     report (group-level rows; one not written yet counts as empty)."""
-    from cluster_spark.session import SMALL_INPUT_BYTES, local_bytes
+    from cluster_spark.session import SMALL_INPUT_BYTES, local_bytes, local_master_here
 
-    master = args.master or "local[*]"
-    if args.remote or "PYSPARK_GATEWAY_PORT" in os.environ or not master.startswith("local"):
+    if args.remote or not local_master_here(args.master or "local[*]"):
         return None
     if args.command in ("stage", "run"):
         from cluster_spark.inputs import needs

@@ -101,6 +101,17 @@ def delta_jars() -> list[str]:
     return sorted(str(p) for p in jar_dir.glob("*.jar"))
 
 
+def _submitted() -> bool:
+    # spark-submit starts the Python driver with a gateway already running and a master set.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def local_master_here(local_master: str | None) -> bool:
+    """Whether a classic session built with this fallback master runs in local mode: not
+    under spark-submit (whose master wins), and `local_master` is `local[...]`."""
+    return not _submitted() and (local_master or "").startswith("local")
+
+
 def session_conf(
     local: bool, input_bytes: int | None = None, extra_conf: dict[str, str] | None = None
 ) -> dict[str, str]:
@@ -135,10 +146,9 @@ def build_spark(
     if remote:
         return connect_spark(remote, extra_conf)
     builder = SparkSession.builder.appName(app_name)
-    # spark-submit starts the Python driver with a gateway already running and a master set.
-    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    submitted = _submitted()
     starts = SparkSession.getActiveSession() is None  # else getOrCreate returns that one
-    local = starts and not submitted and (local_master or "").startswith("local")
+    local = starts and local_master_here(local_master)
     conf = session_conf(local, input_bytes, extra_conf)
     for key, value in conf.items():
         builder = builder.config(key, value)
