@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -358,3 +359,27 @@ def test_the_entry_point_quiet_with_conf_and_report(inputs, tmp_path):
     assert props["spark.log.level"] == "ERROR"
     assert props["spark.eventLog.enabled"] == "true"
     assert props["spark.master"] == "local[*]"
+
+
+def test_the_slice_hint_after_run_is_a_command_that_runs(inputs, tmp_path, started, capsys):
+    """Issue #25 kind 10: the hint printed after `run` used to say `--dimension NAME`,
+    without `--config` (exit 64) and with a name that is no dimension."""
+    raw = config_dict("data")  # relative paths, resolved against --root
+    raw["exposures"]["dimensions"] = ["experiment_id"]
+    raw["experiments"][0]["dimensions"] = ["experiment_id"]
+    raw["output"] = {k: f"out/{k}" for k in ("staging", "results", "diagnostics")}
+    (tmp_path / "data").symlink_to(inputs)
+    conf = tmp_path / "my conf.yaml"  # a space: the command must quote it
+    conf.write_text(json.dumps(raw))
+    args = ["run", "-q", "--config", str(conf), "--root", str(tmp_path), "--date", "2026-03-09"]
+    assert cli.main(args) == 0
+    notes = [
+        line for line in capsys.readouterr().err.splitlines() if "results by experiment_id" in line
+    ]
+    assert len(notes) == 1, notes
+    command = shlex.split(notes[0][notes[0].index("cluster-spark show") :])
+    assert command[:2] == ["cluster-spark", "show"]
+    assert command[-2:] == ["--dimension", "experiment_id"]
+    assert cli.main(command[1:]) == 0
+    shown = capsys.readouterr().out
+    assert "e1" in shown  # the slice of the one experiment

@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -257,16 +258,25 @@ def _print_health(rows: Iterable[Mapping[str, Any]], console: Console | None = N
         (console or Console(width=190)).print(f"health {line}", highlight=False)
 
 
-def _slice_notes(rows: Iterable[Mapping[str, Any]], date: dt.date) -> list[str]:
-    """Where the slice rows the overall table leaves out are."""
+def _slice_notes(rows: Iterable[Mapping[str, Any]], args: argparse.Namespace) -> list[str]:
+    """Where the slice rows the overall table leaves out are: a `show` command per
+    dimension that runs as printed (the same config, root, date and experiments)."""
     counts: dict[str, set[str]] = {}
     for r in rows:
         if r.get("dimension") is not None:
             counts.setdefault(r["dimension"], set()).add(r["slice"])
     if not counts:
         return []
-    dims = ", ".join(f"{d} ({len(s)} slices)" for d, s in sorted(counts.items()))
-    return [f"results by {dims}: cluster-spark show --date {date} --dimension NAME"]
+    base = ["cluster-spark", "show", "--config", str(args.config)]
+    if args.root is not None:
+        base += ["--root", str(args.root)]
+    base += ["--date", args.date.isoformat()]
+    for e in args.experiment or []:
+        base += ["--experiment", e]
+    return [
+        f"results by {d} ({len(s)} slices): {shlex.join([*base, '--dimension', d])}"
+        for d, s in sorted(counts.items())
+    ]
 
 
 def _report_paths(
@@ -509,13 +519,13 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
         results = pipeline.reduce(spark, config, args.date, ids)
         print_results(results)
         _print_health(results)
-        _Progress.warn(_slice_notes(results, args.date), kind="note")
+        _Progress.warn(_slice_notes(results, args), kind="note")
     elif args.command == "run":
         progress("staging and reducing")
         outcome = pipeline.run_outcome(spark, config, args.date, ids)
         print_results(outcome.results)
         _print_health(outcome.results)
-        _Progress.warn(_slice_notes(outcome.results, args.date), kind="note")
+        _Progress.warn(_slice_notes(outcome.results, args), kind="note")
         if args.report is not None:
             _write_reports(spark, outcome, config, args)
         _Progress.warn(outcome.warnings(config))
