@@ -69,6 +69,9 @@ NOTES = {
     ),
     "null_values": "NULLs in a filter column: ne/not_in keep them, the other ops drop them",
     "units_in_several_variants": "units seen in two variants: excluded",
+    "unknown_variants": (
+        "units with exposure rows of a variant label not configured: those rows left out"
+    ),
     "exposures_with_null_ids": "exposure rows with a NULL id, variant or timestamp: dropped",
     "analysis_units_in_several_units": (
         "analysis units under several assignment units: handled by multi_unit_policy"
@@ -169,6 +172,34 @@ def filter_warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) ->
                 message = _component_warning(comp, role, rows, where)
                 if message:
                     out.append(message)
+    return out
+
+
+def unknown_label_warnings(
+    config: Config, diagnostics: Iterable[Mapping[str, Any]]
+) -> list[str]:
+    """One warning per experiment whose exposure rows had variant labels that are not
+    configured variants (`unknown_variants` diagnostics rows: units per label)."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for d in diagnostics:
+        if d["check"] == "unknown_variants" and d.get("dimension") is None and d["value"]:
+            found.setdefault(d["experiment_id"], []).append((d["variant"], int(d["value"])))
+    out = []
+    for exp in config.experiments:
+        if exp.id not in found:
+            continue
+        labels = sorted(found[exp.id], key=lambda lv: (-lv[1], lv[0]))
+        shown = ", ".join(f"{label!r} ({n} unit{'s' * (n != 1)})" for label, n in labels)
+        hint = (
+            ""
+            if exp.normalize_variant_labels
+            else "; normalize_variant_labels: true matches labels ignoring case and "
+            "surrounding spaces"
+        )
+        out.append(
+            f"experiment '{exp.id}': exposure rows whose variant is not one of the configured "
+            f"{list(exp.variants)} were left out: {shown}{hint}"
+        )
     return out
 
 

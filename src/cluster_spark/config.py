@@ -468,6 +468,10 @@ class Experiment(_Model):
     #: Health: the relative MDE the experiment was planned for; a goal metric whose
     #: achieved `mde_rel` is larger (its CI wider than planned) is `underpowered`.
     planned_mde: Annotated[float, Field(gt=0)] | None = None
+    #: Exposure rows whose variant label is not a configured variant are left out (their
+    #: units counted per label: `unknown_variants`); with `normalize_variant_labels`, a
+    #: label matches a configured variant ignoring case and surrounding spaces first.
+    normalize_variant_labels: bool = False
 
     @field_validator("id", mode="after")
     @classmethod
@@ -502,6 +506,12 @@ class Experiment(_Model):
             )
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError("metrics are listed twice")
+        folded = [normalized_label(v) for v in self.variants]
+        if self.normalize_variant_labels and len(set(folded)) != len(folded):
+            raise ValueError(
+                f"normalize_variant_labels: variants {list(self.variants)} differ only in case "
+                "or surrounding spaces, so a label could match two of them"
+            )
         if len(set(self.dimensions)) != len(self.dimensions):
             raise ValueError(f"dimensions are listed twice: {self.dimensions}")
         unknown = sorted(set(self.metric_roles) - set(self.metrics))
@@ -547,6 +557,12 @@ class Experiment(_Model):
         total = sum(self.variants.values())
         share = (self.variants[variant] + self.variants[self.control]) / total
         return self.sequential_n_star * share
+
+
+def normalized_label(label: str) -> str:
+    """A variant label as `normalize_variant_labels` compares it: without surrounding
+    spaces, in lower case (as Spark's `lower(trim(…))`)."""
+    return label.strip(" ").lower()
 
 
 #: A metastore table name: `name`, `schema.name` or `catalog.schema.name`, each part a

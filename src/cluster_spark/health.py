@@ -11,6 +11,8 @@ Reasons (`REASONS`; `:<metric>` is appended where one metric is concerned):
   can trip too), `bias:<metric>` (a treatment's pre-exposure bias check is flagged),
   `units_in_several_variants` (> 1 % of exposed units seen in two variants),
   `duplicate_exposures` (duplicate exposure rows exceed 50 % of the units),
+  `unknown_variants` (> 1 % of the units with exposure rows have rows whose variant label
+  is not a configured variant: those rows are left out, GrowthBook's unknown variations),
   `analysis_units_in_several_units` (> 1 % of analysis units seen under several
   assignment units: the multi-unit policy excluded or reassigned them),
   `zero_denominator:<metric>` (> 90 % of a metric's units have a zero denominator: it
@@ -46,6 +48,7 @@ REASONS = {
     "bias": Health.WARNING,
     "units_in_several_variants": Health.WARNING,
     "duplicate_exposures": Health.WARNING,
+    "unknown_variants": Health.WARNING,
     "analysis_units_in_several_units": Health.WARNING,
     "zero_denominator": Health.WARNING,
     "cuped_no_pre_data": Health.WARNING,
@@ -53,6 +56,7 @@ REASONS = {
 }
 MAX_MULTI_VARIANT_SHARE = 0.01
 MAX_DUPLICATE_SHARE = 0.5
+MAX_UNKNOWN_VARIANT_SHARE = 0.01
 MAX_MULTI_UNIT_SHARE = 0.01
 MAX_ZERO_DENOMINATOR_SHARE = 0.9
 
@@ -83,6 +87,9 @@ def reasons(
         found.append("units_in_several_variants")
     if _count(diagnostics, "duplicate_exposures") > MAX_DUPLICATE_SHARE * units:
         found.append("duplicate_exposures")
+    unknown = _count(diagnostics, "unknown_variants")
+    if unknown > MAX_UNKNOWN_VARIANT_SHARE * (units + multi + unknown):
+        found.append("unknown_variants")
     subs = _count(diagnostics, "analysis_units")
     several = _count(diagnostics, "analysis_units_in_several_units")
     if several > MAX_MULTI_UNIT_SHARE * (subs + several):

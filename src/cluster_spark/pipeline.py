@@ -32,8 +32,12 @@ class Outcome:
     diagnostics: list[dict[str, Any]]
 
     def warnings(self, config: Config) -> list[str]:
-        """Filters that match nothing, from the diagnostics (`checks.filter_warnings`)."""
-        return checks.filter_warnings(config, self.diagnostics)
+        """Variant labels that are not configured and filters that match nothing, from
+        the diagnostics (`checks.unknown_label_warnings`, `checks.filter_warnings`)."""
+        return [
+            *checks.unknown_label_warnings(config, self.diagnostics),
+            *checks.filter_warnings(config, self.diagnostics),
+        ]
 
 
 def _chosen(config: Config, experiment_ids: list[str] | None, analysis_date: dt.date) -> list[str]:

@@ -13,10 +13,11 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from cluster_spark.config import Experiment
+from cluster_spark.config import Experiment, normalized_label
 from cluster_spark.inputs import plan_inputs
 from cluster_spark.staging.filters import shift
 from cluster_spark.staging.plan import TS, UNIT, Cache, Plan, diag
+from cluster_spark.status import OTHER_SLICE
 
 
 def dimension_column(i: int) -> str:
@@ -42,13 +43,54 @@ def _per_experiment(plan: Plan, value: Callable[[Experiment], Any], kind: str) -
     return out
 
 
+#: Unknown variant labels kept by name per experiment (by units); the rest are pooled.
+MAX_UNKNOWN_LABELS = 20
+
+
+def _labels(plan: Plan, label: Column) -> tuple[Column, Column]:
+    """(each row's variant label, whether it is a configured variant of its experiment).
+    With `normalize_variant_labels` a label that equals a configured variant ignoring case
+    and surrounding spaces becomes that variant."""
+    known = F.lit(False)
+    for e in plan.experiments:
+        this = F.col("experiment_id") == F.lit(e.id)
+        if e.normalize_variant_labels:
+            folded = F.lower(F.trim(label))
+            matches = [F.when(folded == F.lit(normalized_label(v)), F.lit(v)) for v in e.variants]
+            label = F.when(this, F.coalesce(*matches, label)).otherwise(label)
+        known = F.when(this, label.isin(list(e.variants))).otherwise(known)
+    return label, known
+
+
+def _unknown_labels(rows: DataFrame, unknown: Column) -> DataFrame:
+    """Assignment units per (experiment, unknown label) among the exposure rows in the
+    experiment's dates: the `MAX_UNKNOWN_LABELS` labels with most units by name, the rest
+    pooled as `(other)` (a unit is counted once per label it has)."""
+    per_label = (
+        rows.where(unknown)
+        .groupBy("experiment_id", "variant")
+        .agg(F.count_distinct(UNIT).alias("units"))
+    )
+    rank = F.row_number().over(
+        Window.partitionBy("experiment_id").orderBy(F.desc("units"), "variant")
+    )
+    named = F.when(rank <= MAX_UNKNOWN_LABELS, F.col("variant")).otherwise(F.lit(OTHER_SLICE))
+    return (
+        per_label.select("experiment_id", named.alias("variant"), "units")
+        .groupBy("experiment_id", "variant")
+        .agg(F.sum("units").alias("units"))
+    )
+
+
 def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFrame, DataFrame]:
     """First exposure per (experiment, unit) within each experiment's dates; units seen in
     two variants are dropped. Returns (units, diagnostics), both from one per-unit frame
     persisted in `cache`. Units have columns experiment_id, _unit, variant, exposure_ts,
     start_ts, analysis_ts, pre_start_ts (instants, UTC: see `io.time_instants`) and the
     value of each of `Plan.exposure_dimensions` (`dimension_column`). A table
-    without an experiment-id column holds the exposures of its constant experiment."""
+    without an experiment-id column holds the exposures of its constant experiment.
+    Rows whose variant label is not a configured variant (after `normalize_variant_labels`)
+    are left out; the units that have them are counted per label (`unknown_variants`)."""
     src = plan.config.exposures
     table = plan_inputs(spark, plan).table("exposures")
     unit_col = src.ids[plan.unit_type]
@@ -62,7 +104,7 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
         table.df.select(
             experiment.alias("experiment_id"),
             F.col(unit_col).cast("string").alias(UNIT),
-            F.col(src.variant).cast("string").alias("variant"),
+            F.col(src.variant).cast("string").alias("_label"),
             table.instants.alias(TS),
             *[F.col(d).cast("string").alias(dimension_column(i)) for i, d in enumerate(dims)],
         )
@@ -76,8 +118,11 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
             lookback.alias("lookback_days"),
         )
     )
+    label, known = _labels(plan, F.col("_label"))
+    rows = rows.withColumn("variant", label).withColumn("_known", known).drop("_label")
     null = F.col(UNIT).isNull() | F.col("variant").isNull() | F.col(TS).isNull()
-    valid = ~null & (F.col(TS) >= F.col("start_ts")) & (F.col(TS) < F.col("analysis_ts"))
+    dated = ~null & (F.col(TS) >= F.col("start_ts")) & (F.col(TS) < F.col("analysis_ts"))
+    valid = dated & F.col("_known")
     per_unit = cache.persist(
         rows.groupBy("experiment_id", UNIT)
         .agg(
@@ -121,6 +166,12 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
             diag(per_exp, "units_in_several_variants", F.col("multi")),
             diag(per_exp, "exposures_with_null_ids", F.col("nulls")),
             diag(counts, "assignment_units", F.col("count"), variant=F.col("variant")),
+            diag(
+                _unknown_labels(rows, dated & ~F.col("_known")),
+                "unknown_variants",
+                F.col("units"),
+                variant=F.col("variant"),
+            ),
         ],
     )
     return units, diagnostics
