@@ -96,3 +96,47 @@ def test_normalizing_variants_that_differ_only_in_case_is_a_config_error(tmp_pat
     raw["experiments"][0].update(variants=["control", "Control"], normalize_variant_labels=True)
     with pytest.raises(ConfigError, match="differ only in case"):
         parse_config(raw)
+
+
+# ---------------------------------------------------------------- NaN and ±Inf values
+
+NAN_EXPOSURES = [
+    ("e1", "o1", "control", at(0, 1)),
+    ("e1", "o2", "control", at(0, 1)),
+    ("e1", "o3", "treatment", at(0, 1)),
+    ("e1", "o4", "treatment", at(0, 1)),
+]
+CLEAN_EVENTS = [
+    ("o1", "u1", "purchase", 10.0, at(1)),
+    ("o2", "u2", "purchase", 11.0, at(1)),
+    ("o3", "u3", "purchase", 12.0, at(1)),
+    ("o4", "u4", "purchase", 13.0, at(1)),
+]
+BROKEN_EVENTS = [
+    ("o1", "u1", "purchase", float("nan"), at(2)),
+    ("o3", "u3", "purchase", float("inf"), at(2)),
+]
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_nan_and_inf_values_are_missing_counted_and_a_health_warning(spark, tmp_path, broken):
+    write_delta(spark, NAN_EXPOSURES, EXPOSURE_DDL, tmp_path / "exposures")
+    events = CLEAN_EVENTS + (BROKEN_EVENTS if broken else [])
+    write_delta(spark, events, EVENT_DDL, tmp_path / "events")
+    outcome = pipeline.run_outcome(spark, parse_config(config_dict(tmp_path)), ANALYSIS_DATE)
+    by = {(r["metric"], r["variant"]): r for r in _overall(outcome.results)}
+    # revenue per user: control (10 + 11) / 2, treatment (12 + 13) / 2, either way
+    assert by["revenue_per_user", "control"]["mean"] == pytest.approx(10.5)
+    assert by["revenue_per_user", "treatment"]["mean"] == pytest.approx(12.5)
+    assert by["revenue_per_user", "treatment"]["status"] == "ok"
+    assert by["revenue_per_user", "treatment"]["effect_abs"] == pytest.approx(2.0)
+    # the event still counts as a purchase: its value is what is missing
+    assert by["purchases_per_org", "control"]["mean"] == pytest.approx(1.5 if broken else 1.0)
+    counted = _diagnostics(outcome, "non_finite_values")
+    assert counted == {("non_finite_values:events:value", None): 2 if broken else 0}
+    health = by["revenue_per_user", "control"]
+    if broken:
+        assert health["health"] == "warning"
+        assert health["health_reasons"] == ["non_finite_values:events:value"]
+    else:
+        assert (health["health"], health["health_reasons"]) == ("healthy", [])

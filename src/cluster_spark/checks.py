@@ -79,6 +79,7 @@ NOTES = {
     "events_with_null_ids": "events with a NULL id: see README, Time, NULLs and ids",
     "unmapped_ids": "events whose id has no id-mapping row: dropped",
     "events_with_null_timestamps": "events without a timestamp: in no window",
+    "non_finite_values": "NaN or ±Inf values in a summed column: treated as missing",
     "unit_attribute_rows_dropped": "attribute rows with a NULL id or timestamp: dropped",
     MATCHED: "events passing the component's filter (0: the filter matches nothing)",
     FILTER_VALUE: "events with this filter value (0: no event has it)",

@@ -15,6 +15,8 @@ Reasons (`REASONS`; `:<metric>` is appended where one metric is concerned):
   is not a configured variant: those rows are left out, GrowthBook's unknown variations),
   `analysis_units_in_several_units` (> 1 % of analysis units seen under several
   assignment units: the multi-unit policy excluded or reassigned them),
+  `non_finite_values:<source>:<column>` (a summed column holds NaN or ±Inf values,
+  which are treated as missing: any such value, since no healthy source has one),
   `zero_denominator:<metric>` (> 90 % of a metric's units have a zero denominator: it
   is measured on few units),
   `cuped_no_pre_data:<metric>` (CUPED is on, but a treatment fell back for lack of
@@ -51,6 +53,7 @@ REASONS = {
     "unknown_variants": Health.WARNING,
     "analysis_units_in_several_units": Health.WARNING,
     "zero_denominator": Health.WARNING,
+    "non_finite_values": Health.WARNING,
     "cuped_no_pre_data": Health.WARNING,
     "underpowered": Health.WARNING,
 }
@@ -94,6 +97,12 @@ def reasons(
     several = _count(diagnostics, "analysis_units_in_several_units")
     if several > MAX_MULTI_UNIT_SHARE * (subs + several):
         found.append("analysis_units_in_several_units")
+    found += sorted(
+        d["check"]
+        for d in diagnostics
+        if d["check"].startswith("non_finite_values:") and d.get("dimension") is None
+        and d["value"]
+    )
     zero: dict[str, list[int]] = {}
     for row in staged:
         if not row.get("winsorized") and row.get("dimension") is None:

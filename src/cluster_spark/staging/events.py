@@ -81,11 +81,19 @@ def counts_values(comp: Component, key_col: str | None) -> bool:
     return comp.agg == "count_distinct" and comp.column != key_col
 
 
+def _non_finite(column: str) -> Column:
+    """Whether a value is NaN, +Inf or -Inf (never for NULL)."""
+    value = F.col(column).cast("double")
+    return F.isnan(value) | (F.abs(value) == F.lit(float("inf")))
+
+
 def _first_level(comp: Component, keep: Column) -> Column:
     """A component aggregated per (unit, first-level key) over the events that pass `keep`.
-    A distinct count of the key becomes a flag (1 or null) per key."""
+    A distinct count of the key becomes a flag (1 or null) per key. A sum skips NaN and
+    ±Inf values as it skips NULLs: they are missing values (counted, `non_finite_values`)."""
     if comp.agg == "sum":
-        return F.sum(F.when(keep, F.col(comp.column).cast("double")))
+        value = F.col(comp.column).cast("double")
+        return F.sum(F.when(keep & ~_non_finite(comp.column), value))
     if comp.agg == "count":
         return F.count(F.when(keep, 1))
     if comp.agg == "count_distinct":
@@ -136,6 +144,11 @@ class SourceLevel:
 
 def filter_columns(parts: dict[str, tuple[Component, float]]) -> list[str]:
     return sorted({cond.column for comp, _ in parts.values() for cond in comp.filter})
+
+
+def summed_columns(parts: dict[str, tuple[Component, float]]) -> list[str]:
+    """The columns some component sums: their NaN and ±Inf values are counted."""
+    return sorted({comp.column for comp, _ in parts.values() if comp.agg == "sum"})
 
 
 def _predicate_key(conditions: Iterable[Condition]) -> str:
@@ -228,6 +241,10 @@ def first_level(
     totals += [
         F.count(F.when(F.col(c).isNull(), 1)).alias(f"_null__{i}") for i, c in enumerate(nullable)
     ]
+    summed = summed_columns(parts)
+    totals += [
+        F.count(F.when(_non_finite(c), 1)).alias(f"_nonfinite__{i}") for i, c in enumerate(summed)
+    ]
     predicates = match_predicates(parts)
     totals += [
         F.count(F.when(reduce(Column.__and__, map(condition, conds)), 1)).alias(f"_match__{i}")
@@ -249,6 +266,7 @@ def first_level(
     ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
     total_names = [c for c in per_key.columns if c in ("_n_events", "_n_null_ts", "_n_unmapped")]
     total_names += [f"_null__{i}" for i in range(len(nullable))]
+    total_names += [f"_nonfinite__{i}" for i in range(len(summed))]
     total_names += [f"_match__{i}" for i in range(len(predicates))]
     values = None
     if pairs:  # distinct values by aggregation: no per-unit arrays (a heavy org's hotspot)
@@ -312,11 +330,12 @@ def source_level(
     whose id the id mapping lacks); `events_with_null_timestamps:<source>` (events of the
     whole source without a timestamp: they are in no window); `null_values:<source>:
     <column>` for every filter column (NULL values: kept by `ne`/`not_in`/`is_null`,
-    dropped by the others); and, per metric reading the source, `matched_events:<role>`
-    and `filter_value_events:<role>:<column>=<value>` (`cluster_spark.checks`: a filter
-    that matches nothing). The last three count the events of the experiment's units that
-    the run reads: from the earliest
-    start (or pre-period) to the latest analysis time of the unit's experiments."""
+    dropped by the others); `non_finite_values:<source>:<column>` for every summed column
+    (NaN and ±Inf values, which sums skip as missing); and, per metric reading the
+    source, `matched_events:<role>` and `filter_value_events:<role>:<column>=<value>`
+    (`cluster_spark.checks`: a filter that matches nothing). The last four count the
+    events of the experiment's units that the run reads: from the earliest start (or
+    pre-period) to the latest analysis time of the unit's experiments."""
     config = plan.config
     src = config.sources[source]
     parts, columns, key_col = source_parts(plan, source)
@@ -343,6 +362,10 @@ def source_level(
     nullable = filter_columns(parts)
     in_exp: list[tuple[str | None, str, Column]] = [
         (None, f"null_values:{source}:{c}", total(f"_null__{i}")) for i, c in enumerate(nullable)
+    ]
+    in_exp += [
+        (None, f"non_finite_values:{source}:{c}", total(f"_nonfinite__{i}"))
+        for i, c in enumerate(summed_columns(parts))
     ]
     if by_analysis_unit and plan.analysis_unit != key_type:  # else a NULL one has no unit
         null_sub = F.when(F.col(SUB).isNull(), F.col("_n_events"))
