@@ -228,13 +228,35 @@ UNITS = [_diag("assignment_units", 500, "control"), _diag("assignment_units", 50
          "zero_denominator:m1"),
         ([_result(cuped_status="fallback_no_pre_data")], UNITS, [], None, "cuped_no_pre_data:m1"),
         ([_result(mde_rel=0.051)], UNITS, [], 0.05, "underpowered:m1"),
+        ([_result()], [*UNITS, _diag("unknown_variants", 11, "Treatment")], [], None,
+         "unknown_variants"),
+        ([_result()], [*UNITS, _diag("non_finite_values:events:value", 1)], [], None,
+         "non_finite_values:events:value"),
+        ([_result()], [*UNITS, _diag("events_of_units:events", 0)], [], None,
+         "no_events_reach_units:events"),
     ],
 )  # fmt: skip
 def test_each_health_reason_from_a_hand_made_input(results, diagnostics, staged, planned_mde, code):
     exp = experiment(planned_mde=planned_mde)
     assert health.reasons(results, diagnostics, staged, exp) == [code]
-    expected = "unhealthy" if code.split(":")[0] in ("srm", "guardrail_violated") else "warning"
+    unhealthy = ("srm", "guardrail_violated", "no_events_reach_units")
+    expected = "unhealthy" if code.split(":")[0] in unhealthy else "warning"
     assert health.verdict([code]) == expected
+
+
+def test_an_experiment_without_units_is_not_blamed_on_its_sources():
+    diagnostics = [_diag("assignment_units", 0, "control"), _diag("events_of_units:events", 0)]
+    assert health.reasons([_result()], diagnostics, [], experiment()) == []
+
+
+def test_input_problems_are_listed_before_the_checks_they_break():
+    diagnostics = [*UNITS, _diag("events_of_units:events", 0)]
+    results = [_result(srm_flag=True, decision="guardrail_violated")]
+    assert health.reasons(results, diagnostics, [], experiment()) == [
+        "no_events_reach_units:events",
+        "srm",
+        "guardrail_violated:m1",
+    ]
 
 
 def test_just_below_every_threshold_is_healthy():
@@ -245,6 +267,9 @@ def test_just_below_every_threshold_is_healthy():
         _diag("duplicate_exposures", 500),  # 50 % of 1000: not above
         _diag("analysis_units", 990),
         _diag("analysis_units_in_several_units", 10),
+        _diag("unknown_variants", 10, "Treatment"),  # 10 / 1010 < 1 %
+        _diag("non_finite_values:events:value", 0),
+        _diag("events_of_units:events", 1),
     ]
     staged = [{"metric": "m1", "n_units": 10, "n_zero_denominator": 9}]
     exp = experiment(planned_mde=0.05)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+import cluster_spark as cs
 from cluster_spark import pipeline
 from cluster_spark.config import parse_config
 from cluster_spark.errors import ConfigError
@@ -140,3 +141,30 @@ def test_nan_and_inf_values_are_missing_counted_and_a_health_warning(spark, tmp_
         assert health["health_reasons"] == ["non_finite_values:events:value"]
     else:
         assert (health["health"], health["health_reasons"]) == ("healthy", [])
+
+
+# ---------------------------------------------------------------- ids that do not join
+
+
+@pytest.mark.parametrize("joined", [True, False])
+def test_a_source_whose_ids_do_not_join_is_unhealthy_and_said_first(spark, tmp_path, joined):
+    """The events' org ids in another format ('ORG-o1' for 'o1'): no event reaches a unit,
+    every metric of the source is 0. Its twin with the right ids is healthy."""
+    write_delta(spark, NAN_EXPOSURES, EXPOSURE_DDL, tmp_path / "exposures")
+    events = [e if joined else (f"ORG-{e[0]}", *e[1:]) for e in CLEAN_EVENTS]
+    write_delta(spark, events, EVENT_DDL, tmp_path / "events")
+    config = parse_config(config_dict(tmp_path))
+    outcome = pipeline.run_outcome(spark, config, ANALYSIS_DATE)
+    assert _diagnostics(outcome, "events_of_units") == {
+        ("events_of_units:events", None): 4 if joined else 0
+    }
+    row = _overall(outcome.results)[0]
+    if joined:
+        assert (row["health"], row["health_reasons"]) == ("healthy", [])
+        return
+    assert row["health"] == "unhealthy"
+    assert row["health_reasons"][0] == "no_events_reach_units:events"
+    html = cs.report(spark, config, ANALYSIS_DATE)
+    health = html[html.index("<h2>Health</h2>") :]
+    first = health[health.index("<li>") : health.index("</li>")]
+    assert "no_events_reach_units:events" in first and "ids do not join" in first

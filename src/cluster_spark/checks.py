@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # no run-time dependency: the report imports this module
 ROLES = {"num": "numerator", "den": "denominator"}
 
 MATCHED = "matched_events"
+#: Events of a source that reach an exposed unit of the experiment (in its range), for
+#: the experiments whose metrics read it; 0: health reason `no_events_reach_units`.
+EVENTS_OF_UNITS = "events_of_units"
 FILTER_VALUE = "filter_value_events"
 
 
@@ -80,13 +83,14 @@ NOTES = {
     "unmapped_ids": "events whose id has no id-mapping row: dropped",
     "events_with_null_timestamps": "events without a timestamp: in no window",
     "non_finite_values": "NaN or ±Inf values in a summed column: treated as missing",
+    EVENTS_OF_UNITS: "events of the source that reach an exposed unit (0: ids do not join)",
     "unit_attribute_rows_dropped": "attribute rows with a NULL id or timestamp: dropped",
     MATCHED: "events passing the component's filter (0: the filter matches nothing)",
     FILTER_VALUE: "events with this filter value (0: no event has it)",
 }
 #: Checks whose counts are expected, never a problem.
 NORMAL = {"assignment_units", "analysis_units", "duplicate_exposures", "events_before_exposure",
-          "null_values"}  # fmt: skip
+          "null_values", EVENTS_OF_UNITS}  # fmt: skip
 
 
 def note(check: str | None) -> str:
@@ -99,7 +103,7 @@ def is_warning(check: str | None, value: Any) -> bool:
     pre-exposure events, filter-column NULLs)."""
     if check is None or value is None:
         return False
-    if check.startswith((f"{MATCHED}:", f"{FILTER_VALUE}:")):
+    if check.startswith((f"{MATCHED}:", f"{FILTER_VALUE}:", f"{EVENTS_OF_UNITS}:")):
         return value == 0
     return check.split(":", 1)[0] not in NORMAL and value > 0
 
@@ -176,9 +180,7 @@ def filter_warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) ->
     return out
 
 
-def unknown_label_warnings(
-    config: Config, diagnostics: Iterable[Mapping[str, Any]]
-) -> list[str]:
+def unknown_label_warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) -> list[str]:
     """One warning per experiment whose exposure rows had variant labels that are not
     configured variants (`unknown_variants` diagnostics rows: units per label)."""
     found: dict[str, list[tuple[str, int]]] = {}

@@ -4,7 +4,10 @@ already measured (GrowthBook's experiment health, Statsig's health checks).
 
 Reasons (`REASONS`; `:<metric>` is appended where one metric is concerned):
 
-- unhealthy: `srm` (the sample-ratio-mismatch test of assignment units is flagged),
+- unhealthy: `no_events_reach_units:<source>` (units were exposed, but no event of a
+  source the experiment's metrics read reaches one of them: ids of another format or the
+  wrong id column; every metric of that source is 0), `srm` (the sample-ratio-mismatch
+  test of assignment units is flagged),
   `guardrail_violated:<metric>` (a guardrail shows significant harm);
 - warning: `srm_analysis_units` (analysis units per assignment unit differ between arms:
   the analysis-unit balance check, `srm_analysis_flag`, which a real effect on activity
@@ -24,7 +27,9 @@ Reasons (`REASONS`; `:<metric>` is appended where one metric is concerned):
   `mde_rel`, exceeds the experiment's `planned_mde`: the observed CI is wider than the
   experiment was planned for).
 
-Thresholds are module constants; the verdict is the worst level among the reasons.
+Thresholds are module constants; the verdict is the worst level among the reasons. Reasons
+are listed worst level first, then in `REASONS` order (input problems before the checks
+they make meaningless), then by code.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
+from cluster_spark.checks import EVENTS_OF_UNITS
 from cluster_spark.config import Experiment
 
 
@@ -44,6 +50,7 @@ class Health(StrEnum):
 
 #: Reason code → level.
 REASONS = {
+    "no_events_reach_units": Health.UNHEALTHY,
     "srm": Health.UNHEALTHY,
     "srm_analysis_units": Health.WARNING,
     "guardrail_violated": Health.UNHEALTHY,
@@ -77,14 +84,22 @@ def reasons(
     experiment: Experiment,
 ) -> list[str]:
     """The reason codes of one experiment's overall results, diagnostics and staged rows,
-    sorted by level (worst first), then code."""
+    sorted by level (worst first), then `REASONS` order, then code."""
     found: list[str] = []
+    units = _count(diagnostics, "assignment_units")
+    found += sorted(
+        f"no_events_reach_units:{d['check'].split(':', 1)[1]}"
+        for d in diagnostics
+        if d["check"].startswith(f"{EVENTS_OF_UNITS}:")
+        and d.get("dimension") is None
+        and units
+        and not d["value"]
+    )
     treated = [r for r in results if r["variant"] != experiment.control]
     if any(r["srm_flag"] for r in results):
         found.append("srm")
     if any(r.get("srm_analysis_flag") for r in results):
         found.append("srm_analysis_units")
-    units = _count(diagnostics, "assignment_units")
     multi = _count(diagnostics, "units_in_several_variants")
     if multi > MAX_MULTI_VARIANT_SHARE * (units + multi):
         found.append("units_in_several_variants")
@@ -100,8 +115,7 @@ def reasons(
     found += sorted(
         d["check"]
         for d in diagnostics
-        if d["check"].startswith("non_finite_values:") and d.get("dimension") is None
-        and d["value"]
+        if d["check"].startswith("non_finite_values:") and d.get("dimension") is None and d["value"]
     )
     zero: dict[str, list[int]] = {}
     for row in staged:
@@ -129,7 +143,10 @@ def reasons(
         ):
             found.append(f"underpowered:{metric}")
     unique = list(dict.fromkeys(found))
-    return sorted(unique, key=lambda code: (-_ORDER.index(level(code)), code))
+    order = list(REASONS)
+    return sorted(
+        unique, key=lambda c: (-_ORDER.index(level(c)), order.index(c.split(":", 1)[0]), c)
+    )
 
 
 def level(code: str) -> Health:

@@ -476,6 +476,12 @@ def _legend(decided: bool = True) -> str:
 
 #: One line per health reason code (the part before ':'), README "Health".
 HEALTH_TEXT = {
+    "no_events_reach_units": (
+        "no event of this source reaches an exposed unit: its ids do not join the "
+        "exposures (another format or type, or the wrong id column); its metrics are 0"
+    ),
+    "unknown_variants": "more than 1 % of units have exposure rows of unconfigured variants",
+    "non_finite_values": "NaN or ±Inf values in a summed column were treated as missing",
     "srm": "sample-ratio mismatch: assignment units do not follow the configured split",
     "guardrail_violated": "a guardrail metric shows significant harm",
     "srm_analysis_units": (

@@ -13,7 +13,7 @@ from functools import partial, reduce
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from cluster_spark.checks import filter_values, matched_check, value_check
+from cluster_spark.checks import EVENTS_OF_UNITS, filter_values, matched_check, value_check
 from cluster_spark.config import Component, Condition, IdMapping
 from cluster_spark.inputs import Inputs, mapping_label, plan_inputs, source_label
 from cluster_spark.io import describe
@@ -331,9 +331,11 @@ def source_level(
     whole source without a timestamp: they are in no window); `null_values:<source>:
     <column>` for every filter column (NULL values: kept by `ne`/`not_in`/`is_null`,
     dropped by the others); `non_finite_values:<source>:<column>` for every summed column
-    (NaN and ±Inf values, which sums skip as missing); and, per metric reading the
+    (NaN and ±Inf values, which sums skip as missing); `events_of_units:<source>` (for the
+    experiments whose metrics read the source: its events that reach one of their exposed
+    units, 0 when the ids do not join); and, per metric reading the
     source, `matched_events:<role>` and `filter_value_events:<role>:<column>=<value>`
-    (`cluster_spark.checks`: a filter that matches nothing). The last four count the
+    (`cluster_spark.checks`: a filter that matches nothing). The last five count the
     events of the experiment's units that the run reads: from the earliest start (or
     pre-period) to the latest analysis time of the unit's experiments."""
     config = plan.config
@@ -372,7 +374,17 @@ def source_level(
         check = f"events_with_null_ids:{source}:{plan.analysis_unit}"
         in_exp.append((None, check, total(null_sub)))
     in_exp += [(m, check, total(col)) for m, check, col in _match_checks(plan, source, parts)]
-    diags.append(_per_experiment(spark, plan, level1, in_exp))
+    reach = f"{EVENTS_OF_UNITS}:{source}"
+    in_exp.append((None, reach, total("_n_events")))
+    readers = [
+        e.id
+        for e in plan.experiments
+        if any(
+            m in e.metrics and c.source == source for (m, _), (_, c, _) in plan.components.items()
+        )
+    ]
+    per_exp = _per_experiment(spark, plan, level1, in_exp)
+    diags.append(per_exp.where((F.col("check") != reach) | F.col("experiment_id").isin(readers)))
     return SourceLevel(
         source,
         where,
