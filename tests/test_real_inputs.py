@@ -6,6 +6,8 @@ Every expected value is worked out by hand from the rows written here."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 import cluster_spark as cs
@@ -168,3 +170,89 @@ def test_a_source_whose_ids_do_not_join_is_unhealthy_and_said_first(spark, tmp_p
     health = html[html.index("<h2>Health</h2>") :]
     first = health[health.index("<li>") : health.index("</li>")]
     assert "no_events_reach_units:events" in first and "ids do not join" in first
+
+
+# ---------------------------------------------------------------- daily DATE sources
+
+DAILY_EXPOSURES = [
+    ("e1", "o1", "control", at(0, 10)),  # 03-02 10:00
+    ("e1", "o2", "control", at(1, 15)),  # 03-03 15:00
+    ("e1", "o3", "treatment", at(0)),  # 03-02 00:00
+    ("e1", "o4", "treatment", at(2, 23)),  # 03-04 23:00
+]
+D = dt.date
+DAILY = [
+    ("o1", D(2026, 3, 1), 100.0),  # the day before the exposure day: not counted
+    ("o1", D(2026, 3, 2), 1.0),  # the exposure day: counted as a whole day
+    ("o1", D(2026, 3, 3), 2.0),
+    ("o1", D(2026, 3, 9), 4.0),  # the analysis date: it has ended at the analysis time
+    ("o1", D(2026, 3, 10), 200.0),  # after it
+    ("o2", D(2026, 3, 3), 8.0),
+    ("o2", D(2026, 3, 4), 16.0),
+    ("o2", D(2026, 3, 6), 32.0),
+    ("o3", D(2026, 3, 2), 3.0),
+    ("o3", D(2026, 3, 5), 5.0),
+    ("o4", D(2026, 3, 4), 7.0),
+    ("o4", D(2026, 3, 5), 9.0),
+    ("o4", D(2026, 3, 6), 11.0),
+]
+# As whole days: revenue o1 1+2+4 = 7, o2 8+16+32 = 56 | o3 3+5 = 8, o4 7+9+11 = 27;
+# days 0-1 of each exposure day: o1 1+2 = 3, o2 8+16 = 24 | o3 3, o4 7+9 = 16.
+# Read as midnight UTC instead, o1's, o2's and o4's exposure-day rows are before their
+# exposure (10:00, 15:00, 23:00) and drop out, and o1's row of 03-10 (midnight, exactly the
+# analysis time) counts: revenue o1 2+4+200 = 206, o2 48 | o3 8, o4 20.
+DAILY_EXPECTED = {
+    True: {("revenue", "control"): 31.5, ("revenue", "treatment"): 17.5,
+           ("revenue_2d", "control"): 13.5, ("revenue_2d", "treatment"): 9.5},
+    False: {("revenue", "control"): 127.0, ("revenue", "treatment"): 14.0},
+}  # fmt: skip
+
+
+def _daily_config(root, as_date):
+    raw = config_dict(root)
+    raw["sources"] = {
+        "daily": {
+            "path": f"{root}/daily",
+            "timestamp": "day",
+            "ids": {"org_id": "org_id"},
+            **({"timestamp_as_date": True} if as_date else {}),
+        }
+    }
+    revenue = {"source": "daily", "agg": "sum", "column": "revenue"}
+    raw["metrics"] = {
+        "revenue": {"kind": "mean", "numerator": revenue},
+        "revenue_2d": {
+            "kind": "mean",
+            "numerator": {**revenue, "window": {"start_day": 0, "end_day": 1}},
+        },
+    }
+    exp = raw["experiments"][0]
+    exp.pop("analysis_unit")
+    exp["metrics"] = ["revenue", "revenue_2d"]
+    return parse_config(raw)
+
+
+@pytest.mark.parametrize("as_date", [True, False])
+def test_a_daily_source_counts_the_exposure_day_as_a_whole_day(spark, tmp_path, as_date):
+    write_delta(spark, DAILY_EXPOSURES, EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, DAILY, "org_id string, day date, revenue double", tmp_path / "daily")
+    config = _daily_config(tmp_path, as_date)
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")  # must not matter
+    try:
+        outcome = pipeline.run_outcome(spark, config, ANALYSIS_DATE)
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
+    means = {(r["metric"], r["variant"]): r["mean"] for r in _overall(outcome.results)}
+    for key, expected in DAILY_EXPECTED[as_date].items():
+        assert means[key] == pytest.approx(expected), key
+    warned = [w for w in outcome.warnings(config) if "timestamp_as_date" in w]
+    if as_date:
+        assert warned == []
+    else:
+        assert warned == [
+            "source 'daily': its timestamp column is a DATE, read as midnight UTC, so a row "
+            "dated on a unit's exposure day is before the exposure and not counted; for a "
+            "table of one row per day set timestamp_as_date: true on the source (whole days "
+            "from the exposure day)"
+        ]

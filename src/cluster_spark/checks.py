@@ -35,6 +35,9 @@ MATCHED = "matched_events"
 #: Events of a source that reach an exposed unit of the experiment (in its range), for
 #: the experiments whose metrics read it; 0: health reason `no_events_reach_units`.
 EVENTS_OF_UNITS = "events_of_units"
+#: 1 for a source whose timestamp column is a DATE read as instants (midnight UTC)
+#: without `timestamp_as_date` (a warning: `date_warnings`).
+DATE_TIMESTAMPS = "date_timestamps"
 FILTER_VALUE = "filter_value_events"
 
 
@@ -83,6 +86,7 @@ NOTES = {
     "unmapped_ids": "events whose id has no id-mapping row: dropped",
     "events_with_null_timestamps": "events without a timestamp: in no window",
     "non_finite_values": "NaN or ±Inf values in a summed column: treated as missing",
+    DATE_TIMESTAMPS: "a DATE timestamp read as midnight UTC: see timestamp_as_date",
     EVENTS_OF_UNITS: "events of the source that reach an exposed unit (0: ids do not join)",
     "unit_attribute_rows_dropped": "attribute rows with a NULL id or timestamp: dropped",
     MATCHED: "events passing the component's filter (0: the filter matches nothing)",
@@ -204,6 +208,25 @@ def unknown_label_warnings(config: Config, diagnostics: Iterable[Mapping[str, An
             f"{list(exp.variants)} were left out: {shown}{hint}"
         )
     return out
+
+
+def date_warnings(diagnostics: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One warning per source whose DATE timestamps are read as midnight UTC instants
+    (`date_timestamps:<source>` diagnostics rows), however many experiments read it."""
+    sources = sorted(
+        {
+            d["check"].split(":", 1)[1]
+            for d in diagnostics
+            if d["check"].startswith(f"{DATE_TIMESTAMPS}:")
+        }
+    )
+    return [
+        f"source '{s}': its timestamp column is a DATE, read as midnight UTC, so a row dated "
+        "on a unit's exposure day is before the exposure and not counted; for a table of one "
+        "row per day set timestamp_as_date: true on the source (whole days from the "
+        "exposure day)"
+        for s in sources
+    ]
 
 
 def date_notes(config: Config, experiment_ids: Iterable[str], analysis_date: dt.date) -> list[str]:

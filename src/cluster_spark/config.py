@@ -302,11 +302,17 @@ class Source(Table):
     diagnostics (`events_with_null_ids:<source>:<id type>`, `unmapped_ids:<source>`).
     A row whose timestamp is NULL (or empty text) is in no window and is counted
     (`events_with_null_timestamps:<source>`).
+
+    `timestamp_as_date: true` (Statsig's "treat timestamp as date"), for daily tables keyed
+    by day: each row stands for its whole UTC day. A row dated on a unit's exposure day
+    counts; windows, the pre-period and completed windows are whole days from the exposure
+    day; a day counts once it has ended by the analysis time (and the bake delay).
     """
 
     timestamp: TimeSpec
     ids: dict[Name, str] = Field(min_length=1)
     drop_null_ids: bool = False
+    timestamp_as_date: bool = False
 
 
 class IdMapping(Table):

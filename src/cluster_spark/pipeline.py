@@ -32,10 +32,12 @@ class Outcome:
     diagnostics: list[dict[str, Any]]
 
     def warnings(self, config: Config) -> list[str]:
-        """Variant labels that are not configured and filters that match nothing, from
-        the diagnostics (`checks.unknown_label_warnings`, `checks.filter_warnings`)."""
+        """Variant labels that are not configured, DATE timestamps read as instants and
+        filters that match nothing, from the diagnostics (`checks.unknown_label_warnings`,
+        `checks.date_warnings`, `checks.filter_warnings`)."""
         return [
             *checks.unknown_label_warnings(config, self.diagnostics),
+            *checks.date_warnings(self.diagnostics),
             *checks.filter_warnings(config, self.diagnostics),
         ]
 

@@ -5,6 +5,7 @@ its NULL-id, unmapped-id, NULL-filter-value and filter-match diagnostics."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,13 +13,26 @@ from functools import partial, reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-from cluster_spark.checks import EVENTS_OF_UNITS, filter_values, matched_check, value_check
+from cluster_spark.checks import (
+    DATE_TIMESTAMPS,
+    EVENTS_OF_UNITS,
+    filter_values,
+    matched_check,
+    value_check,
+)
 from cluster_spark.config import Component, Condition, IdMapping
 from cluster_spark.inputs import Inputs, mapping_label, plan_inputs, source_label
 from cluster_spark.io import describe
 from cluster_spark.staging.exposures import exposure_slots, slot
-from cluster_spark.staging.filters import condition, event_condition, pre_condition
+from cluster_spark.staging.filters import (
+    condition,
+    event_condition,
+    pre_condition,
+    shift,
+    utc_day,
+)
 from cluster_spark.staging.plan import SUB, TS, UNIT, Cache, Plan, diag, experiment_ids
 
 
@@ -178,6 +192,7 @@ def first_level(
     parts: dict[str, tuple[Component, float]],
     key_col: str | None,
     cache: Cache,
+    daily: bool = False,
 ) -> FirstLevel:
     """The components `parts` per (experiment, unit, first-level key), persisted in `cache`.
 
@@ -196,9 +211,21 @@ def first_level(
     without a timestamp are in no window: they go with the events without a unit, counted
     as `_n_null_ts` (and not as unmapped). Bookkeeping per key rather than per slot keeps
     the aggregation narrow: its cost grows with the number of values.
+
+    `daily` (`Source.timestamp_as_date`): each event stands for its whole UTC day. Its
+    time becomes its day's midnight and every unit's exposure and pre-period start their
+    day's; the analysis time moves one day back, so the rules for instants count a day on
+    or after the exposure day that has ended by the analysis time (and the bake delay).
     """
     slots, n_slots = exposure_slots(units, len(plan.experiments))
     ks = [slot(k) for k in range(n_slots)]
+    if daily:
+        days = {f"{c}{k}" for k in ks for c in ("exposure_ts", "pre_start_ts")}
+        ends = {f"analysis_ts{k}" for k in ks}
+        moved = {c: utc_day(F.col(c)) for c in days}
+        moved |= {c: shift(F.col(c), -dt.timedelta(days=1)) for c in ends}
+        slots = slots.select(*[moved.get(c, F.col(c)).alias(c) for c in slots.columns])
+        events = events.withColumn(TS, utc_day(F.col(TS)))
     in_range = {
         k: (F.col(TS) >= F.least(f"start_ts{k}", f"pre_start_ts{k}"))
         & (F.col(TS) <= F.col(f"analysis_ts{k}"))
@@ -345,7 +372,7 @@ def source_level(
     route = config.unit_route(source, plan.unit_type)
     key_type = route.from_id if isinstance(route, IdMapping) else plan.unit_type
     by_analysis_unit = plan.analysis_unit in src.ids
-    first = first_level(plan, events, units, parts, key_col, cache)
+    first = first_level(plan, events, units, parts, key_col, cache, src.timestamp_as_date)
     level1 = first.rows
     total = partial(_sum_or_zero, level1.columns)
     no_unit = level1.where(F.col(UNIT).isNull()).agg(
@@ -385,6 +412,10 @@ def source_level(
     ]
     per_exp = _per_experiment(spark, plan, level1, in_exp)
     diags.append(per_exp.where((F.col("check") != reach) | F.col("experiment_id").isin(readers)))
+    kind = plan_inputs(spark, plan).read(source_label(source)).df.schema[src.timestamp.column]
+    if isinstance(kind.dataType, T.DateType) and not src.timestamp_as_date:
+        dated = experiment_ids(spark, plan).where(F.col("experiment_id").isin(readers))
+        diags.append(diag(dated, f"{DATE_TIMESTAMPS}:{source}", F.lit(1)))
     return SourceLevel(
         source,
         where,

@@ -41,6 +41,12 @@ def shift(ts: Column, delta: dt.timedelta | Column) -> Column:
     return F.timestamp_micros(F.unix_micros(ts) + delta)
 
 
+def utc_day(ts: Column) -> Column:
+    """Midnight UTC at the start of `ts`'s day, whatever the session time zone."""
+    seconds = F.unix_seconds(ts)
+    return F.timestamp_seconds(seconds - F.pmod(seconds, F.lit(86_400)))
+
+
 def event_condition(comp: Component, bake_hours: float, slot: str = "") -> Column:
     """Which joined events count for a component: its filter, after the unit's exposure
     and up to the analysis time, inside its cohort window, and mature under the bake delay.

@@ -65,7 +65,7 @@ def analysis_unit_moments(
         if metric.kind != "ratio" or any(c not in value_cols for c in cols):
             continue
         m, d = (F.coalesce(F.col(c), F.lit(0.0)) for c in cols)
-        complete, baked = included(metric)
+        complete, baked = included(metric, plan.daily_sources)
         m = conversion(metric, m, d)
         keep = complete & baked & ((m != 0) | (d != 0))
         entries.append(

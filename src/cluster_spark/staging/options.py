@@ -5,13 +5,14 @@ winsorization at percentiles pooled across variants."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from cluster_spark.config import Metric
 from cluster_spark.io import literal_frame
-from cluster_spark.staging.filters import shift
+from cluster_spark.staging.filters import shift, utc_day
 from cluster_spark.staging.plan import UNIT, Plan
 from cluster_spark.tables import CAP_COLUMNS
 
@@ -20,11 +21,16 @@ from cluster_spark.tables import CAP_COLUMNS
 PERCENTILE_ACCURACY = 100_000
 
 
-def included(metric: Metric) -> tuple[Column, Column]:
-    """(completed-window rule holds, bake rule holds) for a unit, per docs/methods.md."""
-    exposure, analysis = F.col("exposure_ts"), F.col("analysis_ts")
+def included(metric: Metric, daily: Collection[str] = ()) -> tuple[Column, Column]:
+    """(completed-window rule holds, bake rule holds) for a unit, per docs/methods.md.
+    Windows of a component whose source is in `daily` (read by whole days) start at the
+    exposure day's midnight (UTC)."""
+    analysis = F.col("analysis_ts")
     complete, baked = F.lit(True), F.lit(True)
     for comp in metric.components.values():
+        exposure = F.col("exposure_ts")
+        if comp.source in daily:
+            exposure = utc_day(exposure)
         horizon = comp.window.horizon if comp.window else dt.timedelta(0)
         if metric.completed_windows_only and comp.window:
             complete &= shift(exposure, horizon) <= analysis

@@ -50,6 +50,11 @@ class Plan:
         return sorted({s for m in self.metrics.values() for s in self.config.metric_sources(m)})
 
     @property
+    def daily_sources(self) -> frozenset[str]:
+        """The plan's sources read by whole days (`Source.timestamp_as_date`)."""
+        return frozenset(s for s in self.sources if self.config.sources[s].timestamp_as_date)
+
+    @property
     def cuped(self) -> bool:
         """Whether any experiment of the plan uses CUPED (pre-period values are staged)."""
         return any(e.cuped_lookback_days for e in self.experiments)

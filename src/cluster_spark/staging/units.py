@@ -154,7 +154,7 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
 
     entries = []
     for name, metric in plan.metrics.items():
-        complete, baked = included(metric)
+        complete, baked = included(metric, plan.daily_sources)
         entries.append(
             F.struct(
                 F.lit(name).alias("metric"),
