@@ -82,7 +82,7 @@ NOTES = {
     "analysis_units_in_several_units": (
         "analysis units under several assignment units: handled by multi_unit_policy"
     ),
-    "events_with_null_ids": "events with a NULL id: see README, Time, NULLs and ids",
+    "events_with_null_ids": "events with a NULL id: see README, Input rules",
     "unmapped_ids": "events whose id has no id-mapping row: dropped",
     "events_with_null_timestamps": "events without a timestamp: in no window",
     "non_finite_values": "NaN or ±Inf values in a summed column: treated as missing",
