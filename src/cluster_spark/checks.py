@@ -229,6 +229,17 @@ def date_warnings(diagnostics: Iterable[Mapping[str, Any]]) -> list[str]:
     ]
 
 
+def warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every warning the diagnostics rows give: variant labels that are not configured,
+    DATE timestamps read as instants, filters that match nothing."""
+    rows = list(diagnostics)
+    return [
+        *unknown_label_warnings(config, rows),
+        *date_warnings(rows),
+        *filter_warnings(config, rows),
+    ]
+
+
 def date_notes(config: Config, experiment_ids: Iterable[str], analysis_date: dt.date) -> list[str]:
     """Check the analysis date against each chosen experiment's dates, before any Spark
     work. Raises `UsageError` (exit 64) naming every experiment that starts after the

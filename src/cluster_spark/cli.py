@@ -541,7 +541,7 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
             )
             print(f"wrote {page}")
         _Progress.warn(f"no results for experiment '{e}' on {args.date}" for e in missing)
-        _Progress.warn(checks.filter_warnings(config, [d for r in reported for d in r.diagnostics]))
+        _Progress.warn(checks.warnings(config, [d for r in reported for d in r.diagnostics]))
     else:
         reported, missing = api.read_reported(spark, config, args.date, ids, diagnostics=False)
         rows = [row for r in reported for row in r.results]

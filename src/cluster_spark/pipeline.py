@@ -32,14 +32,8 @@ class Outcome:
     diagnostics: list[dict[str, Any]]
 
     def warnings(self, config: Config) -> list[str]:
-        """Variant labels that are not configured, DATE timestamps read as instants and
-        filters that match nothing, from the diagnostics (`checks.unknown_label_warnings`,
-        `checks.date_warnings`, `checks.filter_warnings`)."""
-        return [
-            *checks.unknown_label_warnings(config, self.diagnostics),
-            *checks.date_warnings(self.diagnostics),
-            *checks.filter_warnings(config, self.diagnostics),
-        ]
+        """The warnings of the diagnostics rows (`checks.warnings`)."""
+        return checks.warnings(config, self.diagnostics)
 
 
 def _chosen(config: Config, experiment_ids: list[str] | None, analysis_date: dt.date) -> list[str]:
