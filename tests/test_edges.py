@@ -464,9 +464,10 @@ def test_staging_that_fails_releases_what_it_persisted(spark, tmp_path):
 
 
 def test_winsorized_cuped_clamps_the_pre_period_too(spark, tmp_path):
-    """Upper cap at the 0.5 percentile of the pooled non-zero values (10, 20, 30, 40):
-    20. M clamps to (10, 20 | 20, 20); the pre-period X (1000, 5 | 0, 20→ 25) clamps at
-    the same cap to (20, 5 | 0, 20), so o1's pre-period outlier cannot drive θ."""
+    """Upper caps at the 0.5 percentile of the pooled non-zero values, each period its own:
+    M (10, 20, 30, 40) → 20, so M clamps to (10, 20 | 20, 20); X (5, 25, 1000; o3 has no
+    pre-period) → 25, so X (1000, 5 | 0, 25) clamps to (25, 5 | 0, 25) and o1's
+    pre-period outlier cannot drive θ."""
     exposures = [
         ("w", "o1", "control", utc(2026, 3, 5)),
         ("w", "o2", "control", utc(2026, 3, 5)),
@@ -499,10 +500,11 @@ def test_winsorized_cuped_clamps_the_pre_period_too(spark, tmp_path):
                               "cuped_lookback_days": 3}  # fmt: skip
     rows = staging.stage(spark, parse_config(raw), ["w"], ANALYSIS_DATE, "r").stats.collect()
     got = {(r.variant, r.winsorized): r for r in rows}
-    assert got[("control", True)].num_upper_cap == 20.0
+    control = got[("control", True)]
+    assert (control.num_upper_cap, control.pre_num_upper_cap) == (20.0, 25.0)
     assert (got[("control", True)].mean_m, got[("treatment", True)].mean_m) == (15.0, 20.0)
-    assert (got[("control", True)].mean_x, got[("treatment", True)].mean_x) == (12.5, 10.0)
-    assert (got[("control", True)].css_xx, got[("treatment", True)].css_xx) == (112.5, 200.0)
+    assert (got[("control", True)].mean_x, got[("treatment", True)].mean_x) == (15.0, 12.5)
+    assert (got[("control", True)].css_xx, got[("treatment", True)].css_xx) == (200.0, 312.5)
     assert got[("control", False)].mean_x == 502.5  # unclamped beside
 
 

@@ -383,3 +383,118 @@ def test_cuped_pre_period_values_are_staged(spark, tmp_path):
         assert r.mean_y == 1.0 and r.css_yy == 0.0 and r.css_xy == 0.0
         assert r.css_xx == pytest.approx(((x - x.mean()) ** 2).sum())
         assert r.css_mx == pytest.approx(((m - m.mean()) * (x - x.mean())).sum())
+
+
+#: Per org: (variant, window-day purchase values, 7-day pre-period purchase values). The
+#: pre-period is 7 times the 1-day window, so X is on a larger scale than M.
+PRE_CAP_UNITS = {
+    "c1": ("control", [10], [35, 35]),
+    "c2": ("control", [10, 10], [70, 70]),
+    "c3": ("control", [10, 10, 10], [70, 70, 70]),
+    "c4": ("control", [12], []),  # no pre-period: X = Y = 0, ignored and left at 0
+    "t1": ("treatment", [16], [50, 50]),
+    "t2": ("treatment", [13, 13], [60, 60, 60]),
+    "t3": ("treatment", [50] * 4, [100] * 14),  # outlier in both periods
+    "t4": ("treatment", [11, 11], [40] * 4),
+}
+
+
+@pytest.fixture()
+def pre_cap_data(spark, tmp_path):
+    """`rev` (mean, numerator capped at the 0.2/0.8 percentiles) and `rev_per_purchase`
+    (ratio, denominator = purchases capped at 0.75) over a 1-day window, CUPED with 7 days."""
+    units, events = [], []
+    for org, (variant, post, pre) in PRE_CAP_UNITS.items():
+        units.append(("e1", org, variant, at(1)))
+        events += [(org, "u" + org, "purchase", float(v), at(1, 1 + k)) for k, v in enumerate(post)]
+        events += [(org, "u" + org, "purchase", float(v), at(-5, k)) for k, v in enumerate(pre)]
+    write_delta(spark, units, EXPOSURE_DDL, tmp_path / "exposures")
+    write_delta(spark, events, EVENT_DDL, tmp_path / "events")
+    day0 = {"window": {"start_day": 0, "end_day": 0}}
+    purchases = {"source": "events", "agg": "count", "filter": PURCHASE, **day0}
+    raw = config_dict(tmp_path)
+    raw["metrics"] = {
+        "rev": {
+            "kind": "mean",
+            "numerator": {**REVENUE, **day0, "winsorize": {"lower": 0.2, "upper": 0.8}},
+        },
+        "rev_per_purchase": {
+            "kind": "ratio",
+            "numerator": {**REVENUE, **day0},
+            "denominator": {**purchases, "winsorize": {"upper": 0.75}},
+        },
+    }
+    raw["experiments"][0].update(metrics=["rev", "rev_per_purchase"], cuped_lookback_days=7)
+    return raw
+
+
+def _pre_cap_values(variant: str) -> tuple[np.ndarray, ...]:
+    """(M, D, X, Y) of the variant's orgs, unclamped."""
+    orgs = [(post, pre) for v, post, pre in PRE_CAP_UNITS.values() if v == variant]
+    rows = [(sum(post), len(post), sum(pre), len(pre)) for post, pre in orgs]
+    return tuple(np.array(c, dtype=float) for c in zip(*rows, strict=True))
+
+
+def _clip(v: np.ndarray, low: float | None, high: float | None) -> np.ndarray:
+    return np.where(v == 0, 0.0, np.clip(v, low, high))  # zeros ignored and left alone
+
+
+def test_cuped_pre_period_is_capped_at_its_own_percentiles(spark, pre_cap_data):
+    """Caps by hand (inverse-CDF ranks of the pooled non-zero values):
+    M 10 12 16 20 22 26 30 200 → 0.2: 2nd = 12, 0.8: ⌈6.4⌉ = 7th = 30;
+    X 70 100 140 160 180 210 1400 → 0.2: ⌈1.4⌉ = 2nd = 100, 0.8: ⌈5.6⌉ = 6th = 210;
+    D 1 1 1 2 2 2 3 4 → 0.75: 6th = 2;  Y 2 2 2 3 3 4 14 → 0.75: ⌈5.25⌉ = 6th = 4.
+    The analysis period's caps (12, 30) would flatten X to 30 but for the zero."""
+    got = _stats(spark, pre_cap_data)
+    rev = got[("rev", "control", True)]
+    assert (rev.num_lower_cap, rev.num_upper_cap) == (12.0, 30.0)
+    assert (rev.pre_num_lower_cap, rev.pre_num_upper_cap) == (100.0, 210.0)
+    assert (rev.pre_den_lower_cap, rev.pre_den_upper_cap) == (None, None)
+    ratio = got[("rev_per_purchase", "treatment", True)]
+    assert (ratio.den_upper_cap, ratio.pre_den_upper_cap) == (2.0, 4.0)
+    assert (ratio.num_upper_cap, ratio.pre_num_upper_cap) == (None, None)
+    clamped_x = {"control": [100, 140, 210, 0], "treatment": [100, 180, 210, 160]}
+    clamped_y = {"control": [2, 2, 3, 0], "treatment": [2, 3, 4, 4]}
+    for variant in ("control", "treatment"):
+        m, _, x, y = _pre_cap_values(variant)
+        assert np.array_equal(_clip(x, 100, 210), clamped_x[variant])
+        assert np.array_equal(_clip(y, None, 4), clamped_y[variant])
+        x_w, y_w = np.array(clamped_x[variant], float), np.array(clamped_y[variant], float)
+        r = got[("rev", variant, True)]
+        assert r.mean_x == pytest.approx(x_w.mean())
+        assert r.css_xx == pytest.approx(((x_w - x_w.mean()) ** 2).sum())
+        m_w = _clip(m, 12, 30)
+        assert r.css_mx == pytest.approx(((m_w - m_w.mean()) * (x_w - x_w.mean())).sum())
+        r = got[("rev_per_purchase", variant, True)]
+        assert (r.mean_x, r.mean_y) == pytest.approx((x.mean(), y_w.mean()))  # X not capped
+        assert r.css_yy == pytest.approx(((y_w - y_w.mean()) ** 2).sum())
+        assert r.css_xy == pytest.approx(((x - x.mean()) * (y_w - y_w.mean())).sum())
+        assert got[("rev", variant, False)].mean_x == pytest.approx(x.mean())  # raw beside
+
+
+def test_cuped_theta_and_effect_use_the_pre_period_caps(spark, pre_cap_data):
+    """A mean metric: θ = Σ_g cov_g(M, X)/n_g ÷ Σ_g var_g(X)/n_g and Δ_adj = ΔM̄ − θ ΔX̄ on
+    the clamped values (numpy): variance reduction 81 %. At the analysis period's caps
+    (12, 30) every treatment X would clamp to 30: V_P = 0, and CUPED would fall back."""
+    rows = pipeline.run(spark, parse_config(pre_cap_data), ANALYSIS_DATE)
+    t = next(r for r in rows if r["metric"] == "rev" and r["variant"] == "treatment")
+    arms = {}
+    for variant in ("treatment", "control"):
+        m, _, x, _ = _pre_cap_values(variant)
+        arms[variant] = (_clip(m, 12, 30), _clip(x, 100, 210))
+    (m_t, x_t), (m_c, x_c) = arms["treatment"], arms["control"]
+    n = 4
+
+    def cov(a, b):
+        return np.cov(a, b, ddof=1)[0, 1]
+
+    theta = (cov(m_t, x_t) / n + cov(m_c, x_c) / n) / (cov(x_t, x_t) / n + cov(x_c, x_c) / n)
+    var_adj = sum(np.var(m - theta * x, ddof=1) / n for m, x in arms.values())
+    reduction = 1 - var_adj / (np.var(m_t, ddof=1) / n + np.var(m_c, ddof=1) / n)
+    assert reduction == pytest.approx(0.8138436465, rel=1e-9)
+    assert t["cuped_status"] == "applied" and t["winsorized"] is True
+    assert (t["pre_num_lower_cap"], t["pre_num_upper_cap"]) == (100.0, 210.0)
+    assert t["cuped_theta"] == pytest.approx(theta, rel=1e-9)
+    effect = (m_t.mean() - m_c.mean()) - theta * (x_t.mean() - x_c.mean())
+    assert t["effect_abs"] == pytest.approx(effect, rel=1e-9)
+    assert t["variance_reduction"] == pytest.approx(reduction, rel=1e-9)

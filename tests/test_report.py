@@ -54,7 +54,13 @@ def treated(metric: str, variant: str, rel, low, high, **values) -> dict:
     )
 
 
-CAPS = dict(winsorized=True, num_lower_cap=0.0, num_upper_cap=987.5, den_lower_cap=None)
+CAPS = dict(
+    winsorized=True,
+    num_lower_cap=0.0,
+    num_upper_cap=987.5,
+    den_lower_cap=None,
+    pre_num_upper_cap=1975.0,  # CUPED's own pre-period cap
+)
 RESULTS = [
     result("revenue_per_user", "control", mean=12.5, **CAPS),
     treated(
@@ -164,6 +170,7 @@ def test_numbers_formatted(page):
         "[+2.10%, +9.32%]",  # and its CI
         "95% CI",  # the forest plot's CI level, from alpha
         "987.5",  # a cap
+        "CUPED pre-period — numerator capped to [—, 1975]",  # the pre-period's own caps
         "31.00%",  # CUPED variance reduction
         "0.0312",  # p-value
         "0.0624",  # BH-adjusted p-value

@@ -341,6 +341,10 @@ def _metric_section(metric: str, rows: Sequence[Row], description: str = "") -> 
         capped = next((r for r in rows if r.get("winsorized")), {})
         num, den = (_caps(capped, part) for part in ("num", "den"))
         notes.append(f"Winsorized — numerator {num}; denominator {den}.")
+        sides = [f"pre_{p}_{s}_cap" for p in ("num", "den") for s in ("lower", "upper")]
+        if any(capped.get(c) is not None for c in sides):  # CUPED's own pre-period caps
+            num, den = (_caps(capped, part) for part in ("pre_num", "pre_den"))
+            notes.append(f"CUPED pre-period — numerator {num}; denominator {den}.")
     notes_html = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
     role = _role_line(rows)
     tag = f' <span class="muted">{_e(role)}</span>' if role else ""

@@ -31,6 +31,7 @@ from cluster_spark.tables import (
     ANALYSIS_UNITS_METRIC,
     CAP_COLUMNS,
     MOMENT_COLUMNS,
+    PRE_CAP_COLUMNS,
     RESULT_COLUMNS,
 )
 
@@ -248,6 +249,7 @@ def _segment(
         if winsorized and (metric, variant) in caps:
             cap_row = caps[(metric, variant)]
             row.update({k: cap_row[k] for k in CAP_COLUMNS})
+            row.update({k: cap_row.get(k) for k in PRE_CAP_COLUMNS})  # null without CUPED
             row["mean_uncapped"] = groups[(metric, variant, False)].ratio
         if variant != control:
             if ctrl is None:

@@ -2,8 +2,8 @@
 the `staging`, `results` and `diagnostics` Delta tables (README, "Output tables").
 
 Staging writes `STAGING_SCHEMA` and `DIAGNOSTICS_SCHEMA`; the reducer reads the moment
-columns back (`MOMENT_COLUMNS`, `CAP_COLUMNS`, `ANALYSIS_UNIT_COLUMNS`) and writes
-`RESULT_COLUMNS`. Tests check each frame against these at the seam.
+columns back (`MOMENT_COLUMNS`, `CAP_COLUMNS`, `PRE_CAP_COLUMNS`, `ANALYSIS_UNIT_COLUMNS`)
+and writes `RESULT_COLUMNS`. Tests check each frame against these at the seam.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ ANALYSIS_UNITS_METRIC = "(analysis_units)"
 
 #: Winsorization thresholds per component and side.
 CAP_COLUMNS = ("num_lower_cap", "num_upper_cap", "den_lower_cap", "den_upper_cap")
+
+#: The CUPED pre-period's own thresholds (X at `pre_num_*`, Y at `pre_den_*`): the same
+#: percentiles of the pre-period values; null unless the experiment sets cuped_lookback_days.
+PRE_CAP_COLUMNS = tuple(f"pre_{c}" for c in CAP_COLUMNS)
 
 #: Pre-period (CUPED) moments: null unless the experiment sets cuped_lookback_days.
 CUPED_COLUMNS = (
@@ -82,7 +86,7 @@ STAGING_SCHEMA = T.StructType(
         T.StructField("n_zero_denominator", T.LongType(), False),
         T.StructField("n_incomplete_window", T.LongType(), False),
         T.StructField("n_unbaked", T.LongType(), False),
-        *[T.StructField(c, T.DoubleType(), True) for c in CAP_COLUMNS],
+        *[T.StructField(c, T.DoubleType(), True) for c in CAP_COLUMNS + PRE_CAP_COLUMNS],
         T.StructField("au_n_units", T.LongType(), True),
         *[T.StructField(c, T.DoubleType(), True) for c in ANALYSIS_UNIT_COLUMNS[1:]],
         T.StructField("run_id", T.StringType(), False),
@@ -174,6 +178,10 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("num_upper_cap", "double"),
     ("den_lower_cap", "double"),
     ("den_upper_cap", "double"),
+    ("pre_num_lower_cap", "double"),
+    ("pre_num_upper_cap", "double"),
+    ("pre_den_lower_cap", "double"),
+    ("pre_den_upper_cap", "double"),
     ("mean_uncapped", "double"),
     ("effect_abs_uncapped", "double"),
     ("effect_rel_uncapped", "double"),

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from cluster_spark.staging.options import conversion, included
 from cluster_spark.staging.plan import SUB, UNIT, Plan
 from cluster_spark.staging.slices import segments
-from cluster_spark.tables import CAP_COLUMNS, CUPED_COLUMNS
+from cluster_spark.tables import CAP_COLUMNS, CUPED_COLUMNS, PRE_CAP_COLUMNS
 
 
 def moments(prefix: str, m: Column, d: Column, keep: Column) -> list[Column]:
@@ -132,5 +132,5 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
         F.count(F.when(inc & (F.col("d") == 0), 1)).alias("n_zero_denominator"),
         F.count(F.when(~F.col("complete"), 1)).alias("n_incomplete_window"),
         F.count(F.when(F.col("complete") & ~F.col("baked"), 1)).alias("n_unbaked"),
-        *[F.first(c, ignorenulls=True).alias(c) for c in CAP_COLUMNS],
+        *[F.first(c, ignorenulls=True).alias(c) for c in CAP_COLUMNS + PRE_CAP_COLUMNS],
     )

@@ -14,7 +14,7 @@ from cluster_spark.config import Metric
 from cluster_spark.io import literal_frame
 from cluster_spark.staging.filters import shift, utc_day
 from cluster_spark.staging.plan import UNIT, Plan
-from cluster_spark.tables import CAP_COLUMNS
+from cluster_spark.tables import CAP_COLUMNS, PRE_CAP_COLUMNS
 
 #: Relative rank accuracy of `percentile_approx` is 1/PERCENTILE_ACCURACY (exact below
 #: PERCENTILE_ACCURACY / 2 values per experiment and metric: README, "Percentiles").
@@ -47,6 +47,9 @@ def conversion(metric: Metric, m: Column, d: Column) -> Column:
     return m
 
 
+#: The analysis period's thresholds, then the pre-period's.
+_ALL_CAPS = CAP_COLUMNS + PRE_CAP_COLUMNS
+
 #: The cap key of the rows that take the experiment's caps (`_cap_key`).
 _WHOLE = ""
 
@@ -66,20 +69,28 @@ def _cap_key(plan: Plan) -> list[Column]:
 def _caps(values: DataFrame, plan: Plan) -> DataFrame | None:
     """Winsorization thresholds per (experiment, metric, cap key), from the unit values of
     included units pooled across variants (never per variant), over non-zero values by
-    default: the experiment's overall rows, or a slice's rows for per-slice caps."""
+    default: the experiment's overall rows, or a slice's rows for per-slice caps. With CUPED
+    the pre-period values X and Y get the same percentiles of their own (`PRE_CAP_COLUMNS`):
+    a pre-period of another length than the window is on another scale."""
+    cuped = F.col("experiment_id").isin([e.id for e in plan.experiments if e.cuped_lookback_days])
+    roles = [("", "num", "m"), ("", "den", "d")]
+    if plan.cuped:
+        roles += [("pre_", "num", "x"), ("pre_", "den", "y")]
     aggs = []
     for name, metric in plan.metrics.items():
-        for role, col in (("num", "m"), ("den", "d")):
+        for prefix, role, col in roles:
             w = metric.components[role].winsorize
             if w is None:
                 continue
             keep = (F.col("metric") == name) & F.col("complete") & F.col("baked")
+            if prefix:
+                keep &= cuped
             if w.ignore_zeros:
                 keep &= F.col(col) != 0
             for side, q in (("lower", w.lower), ("upper", w.upper)):
                 if q is not None:
                     pct = F.percentile_approx(F.when(keep, F.col(col)), q, PERCENTILE_ACCURACY)
-                    aggs.append(pct.alias(f"{name}|{role}_{side}_cap"))
+                    aggs.append(pct.alias(f"{name}|{prefix}{role}_{side}_cap"))
     if not aggs:
         return None
     keyed = values.select("*", *_cap_key(plan))
@@ -96,7 +107,7 @@ def _caps(values: DataFrame, plan: Plan) -> DataFrame | None:
                 (F.col(f"`{name}|{k}`") if f"{name}|{k}" in wide.columns else F.lit(None))
                 .cast("double")
                 .alias(k)
-                for k in CAP_COLUMNS
+                for k in _ALL_CAPS
             ],
         )
         for name, metric in plan.metrics.items()
@@ -119,10 +130,10 @@ def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
     experiment's caps (one threshold, as GrowthBook), or their slice's own with
     `slice_caps: slice`.
 
-    CUPED's pre-period values are clamped with the same caps as the component they
-    precede (X at the numerator's, Y at the denominator's thresholds, computed from the
-    analysis-period values), so a pre-period outlier cannot drive θ."""
-    cap_cols = list(CAP_COLUMNS)
+    CUPED's pre-period values are clamped at their own thresholds (X at `pre_num_*`, Y at
+    `pre_den_*`: the component's percentiles of the pre-period values, pooled the same way),
+    so a pre-period outlier cannot drive θ and a longer pre-period keeps its scale."""
+    cap_cols = list(_ALL_CAPS)
     names = [n for n, m in plan.metrics.items() if m.winsorized]
     if not names:
         return values.select(
@@ -159,8 +170,8 @@ def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
         "metric",
         _clamp("m", "num_lower_cap", "num_upper_cap", ignore_num).alias("m"),
         _clamp("d", "den_lower_cap", "den_upper_cap", ignore_den).alias("d"),
-        _clamp("x", "num_lower_cap", "num_upper_cap", ignore_num).alias("x"),
-        _clamp("y", "den_lower_cap", "den_upper_cap", ignore_den).alias("y"),
+        _clamp("x", "pre_num_lower_cap", "pre_num_upper_cap", ignore_num).alias("x"),
+        _clamp("y", "pre_den_lower_cap", "pre_den_upper_cap", ignore_den).alias("y"),
         "complete",
         "baked",
         F.lit(True).alias("winsorized"),
