@@ -37,7 +37,9 @@ def _exposures(root: Path, arms: dict[str, str], exposed: dict[str, str] | None 
     """exposures.csv: org → arm, exposed at 2026-03-02 00:00Z unless `exposed` says when."""
     exposed = exposed or {}
     lines = ["org_id,variant,exposed_at"]
-    lines += [f"{org},{arm},{exposed.get(org, '2026-03-02T00:00:00Z')}" for org, arm in arms.items()]
+    lines += [
+        f"{org},{arm},{exposed.get(org, '2026-03-02T00:00:00Z')}" for org, arm in arms.items()
+    ]
     (root / "exposures.csv").write_text("\n".join(lines) + "\n")
 
 
