@@ -407,7 +407,7 @@ def test_parquet_files_that_disagree_on_a_type_are_an_input_error(spark, tmp_pat
     raw["experiments"][0]["id"] = "n"
     raw["sources"]["events"]["format"] = "parquet"
     config = parse_config(raw)
-    with pytest.raises(InputError, match=r"source 'events' .*column 'value'.*disagree"):
+    with pytest.raises(InputError, match=r"source 'events'.*column 'value'.*disagree"):
         pipeline.run(spark, config, ANALYSIS_DATE)
     assert not Path(config.output.results.path).exists()  # nothing was written
     path = tmp_path / "conf.yaml"

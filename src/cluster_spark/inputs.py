@@ -260,7 +260,7 @@ def _time_values(need: Need, time: TimeColumn, read: io.Read, row) -> str:
     examples = [row["bad_time_low"], row["bad_time_high"]]
     shown = ", ".join(_short(v) for v in dict.fromkeys(examples))
     what = f"{need.where}, column '{time.column}': {row['bad_time']:,} of {row['rows']:,} values"
-    if time.epoch or read.nanos:
+    if time.epoch or time.column in read.nanos:
         unit = time.epoch or "ns"
         return (
             f"{what} are not numbers of '{unit}' since 1970-01-01 UTC between 1971 and 2199 "

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import random
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from delta import exceptions as delta_errors
 from pyspark.errors import AnalysisException
@@ -64,18 +69,26 @@ MALFORMED = "_cluster_spark_malformed"
 EPOCH_NUMBER = T.DecimalType(38, 9)
 
 _NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
+_PARTITION_TYPES = "spark.sql.sources.partitionColumnTypeInference.enabled"
+#: At most this many Parquet files' footers are inspected for nanosecond timestamps.
+FOOTERS = 256
+#: What an input without data files means (Spark: "Unable to infer schema").
+NO_DATA_FILES = (
+    "no data files (the folder is empty or holds only files Spark skips: names starting "
+    "with _ or ., such as _SUCCESS): check the path"
+)
 
 
 @dataclass(frozen=True)
 class Read:
-    """An input table as read. `nanos`: a Parquet table with TIMESTAMP(NANOS) columns,
-    which Spark reads as bigint nanoseconds since the epoch. `malformed`: the column of a
-    CSV/JSON table holding the records whose values do not fit their types (else None).
-    `problems`: what is wrong with the table's options (a `schema` column the file lacks),
-    each to be prefixed with the table's name."""
+    """An input table as read. `nanos`: the columns of a Parquet table stored as
+    TIMESTAMP(NANOS), which Spark reads as bigint nanoseconds since the epoch.
+    `malformed`: the column of a CSV/JSON table holding the records whose values do not
+    fit their types (else None). `problems`: what is wrong with the table's options (a
+    `schema` column the file lacks), each to be prefixed with the table's name."""
 
     df: DataFrame
-    nanos: bool = False
+    nanos: frozenset[str] = frozenset()
     malformed: str | None = None
     problems: tuple[str, ...] = ()
 
@@ -86,33 +99,29 @@ def read_input(
     text: Mapping[str, T.DataType] | None = None,
     needed: Iterable[str] | None = None,
 ) -> Read:
-    """Read a Delta, Parquet, CSV or JSON table; InputError if it cannot be read at all.
+    """Read a Delta, Parquet, CSV or JSON table; InputError if it cannot be read at all
+    (no data files: `NO_DATA_FILES`).
 
-    CSV/JSON (`_read_text`): `text` gives columns a fixed type whatever the table's
-    `schema` says (ids and timestamps are read as text); `needed` are the columns whose
-    type matters, inferred from the data when the `schema` does not give it. Parquet with
-    TIMESTAMP(NANOS) columns (pandas 2 writes them), which Spark cannot read as
-    timestamps: read with those columns as bigint nanoseconds (`Read.nanos`)."""
+    Parquet, CSV and JSON by path: partition folders' values are text (`org_id=007` is
+    '007'), unless a CSV/JSON `schema` types the column. Parquet (`_read_parquet`): every
+    file's columns (`mergeSchema`), TIMESTAMP(NANOS) columns as bigint nanoseconds
+    (`Read.nanos`). CSV/JSON (`_read_text`): `text` gives columns a fixed type whatever the
+    table's `schema` says (ids and timestamps are read as text); `needed` are the columns
+    whose type matters, inferred from the data when the `schema` does not give it."""
     try:
         if table.table is not None:
             df = spark.read.table(table.table)
         elif table.text:
             return _read_text(spark, table, dict(text or {}), needed)
+        elif table.format == "parquet":
+            return _read_parquet(spark, table)
         else:
             df = spark.read.format(table.format).load(table.path)
         df.schema  # noqa: B018 (resolved now: under Spark Connect reads are lazy)
         return Read(df)
     except AnalysisException as err:
-        if not (table.format == "parquet" and table.path and _nanos(err)):
-            raise InputError(
-                f"cannot read {table.format} {describe(table)}: {spark_message(err)}"
-            ) from None
-    try:
-        return Read(_read_nanos(spark, table), nanos=True)
-    except AnalysisException as err:
-        raise InputError(
-            f"cannot read {table.format} {describe(table)}: {spark_message(err)}"
-        ) from None
+        reason = NO_DATA_FILES if "[UNABLE_TO_INFER_SCHEMA]" in str(err) else spark_message(err)
+        raise InputError(f"cannot read {table.format} {describe(table)}: {reason}") from None
 
 
 def spark_message(err: AnalysisException) -> str:
@@ -130,21 +139,154 @@ def _nanos(err: AnalysisException) -> bool:
     return "PARQUET_TYPE_ILLEGAL" in text and "NANOS" in text
 
 
-def _read_nanos(spark: SparkSession, table: Table) -> DataFrame:
-    """A Parquet table with TIMESTAMP(NANOS) columns: the schema is resolved with Spark's
-    `spark.sql.legacy.parquet.nanosAsLong` (those columns become bigint), set for that
-    moment only and put back as it was; the files are then read with that schema, which
-    needs no setting."""
-    previous = spark.conf.get(_NANOS_AS_LONG, None)
-    spark.conf.set(_NANOS_AS_LONG, "true")
+#: Settings changed for a moment (`_settings`) by one thread at a time.
+_SETTINGS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _settings(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """Spark settings (`spark.conf` only: Spark Connect too) for the block, each put back
+    as it was afterwards (unset if it was unset)."""
+    with _SETTINGS_LOCK:
+        previous = {key: spark.conf.get(key, None) for key in settings}
+        try:
+            for key, value in settings.items():
+                spark.conf.set(key, value)
+            yield
+        finally:
+            for key, value in previous.items():
+                if value is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, value)
+
+
+def _read_parquet(spark: SparkSession, table: Table) -> Read:
+    """A Parquet table by path. Its schema is resolved once (a job reading every file's
+    footer) with merged schemas (`mergeSchema`: a column older files lack is NULL there),
+    partition values as text (Spark's partition type inference off) and, when some
+    columns are TIMESTAMP(NANOS), Spark's `nanosAsLong` (they become bigint: `Read.nanos`),
+    each set for that moment only; the files are then read with that schema, which needs
+    no setting. Which columns are nanoseconds is known from the footers of local files
+    (`_footer_nanos`); elsewhere a first resolution fails on them and is made again.
+    InputError when the files disagree on a column's type."""
+    nanos = _footer_nanos(table.path)
     try:
-        schema = spark.read.format("parquet").load(table.path).schema
-    finally:
-        if previous is None:
-            spark.conf.unset(_NANOS_AS_LONG)
-        else:
-            spark.conf.set(_NANOS_AS_LONG, previous)
-    return spark.read.schema(schema).format("parquet").load(table.path)
+        schema = _parquet_schema(spark, table, bool(nanos))
+    except AnalysisException as err:
+        if nanos or not _nanos(err):
+            raise
+        schema = _parquet_schema(spark, table, True)
+        nanos = frozenset(f.name for f in schema.fields if isinstance(f.dataType, T.LongType))
+    df = spark.read.schema(schema).format("parquet").load(table.path)
+    return Read(df, nanos=nanos or frozenset())
+
+
+def _parquet_schema(spark: SparkSession, table: Table, nanos_as_long: bool) -> T.StructType:
+    settings = {_PARTITION_TYPES: "false"}
+    if nanos_as_long:
+        settings[_NANOS_AS_LONG] = "true"
+    with _settings(spark, settings):
+        reader = spark.read.option("mergeSchema", "true").format("parquet")
+        try:
+            return reader.load(table.path).schema
+        except Exception as err:  # a SparkException, not an AnalysisException
+            if "[CANNOT_MERGE_SCHEMAS]" not in str(err):
+                raise
+            reason = _merge_conflict(str(err))
+    raise InputError(f"cannot read parquet {describe(table)}: {reason}")
+
+
+_MERGED = re.compile(
+    r'Initial schema:\s*"STRUCT<(.*?)>"\s*'
+    r'Schema that cannot be merged with the initial schema:\s*"STRUCT<(.*?)>"',
+    re.DOTALL,
+)
+
+
+def _merge_conflict(text: str) -> str:
+    """What Spark's CANNOT_MERGE_SCHEMAS error says, as the columns whose types differ."""
+    found = _MERGED.search(text)
+    first, second = (_struct_fields(found.group(i)) for i in (1, 2)) if found else ({}, {})
+    differ = [
+        f"column '{c}' is {first[c]} in some files and {second[c]} in others"
+        for c in first
+        if c in second and first[c] != second[c]
+    ]
+    if not differ:
+        condition = re.search(r"\[CANNOT_MERGE_SCHEMAS\][^\n]*", text)
+        differ = [condition.group(0) if condition else "a column's type differs"]
+    return (
+        "; ".join(differ)
+        + ": its files disagree on this column's type (rewrite them with one type)"
+    )
+
+
+def _struct_fields(text: str) -> dict[str, str]:
+    """`name: TYPE, …` (Spark's STRUCT<…> text) as name → type, top-level fields only."""
+    fields, depth, quoted, start = {}, 0, False, 0
+    for i, ch in enumerate(text + ","):
+        if ch == "`":
+            quoted = not quoted
+        elif not quoted and ch in "<(":
+            depth += 1
+        elif not quoted and ch in ">)":
+            depth -= 1
+        elif not quoted and depth == 0 and ch == ",":
+            name, _, kind = text[start:i].strip().partition(": ")
+            if name.startswith("`"):
+                name = name[1:-1].replace("``", "`")
+            fields[name] = kind
+            start = i + 1
+    return fields
+
+
+def _footer_nanos(path: str) -> frozenset[str] | None:
+    """The columns stored as TIMESTAMP(NANOS) in the Parquet files at `path`, from their
+    footers (pyarrow; no Spark job), or None when that cannot be known here: not a path on
+    this machine (`s3://…`), a glob, a footer pyarrow cannot read (Spark will say why), or
+    more than `FOOTERS` files, the first of which have none."""
+    url = urlparse(path)
+    if url.scheme not in ("", "file") or any(ch in path for ch in "*?[{"):
+        return None
+    import pyarrow.parquet as pq  # only here: the CLI starts without it
+
+    root = Path(url2pathname(url.path) if url.scheme else path)
+    found: set[str] = set()
+    try:
+        for count, file in enumerate(_data_files(root)):
+            if count == FOOTERS:
+                return frozenset(found) or None
+            schema = pq.read_metadata(file).schema
+            kinds = {
+                schema.column(i).path: schema.column(i).logical_type for i in range(len(schema))
+            }
+            found |= {
+                name
+                for name, kind in kinds.items()
+                if kind.type == "TIMESTAMP" and '"timeUnit":"nanoseconds"' in kind.to_json()
+            }
+    except Exception:  # OSError, pyarrow's ArrowInvalid, …
+        return None
+    return frozenset(found)
+
+
+def _data_files(root: Path) -> Iterator[Path]:
+    """The files Spark reads at `root`: the file, or the files of its tree whose names do
+    not start with `_` or `.` (`_SUCCESS`, `.crc`; a folder `_x=1` is a partition)."""
+
+    def skipped(name: str) -> bool:
+        return name.startswith(".") or (name.startswith("_") and "=" not in name)
+
+    def fail(err: OSError) -> None:
+        raise err
+
+    if root.is_file():
+        yield root
+        return
+    for top, folders, files in os.walk(root, onerror=fail):
+        folders[:] = sorted(f for f in folders if not skipped(f))
+        yield from (Path(top, f) for f in sorted(files) if not skipped(f))
 
 
 def _text_reader(spark: SparkSession, table: Table, **options: Any) -> DataFrameReader:
@@ -166,27 +308,30 @@ def _read_text(
     the `schema`, without one) or from JSON inference; each column's type from `text`,
     else the table's `schema`, else Spark's inference (a pass over the data, made only
     when a needed column has no type yet), else string. Records whose values do not fit
-    their types are kept in the `MALFORMED` column (`Read.malformed`)."""
+    their types are kept in the `MALFORMED` column (`Read.malformed`). Partition folders'
+    columns are typed the same way, their values inferred as text (`org_id=007` is '007'):
+    the names and the inference are resolved with Spark's partition type inference off."""
     given = {c: SCHEMA_TYPES[t] for c, t in (table.column_types or {}).items()}
-    if table.format == "json":
-        inferred = _text_reader(spark, table).load(table.path).schema
-        names = [f.name for f in inferred.fields if f.name != "_corrupt_record"]
-    elif table.header:
-        names = _text_reader(spark, table).load(table.path).columns
-        inferred = None
-    else:
-        names, inferred = list(given), None
-    problems = tuple(
-        f"'schema' names column '{c}', which the "
-        f"{'header' if table.format == 'csv' else 'data'} does not have "
-        f"(has: {', '.join(names)})"
-        for c in given
-        if c not in names
-    )
-    wanted = set(names if needed is None else needed)
-    untyped = [c for c in names if c in wanted and c not in text and c not in given]
-    if untyped and inferred is None:
-        inferred = _text_reader(spark, table, inferSchema=True).load(table.path).schema
+    with _settings(spark, {_PARTITION_TYPES: "false"}):
+        if table.format == "json":
+            inferred = _text_reader(spark, table).load(table.path).schema
+            names = [f.name for f in inferred.fields if f.name != "_corrupt_record"]
+        else:  # the header's columns, or the schema's; then the partition columns
+            listed = T.StructType([T.StructField(c, t) for c, t in given.items()])
+            reader = _text_reader(spark, table)
+            names = (reader if table.header else reader.schema(listed)).load(table.path).columns
+            inferred = None
+        problems = tuple(
+            f"'schema' names column '{c}', which the "
+            f"{'header' if table.format == 'csv' else 'data'} does not have "
+            f"(has: {', '.join(names)})"
+            for c in given
+            if c not in names
+        )
+        wanted = set(names if needed is None else needed)
+        untyped = [c for c in names if c in wanted and c not in text and c not in given]
+        if untyped and inferred is None:
+            inferred = _text_reader(spark, table, inferSchema=True).load(table.path).schema
     found = {f.name: f.dataType for f in (inferred.fields if inferred else [])}
     schema = T.StructType(
         [
@@ -315,13 +460,14 @@ def epoch_instants(number: Column, unit: str) -> Column:
     return F.when(inside, F.timestamp_micros(micros.cast("bigint")))
 
 
-def time_instants(df: DataFrame, spec: TimeColumn, nanos: bool = False) -> Column | None:
+def time_instants(df: DataFrame, spec: TimeColumn, nanos: Collection[str] = ()) -> Column | None:
     """The timestamp column `spec` of `df` as instants (UTC), or None when its type cannot
-    be read that way (`time_problem` says why). Text that does not parse is NULL (the
+    be read that way (`time_problem` says why). `nanos`: the columns that are bigint
+    nanoseconds since the epoch (`Read.nanos`). Text that does not parse is NULL (the
     input check counts it first: `inputs`); empty text is NULL."""
     kind = df.schema[spec.column].dataType
     col = F.col(spec.column)
-    if spec.epoch or (nanos and isinstance(kind, T.LongType)):
+    if spec.epoch or (spec.column in nanos and isinstance(kind, T.LongType)):
         if isinstance(kind, (*NUMERIC, T.StringType)):
             return epoch_instants(col, spec.epoch or "ns")
         return None
@@ -332,7 +478,9 @@ def time_instants(df: DataFrame, spec: TimeColumn, nanos: bool = False) -> Colum
     return None
 
 
-def time_problem(df: DataFrame, spec: TimeColumn, where: str, nanos: bool = False) -> str | None:
+def time_problem(
+    df: DataFrame, spec: TimeColumn, where: str, nanos: Collection[str] = ()
+) -> str | None:
     """Why `time_instants` cannot read the column (None when it can or it is missing)."""
     if spec.column not in df.columns:
         return None
