@@ -35,9 +35,17 @@ MATCHED = "matched_events"
 #: Events of a source that reach an exposed unit of the experiment (in its range), for
 #: the experiments whose metrics read it; 0: health reason `no_events_reach_units`.
 EVENTS_OF_UNITS = "events_of_units"
+#: Events of a source in the experiment's period, asked only when none reached an exposed
+#: unit: more than 0 means its ids do not join the exposures (`no_events_reach_units`).
+EVENTS_IN_PERIOD = "events_in_period"
 #: 1 for a source whose timestamp column is a DATE read as instants (midnight UTC)
-#: without `timestamp_as_date` (a warning: `date_warnings`).
+#: without `timestamp_as_date` (a warning: `daily_sources`).
 DATE_TIMESTAMPS = "date_timestamps"
+#: Events of a source (of the experiment's units, as `events_of_units`) whose time is
+#: midnight UTC exactly, for sources without `timestamp_as_date`.
+EVENTS_AT_MIDNIGHT = "events_at_midnight"
+#: At least this many events, all at midnight UTC, make a source look daily.
+MIN_DAILY_EVENTS = 20
 FILTER_VALUE = "filter_value_events"
 
 
@@ -87,6 +95,8 @@ NOTES = {
     "events_with_null_timestamps": "events without a timestamp: in no window",
     "non_finite_values": "NaN or ±Inf values in a summed column: treated as missing",
     DATE_TIMESTAMPS: "a DATE timestamp read as midnight UTC: see timestamp_as_date",
+    EVENTS_AT_MIDNIGHT: "events at midnight UTC exactly (all of them: a daily table?)",
+    EVENTS_IN_PERIOD: "events of the source in the period (none reached an exposed unit)",
     EVENTS_OF_UNITS: "events of the source that reach an exposed unit (0: ids do not join)",
     "unit_attribute_rows_dropped": "attribute rows with a NULL id or timestamp: dropped",
     MATCHED: "events passing the component's filter (0: the filter matches nothing)",
@@ -165,6 +175,7 @@ def filter_warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) ->
     the staged diagnostics rows (`experiment_id`, `metric`, `check`, `value`). Components
     without such rows (not staged) give none."""
     found: dict[tuple[str, str], dict[str, Any]] = {}
+    unjoined = set(_unjoined(diagnostics))
     for d in diagnostics:
         if d.get("metric") is not None:
             found.setdefault((d["experiment_id"], d["metric"]), {})[d["check"]] = d["value"]
@@ -175,8 +186,8 @@ def filter_warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) ->
             if not rows:
                 continue
             for role, comp in config.metrics[name].components.items():
-                if comp.agg == "unit_count":
-                    continue
+                if comp.agg == "unit_count" or (exp.id, comp.source) in unjoined:
+                    continue  # ids that do not join: `join_warnings` says so once
                 where = f"experiment '{exp.id}', metric '{name}', {ROLES[role]}"
                 message = _component_warning(comp, role, rows, where)
                 if message:
@@ -210,23 +221,61 @@ def unknown_label_warnings(config: Config, diagnostics: Iterable[Mapping[str, An
     return out
 
 
+def daily_sources(diagnostics: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Sources read as instants (no `timestamp_as_date`) whose data look daily: a DATE
+    timestamp column (`date_timestamps` rows), or at least `MIN_DAILY_EVENTS` events of
+    the experiment's units, every one at midnight UTC (`events_at_midnight` equal to
+    `events_of_units`): their exposure-day rows are before the exposure and not counted."""
+    rows = list(diagnostics)
+    counts = {(d.get("experiment_id"), d["check"]): d["value"] for d in rows}
+    found = set()
+    for d in rows:
+        check = d["check"]
+        if check.startswith(f"{DATE_TIMESTAMPS}:"):
+            found.add(check.split(":", 1)[1])
+        elif check.startswith(f"{EVENTS_AT_MIDNIGHT}:"):
+            source = check.split(":", 1)[1]
+            events = counts.get((d.get("experiment_id"), f"{EVENTS_OF_UNITS}:{source}"))
+            if events and events >= MIN_DAILY_EVENTS and d["value"] == events:
+                found.add(source)
+    return sorted(found)
+
+
 def date_warnings(diagnostics: Iterable[Mapping[str, Any]]) -> list[str]:
-    """One warning per source whose DATE timestamps are read as midnight UTC instants
-    (`date_timestamps:<source>` diagnostics rows), however many experiments read it."""
-    sources = sorted(
-        {
-            d["check"].split(":", 1)[1]
-            for d in diagnostics
-            if d["check"].startswith(f"{DATE_TIMESTAMPS}:")
-        }
-    )
+    """One warning per source that looks daily but is read as instants (`daily_sources`)."""
     return [
-        f"source '{s}': its timestamp column is a DATE, read as midnight UTC, so a row dated "
-        "on a unit's exposure day is before the exposure and not counted; for a table of one "
-        "row per day set timestamp_as_date: true on the source (whole days from the "
-        "exposure day)"
-        for s in sources
+        f"source '{s}': its timestamps are days (a DATE column, or every event at midnight "
+        "UTC), read as midnight UTC, so a row dated on a unit's exposure day is before the "
+        "exposure and not counted; for a table of one row per day set timestamp_as_date: "
+        "true on the source (whole days from the exposure day)"
+        for s in daily_sources(diagnostics)
     ]
+
+
+def _unjoined(diagnostics: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], int]:
+    """(experiment, source) → events in the period, for sources whose events in the
+    experiment's period reach none of its exposed units (`events_in_period` rows)."""
+    prefix = f"{EVENTS_IN_PERIOD}:"
+    return {
+        (d["experiment_id"], d["check"][len(prefix) :]): int(d["value"])
+        for d in diagnostics
+        if d["check"].startswith(prefix) and d["value"]
+    }
+
+
+def join_warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One warning per experiment and source whose events reach none of its exposed units
+    (health reason `no_events_reach_units`), naming the id column to check."""
+    out = []
+    for (experiment, source), n in sorted(_unjoined(diagnostics).items()):
+        route = config.unit_route(source, config.experiment(experiment).assignment_unit)
+        column = route if isinstance(route, str) else config.sources[source].ids[route.from_id]
+        out.append(
+            f"experiment '{experiment}': none of the {n:,} events of source '{source}' in its "
+            f"period reaches an exposed unit: check that column '{column}' holds the same ids, "
+            "in the same format, as the exposures; every metric of the source is 0"
+        )
+    return out
 
 
 def warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -234,6 +283,7 @@ def warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) -> list[s
     DATE timestamps read as instants, filters that match nothing."""
     rows = list(diagnostics)
     return [
+        *join_warnings(config, rows),
         *unknown_label_warnings(config, rows),
         *date_warnings(rows),
         *filter_warnings(config, rows),

@@ -260,7 +260,8 @@ def _print_health(rows: Iterable[Mapping[str, Any]], console: Console | None = N
 
 def _slice_notes(rows: Iterable[Mapping[str, Any]], args: argparse.Namespace) -> list[str]:
     """Where the slice rows the overall table leaves out are: a `show` command per
-    dimension that runs as printed (the same config, root, date and experiments)."""
+    dimension that runs as printed (the same config, root, date, experiments and Spark
+    options)."""
     counts: dict[str, set[str]] = {}
     for r in rows:
         if r.get("dimension") is not None:
@@ -273,6 +274,11 @@ def _slice_notes(rows: Iterable[Mapping[str, Any]], args: argparse.Namespace) ->
     base += ["--date", args.date.isoformat()]
     for e in args.experiment or []:
         base += ["--experiment", e]
+    for option in ("master", "remote"):
+        if getattr(args, option, None):
+            base += [f"--{option}", getattr(args, option)]
+    for key, value in getattr(args, "conf", None) or []:
+        base += ["--conf", f"{key}={value}"]
     return [
         f"results by {d} ({len(s)} slices): {shlex.join([*base, '--dimension', d])}"
         for d, s in sorted(counts.items())

@@ -4,9 +4,10 @@ already measured (GrowthBook's experiment health, Statsig's health checks).
 
 Reasons (`REASONS`; `:<metric>` is appended where one metric is concerned):
 
-- unhealthy: `no_events_reach_units:<source>` (units were exposed, but no event of a
-  source the experiment's metrics read reaches one of them: ids of another format or the
-  wrong id column; every metric of that source is 0), `srm` (the sample-ratio-mismatch
+- unhealthy: `no_events_reach_units:<source>` (units were exposed and the source has
+  events in the experiment's period, but none of them reaches an exposed unit: ids of
+  another format or the wrong id column; every metric of that source is 0; a source
+  without events in the period is not flagged), `srm` (the sample-ratio-mismatch
   test of assignment units is flagged),
   `guardrail_violated:<metric>` (a guardrail shows significant harm);
 - warning: `srm_analysis_units` (analysis units per assignment unit differ between arms:
@@ -20,6 +21,9 @@ Reasons (`REASONS`; `:<metric>` is appended where one metric is concerned):
   assignment units: the multi-unit policy excluded or reassigned them),
   `non_finite_values:<source>:<column>` (a summed column holds NaN or ±Inf values,
   which are treated as missing: any such value, since no healthy source has one),
+  `daily_source_as_instants:<source>` (a source whose timestamps are days, a DATE
+  column or every one of at least 20 events at midnight UTC, is read as instants without
+  `timestamp_as_date`: its exposure-day rows are not counted),
   `zero_denominator:<metric>` (> 90 % of a metric's units have a zero denominator: it
   is measured on few units),
   `cuped_no_pre_data:<metric>` (CUPED is on, but a treatment fell back for lack of
@@ -38,7 +42,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
-from cluster_spark.checks import EVENTS_OF_UNITS
+from cluster_spark.checks import EVENTS_IN_PERIOD, daily_sources
 from cluster_spark.config import Experiment
 
 
@@ -61,6 +65,7 @@ REASONS = {
     "analysis_units_in_several_units": Health.WARNING,
     "zero_denominator": Health.WARNING,
     "non_finite_values": Health.WARNING,
+    "daily_source_as_instants": Health.WARNING,
     "cuped_no_pre_data": Health.WARNING,
     "underpowered": Health.WARNING,
 }
@@ -90,10 +95,7 @@ def reasons(
     found += sorted(
         f"no_events_reach_units:{d['check'].split(':', 1)[1]}"
         for d in diagnostics
-        if d["check"].startswith(f"{EVENTS_OF_UNITS}:")
-        and d.get("dimension") is None
-        and units
-        and not d["value"]
+        if d["check"].startswith(f"{EVENTS_IN_PERIOD}:") and units and d["value"]
     )
     treated = [r for r in results if r["variant"] != experiment.control]
     if any(r["srm_flag"] for r in results):
@@ -117,6 +119,7 @@ def reasons(
         for d in diagnostics
         if d["check"].startswith("non_finite_values:") and d.get("dimension") is None and d["value"]
     )
+    found += [f"daily_source_as_instants:{s}" for s in daily_sources(diagnostics)]
     zero: dict[str, list[int]] = {}
     for row in staged:
         if not row.get("winsorized") and row.get("dimension") is None:

@@ -486,6 +486,10 @@ HEALTH_TEXT = {
     ),
     "unknown_variants": "more than 1 % of units have exposure rows of unconfigured variants",
     "non_finite_values": "NaN or ±Inf values in a summed column were treated as missing",
+    "daily_source_as_instants": (
+        "a daily source is read as instants: rows dated on the exposure day are not counted "
+        "(set timestamp_as_date: true)"
+    ),
     "srm": "sample-ratio mismatch: assignment units do not follow the configured split",
     "guardrail_violated": "a guardrail metric shows significant harm",
     "srm_analysis_units": (

@@ -170,7 +170,8 @@ def _read_parquet(spark: SparkSession, table: Table) -> Read:
     no setting. Which columns are nanoseconds is known from the footers of local files
     (`_footer_nanos`); elsewhere a first resolution fails on them and is made again.
     InputError when the files disagree on a column's type."""
-    nanos = _footer_nanos(table.path)
+    # Under Spark Connect a path names the server's files, not this machine's.
+    nanos = None if _is_connect(spark) else _footer_nanos(table.path)
     try:
         schema = _parquet_schema(spark, table, bool(nanos))
     except AnalysisException as err:
@@ -239,6 +240,10 @@ def _struct_fields(text: str) -> dict[str, str]:
             fields[name] = kind
             start = i + 1
     return fields
+
+
+def _is_connect(spark: SparkSession) -> bool:
+    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 def _footer_nanos(path: str) -> frozenset[str] | None:
@@ -343,6 +348,9 @@ def _read_text(
     options = {"columnNameOfCorruptRecord": MALFORMED, "mode": "PERMISSIVE"}
     if table.format == "csv" and table.header:
         options["enforceSchema"] = False  # every file's header must name these columns
+    elif table.format == "csv" and not spark.read.schema(schema).csv(table.path).inputFiles():
+        # Without a header nothing is inferred, so no read fails on an empty folder.
+        raise InputError(f"cannot read csv {describe(table)}: {NO_DATA_FILES}")
     df = _text_reader(spark, table, **options).schema(schema).load(table.path)
     return Read(df, malformed=MALFORMED, problems=problems)
 

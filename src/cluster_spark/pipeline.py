@@ -14,6 +14,7 @@ from pyspark.sql import types as T
 from cluster_spark import checks, io, reducer, staging, tables
 from cluster_spark.config import Config
 from cluster_spark.errors import ConfigError, InputError
+from cluster_spark.staging.events import events_in_period
 
 
 def new_run_id() -> str:
@@ -109,11 +110,30 @@ def _stage(
                 diags = [r.asDict() for r in staged.diagnostics.collect()]
         finally:
             staged.release()
+        diags += _events_in_period(spark, config, analysis_date, diags)
         with writes or io.SliceWrites(spark, ids, analysis_date) as w:
             out = config.output
             w.write(_frame(spark, stats, _columns(tables.STAGING_SCHEMA)), out.staging)
             w.write(_frame(spark, diags, _columns(tables.DIAGNOSTICS_SCHEMA)), out.diagnostics)
     return stats, diags
+
+
+def _events_in_period(
+    spark: SparkSession, config: Config, analysis_date: dt.date, diags: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`events_in_period:<source>` diagnostics rows for each experiment and source none of
+    whose events reached an exposed unit (`events_of_units:<source>` 0): how many events
+    the source has in the experiment's period (`staging.events.events_in_period`; a query
+    only in that rare case). More than 0 means its ids do not join the exposures."""
+    prefix = f"{checks.EVENTS_OF_UNITS}:"
+    out = []
+    for d in diags:
+        if d["check"].startswith(prefix) and d["dimension"] is None and d["value"] == 0:
+            source = d["check"][len(prefix) :]
+            experiment = config.experiment(d["experiment_id"])
+            n = events_in_period(spark, config, experiment, source, analysis_date)
+            out.append(d | {"check": f"{checks.EVENTS_IN_PERIOD}:{source}", "value": n})
+    return out
 
 
 def stage_outcome(

@@ -17,12 +17,13 @@ from pyspark.sql import types as T
 
 from cluster_spark.checks import (
     DATE_TIMESTAMPS,
+    EVENTS_AT_MIDNIGHT,
     EVENTS_OF_UNITS,
     filter_values,
     matched_check,
     value_check,
 )
-from cluster_spark.config import Component, Condition, IdMapping
+from cluster_spark.config import Component, Condition, Config, Experiment, IdMapping
 from cluster_spark.inputs import Inputs, mapping_label, plan_inputs, source_label
 from cluster_spark.io import describe
 from cluster_spark.staging.exposures import exposure_slots, slot
@@ -165,6 +166,29 @@ def summed_columns(parts: dict[str, tuple[Component, float]]) -> list[str]:
     return sorted({comp.column for comp, _ in parts.values() if comp.agg == "sum"})
 
 
+def _summed_by(parts: dict[str, tuple[Component, float]], column: str) -> Column:
+    """Whether an event passes the filter of some component that sums `column`."""
+    filters = [c.filter for c, _ in parts.values() if c.agg == "sum" and c.column == column]
+    if any(not f for f in filters):
+        return F.lit(True)
+    return reduce(Column.__or__, [reduce(Column.__and__, map(condition, f)) for f in filters])
+
+
+def _readers(plan: Plan, source: str, summed: str | None = None) -> list[str]:
+    """The plan's experiments with a metric that reads `source` (and sums its column
+    `summed`, when given)."""
+    return [
+        e.id
+        for e in plan.experiments
+        if any(
+            m in e.metrics
+            and c.source == source
+            and (summed is None or (c.agg == "sum" and c.column == summed))
+            for (m, _), (_, c, _) in plan.components.items()
+        )
+    ]
+
+
 def _predicate_key(conditions: Iterable[Condition]) -> str:
     return json.dumps([c.model_dump(mode="json") for c in conditions], sort_keys=True)
 
@@ -270,8 +294,12 @@ def first_level(
     ]
     summed = summed_columns(parts)
     totals += [
-        F.count(F.when(_non_finite(c), 1)).alias(f"_nonfinite__{i}") for i, c in enumerate(summed)
+        F.count(F.when(_non_finite(c) & _summed_by(parts, c), 1)).alias(f"_nonfinite__{i}")
+        for i, c in enumerate(summed)
     ]
+    if not daily:  # whole days read as instants: every event at midnight UTC
+        midnight = F.pmod(F.unix_seconds(F.col(TS)), F.lit(86_400)) == 0
+        totals.append(F.count(F.when(midnight, 1)).alias("_n_midnight"))
     predicates = match_predicates(parts)
     totals += [
         F.count(F.when(reduce(Column.__and__, map(condition, conds)), 1)).alias(f"_match__{i}")
@@ -291,7 +319,8 @@ def first_level(
         for i, k in enumerate(ks)
     ]
     ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
-    total_names = [c for c in per_key.columns if c in ("_n_events", "_n_null_ts", "_n_unmapped")]
+    kept = ("_n_events", "_n_null_ts", "_n_unmapped", "_n_midnight")
+    total_names = [c for c in per_key.columns if c in kept]
     total_names += [f"_null__{i}" for i in range(len(nullable))]
     total_names += [f"_nonfinite__{i}" for i in range(len(summed))]
     total_names += [f"_match__{i}" for i in range(len(predicates))]
@@ -392,26 +421,29 @@ def source_level(
     in_exp: list[tuple[str | None, str, Column]] = [
         (None, f"null_values:{source}:{c}", total(f"_null__{i}")) for i, c in enumerate(nullable)
     ]
-    in_exp += [
-        (None, f"non_finite_values:{source}:{c}", total(f"_nonfinite__{i}"))
-        for i, c in enumerate(summed_columns(parts))
-    ]
+    # Checks kept only for the experiments they concern: check → experiment ids.
+    only: dict[str, list[str]] = {}
+    for i, c in enumerate(summed_columns(parts)):
+        check = f"non_finite_values:{source}:{c}"
+        in_exp.append((None, check, total(f"_nonfinite__{i}")))
+        only[check] = _readers(plan, source, c)
     if by_analysis_unit and plan.analysis_unit != key_type:  # else a NULL one has no unit
         null_sub = F.when(F.col(SUB).isNull(), F.col("_n_events"))
         check = f"events_with_null_ids:{source}:{plan.analysis_unit}"
         in_exp.append((None, check, total(null_sub)))
     in_exp += [(m, check, total(col)) for m, check, col in _match_checks(plan, source, parts)]
+    readers = _readers(plan, source)
     reach = f"{EVENTS_OF_UNITS}:{source}"
     in_exp.append((None, reach, total("_n_events")))
-    readers = [
-        e.id
-        for e in plan.experiments
-        if any(
-            m in e.metrics and c.source == source for (m, _), (_, c, _) in plan.components.items()
-        )
-    ]
+    only[reach] = readers
+    if not src.timestamp_as_date:
+        midnight = f"{EVENTS_AT_MIDNIGHT}:{source}"
+        in_exp.append((None, midnight, total("_n_midnight")))
+        only[midnight] = readers
     per_exp = _per_experiment(spark, plan, level1, in_exp)
-    diags.append(per_exp.where((F.col("check") != reach) | F.col("experiment_id").isin(readers)))
+    for check, ids in only.items():
+        per_exp = per_exp.where((F.col("check") != check) | F.col("experiment_id").isin(ids))
+    diags.append(per_exp)
     kind = plan_inputs(spark, plan).read(source_label(source)).df.schema[src.timestamp.column]
     if isinstance(kind.dataType, T.DateType) and not src.timestamp_as_date:
         dated = experiment_ids(spark, plan).where(F.col("experiment_id").isin(readers))
@@ -427,6 +459,25 @@ def source_level(
         first.values,
         reduce(DataFrame.unionByName, diags),
     )
+
+
+def events_in_period(
+    spark: SparkSession, config: Config, experiment: Experiment, source: str, date: dt.date
+) -> int:
+    """Events of `source` with an id that reaches assignment units (its own column, or the
+    id an id mapping starts from) from the experiment's start (less its CUPED pre-period)
+    to its analysis time. Asked only when none of them reached an exposed unit
+    (`events_of_units` 0): one aggregation over the source, to tell ids that do not join
+    (`no_events_reach_units`) from a source without events in the period."""
+    src = config.sources[source]
+    table = Inputs(spark, config, [experiment.id]).table(source_label(source))
+    route = config.unit_route(source, experiment.assignment_unit)
+    column = route if isinstance(route, str) else src.ids[route.from_id]
+    start = experiment.start_time - dt.timedelta(days=experiment.cuped_lookback_days or 0)
+    end = experiment.analysis_time(date)
+    ts = utc_day(table.instants) if src.timestamp_as_date else table.instants
+    inside = F.col(column).isNotNull() & (ts >= F.lit(start)) & (ts <= F.lit(end))
+    return table.df.where(inside).count()
 
 
 def _match_checks(

@@ -62,14 +62,15 @@ def _labels(plan: Plan, label: Column) -> tuple[Column, Column]:
     return label, known
 
 
-def _unknown_labels(rows: DataFrame, unknown: Column) -> DataFrame:
+def _unknown_labels(per_unit: DataFrame) -> DataFrame:
     """Assignment units per (experiment, unknown label) among the exposure rows in the
-    experiment's dates: the `MAX_UNKNOWN_LABELS` labels with most units by name, the rest
-    pooled as `(other)` (a unit is counted once per label it has)."""
+    experiment's dates, from each unit's set of unknown labels (`_unknown`): the
+    `MAX_UNKNOWN_LABELS` labels with most units by name, the rest pooled as `(other)` (a
+    unit is counted once per label it has)."""
     per_label = (
-        rows.where(unknown)
+        per_unit.select("experiment_id", F.explode("_unknown").alias("variant"))
         .groupBy("experiment_id", "variant")
-        .agg(F.count_distinct(UNIT).alias("units"))
+        .agg(F.count(F.lit(1)).alias("units"))
     )
     rank = F.row_number().over(
         Window.partitionBy("experiment_id").orderBy(F.desc("units"), "variant")
@@ -131,6 +132,7 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
             F.max(F.when(valid, F.col("variant"))).alias("_last_variant"),
             F.count(F.when(valid, 1)).alias("n_rows"),
             F.count(F.when(null, 1)).alias("n_null"),
+            F.collect_set(F.when(dated & ~F.col("_known"), F.col("variant"))).alias("_unknown"),
             F.first("start_ts").alias("start_ts"),
             F.first("analysis_ts").alias("analysis_ts"),
             F.first("lookback_days").alias("lookback_days"),
@@ -167,7 +169,7 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
             diag(per_exp, "exposures_with_null_ids", F.col("nulls")),
             diag(counts, "assignment_units", F.col("count"), variant=F.col("variant")),
             diag(
-                _unknown_labels(rows, dated & ~F.col("_known")),
+                _unknown_labels(per_unit),
                 "unknown_variants",
                 F.col("units"),
                 variant=F.col("variant"),

@@ -24,14 +24,16 @@ PERCENTILE_ACCURACY = 100_000
 def included(metric: Metric, daily: Collection[str] = ()) -> tuple[Column, Column]:
     """(completed-window rule holds, bake rule holds) for a unit, per docs/methods.md.
     Windows of a component whose source is in `daily` (read by whole days) start at the
-    exposure day's midnight (UTC)."""
+    exposure day's midnight (UTC), and without a window its first counted day is the
+    exposure day, which has ended one day after that midnight."""
     analysis = F.col("analysis_ts")
     complete, baked = F.lit(True), F.lit(True)
     for comp in metric.components.values():
-        exposure = F.col("exposure_ts")
+        exposure, horizon = F.col("exposure_ts"), dt.timedelta(0)
         if comp.source in daily:
-            exposure = utc_day(exposure)
-        horizon = comp.window.horizon if comp.window else dt.timedelta(0)
+            exposure, horizon = utc_day(exposure), dt.timedelta(days=1)
+        if comp.window:
+            horizon = comp.window.horizon
         if metric.completed_windows_only and comp.window:
             complete &= shift(exposure, horizon) <= analysis
         if metric.bake_hours:
