@@ -232,8 +232,12 @@ UNITS = [_diag("assignment_units", 500, "control"), _diag("assignment_units", 50
          "unknown_variants"),
         ([_result()], [*UNITS, _diag("non_finite_values:events:value", 1)], [], None,
          "non_finite_values:events:value"),
-        ([_result()], [*UNITS, _diag("events_of_units:events", 0)], [], None,
+        ([_result()], [*UNITS, _diag("events_in_period:events", 4)], [], None,
          "no_events_reach_units:events"),
+        ([_result()], [*UNITS, _diag("date_timestamps:daily", 1)], [], None,
+         "daily_source_as_instants:daily"),
+        ([_result()], [*UNITS, _diag("events_of_units:e", 20), _diag("events_at_midnight:e", 20)],
+         [], None, "daily_source_as_instants:e"),
     ],
 )  # fmt: skip
 def test_each_health_reason_from_a_hand_made_input(results, diagnostics, staged, planned_mde, code):
@@ -245,12 +249,12 @@ def test_each_health_reason_from_a_hand_made_input(results, diagnostics, staged,
 
 
 def test_an_experiment_without_units_is_not_blamed_on_its_sources():
-    diagnostics = [_diag("assignment_units", 0, "control"), _diag("events_of_units:events", 0)]
+    diagnostics = [_diag("assignment_units", 0, "control"), _diag("events_in_period:events", 3)]
     assert health.reasons([_result()], diagnostics, [], experiment()) == []
 
 
 def test_input_problems_are_listed_before_the_checks_they_break():
-    diagnostics = [*UNITS, _diag("events_of_units:events", 0)]
+    diagnostics = [*UNITS, _diag("events_in_period:events", 3)]
     results = [_result(srm_flag=True, decision="guardrail_violated")]
     assert health.reasons(results, diagnostics, [], experiment()) == [
         "no_events_reach_units:events",
@@ -269,7 +273,11 @@ def test_just_below_every_threshold_is_healthy():
         _diag("analysis_units_in_several_units", 10),
         _diag("unknown_variants", 10, "Treatment"),  # 10 / 1010 < 1 %
         _diag("non_finite_values:events:value", 0),
-        _diag("events_of_units:events", 1),
+        _diag("events_in_period:events", 0),  # a source without events in the period
+        _diag("events_of_units:e", 20),
+        _diag("events_at_midnight:e", 19),  # one event not at midnight
+        _diag("events_of_units:f", 19),
+        _diag("events_at_midnight:f", 19),  # too few events to tell
     ]
     staged = [{"metric": "m1", "n_units": 10, "n_zero_denominator": 9}]
     exp = experiment(planned_mde=0.05)

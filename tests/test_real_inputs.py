@@ -35,7 +35,7 @@ def _diagnostics(outcome, check_prefix: str) -> dict:
 # i % 5 + 1. Two more orgs carry only a stray label: 'Treatment' and 'control '.
 N = 800
 EXPOSURES = [("e1", f"o{i}", "control" if i % 2 == 0 else "treatment", at(0, 1)) for i in range(N)]
-EVENTS = [(f"o{i}", f"u{i}", "purchase", float(i % 5 + 1), at(1)) for i in range(N + 2)]
+EVENTS = [(f"o{i}", f"u{i}", "purchase", float(i % 5 + 1), at(1, 5)) for i in range(N + 2)]
 STRAYS = [("e1", f"o{N}", "Treatment", at(0, 2)), ("e1", f"o{N + 1}", "control ", at(0, 2))]
 
 
@@ -148,24 +148,41 @@ def test_nan_and_inf_values_are_missing_counted_and_a_health_warning(spark, tmp_
 # ---------------------------------------------------------------- ids that do not join
 
 
-@pytest.mark.parametrize("joined", [True, False])
-def test_a_source_whose_ids_do_not_join_is_unhealthy_and_said_first(spark, tmp_path, joined):
+@pytest.mark.parametrize("case", ["joined", "no events in the period", "ids do not join"])
+def test_a_source_whose_ids_do_not_join_is_unhealthy_and_said_first(spark, tmp_path, case):
     """The events' org ids in another format ('ORG-o1' for 'o1'): no event reaches a unit,
-    every metric of the source is 0. Its twin with the right ids is healthy."""
+    every metric of the source is 0. Its twins, with the right ids or with no events in the
+    experiment's period at all (a sparse source: nothing happened yet), are healthy."""
     write_delta(spark, NAN_EXPOSURES, EXPOSURE_DDL, tmp_path / "exposures")
-    events = [e if joined else (f"ORG-{e[0]}", *e[1:]) for e in CLEAN_EVENTS]
+    events = {
+        "joined": CLEAN_EVENTS,
+        "no events in the period": [(*e[:4], at(20)) for e in CLEAN_EVENTS],  # after 03-09
+        "ids do not join": [(f"ORG-{e[0]}", *e[1:]) for e in CLEAN_EVENTS],
+    }[case]
     write_delta(spark, events, EVENT_DDL, tmp_path / "events")
     config = parse_config(config_dict(tmp_path))
     outcome = pipeline.run_outcome(spark, config, ANALYSIS_DATE)
-    assert _diagnostics(outcome, "events_of_units") == {
-        ("events_of_units:events", None): 4 if joined else 0
-    }
+    reached = _diagnostics(outcome, "events_")
     row = _overall(outcome.results)[0]
-    if joined:
+    if case == "joined":
+        assert reached == {("events_of_units:events", None): 4}
         assert (row["health"], row["health_reasons"]) == ("healthy", [])
         return
+    if case == "no events in the period":
+        assert reached == {
+            ("events_of_units:events", None): 0,
+            ("events_in_period:events", None): 0,
+        }
+        assert (row["health"], row["health_reasons"]) == ("healthy", [])
+        return
+    assert reached == {("events_of_units:events", None): 0, ("events_in_period:events", None): 4}
     assert row["health"] == "unhealthy"
     assert row["health_reasons"][0] == "no_events_reach_units:events"
+    assert outcome.warnings(config) == [
+        "experiment 'e1': none of the 4 events of source 'events' in its period reaches an "
+        "exposed unit: check that column 'org_id' holds the same ids, in the same format, as "
+        "the exposures; every metric of the source is 0"
+    ]  # and no filter warning for the source's metrics
     html = cs.report(spark, config, ANALYSIS_DATE)
     health = html[html.index("<h2>Health</h2>") :]
     first = health[health.index("<li>") : health.index("</li>")]
@@ -208,7 +225,7 @@ DAILY_EXPECTED = {
 }  # fmt: skip
 
 
-def _daily_config(root, as_date):
+def _daily_config(root, as_date, **source):
     raw = config_dict(root)
     raw["sources"] = {
         "daily": {
@@ -216,6 +233,7 @@ def _daily_config(root, as_date):
             "timestamp": "day",
             "ids": {"org_id": "org_id"},
             **({"timestamp_as_date": True} if as_date else {}),
+            **source,
         }
     }
     revenue = {"source": "daily", "agg": "sum", "column": "revenue"}
@@ -247,12 +265,40 @@ def test_a_daily_source_counts_the_exposure_day_as_a_whole_day(spark, tmp_path, 
     for key, expected in DAILY_EXPECTED[as_date].items():
         assert means[key] == pytest.approx(expected), key
     warned = [w for w in outcome.warnings(config) if "timestamp_as_date" in w]
+    reasons = _overall(outcome.results)[0]["health_reasons"]
     if as_date:
-        assert warned == []
+        assert (warned, reasons) == ([], [])
     else:
-        assert warned == [
-            "source 'daily': its timestamp column is a DATE, read as midnight UTC, so a row "
-            "dated on a unit's exposure day is before the exposure and not counted; for a "
-            "table of one row per day set timestamp_as_date: true on the source (whole days "
-            "from the exposure day)"
-        ]
+        assert warned == [DAILY_WARNING]
+        assert reasons == ["daily_source_as_instants:daily"]
+
+
+DAILY_WARNING = (
+    "source 'daily': its timestamps are days (a DATE column, or every event at midnight UTC), "
+    "read as midnight UTC, so a row dated on a unit's exposure day is before the exposure and "
+    "not counted; for a table of one row per day set timestamp_as_date: true on the source "
+    "(whole days from the exposure day)"
+)
+
+
+@pytest.mark.parametrize("as_date", [True, False])
+def test_a_daily_csv_export_is_recognised_by_its_midnights(spark, tmp_path, as_date):
+    """A daily table exported as CSV (days as text, no DATE type to see): 20 rows, every
+    one at midnight UTC, read as instants is a warning; with the option it is counted by
+    whole days. 5 rows a unit on days 03-02 … 03-06, value 1. By whole days from the
+    exposure day: o1 5, o2 4 (exposed 03-03) | o3 5, o4 3 (exposed 03-04). Read as
+    instants, o1 and o2 (exposed at 10:00 and 15:00) lose their exposure day too: 4, 3 |
+    o3 (00:00) keeps 5, o4 (23:00) has 03-05 and 03-06 only: 2."""
+    write_delta(spark, DAILY_EXPOSURES, EXPOSURE_DDL, tmp_path / "exposures")
+    lines = ["org_id,day,revenue"] + [
+        f"{o},2026-03-0{d},1" for o in ("o1", "o2", "o3", "o4") for d in range(2, 7)
+    ]
+    (tmp_path / "daily").mkdir()
+    (tmp_path / "daily" / "part-0.csv").write_text("\n".join(lines) + "\n")
+    config = _daily_config(tmp_path, as_date, format="csv")
+    outcome = pipeline.run_outcome(spark, config, ANALYSIS_DATE)
+    means = {(r["metric"], r["variant"]): r["mean"] for r in _overall(outcome.results)}
+    assert means["revenue", "control"] == pytest.approx(4.5 if as_date else 3.5)
+    assert means["revenue", "treatment"] == pytest.approx(4.0 if as_date else 3.5)
+    warned = [w for w in outcome.warnings(config) if "timestamp_as_date" in w]
+    assert warned == ([] if as_date else [DAILY_WARNING])
