@@ -78,6 +78,7 @@ RESULT_SCHEMA = [
     ("p_value_holm", "double"),
     ("role", "string"),
     ("direction", "string"),
+    ("margin", "double"),
     ("decision", "string"),
     ("noninferiority_bound", "double"),
     ("p_value_noninferiority", "double"),
@@ -95,6 +96,8 @@ RESULT_SCHEMA = [
     ("heterogeneity_p_value", "double"),
     ("health", "string"),
     ("health_reasons", "array<string>"),
+    ("recommendation", "string"),
+    ("recommendation_reasons", "array<string>"),
     ("run_id", "string"),
 ]
 
