@@ -111,9 +111,7 @@ def recommend(
         if r.get("role") == "secondary" and r.get("decision") == "loss"
     ]
     warnings = [  # underpowered goals: rule 6, per treatment
-        c
-        for c in health_reasons
-        if level(c) == Health.WARNING and not c.startswith("underpowered")
+        c for c in health_reasons if level(c) == Health.WARNING and not c.startswith("underpowered")
     ]
     if warnings:
         risks.append(f"risk: health warning: {', '.join(warnings)}")
