@@ -400,6 +400,7 @@ def test_the_recommendation_reaches_the_results_table(spark, tiny):
     assert first == f"goal revenue_per_user underpowered: it can detect {100 * mde:.2f}%, " + (
         "planned 1.00%"
     )
-    assert rows[("purchases_per_org", "treatment")]["recommendation_reasons"] == (
-        treat["recommendation_reasons"]
+    assert (
+        rows[("purchases_per_org", "treatment")]["recommendation_reasons"]
+        == (treat["recommendation_reasons"])
     )
