@@ -383,3 +383,20 @@ def test_the_slice_hint_after_run_is_a_command_that_runs(inputs, tmp_path, start
     assert cli.main(command[1:]) == 0
     shown = capsys.readouterr().out
     assert "e1" in shown  # the slice of the one experiment
+
+
+def test_show_prints_the_recommendation_before_the_table(inputs, tmp_path, started, capsys):
+    """Issue #26 item 3: the first line of `show` (and `run`) is the treatment's
+    recommendation; the tiny experiment's goals cannot show the planned 1 %."""
+    conf = _config_file(inputs, tmp_path, planned_mde=0.01)
+    common = ["-q", "--config", str(conf), "--date", "2026-03-09"]
+    assert cli.main(["run", *common]) == 0
+    ran = capsys.readouterr().out.splitlines()
+    assert cli.main(["show", *common]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    for lines in (ran, shown):
+        assert lines[0].startswith("recommendation e1 treatment: keep running (goal ")
+        assert "underpowered: it can detect" in lines[0] and "planned 1.00%" in lines[0]
+        assert not any(line.startswith("recommendation") for line in lines[1:])
+        assert any("revenue_per_user" in line for line in lines[1:])
+    assert shown[0] == ran[0]

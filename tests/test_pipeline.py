@@ -78,6 +78,7 @@ RESULT_SCHEMA = [
     ("p_value_holm", "double"),
     ("role", "string"),
     ("direction", "string"),
+    ("margin", "double"),
     ("decision", "string"),
     ("noninferiority_bound", "double"),
     ("p_value_noninferiority", "double"),
@@ -95,6 +96,8 @@ RESULT_SCHEMA = [
     ("heterogeneity_p_value", "double"),
     ("health", "string"),
     ("health_reasons", "array<string>"),
+    ("recommendation", "string"),
+    ("recommendation_reasons", "array<string>"),
     ("run_id", "string"),
 ]
 
@@ -366,3 +369,38 @@ def test_small_input_settings_give_the_hand_computed_numbers(spark, tiny):
     assert ctrl["mean"] == pytest.approx(17 / 3) and treat["mean"] == pytest.approx(21 / 4)
     assert treat["effect_abs"] == pytest.approx(21 / 4 - 17 / 3)
     assert rows[("purchases_per_org", "treatment")]["mean"] == pytest.approx(2 / 3)
+
+
+def test_the_recommendation_reaches_the_results_table(spark, tiny):
+    """Issue #26 item 3: a goal that can detect only far more than the planned 1 % (five
+    orgs) is `keep running`, on both treatment rows (as read back from Delta); the control
+    rows have none."""
+    raw = config_dict(tiny)
+    raw["experiments"][0] |= {
+        "planned_mde": 0.01,
+        "metric_roles": {
+            "purchases_per_org": {"role": "guardrail", "direction": "increase", "margin": 0.5}
+        },
+    }
+    config = parse_config(raw)
+    pipeline.run(spark, config, ANALYSIS_DATE)
+    rows = {(r.metric, r.variant): r.asDict() for r in _results(spark, config).collect()}
+    assert {k: r["recommendation"] for k, r in rows.items()} == {
+        ("revenue_per_user", "control"): None,
+        ("purchases_per_org", "control"): None,
+        ("revenue_per_user", "treatment"): "keep running",
+        ("purchases_per_org", "treatment"): "keep running",
+    }
+    treat = rows[("revenue_per_user", "treatment")]
+    assert rows[("purchases_per_org", "treatment")]["margin"] == 0.5
+    assert treat["margin"] is None and rows[("revenue_per_user", "control")]["margin"] is None
+    first = treat["recommendation_reasons"][0]
+    mde = treat["mde_rel"]
+    assert mde > 0.01
+    assert first == f"goal revenue_per_user underpowered: it can detect {100 * mde:.2f}%, " + (
+        "planned 1.00%"
+    )
+    assert (
+        rows[("purchases_per_org", "treatment")]["recommendation_reasons"]
+        == (treat["recommendation_reasons"])
+    )

@@ -378,6 +378,8 @@ _NOT_COMPARED = {
     "decision",  # goals decide by the BH p-value, corrected within the dimension
     "health",  # the experiment's verdict: on overall rows only
     "health_reasons",
+    "recommendation",  # per treatment, on overall rows only
+    "recommendation_reasons",
 }
 #: Columns that do not depend on the winsorization thresholds.
 _UNCAPPED = {

@@ -130,10 +130,12 @@ def analyze(
     Returns the results slice read back from `config.output.results`: one row per
     experiment × metric × variant (control first), then the same per slice for
     experiments with `dimensions` (`dimension`, `slice` set; NULL on the overall rows:
-    `.where("dimension IS NULL")` for the topline), the 71 columns of
+    `.where("dimension IS NULL")` for the topline), the 74 columns of
     `tables.RESULT_COLUMNS` (README, "Output tables"): `n_units` assignment units, `mean`
     = ΣM/ΣD in the metric's own units, `effect_abs` in those units, `effect_rel` and its
-    CI as fractions (0.05 = +5 %), `p_value`, `status`, … Small: `.toPandas()` is safe.
+    CI as fractions (0.05 = +5 %), `p_value`, `status`, `decision`, `recommendation` (on
+    each treatment's overall rows: `ship` / `do not ship` / `keep running` / `invalid`,
+    with `recommendation_reasons`), … Small: `.toPandas()` is safe.
 
     Raises (before any Spark work where possible): `ConfigError` (exit 78: a bad config, an
     unknown experiment, a bad date string), `UsageError` (exit 64: a date before an

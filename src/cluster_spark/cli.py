@@ -253,6 +253,30 @@ def health_lines(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     ]
 
 
+def recommendation_lines(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One line per experiment and treatment: its recommendation and the reasons
+    (`stats.recommend`), e.g. 'e1 treatment: ship (goal revenue win: …)'."""
+    seen: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for r in rows:
+        if r.get("dimension") is None and r.get("recommendation") is not None:
+            seen.setdefault((r["experiment_id"], r["variant"]), r)
+    return [
+        f"{e} {v}: {r['recommendation']}"
+        + (f" ({'; '.join(r['recommendation_reasons'])})" if r["recommendation_reasons"] else "")
+        for (e, v), r in seen.items()
+    ]
+
+
+def _print_recommendations(
+    rows: Iterable[Mapping[str, Any]], console: Console | None = None
+) -> None:
+    """Printed before the results table: the first thing a reader sees."""
+    for line in recommendation_lines(rows):
+        (console or Console(width=190)).print(
+            f"recommendation {line}", highlight=False, markup=False, soft_wrap=True
+        )
+
+
 def _print_health(rows: Iterable[Mapping[str, Any]], console: Console | None = None) -> None:
     for line in health_lines(rows):
         (console or Console(width=190)).print(f"health {line}", highlight=False)
@@ -456,6 +480,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         pipeline.run_outcome(spark, config, date)
         console.print(f"analysed {date}")
     outcome = pipeline.run_outcome(spark, config, demo.ANALYSIS_DATE)
+    _print_recommendations(outcome.results, console)
     print_results(outcome.results, console)
     _print_health(outcome.results, console)
     _Progress.warn(outcome.warnings(config))
@@ -523,12 +548,14 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
     elif args.command == "reduce":
         progress("reducing")
         results = pipeline.reduce(spark, config, args.date, ids)
+        _print_recommendations(results)
         print_results(results)
         _print_health(results)
         _Progress.warn(_slice_notes(results, args), kind="note")
     elif args.command == "run":
         progress("staging and reducing")
         outcome = pipeline.run_outcome(spark, config, args.date, ids)
+        _print_recommendations(outcome.results)
         print_results(outcome.results)
         _print_health(outcome.results)
         _Progress.warn(_slice_notes(outcome.results, args), kind="note")
@@ -557,6 +584,7 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
                 f"--dimension {args.dimension!r}: the results of {args.date} have "
                 + (f"the dimensions {dims}" if dims else "no dimensions (no experiment lists any)")
             )
+        _print_recommendations(rows)
         print_results(sorted(rows, key=result_order), dimension=args.dimension)
         _print_health(rows)
         _Progress.warn(f"no results for experiment '{e}' on {args.date}" for e in missing)

@@ -3,7 +3,8 @@
 `render_report` takes plain dict rows of the `results` table (RESULT_COLUMNS) and of the
 `diagnostics` table of one analysis date, optionally the results rows of earlier dates
 (`history`, for the timeline) and the metrics' descriptions, and returns one HTML page:
-the health verdict and its reasons first, one sentence per goal metric and treatment,
+the recommendation per treatment and its reasons first (`report_summary`), the health
+verdict and its reasons, one sentence per metric and treatment (every role),
 the SRM check, a results table per metric (role, decision, adjusted means, sequential
 and non-inferiority columns where computed, MDE, design effect; the jargon explained
 above them), a forest plot coloured by decision, the effect over time, a section per
@@ -525,28 +526,6 @@ def _health_box(results: Sequence[Row]) -> str:
     )
 
 
-def _sentence(r: Row) -> str:
-    """'treatment_a raised revenue_per_user by +11.64% [+6.23%, +17.05%]: win'."""
-    rel, decision = r.get("effect_rel"), r.get("decision") or "inconclusive"
-    if _finite(rel) is None:
-        status = r.get("status")
-        return f"{r['variant']} on {r['metric']}: no estimate ({status})"
-    verb = "raised" if rel > 0 else "lowered" if rel < 0 else "did not change"
-    ci = fmt_ci(r.get("effect_rel_ci_low"), r.get("effect_rel_ci_high"), fmt_pct)
-    adjusted = " (CUPED-adjusted)" if r.get("cuped_applied") else ""
-    return f"{r['variant']} {verb} {r['metric']} by {fmt_pct(rel)} {ci}{adjusted}: {decision}"
-
-
-def _summary(results: Sequence[Row]) -> str:
-    goals = [r for r in results if not _is_control(r) and r.get("role", "goal") == "goal"]
-    if not goals:
-        return ""
-    items = "".join(
-        f'<li class="{TONES.get(r.get("decision"), "")}">{_e(_sentence(r))}</li>' for r in goals
-    )
-    return f"<h2>Summary</h2><ul>{items}</ul>"
-
-
 def timeline_plot(rows: Sequence[Row], alpha: Any = None, width: int = 560) -> str:
     """Inline SVG of one metric × treatment over analysis dates: the relative effect and
     its CI per date, and the confidence sequence where given (the absolute CS divided by
@@ -708,10 +687,13 @@ def _sections(
         else '<p class="muted">No treatments.</p>'
     )
     mine_history = [r for r in history if mine(r) and r.get("dimension") is None]
+    from cluster_spark import report_summary  # imports this module's formatting
+
     return (
         f"{_header(experiment_id, analysis_date, results)}"
+        f"{report_summary.recommendation_box(results)}"
         f"{_health_box(results)}"
-        f"{_summary(results)}"
+        f"{report_summary.summary(results)}"
         f"<h2>Sample-ratio mismatch</h2>{_srm_box(results, diagnostics, control)}"
         f"<h2>Results</h2>{GLOSSARY}{tables or '<p class=muted>No results.</p>'}"
         f"<h2>Relative lift</h2>{plot}"
@@ -773,9 +755,11 @@ def _slice_sections(results: Sequence[Row], diagnostics: Sequence[Row], control:
 
 
 def _page(title: str, body: str) -> str:
+    from cluster_spark.report_summary import CSS as SUMMARY_CSS
+
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+        f"<title>{_e(title)}</title><style>{CSS}{SUMMARY_CSS}</style></head><body>{body}</body></html>\n"
     )
 
 

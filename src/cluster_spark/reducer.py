@@ -21,6 +21,7 @@ from cluster_spark.stats import (
     intervals,
     multiplicity,
     power,
+    recommend,
     sequential,
 )
 from cluster_spark.stats.cuped import CupedStats, compare_cuped
@@ -117,6 +118,7 @@ _SLICE_KEPT = frozenset(
         "relative_ci_method",
         "role",
         "direction",
+        "margin",
         "alternative",
         "srm_chi2",
         "srm_p_value",
@@ -162,6 +164,7 @@ def reduce_experiment(
     _adjust_p_values(out, experiment)
     _decide(out, experiment)
     health.assess(out, diags_of[(None, None)], rows_of[(None, None)], experiment)
+    recommend.assign(out, control, experiment.planned_mde)
     found = {k for k in (*rows_of, *diags_of) if k[0] is not None}
     dimensions = list(experiment.dimensions) + sorted(
         {d for d, _ in found} - set(experiment.dimensions)
@@ -234,6 +237,7 @@ def _segment(
             relative_ci_method=experiment.relative_ci,
             role=experiment.role(metric).role,
             direction=experiment.role(metric).direction,
+            margin=experiment.role(metric).margin,
             alternative=experiment.alternative_for(metric),
             srm_chi2=srm_chi2,
             srm_p_value=srm_p,

@@ -202,6 +202,7 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("p_value_holm", "double"),
     ("role", "string"),
     ("direction", "string"),
+    ("margin", "double"),
     ("decision", "string"),
     ("noninferiority_bound", "double"),
     ("p_value_noninferiority", "double"),
@@ -219,5 +220,7 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("heterogeneity_p_value", "double"),
     ("health", "string"),
     ("health_reasons", "array<string>"),
+    ("recommendation", "string"),
+    ("recommendation_reasons", "array<string>"),
     ("run_id", "string"),
 ]

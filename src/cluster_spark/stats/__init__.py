@@ -9,4 +9,6 @@ handful of staged group rows, and is tested against numpy/scipy/statsmodels orac
 - `multiplicity`: Benjamini–Hochberg and Holm.
 - `power`: minimum detectable effect and design effect.
 - `heterogeneity`: Cochran's Q across slices.
+- `decisions`: win / loss / inconclusive and guardrails' non-inferiority.
+- `recommend`: one recommendation per treatment (ship / do not ship / keep running / invalid).
 """
