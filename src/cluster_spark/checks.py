@@ -38,6 +38,9 @@ EVENTS_OF_UNITS = "events_of_units"
 #: 1 for a source whose timestamp column is a DATE read as instants (midnight UTC)
 #: without `timestamp_as_date` (a warning: `date_warnings`).
 DATE_TIMESTAMPS = "date_timestamps"
+#: `first_exposures:<YYYY-MM-DD>`, per variant: assignment units whose first exposure is on
+#: that UTC day (the `assignment_units` counted per day), for SRM over time (`stats.srm`).
+FIRST_EXPOSURES = "first_exposures"
 FILTER_VALUE = "filter_value_events"
 
 
@@ -68,6 +71,7 @@ def filter_values(cond: Condition) -> list[Any]:
 #: What each diagnostics check counts, in one line (by the part before the first ':').
 NOTES = {
     "assignment_units": "exposed assignment units analysed",
+    FIRST_EXPOSURES: "assignment units first exposed on this UTC day (SRM over time)",
     "analysis_units": "analysis units with a post-exposure event",
     "duplicate_exposures": "repeat exposure rows of a unit: normal, the first one counts",
     "events_before_exposure": (
@@ -93,8 +97,8 @@ NOTES = {
     FILTER_VALUE: "events with this filter value (0: no event has it)",
 }
 #: Checks whose counts are expected, never a problem.
-NORMAL = {"assignment_units", "analysis_units", "duplicate_exposures", "events_before_exposure",
-          "null_values", EVENTS_OF_UNITS}  # fmt: skip
+NORMAL = {"assignment_units", FIRST_EXPOSURES, "analysis_units", "duplicate_exposures",
+          "events_before_exposure", "null_values", EVENTS_OF_UNITS}  # fmt: skip
 
 
 def note(check: str | None) -> str:
