@@ -309,6 +309,11 @@ def test_diagnostics_table(spark, tmp_path):
         ("analysis_units_in_several_units", None): 0,
         ("assignment_units", "control"): 2,
         ("assignment_units", "treatment"): 3,
+        # by UTC day of first exposure: o1 (its first row), o2, o3 on day 0; o4 day 1; o6 day 2
+        ("first_exposures:2026-03-02", "control"): 2,
+        ("first_exposures:2026-03-02", "treatment"): 1,
+        ("first_exposures:2026-03-03", "treatment"): 1,
+        ("first_exposures:2026-03-04", "treatment"): 1,
         ("analysis_units", "control"): 3,
         ("analysis_units", "treatment"): 4,
     }
