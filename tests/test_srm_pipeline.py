@@ -11,6 +11,7 @@ import pytest
 
 from cluster_spark import pipeline
 from cluster_spark.config import parse_config
+from cluster_spark.html_report import render_report
 from tests.helpers import EVENT_DDL, EXPOSURE_DDL, config_dict, write_delta
 
 UTC = dt.UTC
@@ -108,3 +109,12 @@ def test_a_last_day_exposure_loss_is_unhealthy_naming_the_day_and_its_twin_is_he
         # exact proportions every day: BF < 1 at every look, the sequential p-value is 1
         assert {r["srm_sequential_p_value"] for r in overall} == {1.0}
     assert all(r["srm_sequential_p_value"] is None for r in outcome.results if r["dimension"])
+    # the report: the SRM box and the last day's row of the first-exposures table
+    page = render_report("e1", LAST, outcome.results, outcome.diagnostics)
+    assert "First exposures per day" in page
+    if drop:
+        assert "SRM DETECTED on 2026-03-08" in page
+        assert "120 (48.8%)" in page and "36 (14.6%)" in page  # of 246 that day
+    else:
+        assert "No sample-ratio mismatch" in page and "SRM DETECTED" not in page
+        assert "36 (14.6%)" not in page
