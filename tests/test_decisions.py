@@ -210,6 +210,10 @@ def _diag(check, value, variant=None):
 
 
 UNITS = [_diag("assignment_units", 500, "control"), _diag("assignment_units", 500, "treatment")]
+DAY_1 = [
+    _diag("first_exposures:2026-03-02", 250, "control"),
+    _diag("first_exposures:2026-03-02", 250, "treatment"),
+]
 
 
 @pytest.mark.parametrize(
@@ -238,12 +242,17 @@ UNITS = [_diag("assignment_units", 500, "control"), _diag("assignment_units", 50
          "daily_source_as_instants:daily"),
         ([_result()], [*UNITS, _diag("events_of_units:e", 20), _diag("events_at_midnight:e", 20)],
          [], None, "daily_source_as_instants:e"),
+        # day 2: 250 vs 100 first exposures, χ² = 2·75²/175 = 64.3, p ≈ 1e-14 < 0.001/2;
+        # two arms cannot be told apart, both are named
+        ([_result()], [*UNITS, *DAY_1, _diag("first_exposures:2026-03-03", 250, "control"),
+          _diag("first_exposures:2026-03-03", 100, "treatment")], [], None,
+         "srm_over_time:2026-03-03:control,treatment"),
     ],
 )  # fmt: skip
 def test_each_health_reason_from_a_hand_made_input(results, diagnostics, staged, planned_mde, code):
     exp = experiment(planned_mde=planned_mde)
     assert health.reasons(results, diagnostics, staged, exp) == [code]
-    unhealthy = ("srm", "guardrail_violated", "no_events_reach_units")
+    unhealthy = ("srm", "srm_over_time", "guardrail_violated", "no_events_reach_units")
     expected = "unhealthy" if code.split(":")[0] in unhealthy else "warning"
     assert health.verdict([code]) == expected
 
@@ -261,6 +270,34 @@ def test_input_problems_are_listed_before_the_checks_they_break():
         "srm",
         "guardrail_violated:m1",
     ]
+
+
+def test_srm_over_time_names_the_first_off_day_and_its_arm():
+    """40/30/30; days 2 and 3 in exact proportion, day 4 loses 60 % of treatment_b (hand
+    counts of tests/test_srm_time.py: χ² 27.7, p ≈ 1e-6 < 0.001/3); day 5 off too. The
+    first flagged day is named, with the arm without which the others fit 40:30."""
+    exp = experiment(variants={"control": 40, "treatment_a": 30, "treatment_b": 30})
+    rows = []
+    for day, b in (("2026-03-02", 90), ("2026-03-03", 90), ("2026-03-04", 36), ("2026-03-05", 30)):
+        for arm, n in (("control", 120), ("treatment_a", 90), ("treatment_b", b)):
+            rows.append(_diag(f"first_exposures:{day}", n, arm) | {"dimension": None})
+    assert health.reasons([_result()], rows, [], exp) == ["srm_over_time:2026-03-04:treatment_b"]
+    # a sliced copy of the rows is not read (per-day rows are overall rows only)
+    sliced = [r | {"dimension": "country"} for r in rows]
+    assert health.reasons([_result()], sliced, [], exp) == []
+
+
+def test_srm_over_time_is_quiet_on_a_balanced_experiment():
+    """14 days of 250 vs 250 and one of 251 vs 249: no day is off, and exact proportions
+    give BF < 1 at every look, so the sequential p-value stays 1."""
+    rows = [
+        _diag(f"first_exposures:2026-03-{d:02d}", n, arm)
+        for d in range(2, 16)
+        for arm, n in (("control", 250 + (d == 9)), ("treatment", 250 - (d == 9)))
+    ]
+    exp = experiment()
+    assert health.reasons([_result()], rows, [], exp) == []
+    assert health.srm_over_time(rows, exp).p_sequential == 1.0
 
 
 def test_just_below_every_threshold_is_healthy():

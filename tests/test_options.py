@@ -307,8 +307,17 @@ def test_diagnostics_table(spark, tmp_path):
         ("null_values:events:event", None): 0,
         ("events_before_exposure:events", None): 2,
         ("analysis_units_in_several_units", None): 0,
+        # events of exposed units read (start … analysis time): o1 3, o2 2, o3 4 (not the
+        # one after the analysis time), o4 2; o5 is excluded, the NULL id reaches none
+        ("events_of_units:events", None): 11,
+        ("non_finite_values:events:value", None): 0,
         ("assignment_units", "control"): 2,
         ("assignment_units", "treatment"): 3,
+        # by UTC day of first exposure: o1 (its first row), o2, o3 on day 0; o4 day 1; o6 day 2
+        ("first_exposures:2026-03-02", "control"): 2,
+        ("first_exposures:2026-03-02", "treatment"): 1,
+        ("first_exposures:2026-03-03", "treatment"): 1,
+        ("first_exposures:2026-03-04", "treatment"): 1,
         ("analysis_units", "control"): 3,
         ("analysis_units", "treatment"): 4,
     }

@@ -261,8 +261,9 @@ def oracle_staging() -> dict[tuple[str, str, str], dict[str, float]]:
 
 
 def oracle_diagnostics(analysis_unit: bool) -> dict[tuple[str, str | None, str], int]:
-    """(experiment, variant or None, check) → value, for the exposure checks, events before
-    exposure and (with an analysis unit) active analysis units per variant."""
+    """(experiment, variant or None, check) → value, for the exposure checks, first
+    exposures per UTC day, events before exposure and (with an analysis unit) active
+    analysis units per variant."""
     out: dict[tuple[str, str | None, str], int] = {}
     for exp_id in EXPERIMENTS:
         start, analysis = _bounds(exp_id)
@@ -275,6 +276,9 @@ def oracle_diagnostics(analysis_unit: bool) -> dict[tuple[str, str | None, str],
             for r in _events_of(org)
         )
         variants = Counter(v for _, v in units.values())
+        days = Counter((v, t.astimezone(UTC).date().isoformat()) for t, v in units.values())
+        for (variant, day), n in days.items():
+            out[(exp_id, variant, f"first_exposures:{day}")] = n
         for variant, n in variants.items():
             out[(exp_id, variant, "assignment_units")] = n
             if analysis_unit:

@@ -88,6 +88,8 @@ RESULT_SCHEMA = [
     ("srm_chi2", "double"),
     ("srm_p_value", "double"),
     ("srm_flag", "boolean"),
+    ("srm_expected_share", "double"),
+    ("srm_sequential_p_value", "double"),
     ("srm_analysis_p_value", "double"),
     ("srm_analysis_flag", "boolean"),
     ("bias_p_value", "double"),

@@ -46,6 +46,9 @@ DATE_TIMESTAMPS = "date_timestamps"
 EVENTS_AT_MIDNIGHT = "events_at_midnight"
 #: At least this many events, all at midnight UTC, make a source look daily.
 MIN_DAILY_EVENTS = 20
+#: `first_exposures:<YYYY-MM-DD>`, per variant: assignment units whose first exposure is on
+#: that UTC day (the `assignment_units` counted per day), for SRM over time (`stats.srm`).
+FIRST_EXPOSURES = "first_exposures"
 FILTER_VALUE = "filter_value_events"
 
 
@@ -76,6 +79,7 @@ def filter_values(cond: Condition) -> list[Any]:
 #: What each diagnostics check counts, in one line (by the part before the first ':').
 NOTES = {
     "assignment_units": "exposed assignment units analysed",
+    FIRST_EXPOSURES: "assignment units first exposed on this UTC day (SRM over time)",
     "analysis_units": "analysis units with a post-exposure event",
     "duplicate_exposures": "repeat exposure rows of a unit: normal, the first one counts",
     "events_before_exposure": (
@@ -103,8 +107,8 @@ NOTES = {
     FILTER_VALUE: "events with this filter value (0: no event has it)",
 }
 #: Checks whose counts are expected, never a problem.
-NORMAL = {"assignment_units", "analysis_units", "duplicate_exposures", "events_before_exposure",
-          "null_values", EVENTS_OF_UNITS}  # fmt: skip
+NORMAL = {"assignment_units", FIRST_EXPOSURES, "analysis_units", "duplicate_exposures",
+          "events_before_exposure", "null_values", EVENTS_OF_UNITS}  # fmt: skip
 
 
 def note(check: str | None) -> str:

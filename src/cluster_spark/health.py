@@ -8,7 +8,10 @@ Reasons (`REASONS`; `:<metric>` is appended where one metric is concerned):
   events in the experiment's period, but none of them reaches an exposed unit: ids of
   another format or the wrong id column; every metric of that source is 0; a source
   without events in the period is not flagged), `srm` (the sample-ratio-mismatch
-  test of assignment units is flagged),
+  test of assignment units is flagged), `srm_over_time:<YYYY-MM-DD>:<arm>[,<arm>…]`
+  (first exposures per UTC day are off the split: that day's χ² below `srm_threshold`
+  Bonferroni-divided by the days, or the anytime-valid sequential test through that day
+  below `srm_threshold`; the first such day, and the arms off it, `stats.srm`),
   `guardrail_violated:<metric>` (a guardrail shows significant harm);
 - warning: `srm_analysis_units` (analysis units per assignment unit differ between arms:
   the analysis-unit balance check, `srm_analysis_flag`, which a real effect on activity
@@ -42,8 +45,9 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
-from cluster_spark.checks import EVENTS_IN_PERIOD, daily_sources
+from cluster_spark.checks import EVENTS_IN_PERIOD, FIRST_EXPOSURES, daily_sources
 from cluster_spark.config import Experiment
+from cluster_spark.stats import srm
 
 
 class Health(StrEnum):
@@ -56,6 +60,7 @@ class Health(StrEnum):
 REASONS = {
     "no_events_reach_units": Health.UNHEALTHY,
     "srm": Health.UNHEALTHY,
+    "srm_over_time": Health.UNHEALTHY,
     "srm_analysis_units": Health.WARNING,
     "guardrail_violated": Health.UNHEALTHY,
     "bias": Health.WARNING,
@@ -82,6 +87,25 @@ def _count(diagnostics: Iterable[Mapping[str, Any]], check: str) -> int:
     return sum(int(d["value"] or 0) for d in diagnostics if d["check"] == check)
 
 
+def srm_over_time(
+    diagnostics: Iterable[Mapping[str, Any]], experiment: Experiment
+) -> srm.OverTime | None:
+    """`stats.srm.srm_over_time` of the experiment's overall `first_exposures:<day>` rows
+    against its configured split (None without such rows)."""
+    daily: dict[str, dict[str, int]] = {}
+    for d in diagnostics:
+        if (
+            d["check"].startswith(f"{FIRST_EXPOSURES}:")
+            and d.get("dimension") is None
+            and d.get("variant") is not None
+        ):
+            day = daily.setdefault(d["check"].split(":", 1)[1], {})
+            day[d["variant"]] = day.get(d["variant"], 0) + int(d["value"] or 0)
+    if not daily:
+        return None
+    return srm.srm_over_time(daily, experiment.variants, experiment.srm_threshold)
+
+
 def reasons(
     results: list[Mapping[str, Any]],
     diagnostics: list[Mapping[str, Any]],
@@ -100,6 +124,9 @@ def reasons(
     treated = [r for r in results if r["variant"] != experiment.control]
     if any(r["srm_flag"] for r in results):
         found.append("srm")
+    over_time = srm_over_time(diagnostics, experiment)
+    if over_time is not None and over_time.flagged_day is not None:
+        found.append(f"srm_over_time:{over_time.flagged_day}:{','.join(over_time.arms)}")
     if any(r.get("srm_analysis_flag") for r in results):
         found.append("srm_analysis_units")
     multi = _count(diagnostics, "units_in_several_variants")

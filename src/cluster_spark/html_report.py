@@ -5,10 +5,11 @@
 (`history`, for the timeline) and the metrics' descriptions, and returns one HTML page:
 the recommendation per treatment and its reasons first (`report_summary`), the health
 verdict and its reasons, one sentence per metric and treatment (every role),
-the SRM check, a results table per metric (role, decision, adjusted means, sequential
-and non-inferiority columns where computed, MDE, design effect; the jargon explained
-above them), a forest plot coloured by decision, the effect over time, a section per
-slice dimension and the diagnostics (problems highlighted). Inline CSS and SVG: no
+the SRM check and first exposures per day (`report_srm`), a results table per metric
+(role, decision, adjusted means, sequential and non-inferiority columns where computed,
+MDE, design effect; the jargon explained above them), a forest plot coloured by
+decision, the effect over time, a section per slice dimension and the diagnostics
+(problems highlighted). Inline CSS and SVG: no
 JavaScript and no external resources. Every value from the data is escaped with
 `html.escape`.
 """
@@ -22,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cluster_spark.checks import is_warning, note
+from cluster_spark import report_srm
+from cluster_spark.checks import FIRST_EXPOSURES, is_warning, note
 from cluster_spark.status import POOLED_SLICES
 
 Row = Mapping[str, Any]
@@ -225,10 +227,14 @@ def _header(experiment_id: str, analysis_date: Any, results: Sequence[Row]) -> s
 def _srm_box(results: Sequence[Row], diagnostics: Sequence[Row], control: Any) -> str:
     flag = _first(results, "srm_flag")
     chi2, p = _first(results, "srm_chi2"), _first(results, "srm_p_value")
+    day = report_srm.flagged_day(results)
     if flag is None:
         cls, verdict = "srm unknown", "SRM check not available"
     elif flag:
         cls, verdict = "srm flagged", "SRM DETECTED: sample-ratio mismatch, results are suspect"
+    elif day is not None:
+        cls = "srm flagged"
+        verdict = f"SRM DETECTED on {day}: first exposures off the split, results are suspect"
     else:
         cls, verdict = "srm", "No sample-ratio mismatch"
     counts: dict[str, dict[str, Any]] = {}
@@ -492,6 +498,11 @@ HEALTH_TEXT = {
         "(set timestamp_as_date: true)"
     ),
     "srm": "sample-ratio mismatch: assignment units do not follow the configured split",
+    "srm_over_time": (
+        "sample-ratio mismatch over time: on the day named, first exposures of the arms named "
+        "are off the configured split (that day's χ², or the anytime-valid sequential test "
+        "through it); see First exposures per day"
+    ),
     "guardrail_violated": "a guardrail metric shows significant harm",
     "srm_analysis_units": (
         "analysis units per assignment unit differ between arms (broken logging, or a real "
@@ -689,17 +700,20 @@ def _sections(
     mine_history = [r for r in history if mine(r) and r.get("dimension") is None]
     from cluster_spark import report_summary  # imports this module's formatting
 
+    # per-day first exposures are in the SRM section, not the diagnostics table
+    daily_free = [d for d in diagnostics if not str(d.get("check")).startswith(FIRST_EXPOSURES)]
     return (
         f"{_header(experiment_id, analysis_date, results)}"
         f"{report_summary.recommendation_box(results)}"
         f"{_health_box(results)}"
         f"{report_summary.summary(results)}"
         f"<h2>Sample-ratio mismatch</h2>{_srm_box(results, diagnostics, control)}"
+        f"{report_srm.section(results, diagnostics)}"
         f"<h2>Results</h2>{GLOSSARY}{tables or '<p class=muted>No results.</p>'}"
         f"<h2>Relative lift</h2>{plot}"
         f"{_timeline(mine_history, control)}"
         f"{_slice_sections(sliced, slice_diags, control)}"
-        f"<h2>Diagnostics</h2>{_diagnostics_table(diagnostics)}"
+        f"<h2>Diagnostics</h2>{_diagnostics_table(daily_free)}"
     )
 
 

@@ -123,6 +123,7 @@ _SLICE_KEPT = frozenset(
         "srm_chi2",
         "srm_p_value",
         "srm_flag",
+        "srm_expected_share",
         "srm_analysis_p_value",
         "srm_analysis_flag",
         "run_id",
@@ -205,6 +206,9 @@ def _segment(
     caps = {(r["metric"], r["variant"]): r for r in rows if r.get("winsorized")}
     subs = {d["variant"]: d["value"] for d in diagnostics if d["check"] == "analysis_units"}
     srm_chi2, srm_p, srm_flag = srm(experiment, diagnostics)
+    over_time = health.srm_over_time(diagnostics, experiment) if segment[0] is None else None
+    seq_p = None if over_time is None else over_time.p_sequential
+    shares = {v: w / sum(experiment.variants.values()) for v, w in experiment.variants.items()}
     control = experiment.control
     metrics = set(experiment.metrics) | {m for m, _, _ in groups}
     keys = {(m, v) for m, v, _ in groups} | {(m, v) for m in metrics for v in experiment.variants}
@@ -242,6 +246,8 @@ def _segment(
             srm_chi2=srm_chi2,
             srm_p_value=srm_p,
             srm_flag=srm_flag,
+            srm_expected_share=shares.get(variant),
+            srm_sequential_p_value=seq_p,
             run_id=run_id,
         )
         if variant in balance:

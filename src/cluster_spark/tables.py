@@ -212,6 +212,8 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("srm_chi2", "double"),
     ("srm_p_value", "double"),
     ("srm_flag", "boolean"),
+    ("srm_expected_share", "double"),
+    ("srm_sequential_p_value", "double"),
     ("srm_analysis_p_value", "double"),
     ("srm_analysis_flag", "boolean"),
     ("bias_p_value", "double"),

@@ -13,6 +13,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+from cluster_spark.checks import FIRST_EXPOSURES
 from cluster_spark.config import Experiment, normalized_label
 from cluster_spark.inputs import plan_inputs
 from cluster_spark.staging.filters import shift
@@ -91,7 +92,8 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
     value of each of `Plan.exposure_dimensions` (`dimension_column`). A table
     without an experiment-id column holds the exposures of its constant experiment.
     Rows whose variant label is not a configured variant (after `normalize_variant_labels`)
-    are left out; the units that have them are counted per label (`unknown_variants`)."""
+    are left out; the units that have them are counted per label (`unknown_variants`).
+    The units are also counted per arm and UTC day of first exposure (`FIRST_EXPOSURES`)."""
     src = plan.config.exposures
     table = plan_inputs(spark, plan).table("exposures")
     unit_col = src.ids[plan.unit_type]
@@ -161,6 +163,11 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
         F.sum("n_null").alias("nulls"),
     )
     counts = units.groupBy("experiment_id", "variant").count()
+    # first exposures per arm and UTC exposure day (unix days: independent of the session
+    # time zone), for SRM over time (`stats.srm`)
+    day = F.date_from_unix_date(F.floor(F.unix_seconds(F.col("exposure_ts")) / 86_400).cast("int"))
+    per_day = units.groupBy("experiment_id", "variant", day.alias("_day")).count()
+    first_exposures = F.concat(F.lit(f"{FIRST_EXPOSURES}:"), F.col("_day").cast("string"))
     diagnostics = reduce(
         DataFrame.unionByName,
         [
@@ -168,6 +175,7 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
             diag(per_exp, "units_in_several_variants", F.col("multi")),
             diag(per_exp, "exposures_with_null_ids", F.col("nulls")),
             diag(counts, "assignment_units", F.col("count"), variant=F.col("variant")),
+            diag(per_day, first_exposures, F.col("count"), variant=F.col("variant")),
             diag(
                 _unknown_labels(per_unit),
                 "unknown_variants",

@@ -126,10 +126,16 @@ class Cache:
 
 
 def diag(
-    df: DataFrame, check: str, value: Column, metric=None, variant=None, segment: bool = False
+    df: DataFrame,
+    check: str | Column,
+    value: Column,
+    metric=None,
+    variant=None,
+    segment: bool = False,
 ) -> DataFrame:
     """Diagnostics rows (`tables.DIAGNOSTICS_SCHEMA` but the run's columns) of `df`'s
-    experiments; `segment`: `df` has the `dimension` and `slice` columns of slice rows."""
+    experiments; `check` a name or a string column; `segment`: `df` has the `dimension`
+    and `slice` columns of slice rows."""
     null = F.lit(None).cast("string")
     return df.select(
         "experiment_id",
@@ -137,7 +143,7 @@ def diag(
         (variant if variant is not None else F.lit(None)).cast("string").alias("variant"),
         (F.col("dimension") if segment else null).alias("dimension"),
         (F.col("slice") if segment else null).alias("slice"),
-        F.lit(check).alias("check"),
+        (F.lit(check) if isinstance(check, str) else check).alias("check"),
         value.cast("bigint").alias("value"),
     )
 
