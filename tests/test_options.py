@@ -311,6 +311,8 @@ def test_diagnostics_table(spark, tmp_path):
         # one after the analysis time), o4 2; o5 is excluded, the NULL id reaches none
         ("events_of_units:events", None): 11,
         ("non_finite_values:events:value", None): 0,
+        # of those 11, at midnight UTC exactly: o2's at day 1, o3's at days 2, 3 and 8
+        ("events_at_midnight:events", None): 4,
         ("assignment_units", "control"): 2,
         ("assignment_units", "treatment"): 3,
         # by UTC day of first exposure: o1 (its first row), o2, o3 on day 0; o4 day 1; o6 day 2
