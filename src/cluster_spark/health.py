@@ -17,7 +17,6 @@ Reasons (`REASONS`; `:<metric>` is appended where one metric is concerned):
   the analysis-unit balance check, `srm_analysis_flag`, which a real effect on activity
   can trip too), `bias:<metric>` (a treatment's pre-exposure bias check is flagged),
   `units_in_several_variants` (> 1 % of exposed units seen in two variants),
-  `duplicate_exposures` (duplicate exposure rows exceed 50 % of the units),
   `unknown_variants` (> 1 % of the units with exposure rows have rows whose variant label
   is not a configured variant: those rows are left out, GrowthBook's unknown variations),
   `analysis_units_in_several_units` (> 1 % of analysis units seen under several
@@ -65,7 +64,6 @@ REASONS = {
     "guardrail_violated": Health.UNHEALTHY,
     "bias": Health.WARNING,
     "units_in_several_variants": Health.WARNING,
-    "duplicate_exposures": Health.WARNING,
     "unknown_variants": Health.WARNING,
     "analysis_units_in_several_units": Health.WARNING,
     "zero_denominator": Health.WARNING,
@@ -75,7 +73,6 @@ REASONS = {
     "underpowered": Health.WARNING,
 }
 MAX_MULTI_VARIANT_SHARE = 0.01
-MAX_DUPLICATE_SHARE = 0.5
 MAX_UNKNOWN_VARIANT_SHARE = 0.01
 MAX_MULTI_UNIT_SHARE = 0.01
 MAX_ZERO_DENOMINATOR_SHARE = 0.9
@@ -132,8 +129,6 @@ def reasons(
     multi = _count(diagnostics, "units_in_several_variants")
     if multi > MAX_MULTI_VARIANT_SHARE * (units + multi):
         found.append("units_in_several_variants")
-    if _count(diagnostics, "duplicate_exposures") > MAX_DUPLICATE_SHARE * units:
-        found.append("duplicate_exposures")
     unknown = _count(diagnostics, "unknown_variants")
     if unknown > MAX_UNKNOWN_VARIANT_SHARE * (units + multi + unknown):
         found.append("unknown_variants")

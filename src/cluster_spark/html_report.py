@@ -510,7 +510,6 @@ HEALTH_TEXT = {
     ),
     "bias": "the groups already differed before exposure (pre-exposure bias check)",
     "units_in_several_variants": "more than 1 % of units were seen in two variants",
-    "duplicate_exposures": "duplicate exposure rows exceed half the units",
     "analysis_units_in_several_units": (
         "more than 1 % of analysis units appear under several assignment units"
     ),
