@@ -56,8 +56,8 @@ def test_rule_1_an_unhealthy_experiment_is_invalid_whatever_its_decisions():
 
 def test_rule_1_twin_a_warning_or_a_guardrail_violation_is_not_invalid():
     # warnings are risks: the goal win with every guardrail ok still ships
-    rec, reasons = recommend(WIN_OK, ["duplicate_exposures"], 0.05)
-    assert rec == "ship" and reasons[-1] == "risk: health warning: duplicate_exposures"
+    rec, reasons = recommend(WIN_OK, ["unknown_variants"], 0.05)
+    assert rec == "ship" and reasons[-1] == "risk: health warning: unknown_variants"
     # another treatment's violated guardrail makes the health unhealthy, not this one invalid
     assert recommend(WIN_OK, ["guardrail_violated:crash_rate"], 0.05)[0] == "ship"
 
