@@ -535,3 +535,33 @@ def test_adjusted_relative_interval_is_null_when_the_control_mean_could_be_zero(
     assert res.effect_rel == pytest.approx(res.effect_abs / 0.1, rel=1e-9)
     assert (res.effect_rel_ci_low, res.effect_rel_ci_high, res.p_value_rel) == (None, None, None)
     assert res.effect_abs_ci_low is not None  # the absolute effect is unaffected
+
+
+# ---------------------------------------------------------------- one lift, stated once
+
+
+@pytest.mark.parametrize("relative_ci", ["delta", "fieller"])
+def test_the_unadjusted_comparison_is_shown_beside_the_adjusted_one(relative_ci):
+    """#26 item 5: beside a CUPED-adjusted effect, the unadjusted one (Welch's t of the
+    plain means, scipy) and adjusted means whose ratio − 1 is exactly the adjusted Δ rel."""
+    from cluster_spark.reducer import compare_groups
+    from tests.test_reducer import experiment
+
+    g_t, g_c = _orgs(5, 300, lift=1.1), _orgs(6, 300)
+    ones = np.ones(300)
+    t = CupedStats.from_values(g_t["m"], ones, g_t["x"], ones)  # a mean metric: D = Y = 1
+    c = CupedStats.from_values(g_c["m"], ones, g_c["x"], ones)
+    exp = experiment(cuped_lookback_days=14, relative_ci=relative_ci)
+    cols = compare_groups(t, c, exp, "treatment", "m1")
+    assert cols["cuped_applied"]
+    mt, mc = g_t["m"].mean(), g_c["m"].mean()
+    assert cols["effect_abs_unadjusted"] == pytest.approx(mt - mc, rel=1e-12)
+    assert cols["effect_rel_unadjusted"] == pytest.approx(mt / mc - 1, rel=1e-12)
+    welch = sps.ttest_ind(g_t["m"], g_c["m"], equal_var=False)
+    assert cols["p_value_unadjusted"] == pytest.approx(welch.pvalue, rel=1e-9)
+    assert cols["effect_abs"] != pytest.approx(cols["effect_abs_unadjusted"])  # adjusted
+    assert cols["control_mean_adjusted"] == pytest.approx(mc, rel=1e-12)
+    ratio = cols["mean_adjusted"] / cols["control_mean_adjusted"] - 1
+    assert ratio == pytest.approx(cols["effect_rel"], rel=1e-12)
+    low, high = cols["effect_rel_unadjusted_ci_low"], cols["effect_rel_unadjusted_ci_high"]
+    assert low < cols["effect_rel_unadjusted"] < high

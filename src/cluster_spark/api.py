@@ -130,7 +130,7 @@ def analyze(
     Returns the results slice read back from `config.output.results`: one row per
     experiment × metric × variant (control first), then the same per slice for
     experiments with `dimensions` (`dimension`, `slice` set; NULL on the overall rows:
-    `.where("dimension IS NULL")` for the topline), the 74 columns of
+    `.where("dimension IS NULL")` for the topline), the 85 columns of
     `tables.RESULT_COLUMNS` (README, "Output tables"): `n_units` assignment units, `mean`
     = ΣM/ΣD in the metric's own units, `effect_abs` in those units, `effect_rel` and its
     CI as fractions (0.05 = +5 %), `p_value`, `status`, `decision`, `recommendation` (on

@@ -66,7 +66,9 @@ GLOSSARY = (
     "(Benjamini–Hochberg); decisions of goal metrics use it</dd>"
     "<dt>CUPED var. red.</dt><dd>how much of Δ's variance the pre-period adjustment "
     "removed</dd>"
-    "<dt>adj. means</dt><dd>CUPED-adjusted means; their difference is the adjusted Δ</dd>"
+    "<dt>adj. means</dt><dd>CUPED-adjusted means: the control's mean and the control's mean "
+    "plus the adjusted Δ abs, so their ratio − 1 is Δ rel</dd>"
+    "<dt>unadjusted</dt><dd>the same comparison without CUPED: Δ rel, its CI and p</dd>"
     "<dt>CS / p (seq.)</dt><dd>always-valid confidence sequence and p-value: safe to look "
     "every day</dd>"
     "<dt>NI bound / p (NI)</dt><dd>guardrails: the one-sided bound of Δ rel in the bad "
@@ -277,11 +279,13 @@ def _metric_section(metric: str, rows: Sequence[Row], description: str = "") -> 
     decided = any(r.get("decision") is not None for r in rows)
     headers = ["variant", "units", "mean"]
     headers += ["adj. means (T vs C)"] if adjusted else []
+    unadjusted = any(r.get("effect_rel_unadjusted") is not None for r in rows)
     headers += ["Δ abs", "Δ abs CI", "Δ rel", "Δ rel CI", "p-value", "p (BH)"]
     headers += ["CS (abs)", "p (seq.)"] if sequential else []
     headers += ["NI bound", "p (NI)"] if guardrail else []
     headers += ["MDE rel", "design effect"]
     headers += ["Δ rel uncapped", "uncapped CI"] if winsorized else []
+    headers += ["unadjusted Δ rel [CI], p"] if unadjusted else []
     headers += ["CUPED var. red."] if cuped else []
     headers += ["decision"] if decided else []
     headers += ["status"]
@@ -324,6 +328,15 @@ def _metric_section(metric: str, rows: Sequence[Row], description: str = "") -> 
             low, high = r.get("effect_rel_uncapped_ci_low"), r.get("effect_rel_uncapped_ci_high")
             cells.append("—" if control else _e(fmt_pct(r.get("effect_rel_uncapped"))))
             cells.append("—" if control else _e(fmt_ci(low, high, fmt_pct)))
+        if unadjusted:
+            rel = r.get("effect_rel_unadjusted")
+            ci = fmt_ci(
+                r.get("effect_rel_unadjusted_ci_low"),
+                r.get("effect_rel_unadjusted_ci_high"),
+                fmt_pct,
+            )
+            shown = f"{fmt_pct(rel)} {ci}, p {fmt_p(r.get('p_value_unadjusted'))}"
+            cells.append("—" if rel is None else _e(shown))
         if cuped:
             vr, how = r.get("variance_reduction"), r.get("cuped_status")
             if r.get("cuped_applied"):
@@ -341,8 +354,10 @@ def _metric_section(metric: str, rows: Sequence[Row], description: str = "") -> 
     notes = [description] if description else []
     if adjusted:
         notes.append(
-            "CUPED-adjusted: Δ and p-values are adjusted for each unit's pre-period; "
-            "adj. means R − θ(P − P̄) differ by exactly the adjusted Δ abs."
+            "Adjusted (CUPED): each unit's value less the part its own pre-period predicts, "
+            "which narrows the CI without moving the expected effect; adj. means are the "
+            "control's mean and it plus the adjusted Δ abs (their ratio − 1 is Δ rel); the "
+            "unadjusted comparison is shown beside."
         )
     if winsorized:
         capped = next((r for r in rows if r.get("winsorized")), {})

@@ -356,7 +356,9 @@ def compare_groups(
         adjusted = cc.adjusted
         if adjusted:
             control_variance = cc.control_unit_variance
-            cols.update(_adjusted_means(t, c, cc.theta))
+            cols.update(_unadjusted(t, c, experiment, side))
+            if cc.effect_abs is not None:  # R_C and R_C + Δ_adj: their ratio − 1 is Δ rel
+                cols.update(mean_adjusted=c.ratio + cc.effect_abs, control_mean_adjusted=c.ratio)
         bias = compare(t.pre_stats, c.pre_stats, alpha=alpha, test=test).p_value
         cols["bias_p_value"] = bias
         cols["bias_flag"] = None if bias is None else bias < experiment.bias_threshold
@@ -433,16 +435,25 @@ def compare_groups_two_sided(
     return cols
 
 
-def _adjusted_means(t: CupedStats, c: CupedStats, theta: float) -> dict[str, float | None]:
-    """CUPED-adjusted means R − θ(P − P̄), P̄ = ΣX/ΣY over both groups: their difference
-    is the adjusted effect, so they can be shown beside it."""
-    pooled_y = t.sum_y + c.sum_y
-    if pooled_y == 0 or t.pre_ratio is None or c.pre_ratio is None:
-        return {}
-    pooled = (t.sum_x + c.sum_x) / pooled_y
+def _unadjusted(
+    t: CupedStats, c: CupedStats, experiment: Experiment, side: str
+) -> dict[str, float | None]:
+    """The comparison without CUPED, shown beside an adjusted one (as Statsig and
+    GrowthBook show both): absolute and relative effect, the relative CI (Fieller's with
+    `relative_ci: fieller`) and the p-value."""
+    raw = compare(
+        t.ratio_stats, c.ratio_stats, alpha=experiment.alpha, test=experiment.test, alternative=side
+    )
+    low, high = raw.effect_rel_ci_low, raw.effect_rel_ci_high
+    if experiment.relative_ci == "fieller":
+        args = (t.ratio_stats, c.ratio_stats, experiment.alpha, experiment.test, side)
+        low, high = intervals.fieller_interval(*args) or (None, None)
     return {
-        "mean_adjusted": t.ratio - theta * (t.pre_ratio - pooled),
-        "control_mean_adjusted": c.ratio - theta * (c.pre_ratio - pooled),
+        "effect_abs_unadjusted": raw.effect_abs,
+        "effect_rel_unadjusted": raw.effect_rel,
+        "effect_rel_unadjusted_ci_low": low,
+        "effect_rel_unadjusted_ci_high": high,
+        "p_value_unadjusted": raw.p_value,
     }
 
 
