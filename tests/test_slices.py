@@ -380,6 +380,7 @@ _NOT_COMPARED = {
     "health_reasons",
     "recommendation",  # per treatment, on overall rows only
     "recommendation_reasons",
+    "srm_sequential_p_value",  # SRM over time: the experiment's first exposures, overall only
 }
 #: Columns that do not depend on the winsorization thresholds.
 _UNCAPPED = {
