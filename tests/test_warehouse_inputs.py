@@ -172,13 +172,20 @@ def test_parquet_files_that_conflict_are_an_input_error_naming_the_column(spark,
 # ---------------------------------------------------------------- 3. empty sources
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "csv", "json"])
-def test_an_empty_source_says_what_to_do(spark, tmp_path, monkeypatch, capsys, fmt):
+HEADERLESS = {"header": False, "schema": {"org_id": "string", "ts": "string", "value": "double"}}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"), [("parquet", {}), ("csv", {}), ("json", {}), ("csv", HEADERLESS)]
+)
+def test_an_empty_source_says_what_to_do(spark, tmp_path, monkeypatch, capsys, fmt, options):
+    """A headerless CSV infers nothing, so Spark reads an empty folder as no rows: it is
+    refused the same way."""
     _exposures(tmp_path, {"o1": "control", "o2": "treatment"})
     (tmp_path / "events").mkdir()
     (tmp_path / "events" / "_SUCCESS").write_text("")
     (tmp_path / "events" / ".part-0.crc").write_text("")
-    raw = _config(tmp_path, {"format": fmt})
+    raw = _config(tmp_path, {"format": fmt, **options})
     want = (
         f"  - source 'events': cannot read {fmt} {tmp_path / 'events'}: no data files (the "
         "folder is empty or holds only files Spark skips: names starting with _ or ., such "
