@@ -565,3 +565,37 @@ def test_the_unadjusted_comparison_is_shown_beside_the_adjusted_one(relative_ci)
     assert ratio == pytest.approx(cols["effect_rel"], rel=1e-12)
     low, high = cols["effect_rel_unadjusted_ci_low"], cols["effect_rel_unadjusted_ci_high"]
     assert low < cols["effect_rel_unadjusted"] < high
+
+
+@pytest.mark.parametrize(("seed", "lift"), [(11, 1.04), (12, 1.0), (13, 0.97)])
+def test_the_adjusted_fieller_interval_is_the_set_of_lifts_the_adjusted_test_keeps(seed, lift):
+    """#26 item 6: with CUPED, Fieller's relative interval (the default) is the set of lifts
+    L not rejected by the adjusted test of a − (1 + L)·R_C = 0, a = R_T − θP_T + θP_C: found
+    here by inverting that test on a grid, with each group's variance of the numpy influence
+    values (θ fixed). So it excludes 0 exactly when the adjusted absolute test rejects."""
+    from cluster_spark.reducer import compare_groups
+    from tests.test_reducer import experiment
+
+    gt, gc = _orgs(seed, 150, lift=lift), _orgs(seed + 100, 190)
+    exp = experiment(cuped_lookback_days=14)
+    assert exp.relative_ci == "fieller"  # the default
+    cols = compare_groups(_stats(gt), _stats(gc), exp, "treatment", "m1")
+    assert cols["cuped_applied"] and cols["relative_ci_method"] == "fieller"
+
+    (r_t, p_t, rt, pt), (r_c, p_c, rc, pc) = _influence(gt), _influence(gc)
+    theta = cols["cuped_theta"]
+    q = sps.t(cols["df"]).ppf(0.975)
+    a = r_t - theta * p_t + theta * p_c
+    rho = 1 + np.linspace(-0.5, 0.5, 200_001)  # r_c > 0: lift L = ρ − 1
+    var_t = np.var(rt - theta * pt, ddof=1) / len(rt)
+    cov_c = np.cov(np.vstack([rc, pc]), ddof=1)  # Var(θp − ρr) = θ²V_P − 2θρC + ρ²V_R
+    var_c = (theta**2 * cov_c[1, 1] - 2 * theta * rho * cov_c[0, 1] + rho**2 * cov_c[0, 0]) / len(
+        rc
+    )
+    kept = rho[(a - rho * r_c) ** 2 <= q * q * (var_t + var_c)] - 1
+    step = 1e-5
+    assert cols["effect_rel_ci_low"] == pytest.approx(kept.min(), abs=step)
+    assert cols["effect_rel_ci_high"] == pytest.approx(kept.max(), abs=step)
+    excludes_zero = not cols["effect_rel_ci_low"] <= 0 <= cols["effect_rel_ci_high"]
+    assert excludes_zero == (cols["p_value"] < 0.05)
+    assert cols["p_value_rel"] == cols["p_value"]  # Fieller's test of L = 0 is the absolute one

@@ -22,7 +22,7 @@ from cluster_spark.stats.decisions import (
     noninferiority_delta,
     noninferiority_fieller,
 )
-from cluster_spark.stats.intervals import fieller_interval
+from cluster_spark.stats.intervals import FiellerRatio, fieller_interval
 from cluster_spark.stats.ratio import RatioStats
 from tests.helpers import config_dict
 from tests.test_reducer import DATE, experiment, staged_row
@@ -54,7 +54,7 @@ def test_fieller_noninferiority_p_value_is_where_fiellers_interval_meets_the_mar
     t = RatioStats.from_values([9.0, 11.5, 10.2, 8.7, 10.9, 9.8], [1, 1.2, 1, 0.9, 1.1, 1])
     c = RatioStats.from_values([10.1, 10.8, 9.9, 10.4, 11.2, 9.5], [1, 1.1, 1, 1, 1.1, 0.9])
     for direction, margin in (("increase", 0.08), ("decrease", 0.05)):
-        ni = noninferiority_fieller(t, c, margin, direction, 0.05)
+        ni = noninferiority_fieller(FiellerRatio.of_groups(t, c), margin, direction, 0.05)
         low, high = fieller_interval(t, c, 2 * ni.p_value, "z")
         end = low if direction == "increase" else high
         assert end == pytest.approx(-margin if direction == "increase" else margin, abs=1e-9)
@@ -107,7 +107,13 @@ def test_roles_corrections_and_decisions_in_results():
         "latency": MetricRole(direction="decrease"),
         "errors": MetricRole(role="guardrail", margin=0.05),
     }
-    exp = experiment(metrics=["revenue", "clicks", "latency", "errors"], metric_roles=roles)
+    # the delta method's guardrail test, checked against its formula below (Fieller's, the
+    # default since #26, is checked in test_fieller_noninferiority_p_value_is_where_...)
+    exp = experiment(
+        metrics=["revenue", "clicks", "latency", "errors"],
+        metric_roles=roles,
+        relative_ci="delta",
+    )
     out = {
         r["metric"]: r for r in reduce_experiment(rows, exp, DATE, "r") if r["variant"] != "control"
     }

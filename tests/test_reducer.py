@@ -141,15 +141,14 @@ def _two_groups(seed=5, n=200):
 
 
 def test_relative_ci_method_says_which_interval_was_computed():
-    """Fieller is asked for, but a CUPED-adjusted lift gets the delta-method interval: the
-    row says delta. Without CUPED it says fieller."""
+    """Fieller's interval is the default, CUPED-adjusted or not (#26 item 6); the delta
+    method's when asked for."""
     rows = _two_groups()
-    exp = experiment(relative_ci="fieller", cuped_lookback_days=7)
-    (_, treated) = reduce_experiment(rows, exp, DATE, "r")
+    (_, treated) = reduce_experiment(rows, experiment(cuped_lookback_days=7), DATE, "r")
     assert treated["cuped_applied"] is True
-    assert treated["relative_ci_method"] == "delta"
-    (_, treated) = reduce_experiment(rows, experiment(relative_ci="fieller"), DATE, "r")
     assert treated["relative_ci_method"] == "fieller"
+    (_, treated) = reduce_experiment(rows, experiment(relative_ci="delta"), DATE, "r")
+    assert treated["relative_ci_method"] == "delta"
 
 
 def test_unexpected_variant_flags_srm():

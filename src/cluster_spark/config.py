@@ -442,7 +442,9 @@ class Experiment(_Model):
     srm_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.001
     #: CUPED: days of pre-exposure data per unit, `[exposure − lookback, exposure)`.
     cuped_lookback_days: Annotated[int, Field(gt=0)] | None = None
-    relative_ci: Literal["delta", "fieller"] = "delta"
+    #: The relative CI: Fieller's (agrees with the absolute test; #26) or the delta method's
+    #: (GrowthBook's numbers).
+    relative_ci: Literal["delta", "fieller"] = "fieller"
     #: Always-valid confidence sequences (asymptotic CS, Waudby-Smith et al. 2024), tuned
     #: to be tightest at `sequential_n_star`: the planned number of assignment units over
     #: all variants (required: a ρ recomputed from each look's own count would make the

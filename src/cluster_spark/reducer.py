@@ -26,6 +26,7 @@ from cluster_spark.stats import (
 )
 from cluster_spark.stats.cuped import CupedStats, compare_cuped
 from cluster_spark.stats.inference import Comparison, compare, srm_test
+from cluster_spark.stats.intervals import FiellerRatio
 from cluster_spark.stats.ratio import RatioStats
 from cluster_spark.status import POOLED_SLICES, Status
 from cluster_spark.tables import (
@@ -267,7 +268,10 @@ def _segment(
             else:
                 row.update(compare_groups(s, ctrl, experiment, variant, metric))
                 if winsorized and s.n > 0:
-                    row.update(_uncapped(groups, metric, variant, experiment))
+                    raw_t = groups[(metric, variant, False)].ratio_stats
+                    raw_c = groups[(metric, control, False)].ratio_stats
+                    side = experiment.alternative_for(metric)
+                    row.update(_plain(raw_t, raw_c, experiment, side, "uncapped"))
         for key in ("status", "cuped_status"):  # plain strings, as the table stores them
             row[key] = None if row[key] is None else str(row[key])
         out.append(row)
@@ -353,10 +357,10 @@ def compare_groups(
             variance_reduction=cc.variance_reduction,
             cuped_status=cc.cuped_status,
         )
-        adjusted = cc.adjusted
-        if adjusted:
+        ratio = cc.fieller
+        if cc.adjusted:
             control_variance = cc.control_unit_variance
-            cols.update(_unadjusted(t, c, experiment, side))
+            cols.update(_plain(t.ratio_stats, c.ratio_stats, experiment, side, "unadjusted"))
             if cc.effect_abs is not None:  # R_C and R_C + Δ_adj: their ratio − 1 is Δ rel
                 cols.update(mean_adjusted=c.ratio + cc.effect_abs, control_mean_adjusted=c.ratio)
         bias = compare(t.pre_stats, c.pre_stats, alpha=alpha, test=test).p_value
@@ -365,7 +369,7 @@ def compare_groups(
     else:
         raw = compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test, alternative=side)
         cols = _comparison_columns(raw)
-        adjusted = False
+        ratio = FiellerRatio.of_groups(t.ratio_stats, c.ratio_stats)
     planned = power.mde(
         control_variance,
         t.n,
@@ -377,16 +381,14 @@ def compare_groups(
     )
     cols.update(mde_abs=planned.absolute, mde_rel=planned.relative)
     role = experiment.role(metric)
-    # Fieller's interval is for the unadjusted ratio; a CUPED-adjusted lift keeps delta.
-    fieller = experiment.relative_ci == "fieller" and not adjusted
-    cols["relative_ci_method"] = "fieller" if fieller else "delta"
+    fieller = experiment.relative_ci == "fieller"
+    cols["relative_ci_method"] = experiment.relative_ci
     if fieller:
-        interval = intervals.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test, side)
-        cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
+        _use_fieller(cols, ratio, alpha, side)
     if role.role == "guardrail" and role.margin is not None:
         args = (role.margin, role.direction, alpha, cols["df"])
         ni = (
-            decisions.noninferiority_fieller(t.ratio_stats, c.ratio_stats, *args)
+            decisions.noninferiority_fieller(ratio, *args)
             if fieller
             else decisions.noninferiority_delta(
                 cols["effect_rel"], cols["effect_rel_stderr"], *args
@@ -396,7 +398,7 @@ def compare_groups(
         low, high = (
             _harm_interval(cols)
             if side == "two-sided"
-            else _harm_interval(compare_groups_two_sided(t, c, experiment, fieller))
+            else _harm_interval(compare_groups_two_sided(t, c, experiment))
         )
         decision = decisions.guardrail_decision(ni, low, high, role.direction, alpha)
         cols["decision"] = str(decision)
@@ -420,40 +422,57 @@ def _harm_interval(cols: dict[str, Any]) -> tuple[float | None, float | None]:
 
 
 def compare_groups_two_sided(
-    t: CupedStats, c: CupedStats, experiment: Experiment, fieller: bool
+    t: CupedStats, c: CupedStats, experiment: Experiment
 ) -> dict[str, Any]:
     """The CI columns of the two-sided comparison (for guardrails under one-sided tests:
     harm is always judged two-sided)."""
     alpha, test = experiment.alpha, experiment.test
     if experiment.cuped_lookback_days:
-        cols = _comparison_columns(compare_cuped(t, c, alpha=alpha, test=test))
+        cc = compare_cuped(t, c, alpha=alpha, test=test)
+        cols, ratio = _comparison_columns(cc), cc.fieller
     else:
         cols = _comparison_columns(compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test))
-    if fieller:
-        interval = intervals.fieller_interval(t.ratio_stats, c.ratio_stats, alpha, test)
-        cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
+        ratio = FiellerRatio.of_groups(t.ratio_stats, c.ratio_stats)
+    if experiment.relative_ci == "fieller":
+        _use_fieller(cols, ratio, alpha, "two-sided")
     return cols
 
 
-def _unadjusted(
-    t: CupedStats, c: CupedStats, experiment: Experiment, side: str
+def _use_fieller(cols: dict[str, Any], ratio: FiellerRatio | None, alpha: float, side: str) -> None:
+    """Replace the delta method's relative CI by Fieller's (null when unbounded), and the
+    relative p-value by the absolute one: Fieller's test of no relative effect is the test
+    of a − b = 0, so the interval excludes 0 exactly when `p_value` < alpha. The relative
+    stderr stays the delta method's."""
+    interval = None
+    if ratio is not None and cols["effect_rel"] is not None:
+        interval = intervals.fieller_relative_ci(ratio, alpha, cols["df"], side)
+    cols["effect_rel_ci_low"], cols["effect_rel_ci_high"] = interval or (None, None)
+    if cols["effect_rel"] is not None and interval is not None:
+        cols["p_value_rel"] = cols["p_value"]
+    else:
+        cols["p_value_rel"] = None
+
+
+def _plain(
+    treatment: RatioStats, control: RatioStats, experiment: Experiment, side: str, suffix: str
 ) -> dict[str, float | None]:
-    """The comparison without CUPED, shown beside an adjusted one (as Statsig and
-    GrowthBook show both): absolute and relative effect, the relative CI (Fieller's with
-    `relative_ci: fieller`) and the p-value."""
+    """An unadjusted comparison shown beside the main one (`*_unadjusted` beside a CUPED-
+    adjusted effect, as Statsig and GrowthBook show both; `*_uncapped` beside a winsorized
+    one): absolute and relative effect, the relative CI (Fieller's by default, as the main
+    columns) and the p-value."""
     raw = compare(
-        t.ratio_stats, c.ratio_stats, alpha=experiment.alpha, test=experiment.test, alternative=side
+        treatment, control, alpha=experiment.alpha, test=experiment.test, alternative=side
     )
     low, high = raw.effect_rel_ci_low, raw.effect_rel_ci_high
     if experiment.relative_ci == "fieller":
-        args = (t.ratio_stats, c.ratio_stats, experiment.alpha, experiment.test, side)
+        args = (treatment, control, experiment.alpha, experiment.test, side)
         low, high = intervals.fieller_interval(*args) or (None, None)
     return {
-        "effect_abs_unadjusted": raw.effect_abs,
-        "effect_rel_unadjusted": raw.effect_rel,
-        "effect_rel_unadjusted_ci_low": low,
-        "effect_rel_unadjusted_ci_high": high,
-        "p_value_unadjusted": raw.p_value,
+        f"effect_abs_{suffix}": raw.effect_abs,
+        f"effect_rel_{suffix}": raw.effect_rel,
+        f"effect_rel_{suffix}_ci_low": low,
+        f"effect_rel_{suffix}_ci_high": high,
+        f"p_value_{suffix}": raw.p_value,
     }
 
 
@@ -478,23 +497,6 @@ def _decide(rows: list[dict[str, Any]], experiment: Experiment) -> None:
         row["decision"] = str(
             decisions.effect_decision(p, row["effect_abs"], role.direction, alpha)
         )
-
-
-def _uncapped(groups, metric: str, variant: str, experiment: Experiment) -> dict[str, Any]:
-    raw = compare(
-        groups[(metric, variant, False)].ratio_stats,
-        groups[(metric, experiment.control, False)].ratio_stats,
-        alpha=experiment.alpha,
-        test=experiment.test,
-        alternative=experiment.alternative_for(metric),
-    )
-    return {
-        "effect_abs_uncapped": raw.effect_abs,
-        "effect_rel_uncapped": raw.effect_rel,
-        "effect_rel_uncapped_ci_low": raw.effect_rel_ci_low,
-        "effect_rel_uncapped_ci_high": raw.effect_rel_ci_high,
-        "p_value_uncapped": raw.p_value,
-    }
 
 
 def _adjust_p_values(rows: list[dict[str, Any]], experiment: Experiment) -> None:

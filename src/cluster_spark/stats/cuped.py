@@ -32,6 +32,7 @@ from cluster_spark.stats.inference import (
     reference_distribution,
     relative_columns,
 )
+from cluster_spark.stats.intervals import FiellerRatio
 from cluster_spark.stats.ratio import GroupMeans, RatioStats
 from cluster_spark.status import CupedStatus, Status
 
@@ -218,7 +219,10 @@ class CupedComparison(Comparison):
     adjustment was *not* applied. ``status`` is the status of the reported numbers (the
     unadjusted one in a fallback) and ``cuped_status`` says what CUPED did
     (`status.CupedStatus`); ``control_unit_variance`` is the control's adjusted per-unit
-    variance (V_R + θ²V_P − 2θC)_C when adjusted (for the MDE), else None.
+    variance (V_R + θ²V_P − 2θC)_C when adjusted (for the MDE), else None. ``fieller`` is
+    the input of Fieller's relative interval for the reported effect (`intervals`): when
+    adjusted, a = R_C + Δ_adj, b = R_C, Var a = a_T + θ²V_P,C/n_C, Var b = V_R,C/n_C,
+    Cov(a, b) = θC_C/n_C, so Var(a − b) = Var(Δ_adj); else R_T over R_C.
     """
 
     theta: float | None = None
@@ -227,13 +231,19 @@ class CupedComparison(Comparison):
     cuped_status: str = CupedStatus.NOT_COMPARED
     control_unit_variance: float | None = None
     unadjusted: Comparison = field(default_factory=Comparison)
+    fieller: FiellerRatio | None = None
 
 
 def _from_unadjusted(
-    unadjusted: Comparison, cuped_status: CupedStatus, **extra: float | None
+    unadjusted: Comparison,
+    cuped_status: CupedStatus,
+    fieller: FiellerRatio | None,
+    **extra: float | None,
 ) -> CupedComparison:
     values = {f.name: getattr(unadjusted, f.name) for f in fields(Comparison)}
-    return CupedComparison(**values, **extra, cuped_status=cuped_status, unadjusted=unadjusted)
+    return CupedComparison(
+        **values, **extra, cuped_status=cuped_status, unadjusted=unadjusted, fieller=fieller
+    )
 
 
 @dataclass(frozen=True)
@@ -302,11 +312,12 @@ def compare_cuped(
     unadjusted = compare(
         treatment.ratio_stats, control.ratio_stats, alpha=alpha, test=test, alternative=alternative
     )
+    raw_ratio = FiellerRatio.of_groups(treatment.ratio_stats, control.ratio_stats)
     if unadjusted.status in (Status.TOO_FEW_UNITS, Status.ZERO_DENOMINATOR):
-        return _from_unadjusted(unadjusted, CupedStatus.NOT_COMPARED)
+        return _from_unadjusted(unadjusted, CupedStatus.NOT_COMPARED, raw_ratio)
     t, c = _group_terms(treatment), _group_terms(control)
     if t is None or c is None:
-        return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA)
+        return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
 
     theta = (t.c / t.n + c.c / c.n) / (t.v_p / t.n + c.v_p / c.n)
     var_unadj = t.v_r / t.n + c.v_r / c.n
@@ -314,11 +325,11 @@ def compare_cuped(
     b = max(c.v_r + theta * theta * c.v_p - 2.0 * theta * c.c, 0.0) / c.n
     var_adj = a + b
     if not (math.isfinite(theta) and math.isfinite(var_adj) and math.isfinite(var_unadj)):
-        return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA)
+        return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
     reduction = 1.0 - var_adj / var_unadj if var_unadj > 0 else None
     if not var_adj < var_unadj:
         return _from_unadjusted(
-            unadjusted, CupedStatus.NO_GAIN, theta=theta, variance_reduction=reduction
+            unadjusted, CupedStatus.NO_GAIN, raw_ratio, theta=theta, variance_reduction=reduction
         )
 
     df, dist, q = reference_distribution(a, b, t.n, c.n, alpha, test, alternative)
@@ -345,4 +356,11 @@ def compare_cuped(
         cuped_status=CupedStatus.APPLIED,
         control_unit_variance=b * c.n,
         unadjusted=unadjusted,
+        fieller=FiellerRatio(
+            a=c.r + effect_abs,
+            b=c.r,
+            var_a=a + theta * theta * c.v_p / c.n,
+            var_b=c.v_r / c.n,
+            cov=theta * c.c / c.n,
+        ),
     )

@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from scipy import stats as sps
 
-from cluster_spark.stats.ratio import RatioStats
+from cluster_spark.stats.intervals import FiellerRatio, fieller_relative_ci
 
 
 class Decision(StrEnum):
@@ -88,36 +88,31 @@ def noninferiority_delta(
 
 
 def noninferiority_fieller(
-    treatment: RatioStats,
-    control: RatioStats,
+    ratio: FiellerRatio | None,
     margin: float,
     direction: str,
     alpha: float,
     df: float | None = None,
 ) -> NonInferiority:
-    """Fieller's non-inferiority test (`relative_ci: fieller`). With s = sign(R_C), the
-    relative effect is −margin (`increase`) where R_T = c₀R_C, c₀ = 1 − s·margin (+margin in
-    the bad direction of `decrease`: c₀ = 1 + s·margin), since |R_C| = s·R_C. The test of
-    that ratio is z = ±(R_T − c₀R_C)/sqrt(v_T + c₀²v_C) with v = Var(R) (Fieller 1954),
-    + for `increase`, − for `decrease`: large z is evidence against inferiority;
-    p = P(T ≥ z). The bound is the matching end of
-    Fieller's two-sided 1 − 2·alpha interval (None when it is unbounded)."""
-    from cluster_spark.stats.intervals import fieller_interval
-
-    r_t, r_c = treatment.ratio, control.ratio
-    v_t, v_c = treatment.var_ratio, control.var_ratio
-    if r_t is None or r_c is None or v_t is None or v_c is None or r_c == 0:
+    """Fieller's non-inferiority test (the default, `relative_ci: fieller`) of ρ = a/b
+    (`intervals.FiellerRatio`: R_T/R_C, or the CUPED-adjusted (R_C + Δ_adj)/R_C). With
+    s = sign(b), the relative effect is −margin (`increase`) where a = c₀b, c₀ = 1 − s·margin
+    (+margin in the bad direction of `decrease`: c₀ = 1 + s·margin), since |b| = s·b. The
+    test of that ratio is z = ±(a − c₀b)/sqrt(Var(a − c₀b)) (Fieller 1954), + for
+    `increase`, − for `decrease`: large z is evidence against inferiority; p = P(T ≥ z),
+    T Welch's t with `df` or the normal. The bound is the matching end of Fieller's
+    two-sided 1 − 2·alpha interval (None when it is unbounded)."""
+    if ratio is None or ratio.b == 0:
         return NonInferiority(None, None)
-    s = 1.0 if r_c > 0 else -1.0
+    s = 1.0 if ratio.b > 0 else -1.0
     c0 = 1.0 - s * margin if direction == "increase" else 1.0 + s * margin
-    spread = math.sqrt(v_t + c0 * c0 * v_c)
-    if not spread > 0:
+    variance = ratio.var_difference(c0)
+    if not variance > 0:
         return NonInferiority(None, None)
-    # |R_C| = s·R_C keeps H0 linear: R_T − c₀R_C ≤ 0 (increase) or ≥ 0 (decrease).
-    z = (r_t - c0 * r_c) / spread * (1.0 if direction == "increase" else -1.0)
+    # |b| = s·b keeps H0 linear: a − c₀b ≤ 0 (increase) or ≥ 0 (decrease).
+    z = (ratio.a - c0 * ratio.b) / math.sqrt(variance) * (1.0 if direction == "increase" else -1.0)
     p = float(_dist(df).sf(z))
-    test = "z" if df is None else "welch"
-    interval = fieller_interval(treatment, control, 2 * alpha, test) if alpha < 0.5 else None
+    interval = fieller_relative_ci(ratio, 2 * alpha, df) if alpha < 0.5 else None
     bound = None if interval is None else interval[0] if direction == "increase" else interval[1]
     return NonInferiority(bound, p)
 
