@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from PIL import Image
 
-from cluster_spark.html_report import write_report
+from cluster_spark.report import write_report
 from tests.test_report import DIAGNOSTICS, result, treated
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

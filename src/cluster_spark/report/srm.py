@@ -1,4 +1,5 @@
-"""The report's SRM-over-time section (no Spark): first exposures per UTC day and arm from
+"""The report's SRM section (no Spark): the cumulative SRM box (assignment and analysis
+units per arm, χ² p-value), then first exposures per UTC day and arm from
 the `first_exposures:<day>` diagnostics rows, as an inline SVG of each arm's daily share
 against its configured share (`srm_expected_share`), and a table of the counts, shares,
 the day's χ² p-value and the anytime-valid sequential p-value through it (`stats.srm`).
@@ -6,20 +7,26 @@ Inline SVG, no JavaScript; every value from the data is escaped."""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cluster_spark.checks import FIRST_EXPOSURES
+from cluster_spark.report.format import (
+    Row,
+    esc,
+    finite,
+    first_value,
+    fmt_num,
+    fmt_p,
+    fmt_pct,
+    html_table,
+)
 from cluster_spark.stats.srm import srm_over_time
-
-Row = Mapping[str, Any]
 
 PALETTE = ("#1f5fa8", "#d2691e", "#2e8b57", "#8b3a8b", "#b8860b", "#4682b4", "#a52a2a")
 
-
-def _e(x: Any) -> str:
-    return html.escape(str(x))
+#: Diagnostics checks that count units rather than problems (shown in the SRM box too).
+UNIT_CHECKS = ("assignment_units", "analysis_units")
 
 
 def daily_counts(diagnostics: Sequence[Row]) -> dict[str, dict[str, int]]:
@@ -79,7 +86,7 @@ def share_plot(
         if i % step == 0 or i == len(days) - 1:
             parts.append(
                 f'<text x="{x(i):.1f}" y="{height - 8}" font-size="10" text-anchor="middle">'
-                f"{_e(d[5:])}</text>"
+                f"{esc(d[5:])}</text>"
             )
     for j, v in enumerate(arms):
         colour = PALETTE[j % len(PALETTE)]
@@ -93,12 +100,12 @@ def share_plot(
             n = daily[days[i]].get(v, 0)
             parts.append(
                 f'<circle cx="{x(i):.1f}" cy="{y(s):.1f}" r="3" fill="{colour}">'
-                f"<title>{_e(v)} on {_e(days[i])}: {n} units, {s:.1%} "
+                f"<title>{esc(v)} on {esc(days[i])}: {n} units, {s:.1%} "
                 f"(split {shares[v]:.1%})</title></circle>"
             )
         parts.append(
             f'<text x="{left + plot_w + 8}" y="{top + 12 + 14 * j}" font-size="11" '
-            f'fill="{colour}">{_e(v)} ({shares[v]:.0%})</text>'
+            f'fill="{colour}">{esc(v)} ({shares[v]:.0%})</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -106,8 +113,6 @@ def share_plot(
 
 def section(results: Sequence[Row], diagnostics: Sequence[Row]) -> str:
     """The SRM-over-time section: chart and table ('' without per-day rows or shares)."""
-    from cluster_spark.html_report import _table, fmt_p
-
     daily = daily_counts(diagnostics)
     shares = {
         r["variant"]: float(r["srm_expected_share"])
@@ -123,11 +128,11 @@ def section(results: Sequence[Row], diagnostics: Sequence[Row]) -> str:
     for day in over_time.days:
         total = sum(day.counts.values())
         cls = "warn" if day.day == flagged else ""
-        cells = [(_e(day.day), cls)]
+        cells = [(esc(day.day), cls)]
         for v in shares:
             n = day.counts.get(v, 0)
             cells.append(f"{n:,} ({n / total:.1%})" if total else "0")
-        cells += [_e(fmt_p(day.p_value)), _e(fmt_p(day.p_sequential))]
+        cells += [esc(fmt_p(day.p_value)), esc(fmt_p(day.p_sequential))]
         rows.append(cells)
     headers = [
         "UTC day",
@@ -141,5 +146,41 @@ def section(results: Sequence[Row], diagnostics: Sequence[Row]) -> str:
         "arm's share of the day (solid) against the configured split (dashed). The day's "
         "χ² tests that day alone (no χ² below 5 expected units an arm); the sequential "
         "p-value (Lindon &amp; Malek 2020) stays valid however often it is looked at."
-        f"</p>{share_plot(daily, shares)}{_table(headers, rows)}"
+        f"</p>{share_plot(daily, shares)}{html_table(headers, rows)}"
+    )
+
+
+def box(results: Sequence[Row], diagnostics: Sequence[Row], control: Any) -> str:
+    flag = first_value(results, "srm_flag")
+    chi2, p = first_value(results, "srm_chi2"), first_value(results, "srm_p_value")
+    day = flagged_day(results)
+    if flag is None:
+        cls, verdict = "srm unknown", "SRM check not available"
+    elif flag:
+        cls, verdict = "srm flagged", "SRM DETECTED: sample-ratio mismatch, results are suspect"
+    elif day is not None:
+        cls = "srm flagged"
+        verdict = f"SRM DETECTED on {day}: first exposures off the split, results are suspect"
+    else:
+        cls, verdict = "srm", "No sample-ratio mismatch"
+    counts: dict[str, dict[str, Any]] = {}
+    for d in diagnostics:
+        if d.get("check") in UNIT_CHECKS and d.get("variant") is not None:
+            counts.setdefault(d["variant"], {})[d["check"]] = d.get("value")
+    total = sum(finite(c.get("assignment_units")) or 0 for c in counts.values())
+    rows = [
+        [
+            esc(v),
+            fmt_num(c.get("assignment_units")),
+            fmt_pct(c["assignment_units"] / total, sign=False)
+            if total and finite(c.get("assignment_units")) is not None
+            else "—",
+            fmt_num(c.get("analysis_units")),
+        ]
+        for v, c in sorted(counts.items(), key=lambda kv: (kv[0] != control, str(kv[0])))
+    ]
+    table = html_table(["variant", "assignment units", "share", "analysis units"], rows)
+    return (
+        f'<div class="{cls}"><div class="verdict">{esc(verdict)}</div>'
+        f"<div>χ² = {esc(fmt_num(chi2))}, p = {esc(fmt_p(p))}</div>{table}</div>"
     )

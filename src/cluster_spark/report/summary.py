@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cluster_spark.html_report import TONES, Row, _e, _finite, _is_control, fmt_ci, fmt_pct
+from cluster_spark.report.format import TONES, Row, esc, finite, fmt_ci, fmt_pct, is_control
 from cluster_spark.stats.recommend import margin_text
 
 CSS = """
@@ -26,7 +26,7 @@ ROLES = ("goal", "guardrail", "secondary")
 def _treatments(results: Sequence[Row]) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = {}
     for r in results:
-        if not _is_control(r) and r.get("dimension") is None:
+        if not is_control(r) and r.get("dimension") is None:
             out.setdefault(str(r.get("variant")), []).append(r)
     return out
 
@@ -41,12 +41,12 @@ def recommendation_box(results: Sequence[Row]) -> str:
             continue
         rec, reasons = str(first["recommendation"]), first.get("recommendation_reasons")
         items = "".join(
-            f'<li class="risk">{_e(x)}</li>' if x.startswith("risk:") else f"<li>{_e(x)}</li>"
+            f'<li class="risk">{esc(x)}</li>' if x.startswith("risk:") else f"<li>{esc(x)}</li>"
             for x in reasons or []
         )
         boxes.append(
-            f'<div class="rec {_e(rec.replace(" ", "-"))}"><div class="verdict">'
-            f"{_e(variant)}: {_e(rec.upper())}</div><ul>{items}</ul></div>"
+            f'<div class="rec {esc(rec.replace(" ", "-"))}"><div class="verdict">'
+            f"{esc(variant)}: {esc(rec.upper())}</div><ul>{items}</ul></div>"
         )
     return f"<h2>Recommendation</h2>{''.join(boxes)}" if boxes else ""
 
@@ -55,7 +55,7 @@ def sentence(r: Row) -> str:
     """'treatment_a raised revenue_per_user by +11.64% [+6.23%, +17.05%]: win'; a
     guardrail's adds its margin and non-inferiority bound."""
     rel, decision = r.get("effect_rel"), r.get("decision") or "inconclusive"
-    if _finite(rel) is None:
+    if finite(rel) is None:
         return f"{r['variant']} on {r['metric']}: no estimate ({r.get('status')})"
     verb = "raised" if rel > 0 else "lowered" if rel < 0 else "did not change"
     ci = fmt_ci(r.get("effect_rel_ci_low"), r.get("effect_rel_ci_high"), fmt_pct)
@@ -78,7 +78,7 @@ def summary(results: Sequence[Row]) -> str:
         )
         items = "".join(
             f'<li class="{TONES.get(r.get("decision"), "")}">'
-            f"{_e(r.get('role') or 'goal')}: {_e(sentence(r))}</li>"
+            f"{esc(r.get('role') or 'goal')}: {esc(sentence(r))}</li>"
             for r in ordered
         )
         parts.append(items)
