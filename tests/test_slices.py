@@ -265,6 +265,7 @@ def test_report_and_show_break_results_down(sliced):
     outcome, _ = sliced
     page = render_report("e1", ANALYSIS_DATE, outcome.results, outcome.diagnostics)
     assert "<h2>By plan</h2>" in page and "<h2>By region</h2>" in page
+    assert "adjusted across the slices of this dimension" in page  # the slice legend says so
     assert "Cochran" in page and "too_few_slice_units" in page
     assert page.count('class="forest"') == 1 + 2 * 2  # overall + 2 metrics × 2 dimensions
     console = Console(width=200, record=True)

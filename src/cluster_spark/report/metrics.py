@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cluster_spark.report.format import (
@@ -24,7 +25,8 @@ GLOSSARY = (
     '<details class="note"><summary>What the columns mean</summary><dl class="meta">'
     "<dt>mean</dt><dd>ΣM/ΣD over the group's assignment units (e.g. revenue per user)</dd>"
     "<dt>Δ abs</dt><dd>treatment mean − control mean, in the metric's units</dd>"
-    "<dt>Δ rel</dt><dd>Δ abs ÷ |control mean|: the lift</dd>"
+    "<dt>Δ rel [CI]</dt><dd>Δ abs ÷ |control mean|: the lift, and its confidence interval "
+    "(Fieller's by default: it excludes 0 exactly when the p-value is below alpha)</dd>"
     "<dt>p-value</dt><dd>of Δ abs (the delta method over assignment units; two-sided unless "
     "the experiment's alternative is one-sided)</dd>"
     "<dt>p (BH)</dt><dd>adjusted for testing several goal metrics × treatments "
@@ -37,11 +39,13 @@ GLOSSARY = (
     "<dt>CS / p (seq.)</dt><dd>always-valid confidence sequence and p-value: safe to look "
     "every day</dd>"
     "<dt>NI bound / p (NI)</dt><dd>guardrails: the one-sided bound of Δ rel in the bad "
-    "direction, and the non-inferiority p-value against the margin</dd>"
+    "direction beside the margin, and the non-inferiority p-value against it</dd>"
     "<dt>MDE rel</dt><dd>the smallest lift this comparison detects with the configured "
     "power</dd>"
     "<dt>design effect</dt><dd>variance ÷ the variance if users were independent: what "
     "clustering costs</dd>"
+    "<dt>more columns</dt><dd>under each table: Δ abs CI, p (NI), CS / p (seq.), MDE rel, "
+    "design effect, uncapped Δ rel, CUPED var. red.</dd>"
     "</dl></details>"
 )
 
@@ -54,89 +58,154 @@ def role_line(rows: Sequence[Row]) -> str:
     return f"{role} · {better}"
 
 
+@dataclass(frozen=True)
+class Column:
+    """A column of a metric's results table: its header, whether this metric shows it
+    (`wanted`, over all rows) and its cell of one row (already-escaped HTML or
+    (html, css class)); `control` is the control row's cell ('—' by default)."""
+
+    header: str
+    wanted: Callable[[Sequence[Row]], bool]
+    cell: Callable[[Row], Any]
+    control: Callable[[Row], Any] | None = None
+
+
+def _any(key: str) -> Callable[[Sequence[Row]], bool]:
+    return lambda rows: any(r.get(key) is not None for r in rows)
+
+
+def _always(rows: Sequence[Row]) -> bool:
+    return True
+
+
+def _variant(r: Row) -> str:
+    text = esc(r.get("variant"))
+    if is_control(r) and r.get("variant") != "control":
+        text += ' <span class="muted">(control)</span>'
+    return text
+
+
+def _code(x: Any) -> str:
+    """A status or decision code, breakable after its underscores (narrow columns)."""
+    return esc(x).replace("_", "_<wbr>")
+
+
+def _rel(r: Row) -> Any:
+    sig = significance(r)
+    ci = fmt_ci(r.get("effect_rel_ci_low"), r.get("effect_rel_ci_high"), fmt_pct)
+    text = f"{esc(fmt_pct(r.get('effect_rel')))} <span class='ci'>{esc(ci)}</span>"
+    return text, sig if sig in ("pos", "neg") else ""
+
+
+def _ni(r: Row) -> str:
+    bound = r.get("noninferiority_bound")
+    if bound is None:
+        return "—"
+    margin = r.get("margin")
+    within = (
+        "" if margin is None else f" <span class='ci'>margin {esc(fmt_pct(margin, False))}</span>"
+    )
+    return esc(fmt_pct(bound)) + within
+
+
+def _cuped(r: Row) -> Any:
+    how = r.get("cuped_status")
+    if r.get("cuped_applied"):
+        return esc(fmt_pct(r.get("variance_reduction"), sign=False))
+    if how and how != "not_compared":  # a fallback: the numbers are unadjusted
+        return esc(how.replace("_", " ")), "warn"
+    return "—"
+
+
+def _unadjusted(r: Row) -> str:
+    rel = r.get("effect_rel_unadjusted")
+    if rel is None:
+        return "—"
+    low, high = r.get("effect_rel_unadjusted_ci_low"), r.get("effect_rel_unadjusted_ci_high")
+    ci, p = fmt_ci(low, high, fmt_pct), fmt_p(r.get("p_value_unadjusted"))
+    return f"{esc(fmt_pct(rel))} <span class='ci'>{esc(ci)}</span> p&nbsp;{esc(p)}"
+
+
+def _decision(r: Row) -> Any:
+    decision = r.get("decision")
+    return _code(decision or "—"), significance(r) if decision in TONES else ""
+
+
+def _status(r: Row) -> Any:
+    status = r.get("status") or "—"
+    return _code(status), "" if status == "ok" else "warn"
+
+
+def _adjusted_means(r: Row) -> str:
+    t, c = r.get("mean_adjusted"), r.get("control_mean_adjusted")
+    return "—" if t is None else esc(f"{fmt_num(t)} vs {fmt_num(c)}")
+
+
+def _num(key: str) -> Callable[[Row], str]:
+    return lambda r: esc(fmt_num(r.get(key)))
+
+
+def _p(key: str) -> Callable[[Row], str]:
+    return lambda r: esc(fmt_p(r.get(key)))
+
+
+def _interval(low: str, high: str) -> Callable[[Row], str]:
+    return lambda r: esc(fmt_ci(r.get(low), r.get(high)))
+
+
+def _uncapped(r: Row) -> str:
+    low, high = r.get("effect_rel_uncapped_ci_low"), r.get("effect_rel_uncapped_ci_high")
+    ci = fmt_ci(low, high, fmt_pct)
+    return f"{esc(fmt_pct(r.get('effect_rel_uncapped')))} <span class='ci'>{esc(ci)}</span>"
+
+
+#: The table a reader reads: what moved, by how much, how sure, and the verdict. It fits a
+#: 1280 px screen for any metric (#26 item 7); every other column is under "more columns".
+MAIN = (
+    Column("variant", _always, _variant, _variant),
+    Column("units", _always, _num("n_units"), _num("n_units")),
+    Column("mean", _always, _num("mean"), _num("mean")),
+    Column("adj. means (T vs C)", _any("mean_adjusted"), _adjusted_means),
+    Column("Δ abs", _always, _num("effect_abs")),
+    Column("Δ rel [CI]", _always, _rel),
+    Column("p-value", _always, _p("p_value")),
+    Column("p (BH)", _any("p_value_bh"), _p("p_value_bh")),
+    Column("unadjusted Δ rel [CI], p", _any("effect_rel_unadjusted"), _unadjusted),
+    Column("NI bound", _any("p_value_noninferiority"), _ni),
+    Column("decision", _any("decision"), _decision),
+    Column("status", _always, _status, _status),
+)
+
+#: Rarely read columns, behind "more columns" (explained in the glossary).
+MORE = (
+    Column("variant", _always, _variant, _variant),
+    Column("Δ abs CI", _always, _interval("effect_abs_ci_low", "effect_abs_ci_high")),
+    Column("p (NI)", _any("p_value_noninferiority"), _p("p_value_noninferiority")),
+    Column(
+        "CS (abs)", _any("p_value_sequential"), _interval("effect_abs_cs_low", "effect_abs_cs_high")
+    ),
+    Column("p (seq.)", _any("p_value_sequential"), _p("p_value_sequential")),
+    Column("MDE rel", _always, lambda r: esc(fmt_pct(r.get("mde_rel"), sign=False))),
+    Column("design effect", _always, _num("design_effect"), _num("design_effect")),
+    Column("Δ rel uncapped [CI]", lambda rows: any(r.get("winsorized") for r in rows), _uncapped),
+    Column("CUPED var. red.", _any("variance_reduction"), _cuped),
+)
+
+
+def _columns_table(columns: Sequence[Column], rows: Sequence[Row]) -> str:
+    shown = [c for c in columns if c.wanted(rows)]
+    body = [
+        [(c.control or (lambda r: "—"))(r) if is_control(r) else c.cell(r) for c in shown]
+        for r in rows
+    ]
+    return html_table([c.header for c in shown], body)
+
+
 def section(metric: str, rows: Sequence[Row], description: str = "") -> str:
-    winsorized = any(r.get("winsorized") for r in rows)
-    cuped = any(r.get("variance_reduction") is not None for r in rows)
+    """A metric's heading (role and direction), its notes (description, CUPED, caps), the
+    main results table and the rest of the columns behind "more columns"."""
     adjusted = any(r.get("mean_adjusted") is not None for r in rows)
-    sequential = any(r.get("p_value_sequential") is not None for r in rows)
-    guardrail = any(r.get("p_value_noninferiority") is not None for r in rows)
-    decided = any(r.get("decision") is not None for r in rows)
-    headers = ["variant", "units", "mean"]
-    headers += ["adj. means (T vs C)"] if adjusted else []
-    unadjusted = any(r.get("effect_rel_unadjusted") is not None for r in rows)
-    headers += ["Δ abs", "Δ abs CI", "Δ rel", "Δ rel CI", "p-value", "p (BH)"]
-    headers += ["CS (abs)", "p (seq.)"] if sequential else []
-    headers += ["NI bound", "p (NI)"] if guardrail else []
-    headers += ["MDE rel", "design effect"]
-    headers += ["Δ rel uncapped", "uncapped CI"] if winsorized else []
-    headers += ["unadjusted Δ rel [CI], p"] if unadjusted else []
-    headers += ["CUPED var. red."] if cuped else []
-    headers += ["decision"] if decided else []
-    headers += ["status"]
-    body = []
-    for r in rows:
-        sig = significance(r)
-        rel_cls = sig if sig in ("pos", "neg") else ""
-        control = is_control(r)
-        variant = esc(r.get("variant"))
-        if control and r.get("variant") != "control":
-            variant += ' <span class="muted">(control)</span>'
-        cells: list[Any] = [variant, esc(fmt_num(r.get("n_units"))), esc(fmt_num(r.get("mean")))]
-        if adjusted:
-            t, c = r.get("mean_adjusted"), r.get("control_mean_adjusted")
-            cells.append("—" if t is None else esc(f"{fmt_num(t)} vs {fmt_num(c)}"))
-        cells += [
-            esc(fmt_num(r.get("effect_abs"))),
-            "—"
-            if control
-            else esc(fmt_ci(r.get("effect_abs_ci_low"), r.get("effect_abs_ci_high"))),
-            ("—" if control else esc(fmt_pct(r.get("effect_rel"))), rel_cls),
-            "—"
-            if control
-            else esc(fmt_ci(r.get("effect_rel_ci_low"), r.get("effect_rel_ci_high"), fmt_pct)),
-            esc(fmt_p(r.get("p_value"))),
-            esc(fmt_p(r.get("p_value_bh"))),
-        ]
-        if sequential:
-            cs = fmt_ci(r.get("effect_abs_cs_low"), r.get("effect_abs_cs_high"))
-            cells += ["—" if control else esc(cs), esc(fmt_p(r.get("p_value_sequential")))]
-        if guardrail:
-            bound = r.get("noninferiority_bound")
-            cells += [
-                "—" if bound is None else esc(fmt_pct(bound)),
-                esc(fmt_p(r.get("p_value_noninferiority"))),
-            ]
-        cells += [
-            "—" if control else esc(fmt_pct(r.get("mde_rel"), sign=False)),
-            esc(fmt_num(r.get("design_effect"))),
-        ]
-        if winsorized:
-            low, high = r.get("effect_rel_uncapped_ci_low"), r.get("effect_rel_uncapped_ci_high")
-            cells.append("—" if control else esc(fmt_pct(r.get("effect_rel_uncapped"))))
-            cells.append("—" if control else esc(fmt_ci(low, high, fmt_pct)))
-        if unadjusted:
-            rel = r.get("effect_rel_unadjusted")
-            ci = fmt_ci(
-                r.get("effect_rel_unadjusted_ci_low"),
-                r.get("effect_rel_unadjusted_ci_high"),
-                fmt_pct,
-            )
-            shown = f"{fmt_pct(rel)} {ci}, p {fmt_p(r.get('p_value_unadjusted'))}"
-            cells.append("—" if rel is None else esc(shown))
-        if cuped:
-            vr, how = r.get("variance_reduction"), r.get("cuped_status")
-            if r.get("cuped_applied"):
-                cells.append(esc(fmt_pct(vr, sign=False)))
-            elif how and how != "not_compared":  # a fallback: the numbers are unadjusted
-                cells.append((esc(how.replace("_", " ")), "warn"))
-            else:
-                cells.append("—")
-        if decided:
-            decision = r.get("decision")
-            cells.append((esc(decision or "—"), sig if decision in TONES else ""))
-        status = r.get("status") or "—"
-        cells.append((esc(status), "" if status == "ok" else "warn"))
-        body.append(cells)
+    winsorized = any(r.get("winsorized") for r in rows)
     notes = [description] if description else []
     if adjusted:
         notes.append(
@@ -156,7 +225,11 @@ def section(metric: str, rows: Sequence[Row], description: str = "") -> str:
     notes_html = "".join(f'<p class="note">{esc(n)}</p>' for n in notes)
     role = role_line(rows)
     tag = f' <span class="muted">{esc(role)}</span>' if role else ""
-    return f"<h3>{esc(metric)}{tag}</h3>{notes_html}{html_table(headers, body)}"
+    more = (
+        '<details class="more"><summary>more columns</summary>'
+        f"{_columns_table(MORE, rows)}</details>"
+    )
+    return f"<h3>{esc(metric)}{tag}</h3>{notes_html}{_columns_table(MAIN, rows)}{more}"
 
 
 def caps(row: Row, part: str) -> str:

@@ -27,7 +27,8 @@ h3 { font-size: 15px; margin: 18px 0 4px; }
 dl.meta { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; margin: 0; }
 dl.meta dt { color: #666; } dl.meta dd { margin: 0; }
 table { border-collapse: collapse; margin: 4px 0 8px; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+.ci { white-space: nowrap; }
 th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 .srm { border: 2px solid #3a7d44; background: #eef7ef; padding: 8px 12px; }
 .srm.flagged { border-color: #b3261e; background: #fdecea; }

@@ -127,7 +127,8 @@ def forest_plot(
     return "".join(out)
 
 
-def legend(decided: bool = True) -> str:
+def legend(decided: bool = True, note: str = "") -> str:
+    """The forest plot's colour key; `note` (plain text) says which p-values decided."""
     items = [
         ("pos", "win / guardrail ok" if decided else "CI above 0"),
         ("neg", "loss / guardrail violated" if decided else "CI below 0"),
@@ -137,6 +138,7 @@ def legend(decided: bool = True) -> str:
     return (
         '<p class="note">'
         + " &nbsp; ".join(f'<span style="color:{COLORS[k]}">●</span> {esc(t)}' for k, t in items)
+        + (f" &nbsp; ({esc(note)})" if note else "")
         + "</p>"
     )
 

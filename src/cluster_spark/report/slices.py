@@ -16,7 +16,13 @@ from cluster_spark.report.format import (
     is_control,
     result_order,
 )
-from cluster_spark.report.plots import forest_plot
+from cluster_spark.report.plots import forest_plot, legend
+
+#: The slice forest plots' legend: whose p-values coloured the points.
+SLICE_COLOURS = (
+    "colours: each slice's own decision, goals by their p-values (BH) adjusted across the "
+    "slices of this dimension, not the overall ones"
+)
 
 
 def sections(results: Sequence[Row], diagnostics: Sequence[Row], control: Any) -> str:
@@ -60,6 +66,7 @@ def sections(results: Sequence[Row], diagnostics: Sequence[Row], control: Any) -
                 f"<h3>{esc(metric)}</h3><p class='note'>Heterogeneity across slices "
                 f"(Cochran's Q p-value): {esc(het)}</p>"
                 + forest_plot(treated, first_value(rows, "alpha"), keys=("slice", "variant"))
+                + legend(any(r.get("decision") for r in treated), SLICE_COLOURS)
             )
         out.append(
             f"<h2>By {esc(dimension)}</h2>"
