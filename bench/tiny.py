@@ -151,7 +151,7 @@ def tiny_markdown(runs: list[TinyRun], stamp: str = "") -> str:
 ratio metric), each run a new process: wall clock including the JVM's start, and the Spark
 jobs of its event log. Run 1 creates the three output tables; later runs replace their
 slice. The session gets the CLI's small-input settings (`session.SMALL_INPUT_CONF`); the
-README's *Small inputs* says where the time goes.
+docs/benchmarks.md, *Small inputs*, says where the time goes.
 
 {tiny_table(runs)}
 

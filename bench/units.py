@@ -302,7 +302,8 @@ assignment units, and an org experiment (`heavy_org`) whose largest org holds
 session as above;
 jobs are the Spark jobs of `pipeline.stage` + `pipeline.reduce` (with AQE, each shuffle
 stage is its own job). In local mode the driver JVM also runs the tasks, so its heap is
-not the driver's own: `scripts/bounded_driver.py --units` measures that (README).
+not the driver's own: `scripts/bounded_driver.py --units` measures that
+(docs/benchmarks.md, "Bounded driver").
 
 {units_table(rows)}
 """

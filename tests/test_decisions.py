@@ -391,7 +391,7 @@ def test_one_sided_fieller_is_the_end_of_the_two_sided_interval_at_twice_alpha()
 
 
 def test_one_sided_intervals_in_the_report():
-    from cluster_spark.report.format import fmt_ci, fmt_pct
+    from cluster_spark.reporting.format import fmt_ci, fmt_pct
 
     assert fmt_ci(0.1, math.inf, fmt_pct) == "[+10.00%, +∞]"
     assert fmt_ci(-math.inf, -0.05, fmt_pct) == "[−∞, -5.00%]"

@@ -193,7 +193,7 @@ def test_which_diagnostics_are_problems(check, value, warn):
 
 
 def test_report_marks_a_filter_that_matches_nothing():
-    from cluster_spark.report import render_report
+    from cluster_spark.reporting import render_report
 
     diags = [
         {"experiment_id": "e", "metric": "m", "variant": None, "check": c, "value": v}

@@ -149,7 +149,7 @@ def test_winsorized_results_report_uncapped(spark, winsor_data):
 
 
 def test_percentile_approx_is_exact_on_moderate_data(spark):
-    """README claim: exact (inverse-CDF) below PERCENTILE_ACCURACY values."""
+    """docs/design.md, "Percentiles": exact (inverse-CDF) below PERCENTILE_ACCURACY values."""
     from pyspark.sql import functions as F
 
     rng = np.random.default_rng(1)

@@ -1,5 +1,5 @@
 """`bench/profile_stage.py` still runs its first-level comparison (the numbers behind the
-README's explanation of cluster_spark ÷ floor)."""
+explanation of cluster_spark ÷ floor in docs/benchmarks.md)."""
 
 from __future__ import annotations
 

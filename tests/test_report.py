@@ -7,8 +7,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from cluster_spark.report import render_report, write_report
-from cluster_spark.report.format import fmt_num, fmt_p, fmt_pct
+from cluster_spark.reporting import render_report, write_report
+from cluster_spark.reporting.format import fmt_num, fmt_p, fmt_pct
 from cluster_spark.tables import RESULT_COLUMNS
 
 DATE = dt.date(2026, 3, 9)

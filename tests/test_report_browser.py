@@ -15,7 +15,7 @@ import subprocess
 import pytest
 from PIL import Image
 
-from cluster_spark.report import render_report, write_report
+from cluster_spark.reporting import render_report, write_report
 from tests.test_report import DIAGNOSTICS, result, treated
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

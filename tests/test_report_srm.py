@@ -3,7 +3,7 @@ experiment whose t2 keeps 36 of its 90 first exposures on the second day."""
 
 from __future__ import annotations
 
-from cluster_spark.report import render_report
+from cluster_spark.reporting import render_report
 from tests.test_report import DATE, DIAGNOSTICS, RESULTS, Page
 
 SHARES = {"control": 0.4, "t1": 0.3, "t2": 0.3}

@@ -4,7 +4,7 @@ Hand-made results rows, no Spark."""
 
 from __future__ import annotations
 
-from cluster_spark.report import render_report
+from cluster_spark.reporting import render_report
 from cluster_spark.stats.recommend import assign
 from tests.test_report import DATE, XSS, Page, result, treated
 

@@ -25,7 +25,7 @@ from cluster_spark import pipeline
 from cluster_spark.cli import print_results
 from cluster_spark.config import parse_config
 from cluster_spark.errors import ConfigError
-from cluster_spark.report import render_report
+from cluster_spark.reporting import render_report
 from cluster_spark.stats.heterogeneity import cochran_q
 from tests.helpers import ANALYSIS_DATE, EVENT_DDL, T0, config_dict, write_delta
 

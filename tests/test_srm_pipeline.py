@@ -11,7 +11,7 @@ import pytest
 
 from cluster_spark import pipeline
 from cluster_spark.config import parse_config
-from cluster_spark.report import render_report
+from cluster_spark.reporting import render_report
 from tests.helpers import EVENT_DDL, EXPOSURE_DDL, config_dict, write_delta
 
 UTC = dt.UTC

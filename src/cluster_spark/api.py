@@ -172,7 +172,7 @@ class Reported:
     @property
     def report_args(self) -> tuple:
         """(experiment id, results, diagnostics, history, descriptions), as
-        `report.render_reports` takes them."""
+        `reporting.render_reports` takes them."""
         return (self.experiment_id, self.results, self.diagnostics, self.history, self.descriptions)
 
 
@@ -226,7 +226,7 @@ def read_reported(
     experiments has results on that date, or when an experiment asked for by id has none.
     """
     from cluster_spark import io
-    from cluster_spark.report import result_order
+    from cluster_spark.reporting import result_order
 
     chosen = experiment_ids or [e.id for e in config.experiments]
     out = config.output
@@ -292,7 +292,7 @@ def report(
     `InputError` when there are no results to report (naming the experiments, date and
     table).
     """
-    from cluster_spark.report import render_reports
+    from cluster_spark.reporting import render_reports
 
     config = load_config(config)
     date = as_date(analysis_date)

@@ -327,7 +327,7 @@ def _report_paths(
 def write_experiment_report(spark, config, experiment_id: str, date: dt.date, out: Path) -> Path:
     """Read one experiment's results and diagnostics slices and write its HTML report."""
     from cluster_spark import api
-    from cluster_spark.report import write_report
+    from cluster_spark.reporting import write_report
 
     (found,), _ = api.read_reported(spark, config, date, [experiment_id])
     path = _report_paths(out, [experiment_id], date)[experiment_id]
@@ -522,7 +522,7 @@ def _write_reports(spark, outcome, config, args: argparse.Namespace) -> None:
     """`run --report`: the reports of this run's rows, with the timeline of earlier dates
     read from the results table."""
     from cluster_spark import api
-    from cluster_spark.report import write_report
+    from cluster_spark.reporting import write_report
 
     ids = args.experiment or [e.id for e in config.experiments]
     history = api.read_history(spark, config, args.date, ids)
@@ -537,7 +537,7 @@ def _write_reports(spark, outcome, config, args: argparse.Namespace) -> None:
 
 def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> int:
     from cluster_spark import api, pipeline
-    from cluster_spark.report import result_order, write_report
+    from cluster_spark.reporting import result_order, write_report
 
     ids = args.experiment
     if args.command == "stage":

@@ -39,7 +39,7 @@ LOCAL_CONF = {
 
 #: Size (bytes on local disk, over the tables a command reads) up to which a local
 #: session the CLI starts also gets SMALL_INPUT_CONF. At the demo's 4.9 MiB of inputs the
-#: two settings took the same time (README, "Small inputs").
+#: two settings took the same time (docs/benchmarks.md, "Small inputs").
 SMALL_INPUT_BYTES = 4 * 2**20
 
 #: Small inputs: plans run as built, one shuffle partition, joins in the query's own job,

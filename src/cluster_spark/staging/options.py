@@ -17,7 +17,7 @@ from cluster_spark.staging.plan import UNIT, Plan
 from cluster_spark.tables import CAP_COLUMNS, PRE_CAP_COLUMNS
 
 #: Relative rank accuracy of `percentile_approx` is 1/PERCENTILE_ACCURACY (exact below
-#: PERCENTILE_ACCURACY / 2 values per experiment and metric: README, "Percentiles").
+#: PERCENTILE_ACCURACY / 2 values per experiment and metric: docs/design.md, "Percentiles").
 PERCENTILE_ACCURACY = 100_000
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cluster_spark.report.format import Row, esc, first_value
+from cluster_spark.reporting.format import Row, esc, first_value
 
 #: One line per health reason code (the part before ':'), README "Health".
 HEALTH_TEXT = {

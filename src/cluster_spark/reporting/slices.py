@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cluster_spark.report.format import (
+from cluster_spark.reporting.format import (
     Row,
     esc,
     first_value,
@@ -16,7 +16,7 @@ from cluster_spark.report.format import (
     is_control,
     result_order,
 )
-from cluster_spark.report.plots import forest_plot, legend
+from cluster_spark.reporting.plots import forest_plot, legend
 
 #: The slice forest plots' legend: whose p-values coloured the points.
 SLICE_COLOURS = (

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cluster_spark.report.format import (
+from cluster_spark.reporting.format import (
     TONES,
     Row,
     esc,

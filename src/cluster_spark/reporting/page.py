@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster_spark.checks import FIRST_EXPOSURES, is_warning, note
-from cluster_spark.report import health, metrics, plots, slices, srm, summary
-from cluster_spark.report.format import (
+from cluster_spark.reporting import health, metrics, plots, slices, srm, summary
+from cluster_spark.reporting.format import (
     Row,
     esc,
     finite,

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from cluster_spark.report.format import (
+from cluster_spark.reporting.format import (
     Row,
     esc,
     finite,

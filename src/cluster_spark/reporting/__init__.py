@@ -19,7 +19,7 @@ Inline CSS and SVG: no JavaScript and no external resources. Every value from th
 escaped with `html.escape` (`format.esc`).
 """
 
-from cluster_spark.report.format import result_order
-from cluster_spark.report.page import render_report, render_reports, write_report
+from cluster_spark.reporting.format import result_order
+from cluster_spark.reporting.page import render_report, render_reports, write_report
 
 __all__ = ["render_report", "render_reports", "result_order", "write_report"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cluster_spark.report.format import TONES, Row, esc, finite, fmt_ci, fmt_pct, is_control
+from cluster_spark.reporting.format import TONES, Row, esc, finite, fmt_ci, fmt_pct, is_control
 from cluster_spark.stats.recommend import margin_text
 
 CSS = """

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cluster_spark.checks import FIRST_EXPOSURES
-from cluster_spark.report.format import (
+from cluster_spark.reporting.format import (
     Row,
     esc,
     finite,
