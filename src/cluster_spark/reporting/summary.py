@@ -52,7 +52,7 @@ def recommendation_box(results: Sequence[Row]) -> str:
 
 
 def sentence(r: Row) -> str:
-    """'treatment_a raised revenue_per_user by +11.64% [+6.23%, +17.05%]: win'; a
+    """'treatment_a raised revenue_per_user by +11.64% [+6.36%, +17.19%]: win'; a
     guardrail's adds its margin and non-inferiority bound."""
     rel, decision = r.get("effect_rel"), r.get("decision") or "inconclusive"
     if finite(rel) is None:
