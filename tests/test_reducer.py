@@ -215,3 +215,20 @@ def test_a_configured_arm_without_units_gets_rows_and_srm():
     # Pearson χ² of (n, 0) against (n/2, n/2): 2·(n/2)²/(n/2) = n
     assert out[1]["srm_chi2"] == pytest.approx(n, rel=1e-12)
     assert out[1]["srm_flag"] is True
+
+
+def test_the_reducer_imports_without_pyspark():
+    """The reducer is pure Python (#27): it and the table contracts import with pyspark
+    blocked (a `None` entry in sys.modules makes `import pyspark` raise ImportError)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pyspark'] = None\n"
+        "import cluster_spark.reducer, cluster_spark.tables, cluster_spark.reporting\n"
+        "assert not any(m.startswith('pyspark.') for m in sys.modules), 'pyspark imported'\n"
+        "try:\n    import cluster_spark.staging\nexcept ImportError:\n    print('blocked')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "blocked"  # the staging package does need pyspark

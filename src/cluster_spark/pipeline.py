@@ -29,7 +29,7 @@ class Outcome:
     run_id: str
     #: Rows of the results table (`tables.RESULT_COLUMNS`); empty when only staged.
     results: list[dict[str, Any]]
-    #: Rows of the diagnostics table (`tables.DIAGNOSTICS_SCHEMA`).
+    #: Rows of the diagnostics table (`tables.DIAGNOSTICS_COLUMNS`).
     diagnostics: list[dict[str, Any]]
 
     def warnings(self, config: Config) -> list[str]:
@@ -57,10 +57,6 @@ def _frame(
     take Spark tens of seconds to optimize."""
     schema = ", ".join(f"`{name}` {kind}" for name, kind in columns)
     return spark.createDataFrame([tuple(r[c] for c, _ in columns) for r in rows], schema)
-
-
-def _columns(schema: T.StructType) -> list[tuple[str, str]]:
-    return [(f.name, f.dataType.simpleString()) for f in schema.fields]
 
 
 def _collect_together(
@@ -113,8 +109,8 @@ def _stage(
         diags += _events_in_period(spark, config, analysis_date, diags)
         with writes or io.SliceWrites(spark, ids, analysis_date) as w:
             out = config.output
-            w.write(_frame(spark, stats, _columns(tables.STAGING_SCHEMA)), out.staging)
-            w.write(_frame(spark, diags, _columns(tables.DIAGNOSTICS_SCHEMA)), out.diagnostics)
+            w.write(_frame(spark, stats, tables.STAGING_COLUMNS), out.staging)
+            w.write(_frame(spark, diags, tables.DIAGNOSTICS_COLUMNS), out.diagnostics)
     return stats, diags
 
 

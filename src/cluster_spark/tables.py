@@ -1,36 +1,35 @@
-"""The table contracts, declared once: the per-unit values at the middle of staging, and
+"""The table contracts, declared once as (column, Spark SQL type) lists, in plain Python
+(no pyspark: the reducer imports them): the per-unit values at the middle of staging, and
 the `staging`, `results` and `diagnostics` Delta tables (README, "Output tables").
 
-Staging writes `STAGING_SCHEMA` and `DIAGNOSTICS_SCHEMA`; the reducer reads the moment
+Staging writes `STAGING_COLUMNS` and `DIAGNOSTICS_COLUMNS`; the reducer reads the moment
 columns back (`MOMENT_COLUMNS`, `CAP_COLUMNS`, `PRE_CAP_COLUMNS`, `ANALYSIS_UNIT_COLUMNS`)
-and writes `RESULT_COLUMNS`. Tests check each frame against these at the seam.
+and writes `RESULT_COLUMNS`. Tests check each frame against these at the seam. The keys
+(`STAGING_KEYS` but `dimension` and `slice`, which are NULL on overall rows), the counts
+`n_*` and `check` are never NULL.
 """
 
 from __future__ import annotations
-
-from pyspark.sql import types as T
 
 #: The per-unit contract (staging.units → staging.options and staging.moments): one row per
 #: experiment × assignment unit × metric; m, d are the unit's numerator and denominator,
 #: x, y the CUPED pre-period ones (0 without CUPED); complete and baked say whether the
 #: unit is in the metric under the completed-window and bake rules. A unit's overall row
 #: has NULL `dimension` and `slice`; with slices it has one more row per dimension.
-UNIT_VALUES_SCHEMA = T.StructType(
-    [
-        T.StructField("experiment_id", T.StringType()),
-        T.StructField("variant", T.StringType()),
-        T.StructField("_unit", T.StringType()),
-        T.StructField("dimension", T.StringType()),
-        T.StructField("slice", T.StringType()),
-        T.StructField("metric", T.StringType()),
-        T.StructField("m", T.DoubleType()),
-        T.StructField("d", T.DoubleType()),
-        T.StructField("x", T.DoubleType()),
-        T.StructField("y", T.DoubleType()),
-        T.StructField("complete", T.BooleanType()),
-        T.StructField("baked", T.BooleanType()),
-    ]
-)
+UNIT_VALUES_COLUMNS: list[tuple[str, str]] = [
+    ("experiment_id", "string"),
+    ("variant", "string"),
+    ("_unit", "string"),
+    ("dimension", "string"),
+    ("slice", "string"),
+    ("metric", "string"),
+    ("m", "double"),
+    ("d", "double"),
+    ("x", "double"),
+    ("y", "double"),
+    ("complete", "boolean"),
+    ("baked", "boolean"),
+]
 
 #: The staged pseudo-metric of analysis units per assignment unit (m = the unit's active
 #: analysis units, d = 1), for the analysis-unit balance check (`srm_analysis_*`): not a
@@ -65,33 +64,31 @@ ANALYSIS_UNIT_COLUMNS = tuple(
 )
 
 
-STAGING_SCHEMA = T.StructType(
-    [
-        T.StructField("experiment_id", T.StringType(), False),
-        T.StructField("analysis_date", T.DateType(), False),
-        T.StructField("metric", T.StringType(), False),
-        T.StructField("variant", T.StringType(), False),
-        T.StructField("dimension", T.StringType(), True),
-        T.StructField("slice", T.StringType(), True),
-        T.StructField("winsorized", T.BooleanType(), False),
-        T.StructField("n_units", T.LongType(), False),
-        T.StructField("sum_m", T.DoubleType(), True),
-        T.StructField("sum_d", T.DoubleType(), True),
-        T.StructField("mean_m", T.DoubleType(), True),
-        T.StructField("mean_d", T.DoubleType(), True),
-        T.StructField("css_mm", T.DoubleType(), True),
-        T.StructField("css_dd", T.DoubleType(), True),
-        T.StructField("css_md", T.DoubleType(), True),
-        *[T.StructField(c, T.DoubleType(), True) for c in CUPED_COLUMNS],
-        T.StructField("n_zero_denominator", T.LongType(), False),
-        T.StructField("n_incomplete_window", T.LongType(), False),
-        T.StructField("n_unbaked", T.LongType(), False),
-        *[T.StructField(c, T.DoubleType(), True) for c in CAP_COLUMNS + PRE_CAP_COLUMNS],
-        T.StructField("au_n_units", T.LongType(), True),
-        *[T.StructField(c, T.DoubleType(), True) for c in ANALYSIS_UNIT_COLUMNS[1:]],
-        T.StructField("run_id", T.StringType(), False),
-    ]
-)
+STAGING_COLUMNS: list[tuple[str, str]] = [
+    ("experiment_id", "string"),
+    ("analysis_date", "date"),
+    ("metric", "string"),
+    ("variant", "string"),
+    ("dimension", "string"),
+    ("slice", "string"),
+    ("winsorized", "boolean"),
+    ("n_units", "bigint"),
+    ("sum_m", "double"),
+    ("sum_d", "double"),
+    ("mean_m", "double"),
+    ("mean_d", "double"),
+    ("css_mm", "double"),
+    ("css_dd", "double"),
+    ("css_md", "double"),
+    *[(c, "double") for c in CUPED_COLUMNS],
+    ("n_zero_denominator", "bigint"),
+    ("n_incomplete_window", "bigint"),
+    ("n_unbaked", "bigint"),
+    *[(c, "double") for c in CAP_COLUMNS + PRE_CAP_COLUMNS],
+    ("au_n_units", "bigint"),
+    *[(c, "double") for c in ANALYSIS_UNIT_COLUMNS[1:]],
+    ("run_id", "string"),
+]
 
 
 STAGING_KEYS = (
@@ -106,7 +103,7 @@ STAGING_KEYS = (
 )
 
 
-STAGING_STAT_COLUMNS = [f.name for f in STAGING_SCHEMA.fields if f.name not in STAGING_KEYS]
+STAGING_STAT_COLUMNS = [c for c, _ in STAGING_COLUMNS if c not in STAGING_KEYS]
 
 #: The staged moments the reducer merges (n and means of M, D, X, Y and their 10 centered
 #: co-moments; the CUPED ones are null without CUPED).
@@ -128,19 +125,17 @@ MOMENT_COLUMNS = (
     "css_xy",
 )
 
-DIAGNOSTICS_SCHEMA = T.StructType(
-    [
-        T.StructField("experiment_id", T.StringType(), False),
-        T.StructField("analysis_date", T.DateType(), False),
-        T.StructField("metric", T.StringType(), True),
-        T.StructField("variant", T.StringType(), True),
-        T.StructField("dimension", T.StringType(), True),
-        T.StructField("slice", T.StringType(), True),
-        T.StructField("check", T.StringType(), False),
-        T.StructField("value", T.LongType(), True),
-        T.StructField("run_id", T.StringType(), False),
-    ]
-)
+DIAGNOSTICS_COLUMNS: list[tuple[str, str]] = [
+    ("experiment_id", "string"),
+    ("analysis_date", "date"),
+    ("metric", "string"),
+    ("variant", "string"),
+    ("dimension", "string"),
+    ("slice", "string"),
+    ("check", "string"),
+    ("value", "bigint"),
+    ("run_id", "string"),
+]
 
 #: The public results contract (column, Spark SQL type); README documents each column.
 #: Overall rows have NULL `dimension` and `slice`; slice rows name them.

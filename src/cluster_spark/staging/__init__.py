@@ -8,7 +8,7 @@ The pipeline, one module a step:
 - `events`: one pass per metric source, the first aggregation level (unit × key).
 - `policy`: the multi-unit policy (an analysis unit under several assignment units).
 - `slices`: each unit's slice of every dimension (exposure columns, unit attributes).
-- `units`: the per-unit contract (`tables.UNIT_VALUES_SCHEMA`).
+- `units`: the per-unit contract (`tables.UNIT_VALUES_COLUMNS`).
 - `options`: completed windows, bake, conversion rule, winsorization.
 - `moments`: per-group moments and the analysis-unit moments (design effect).
 
@@ -31,7 +31,9 @@ from cluster_spark.staging.moments import group_statistics
 from cluster_spark.staging.options import winsorize
 from cluster_spark.staging.plan import Cache, plans
 from cluster_spark.staging.units import unit_values
-from cluster_spark.tables import ANALYSIS_UNIT_COLUMNS, STAGING_SCHEMA, STAGING_STAT_COLUMNS
+from cluster_spark.tables import ANALYSIS_UNIT_COLUMNS, STAGING_COLUMNS, STAGING_STAT_COLUMNS
+
+STAGING_TYPES = dict(STAGING_COLUMNS)
 
 
 @dataclass
@@ -53,7 +55,7 @@ def stage(
     analysis_date: dt.date,
     run_id: str,
 ) -> Staged:
-    """The staged statistics (STAGING_SCHEMA) and diagnostics of these experiments, lazy.
+    """The staged statistics (STAGING_COLUMNS) and diagnostics of these experiments, lazy.
     The caller releases the result (`Staged.release`); if staging itself fails, what it
     persisted so far is released before the error propagates."""
     cache = Cache(config.cache)
@@ -106,7 +108,7 @@ def _stage(
             "dimension",
             "slice",
             "winsorized",
-            *[F.col(c).cast(STAGING_SCHEMA[c].dataType) for c in STAGING_STAT_COLUMNS],
+            *[F.col(c).cast(STAGING_TYPES[c]) for c in STAGING_STAT_COLUMNS],
             F.lit(run_id).alias("run_id"),
         ),
         diagnostics=reduce(DataFrame.unionByName, diags).select(

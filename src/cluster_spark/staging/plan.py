@@ -133,7 +133,7 @@ def diag(
     variant=None,
     segment: bool = False,
 ) -> DataFrame:
-    """Diagnostics rows (`tables.DIAGNOSTICS_SCHEMA` but the run's columns) of `df`'s
+    """Diagnostics rows (`tables.DIAGNOSTICS_COLUMNS` but the run's columns) of `df`'s
     experiments; `check` a name or a string column; `segment`: `df` has the `dimension`
     and `slice` columns of slice rows."""
     null = F.lit(None).cast("string")

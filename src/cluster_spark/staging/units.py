@@ -1,5 +1,5 @@
 """The per-unit contract: one row per experiment × assignment unit × metric with
-`m, d, x, y, complete, baked` (`tables.UNIT_VALUES_SCHEMA`). Everything before it is event
+`m, d, x, y, complete, baked` (`tables.UNIT_VALUES_COLUMNS`). Everything before it is event
 plumbing (exposures, sources, the multi-unit policy); everything after it is metric
 semantics and statistics (options, moments)."""
 
