@@ -234,3 +234,15 @@ def test_cli_and_report_say_when_cuped_fell_back():
     assert _cuped_cell(applied) == "29%"
     assert _cuped_cell(fell_back) == "no_gain"
     assert _cuped_cell({"cuped_applied": None, "cuped_status": None}) == ""
+
+
+def test_health_lines_come_from_the_reason_registry():
+    """#27: a reason's level, threshold and report line are declared once (`health.REASONS`)."""
+    from cluster_spark import health
+
+    assert all(r.text for r in health.REASONS.values())
+    share = health.MAX_ZERO_DENOMINATOR_SHARE
+    assert f"more than {100 * share:g} %" in health.REASONS["zero_denominator"].text
+    rows = [{**r, "health": "warning", "health_reasons": ["zero_denominator:m1"]} for r in RESULTS]
+    page = render_report("exp-1", DATE, rows, DIAGNOSTICS)
+    assert f"<code>zero_denominator:m1</code>: {health.REASONS['zero_denominator'].text}" in page

@@ -33,7 +33,8 @@ Reasons (`REASONS`; `:<metric>` is appended where one metric is concerned):
   `mde_rel`, exceeds the experiment's `planned_mde`: the observed CI is wider than the
   experiment was planned for).
 
-Thresholds are module constants; the verdict is the worst level among the reasons. Reasons
+Thresholds are module constants, and each reason's level and report line are declared
+once in `REASONS`; the verdict is the worst level among the reasons. Reasons
 are listed worst level first, then in `REASONS` order (input problems before the checks
 they make meaningless), then by code.
 """
@@ -41,6 +42,7 @@ they make meaningless), then by code.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -55,27 +57,84 @@ class Health(StrEnum):
     UNHEALTHY = "unhealthy"
 
 
-#: Reason code → level.
-REASONS = {
-    "no_events_reach_units": Health.UNHEALTHY,
-    "srm": Health.UNHEALTHY,
-    "srm_over_time": Health.UNHEALTHY,
-    "srm_analysis_units": Health.WARNING,
-    "guardrail_violated": Health.UNHEALTHY,
-    "bias": Health.WARNING,
-    "units_in_several_variants": Health.WARNING,
-    "unknown_variants": Health.WARNING,
-    "analysis_units_in_several_units": Health.WARNING,
-    "zero_denominator": Health.WARNING,
-    "non_finite_values": Health.WARNING,
-    "daily_source_as_instants": Health.WARNING,
-    "cuped_no_pre_data": Health.WARNING,
-    "underpowered": Health.WARNING,
-}
 MAX_MULTI_VARIANT_SHARE = 0.01
 MAX_UNKNOWN_VARIANT_SHARE = 0.01
 MAX_MULTI_UNIT_SHARE = 0.01
 MAX_ZERO_DENOMINATOR_SHARE = 0.9
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:g} %"
+
+
+@dataclass(frozen=True)
+class Reason:
+    """A health reason: its level, and the one line the report shows for it."""
+
+    level: Health
+    text: str
+
+
+#: Reason code (the part before ':') → level and text; the report's lines read from here.
+#: The order is the order of the reasons in `health_reasons` within a level.
+REASONS = {
+    "no_events_reach_units": Reason(
+        Health.UNHEALTHY,
+        "no event of this source reaches an exposed unit: its ids do not join the "
+        "exposures (another format or type, or the wrong id column); its metrics are 0",
+    ),
+    "srm": Reason(
+        Health.UNHEALTHY,
+        "sample-ratio mismatch: assignment units do not follow the configured split",
+    ),
+    "srm_over_time": Reason(
+        Health.UNHEALTHY,
+        "sample-ratio mismatch over time: on the day named, first exposures of the arms named "
+        "are off the configured split (that day's χ², or the anytime-valid sequential test "
+        "through it); see First exposures per day",
+    ),
+    "srm_analysis_units": Reason(
+        Health.WARNING,
+        "analysis units per assignment unit differ between arms (broken logging, or a real "
+        "effect on activity)",
+    ),
+    "guardrail_violated": Reason(Health.UNHEALTHY, "a guardrail metric shows significant harm"),
+    "bias": Reason(
+        Health.WARNING, "the groups already differed before exposure (pre-exposure bias check)"
+    ),
+    "units_in_several_variants": Reason(
+        Health.WARNING,
+        f"more than {_pct(MAX_MULTI_VARIANT_SHARE)} of units were seen in two variants",
+    ),
+    "unknown_variants": Reason(
+        Health.WARNING,
+        f"more than {_pct(MAX_UNKNOWN_VARIANT_SHARE)} of units have exposure rows of "
+        "unconfigured variants",
+    ),
+    "analysis_units_in_several_units": Reason(
+        Health.WARNING,
+        f"more than {_pct(MAX_MULTI_UNIT_SHARE)} of analysis units appear under several "
+        "assignment units",
+    ),
+    "zero_denominator": Reason(
+        Health.WARNING,
+        f"more than {_pct(MAX_ZERO_DENOMINATOR_SHARE)} of the units have a zero denominator",
+    ),
+    "non_finite_values": Reason(
+        Health.WARNING, "NaN or ±Inf values in a summed column were treated as missing"
+    ),
+    "daily_source_as_instants": Reason(
+        Health.WARNING,
+        "a daily source is read as instants: rows dated on the exposure day are not counted "
+        "(set timestamp_as_date: true)",
+    ),
+    "cuped_no_pre_data": Reason(
+        Health.WARNING, "CUPED is on but there is no usable pre-period data"
+    ),
+    "underpowered": Reason(
+        Health.WARNING, "the achieved minimum detectable effect is larger than planned"
+    ),
+}
 
 _ORDER = [Health.HEALTHY, Health.WARNING, Health.UNHEALTHY]
 
@@ -175,7 +234,7 @@ def reasons(
 
 
 def level(code: str) -> Health:
-    return REASONS[code.split(":", 1)[0]]
+    return REASONS[code.split(":", 1)[0]].level
 
 
 def verdict(codes: Iterable[str]) -> Health:
