@@ -1,30 +1,35 @@
 """Clustered quantile metrics (p50, p90 of session length, latency, …), no Spark.
 
-A quantile metric is the p-quantile Q̂ of every analysis-unit value (sessions, requests) of a
-variant's assignment units. Its values are correlated within an assignment unit, so its
-variance must be cluster-robust, as for ratio metrics. Method: Deng, Knoblich & Lu, "Applying
-the Delta Method in Metric Analytics" (KDD 2018), §4:
+A quantile metric is the p-quantile Q̂ of every value (a source row: a session, a request)
+of a variant's assignment units. Values of one assignment unit are correlated, so the
+variance of Q̂ must be cluster-robust, as for ratio metrics. Two forms of Deng, Knoblich &
+Lu, "Applying the Delta Method in Metric Analytics" (KDD 2018), §4, both built on the
+indicator ratio F̂(Q̂) = ΣI_i/ΣN_i (I_i: the unit's values ≤ Q̂, N_i: all its values), a
+ratio metric over assignment units whose delta-method variance σ²_p is cluster-robust:
 
-1. F̂(Q̂) = ΣI_i / ΣN_i, with I_i the unit's values ≤ Q̂ and N_i all its values, is a ratio
-   metric over assignment units: its delta-method variance σ²_p = `RatioStats.var_ratio` of
-   (I_i, N_i) is cluster-robust (`probability_interval`).
-2. The "outer" interval of Q: [Q̂(p − z·σ_p), Q̂(p + z·σ_p)], the sample quantiles at the ends
-   of the probability's interval (§4.2). It needs no density estimate.
-3. For comparisons, the standard error of Q̂ is the outer interval's half-width over z:
-   SE = (U − L)/(2z) (`QuantileStats.stderr`); a difference of two independent variants then
-   has Var = SE_T² + SE_C², with the normal distribution (`compare_quantiles`).
+- **Outer interval** (Deng et al. §4.2): [Q̂(p − z·σ_p), Q̂(p + z·σ_p)], the sample
+  quantiles at the ends of the probability's cluster-robust interval. The probabilities
+  are known only after σ_p, which needs Q̂: three passes over the values.
+- **What we use** (as gbstats' `QuantileClusteredStatistic`): the outer interval at the
+  *iid* probabilities p ∓ z₀·sqrt(p(1−p)/N) (`outer_probabilities`), known once N is, so
+  the same pass that counts I_i also takes those quantiles: two passes. Its half-width
+  over z₀ is Q̂'s iid standard error; times the square root of the indicator's design
+  effect, Deff = σ²_p / (r(1 − r)/N) with r = F̂(Q̂), it is cluster-robust
+  (`QuantileStats.stderr`). Both forms estimate σ_p/f(Q) and agree asymptotically.
 
-gbstats (`QuantileClusteredStatistic`) uses the same outer interval, at z of 1 − α/2 with α
-= 0.05; we take z at the experiment's alpha and do not rescale. The alternative, dividing
-σ_p by a kernel density estimate f̂(Q̂) (Var = σ²_p/f̂²), needs a bandwidth choice and is
-unstable for discrete values (latency in whole milliseconds): not used. CUPED does not apply
-to quantiles (a `quantile` metric's `cuped_status` says so).
+z₀ is fixed at 1.96 (95 %) so that staged numbers do not depend on an experiment's alpha;
+the half-width over z₀ is a standard error whatever alpha later applies. The
+density-based form σ_p/f̂(Q̂) needs a kernel bandwidth and is unstable for discrete
+values (latency in whole milliseconds): not used. Quantiles do not merge across
+partitions or days (`QuantileStats.__add__` refuses), and CUPED does not apply to them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from scipy import stats as sps
 
@@ -39,8 +44,12 @@ from cluster_spark.stats.inference import (
     quantile,
     relative_columns,
 )
+from cluster_spark.stats.intervals import FiellerRatio
 from cluster_spark.stats.ratio import RatioStats
 from cluster_spark.status import Status
+
+#: z of the staged outer interval (95 %): its half-width over Z0 is the standard error.
+Z0 = float(sps.norm.ppf(0.975))
 
 
 def check_quantile(p: float) -> None:
@@ -48,41 +57,82 @@ def check_quantile(p: float) -> None:
         raise ValueError(f"quantile must be in (0, 1), got {p!r}")
 
 
-def probability_interval(
-    indicator: RatioStats, p: float, alpha: float = 0.05
-) -> tuple[float, float] | None:
-    """(p − z·σ_p, p + z·σ_p), clipped to [0, 1], with σ²_p the delta-method variance of
-    ΣI/ΣN over assignment units (`indicator`: I_i values ≤ Q̂, N_i all values of unit i) and
-    z the normal 1 − alpha/2 quantile: the probabilities whose sample quantiles bound the
-    outer interval. None with fewer than 2 units or ΣN = 0. Raises for invalid p or alpha."""
+def outer_probabilities(p: float, n_values: int) -> tuple[float, float]:
+    """(p − z₀·sqrt(p(1 − p)/N), p + z₀·sqrt(p(1 − p)/N)), clipped to [0, 1]: the
+    probabilities whose sample quantiles bound the staged (iid) outer interval of a group
+    of N values. Raises for invalid p; N < 1 gives (0, 1)."""
     check_quantile(p)
-    check_alpha(alpha)
-    var = indicator.var_ratio
-    if var is None or indicator.n < 2:
-        return None
-    half = float(sps.norm.ppf(1 - alpha / 2)) * math.sqrt(max(var, 0.0))
+    if n_values < 1:
+        return 0.0, 1.0
+    half = Z0 * math.sqrt(p * (1 - p) / n_values)
     return max(p - half, 0.0), min(p + half, 1.0)
 
 
 @dataclass(frozen=True)
 class QuantileStats:
     """One variant's quantile metric: ``n`` assignment units, the sample quantile
-    ``estimate`` = Q̂(p), and the sample quantiles ``lower`` = Q̂(p − z·σ_p) and ``upper`` =
-    Q̂(p + z·σ_p) at the ends of `probability_interval` at level ``alpha``."""
+    ``estimate`` = Q̂(p) of their values, ``lower`` and ``upper`` the sample quantiles at
+    `outer_probabilities(p, N)`, and ``indicator``: the moments of (I_i, N_i) over the
+    ``n`` units (values at or below Q̂, all values), N = ΣN_i."""
 
     n: int
     p: float
     estimate: float | None
     lower: float | None
     upper: float | None
-    alpha: float = 0.05
+    indicator: RatioStats
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> QuantileStats:
+        """A staged row of a quantile metric (`tables.QUANTILE_COLUMNS`; the indicator's
+        moments in the ratio columns)."""
+        moments = [row[c] or 0.0 for c in ("mean_m", "mean_d", "css_mm", "css_dd", "css_md")]
+        return cls(
+            n=int(row["n_units"] or 0),
+            p=row["quantile_p"],
+            estimate=row["quantile_estimate"],
+            lower=row["quantile_lower"],
+            upper=row["quantile_upper"],
+            indicator=RatioStats(int(row["n_units"] or 0), *moments),
+        )
+
+    def __add__(self, other: object) -> QuantileStats:
+        raise TypeError(
+            "quantile statistics do not merge: a quantile of the union is not a function of "
+            "the parts' quantiles (stage the group in one pass)"
+        )
+
+    @property
+    def n_values(self) -> int:
+        """N: the values of the group."""
+        return round(self.indicator.sum_d)
+
+    @property
+    def design_effect(self) -> float | None:
+        """σ²_p / (r(1 − r)/N): the indicator ratio's cluster-robust variance over its iid
+        one, at r = ΣI/ΣN; None when undefined (fewer than 2 units, r ∈ {0, 1})."""
+        r, var = self.indicator.ratio, self.indicator.var_ratio
+        if r is None or var is None or self.n < 2 or not 0 < r < 1:
+            return None
+        return var / (r * (1 - r) / self.indicator.sum_d)
 
     @property
     def stderr(self) -> float | None:
-        """(U − L)/(2z): the outer interval's half-width over z (Deng et al. 2018, §4.2)."""
+        """(U − L)/(2z₀) · sqrt(Deff): the iid outer interval's standard error, made
+        cluster-robust by the indicator's design effect (1 where it is undefined: then
+        the interval is degenerate or the values all tie). None with fewer than 2 units."""
         if self.n < 2 or None in (self.estimate, self.lower, self.upper):
             return None
-        return (self.upper - self.lower) / (2 * float(sps.norm.ppf(1 - self.alpha / 2)))
+        deff = self.design_effect
+        return (self.upper - self.lower) / (2 * Z0) * math.sqrt(1.0 if deff is None else deff)
+
+
+def fieller(treatment: QuantileStats, control: QuantileStats) -> FiellerRatio | None:
+    """Q̂_T/Q̂_C with Var = SE², independent variants: Fieller's relative interval."""
+    se_t, se_c = treatment.stderr, control.stderr
+    if se_t is None or se_c is None:
+        return None
+    return FiellerRatio(treatment.estimate, control.estimate, se_t * se_t, se_c * se_c)
 
 
 def compare_quantiles(
