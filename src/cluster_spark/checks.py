@@ -192,7 +192,8 @@ def filter_warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) ->
             for role, comp in config.metrics[name].components.items():
                 if comp.agg == "unit_count" or (exp.id, comp.source) in unjoined:
                     continue  # ids that do not join: `join_warnings` says so once
-                where = f"experiment '{exp.id}', metric '{name}', {ROLES[role]}"
+                part = "value" if config.metrics[name].value else ROLES[role]
+                where = f"experiment '{exp.id}', metric '{name}', {part}"
                 message = _component_warning(comp, role, rows, where)
                 if message:
                     out.append(message)

@@ -146,20 +146,60 @@ class Component(_Model):
 
 UNIT_COUNT = Component(agg="unit_count")
 
+#: Component roles (`Metric.components`) → their config keys.
+ROLE_KEYS = {"num": "numerator", "den": "denominator"}
+
+
+class Values(_Model):
+    """The values of a quantile metric: `column` of every row of `source` that passes
+    `filter` and `window` (one value per row: a session, a request, a page load)."""
+
+    source: Name
+    column: Annotated[str, Field(min_length=1)]
+    filter: list[Condition] = []
+    window: Window | None = None
+
+    def component(self) -> Component:
+        """As a summed component: the same rows, columns, checks and diagnostics."""
+        return Component(
+            agg="sum",
+            source=self.source,
+            column=self.column,
+            filter=self.filter,
+            window=self.window,
+        )
+
 
 class Metric(_Model):
-    """A mean metric (per exposed assignment unit) or a ratio of two components."""
+    """A metric of one kind (`kinds`): `mean` (numerator per exposed assignment unit),
+    `ratio` (numerator over denominator), or `quantile` (the `quantile` of `value`)."""
 
-    kind: Literal["mean", "ratio"]
-    numerator: Component
+    kind: Literal["mean", "ratio", "quantile"]
+    numerator: Component | None = None
     denominator: Component | None = None
     conversion_rate: bool = True
+    #: quantile metrics: the probability (0.9: p90) and the values; `ignore_zeros` drops
+    #: values equal to 0 first (GrowthBook's "ignore zeros").
+    quantile: Annotated[float, Field(gt=0, lt=1)] | None = None
+    value: Values | None = None
+    ignore_zeros: bool = False
     completed_windows_only: bool = False
     bake_hours: Annotated[float, Field(ge=0)] = 0
     description: str = ""
 
     @model_validator(mode="after")
     def _kind_fits(self) -> Metric:
+        quantile = self.kind == "quantile"
+        if quantile and (self.quantile is None or self.value is None):
+            raise ValueError("a quantile metric needs 'quantile' (e.g. 0.9) and 'value'")
+        if quantile and (self.numerator or self.denominator):
+            raise ValueError("a quantile metric has 'value', not a numerator or denominator")
+        if not quantile:
+            if self.numerator is None:
+                raise ValueError(f"a {self.kind} metric needs a numerator")
+            given = [k for k in ("quantile", "value", "ignore_zeros") if k in self.model_fields_set]
+            if given:
+                raise ValueError(f"{given} apply to quantile metrics, not {self.kind}")
         if self.kind == "ratio" and self.denominator is None:
             raise ValueError("a ratio metric needs a denominator")
         if self.kind == "mean" and self.denominator is not None:
@@ -172,6 +212,10 @@ class Metric(_Model):
 
     @property
     def components(self) -> dict[str, Component]:
+        """Role → component: `num`, `den` (1 per unit for a mean); a quantile's values as
+        a summed `num`, so the first aggregation level counts their diagnostics."""
+        if self.value is not None:
+            return {"num": self.value.component()}
         return {"num": self.numerator, "den": self.denominator_or_unit}
 
     @property
@@ -640,11 +684,11 @@ class Config(_Model):
         if len(set(ids)) != len(ids):
             problems.append(f"experiments: ids are not unique: {ids}")
         for name, metric in self.metrics.items():
-            for role in ("numerator", "denominator"):
-                comp = getattr(metric, role)
-                if comp is not None and comp.source and comp.source not in self.sources:
+            for role, comp in metric.components.items():
+                if comp.source and comp.source not in self.sources:
+                    key = "value" if metric.value else ROLE_KEYS[role]
                     problems.append(
-                        f"metrics.{name}.{role}.source: unknown source '{comp.source}' "
+                        f"metrics.{name}.{key}.source: unknown source '{comp.source}' "
                         f"(known: {sorted(self.sources)})"
                     )
         constant = self.exposures.constant_experiment
@@ -714,8 +758,8 @@ class Config(_Model):
     def metric_sources(self, metric: Metric | None) -> list[str]:
         if metric is None:
             return []
-        comps = (metric.numerator, metric.denominator)
-        return sorted({c.source for c in comps if c and c.source and c.source in self.sources})
+        comps = metric.components.values()
+        return sorted({c.source for c in comps if c.source and c.source in self.sources})
 
     def tables(self) -> dict[str, str]:
         """Label → location (path or table name) of every table a run reads or writes,

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cluster_spark import io
-from cluster_spark.config import Condition, Config, IdMapping, Table, TimeColumn
+from cluster_spark.config import ROLE_KEYS, Condition, Config, IdMapping, Table, TimeColumn
 from cluster_spark.errors import ClusterSparkError, InputError
 
 #: The kind a column needs, by priority when two uses of one column differ.
@@ -99,10 +99,10 @@ def needs(config: Config, experiment_ids: Iterable[str]) -> dict[str, Need]:
     for e in experiments:
         for name in e.metrics:
             metric = config.metrics[name]
-            for role in ("numerator", "denominator"):
-                comp = getattr(metric, role)
-                if comp is None or comp.source is None:
+            for role, comp in metric.components.items():
+                if comp.source is None:
                     continue
+                key = "value" if metric.value else ROLE_KEYS[role]
                 source = config.sources[comp.source]
                 need = out.setdefault(
                     source_label(comp.source),
@@ -128,7 +128,7 @@ def needs(config: Config, experiment_ids: Iterable[str]) -> dict[str, Need]:
                     need.require(comp.column, "any")
                 for i, cond in enumerate(comp.filter):
                     need.require(cond.column, "any")
-                    need.filters[f"metrics.{name}.{role}.filter[{i}]"] = cond
+                    need.filters[f"metrics.{name}.{key}.filter[{i}]"] = cond
     return out
 
 

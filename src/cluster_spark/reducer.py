@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import reduce
 from typing import Any
 
 from cluster_spark import health
 from cluster_spark.config import Experiment
+from cluster_spark.kinds import Kind, kind_of_row
 from cluster_spark.stats import (
     decisions,
     heterogeneity,
@@ -28,7 +29,7 @@ from cluster_spark.stats.cuped import CupedStats, compare_cuped
 from cluster_spark.stats.inference import Comparison, compare, srm_test
 from cluster_spark.stats.intervals import FiellerRatio
 from cluster_spark.stats.ratio import RatioStats
-from cluster_spark.status import POOLED_SLICES, Status
+from cluster_spark.status import POOLED_SLICES, CupedStatus, Status
 from cluster_spark.tables import (
     ANALYSIS_UNITS_METRIC,
     CAP_COLUMNS,
@@ -202,6 +203,8 @@ def _segment(
         merge_groups(r for r in rows if r["metric"] == ANALYSIS_UNITS_METRIC), experiment
     )
     rows = [r for r in rows if r["metric"] != ANALYSIS_UNITS_METRIC]
+    own = {(r["metric"], r["variant"]): r for r in rows if kind_of_row(r) is not None}
+    rows = [r for r in rows if (r["metric"], r["variant"]) not in own]
     groups = merge_groups(rows)
     naive = analysis_unit_groups(rows)
     caps = {(r["metric"], r["variant"]): r for r in rows if r.get("winsorized")}
@@ -211,8 +214,10 @@ def _segment(
     seq_p = None if over_time is None else over_time.p_sequential
     shares = {v: w / sum(experiment.variants.values()) for v, w in experiment.variants.items()}
     control = experiment.control
-    metrics = set(experiment.metrics) | {m for m, _, _ in groups}
+    metrics = set(experiment.metrics) | {m for m, _, _ in groups} | {m for m, _ in own}
     keys = {(m, v) for m, v, _ in groups} | {(m, v) for m in metrics for v in experiment.variants}
+    keys |= set(own)
+    kinds = {m: kind_of_row(r) for (m, _), r in own.items()}
     out = []
     for metric, variant in sorted(keys, key=lambda k: (k[0], k[1] != control, k[1])):
         winsorized = (metric, control, True) in groups or (metric, variant, True) in groups
@@ -253,6 +258,11 @@ def _segment(
         )
         if variant in balance:
             row["srm_analysis_p_value"], row["srm_analysis_flag"] = balance[variant]
+        if metric in kinds:
+            row.update(winsorized=False, n_analysis_units=subs.get(variant))
+            row.update(_kind_columns(kinds[metric], own, experiment, metric, variant))
+            out.append(_plain_strings(row))
+            continue
         if (metric, variant) in naive:
             au = naive[(metric, variant)]
             raw = groups[(metric, variant, False)].ratio_stats
@@ -272,10 +282,58 @@ def _segment(
                     raw_c = groups[(metric, control, False)].ratio_stats
                     side = experiment.alternative_for(metric)
                     row.update(_plain(raw_t, raw_c, experiment, side, "uncapped"))
-        for key in ("status", "cuped_status"):  # plain strings, as the table stores them
-            row[key] = None if row[key] is None else str(row[key])
-        out.append(row)
+        out.append(_plain_strings(row))
     return out
+
+
+def _plain_strings(row: dict[str, Any]) -> dict[str, Any]:
+    """Status codes as plain strings, as the table stores them."""
+    for key in ("status", "cuped_status"):
+        row[key] = None if row[key] is None else str(row[key])
+    return row
+
+
+def _kind_columns(
+    kind: Kind,
+    own: Mapping[tuple[str, str], Mapping[str, Any]],
+    experiment: Experiment,
+    metric: str,
+    variant: str,
+) -> dict[str, Any]:
+    """The columns of a (metric, variant) of a kind with its own statistics (`kinds`):
+    one staged row per group (they do not merge); estimate, standard error, status and,
+    for a treatment, the comparison with every column other kinds' comparisons have.
+    CUPED does not apply (`cuped_status` says so under an experiment with CUPED)."""
+    stats = kind.stats_module()
+    t = stats.from_row(own.get((metric, variant), {"n_units": 0}))
+    cols: dict[str, Any] = {
+        "n_units": t.n,
+        "numerator_sum": None,
+        "denominator_sum": t.n_values,
+        "mean": t.estimate,
+        "stderr": t.stderr,
+        "status": Status.TOO_FEW_UNITS if t.stderr is None else Status.OK,
+    }
+    control = experiment.control
+    if variant == control:
+        return cols
+    if (metric, control) not in own or not own[(metric, control)]["n_units"]:
+        return cols | {"status": Status.CONTROL_MISSING}
+    c = stats.from_row(own[(metric, control)])
+    alpha, side = experiment.alpha, experiment.alternative_for(metric)
+    cols |= _comparison_columns(stats.compare(t, c, alpha=alpha, alternative=side))
+    if experiment.cuped_lookback_days:
+        cols.update(cuped_applied=False, cuped_status=CupedStatus.NOT_APPLICABLE)
+
+    def two_sided() -> dict[str, Any]:
+        both = _comparison_columns(stats.compare(t, c, alpha=alpha))
+        if experiment.relative_ci == "fieller":
+            _use_fieller(both, stats.fieller(t, c), alpha, "two-sided")
+        return both
+
+    variance = None if c.stderr is None else c.stderr**2 * c.n  # per-unit, for the MDE
+    args = (experiment, variant, metric, (t.n, c.n), variance, c.estimate)
+    return _finish_comparison(cols, stats.fieller(t, c), two_sided, *args)
 
 
 def analysis_unit_balance(
@@ -370,13 +428,45 @@ def compare_groups(
         raw = compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test, alternative=side)
         cols = _comparison_columns(raw)
         ratio = FiellerRatio.of_groups(t.ratio_stats, c.ratio_stats)
+    return _finish_comparison(
+        cols,
+        ratio,
+        lambda: compare_groups_two_sided(t, c, experiment),
+        experiment,
+        variant,
+        metric,
+        (t.n, c.n),
+        control_variance,
+        c.ratio,
+    )
+
+
+def _finish_comparison(
+    cols: dict[str, Any],
+    ratio: FiellerRatio | None,
+    two_sided: Callable[[], dict[str, Any]],
+    experiment: Experiment,
+    variant: str,
+    metric: str,
+    n: tuple[int, int],
+    control_variance: float | None,
+    baseline: float | None,
+) -> dict[str, Any]:
+    """What every kind's comparison adds to its columns `cols`: the MDE, Fieller's relative
+    CI (`ratio`: the two estimates and their variances), a guardrail's non-inferiority test
+    and decision (harm judged on the two-sided columns `two_sided()` under one-sided
+    tests), and the always-valid confidence sequence. `n`: (treatment, control) units;
+    `control_variance`: the control's per-unit variance V (MDE = (z + z_power)·
+    sqrt(V(1/n_T + 1/n_C)))."""
+    alpha = experiment.alpha
+    side = experiment.alternative_for(metric)
     planned = power.mde(
         control_variance,
-        t.n,
+        n[0],
         alpha,
         experiment.power,
-        baseline=c.ratio,
-        n_control=c.n,
+        baseline=baseline,
+        n_control=n[1],
         one_sided=side != "two-sided",
     )
     cols.update(mde_abs=planned.absolute, mde_rel=planned.relative)
@@ -398,18 +488,19 @@ def compare_groups(
         low, high = (
             _harm_interval(cols)
             if side == "two-sided"
-            else _harm_interval(compare_groups_two_sided(t, c, experiment))
+            else _harm_interval(two_sided())
         )
         decision = decisions.guardrail_decision(ni, low, high, role.direction, alpha)
         cols["decision"] = str(decision)
     if experiment.sequential:
-        n = t.n + c.n  # the comparison's units, against its share of the planned total
+        units = sum(n)  # the comparison's units, against its share of the planned total
         n_star = experiment.comparison_n_star(variant)
         if n_star is not None:
             est, se = cols["effect_abs"], cols["effect_abs_stderr"]
-            cs = sequential.confidence_sequence(est, se, n, alpha, n_star)
+            cs = sequential.confidence_sequence(est, se, units, alpha, n_star)
             cols["effect_abs_cs_low"], cols["effect_abs_cs_high"] = cs or (None, None)
-            cols["p_value_sequential"] = sequential.sequential_p_value(est, se, n, alpha, n_star)
+            p = sequential.sequential_p_value(est, se, units, alpha, n_star)
+            cols["p_value_sequential"] = p
     return cols
 
 

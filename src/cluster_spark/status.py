@@ -47,6 +47,8 @@ class CupedStatus(StrEnum):
     NO_GAIN = "fallback_no_gain"
     #: No comparison could be made (too few units, ΣD = 0): see `status`.
     NOT_COMPARED = "not_compared"
+    #: The metric's kind has no CUPED (quantile metrics): unadjusted numbers.
+    NOT_APPLICABLE = "not_applicable"
 
 
 #: The slice of units whose dimension value is NULL (or missing at exposure).

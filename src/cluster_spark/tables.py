@@ -63,6 +63,11 @@ ANALYSIS_UNIT_COLUMNS = tuple(
     f"au_{c}" for c in ("n_units", "mean_m", "mean_d", "css_mm", "css_dd", "css_md")
 )
 
+#: A quantile metric's row (`stats.quantile.QuantileStats`): its probability p, the sample
+#: quantile Q̂(p) and the sample quantiles at the outer probabilities; its ratio columns
+#: hold the moments of (values ≤ Q̂, values) per assignment unit. Null for other kinds.
+QUANTILE_COLUMNS = ("quantile_p", "quantile_estimate", "quantile_lower", "quantile_upper")
+
 
 STAGING_COLUMNS: list[tuple[str, str]] = [
     ("experiment_id", "string"),
@@ -87,6 +92,7 @@ STAGING_COLUMNS: list[tuple[str, str]] = [
     *[(c, "double") for c in CAP_COLUMNS + PRE_CAP_COLUMNS],
     ("au_n_units", "bigint"),
     *[(c, "double") for c in ANALYSIS_UNIT_COLUMNS[1:]],
+    *[(c, "double") for c in QUANTILE_COLUMNS],
     ("run_id", "string"),
 ]
 

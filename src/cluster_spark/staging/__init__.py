@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from functools import reduce
+from functools import partial, reduce
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cluster_spark.config import Config
 from cluster_spark.inputs import Inputs
+from cluster_spark.kinds import KINDS
 from cluster_spark.staging.moments import group_statistics
 from cluster_spark.staging.options import winsorize
 from cluster_spark.staging.plan import Cache, plans
@@ -98,9 +99,16 @@ def _stage(
             )
         stats.append(group)
         diags.append(unit.diagnostics)
+        for kind in sorted({KINDS[m.kind] for m in plan.metrics.values()}, key=lambda k: k.name):
+            own = kind.stage_function()
+            staged = own and own(spark, plan, unit.units, unit.offenders, cache)
+            if staged is not None:
+                stats.append(staged)
     meta = [F.lit(analysis_date).alias("analysis_date")]
+    staged = reduce(partial(DataFrame.unionByName, allowMissingColumns=True), stats)
+    given = set(staged.columns)  # a kind's columns are NULL on other kinds' rows
     return Staged(
-        stats=reduce(DataFrame.unionByName, stats).select(
+        stats=staged.select(
             "experiment_id",
             *meta,
             "metric",
@@ -108,7 +116,10 @@ def _stage(
             "dimension",
             "slice",
             "winsorized",
-            *[F.col(c).cast(STAGING_TYPES[c]) for c in STAGING_STAT_COLUMNS],
+            *[
+                (F.col(c) if c in given else F.lit(None)).cast(STAGING_TYPES[c]).alias(c)
+                for c in STAGING_STAT_COLUMNS
+            ],
             F.lit(run_id).alias("run_id"),
         ),
         diagnostics=reduce(DataFrame.unionByName, diags).select(

@@ -209,6 +209,20 @@ def match_predicates(parts: dict[str, tuple[Component, float]]) -> list[tuple[Co
     return list(found.values())
 
 
+def daily_slots(
+    slots: DataFrame, events: DataFrame, ks: list[str]
+) -> tuple[DataFrame, DataFrame]:
+    """Slots and events of a source read by whole days (`Source.timestamp_as_date`): each
+    event at its UTC day's midnight, exposures and pre-periods from their day's midnight,
+    and the analysis time one day back (see `first_level`)."""
+    days = {f"{c}{k}" for k in ks for c in ("exposure_ts", "pre_start_ts")}
+    ends = {f"analysis_ts{k}" for k in ks}
+    moved = {c: utc_day(F.col(c)) for c in days}
+    moved |= {c: shift(F.col(c), -dt.timedelta(days=1)) for c in ends}
+    slots = slots.select(*[moved.get(c, F.col(c)).alias(c) for c in slots.columns])
+    return slots, events.withColumn(TS, utc_day(F.col(TS)))
+
+
 def first_level(
     plan: Plan,
     events: DataFrame,
@@ -244,12 +258,7 @@ def first_level(
     slots, n_slots = exposure_slots(units, len(plan.experiments))
     ks = [slot(k) for k in range(n_slots)]
     if daily:
-        days = {f"{c}{k}" for k in ks for c in ("exposure_ts", "pre_start_ts")}
-        ends = {f"analysis_ts{k}" for k in ks}
-        moved = {c: utc_day(F.col(c)) for c in days}
-        moved |= {c: shift(F.col(c), -dt.timedelta(days=1)) for c in ends}
-        slots = slots.select(*[moved.get(c, F.col(c)).alias(c) for c in slots.columns])
-        events = events.withColumn(TS, utc_day(F.col(TS)))
+        slots, events = daily_slots(slots, events, ks)
     in_range = {
         k: (F.col(TS) >= F.least(f"start_ts{k}", f"pre_start_ts{k}"))
         & (F.col(TS) <= F.col(f"analysis_ts{k}"))

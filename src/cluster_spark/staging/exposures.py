@@ -5,7 +5,7 @@ experiments its unit is in."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import reduce
 from typing import Any
 
@@ -194,12 +194,15 @@ def slot(k: int) -> str:
     return f"__{k}"
 
 
-def exposure_slots(units: DataFrame, n_experiments: int) -> tuple[DataFrame, int]:
+def exposure_slots(
+    units: DataFrame, n_experiments: int, extra: Sequence[str] = ()
+) -> tuple[DataFrame, int]:
     """The exposures of each unit side by side: one row per unit, slot k (SLOT_COLUMNS
     suffixed `__k`) holding its k-th experiment by id. Events joined to this frame stay
     one row each however many experiments their unit is in (a per-experiment join would
     copy them). Returns (frame, number of slots = most experiments of one unit, ≥ 1).
-    With one experiment in the pass that is 1, known without a Spark job."""
+    With one experiment in the pass that is 1, known without a Spark job. `extra`: more
+    columns of `units` to carry per slot."""
     ranked = units.withColumn(
         "_k", F.row_number().over(Window.partitionBy(UNIT).orderBy("experiment_id")) - 1
     )
@@ -209,7 +212,7 @@ def exposure_slots(units: DataFrame, n_experiments: int) -> tuple[DataFrame, int
         *[
             F.first(F.when(F.col("_k") == k, F.col(c)), ignorenulls=True).alias(c + slot(k))
             for k in range(n_slots)
-            for c in SLOT_COLUMNS
+            for c in (*SLOT_COLUMNS, *extra)
         ]
     )
     return slots, n_slots

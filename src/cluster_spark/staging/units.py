@@ -12,6 +12,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cluster_spark.config import Component
+from cluster_spark.kinds import KINDS
 from cluster_spark.staging.events import SourceLevel, counts_values, source_level
 from cluster_spark.staging.exposures import exposed_units
 from cluster_spark.staging.moments import analysis_unit_moments
@@ -89,6 +90,10 @@ class UnitValues:
     values: DataFrame
     diagnostics: DataFrame
     analysis_unit_moments: DataFrame | None
+    #: the exposed units with their slices (`_slices`), for kinds with their own stage
+    units: DataFrame | None = None
+    #: the multi-unit policy's offending (experiment, analysis unit) pairs, or None
+    offenders: DataFrame | None = None
 
 
 def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
@@ -104,6 +109,7 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
         diags = diags.unionByName(slice_diags)
     levels = [source_level(spark, plan, source, units, cache) for source in plan.sources]
     keyed = [level for level in levels if level.by_analysis_unit]
+    offenders = None
     if keyed:  # one policy over every source keyed by the analysis unit
         where = "; ".join(level.where for level in keyed)
         offenders, multi = multi_unit_offenders([level.rows for level in keyed], plan, where)
@@ -154,6 +160,8 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
 
     entries = []
     for name, metric in plan.metrics.items():
+        if not KINDS[metric.kind].moments:
+            continue  # staged by its own kind (`kinds`)
         complete, baked = included(metric, plan.daily_sources)
         entries.append(
             F.struct(
@@ -223,5 +231,9 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
             diag(counts, "analysis_units", F.col("n"), variant=F.col("variant"), segment=True)
         )
     return UnitValues(
-        values.drop("_n_subs"), diags, analysis_unit_moments(plan, per_analysis_unit, sliced)
+        values.drop("_n_subs"),
+        diags,
+        analysis_unit_moments(plan, per_analysis_unit, sliced),
+        sliced,
+        offenders,
     )

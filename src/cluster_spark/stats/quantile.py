@@ -76,7 +76,7 @@ class QuantileStats:
     ``n`` units (values at or below Q̂, all values), N = ΣN_i."""
 
     n: int
-    p: float
+    p: float | None
     estimate: float | None
     lower: float | None
     upper: float | None
@@ -86,14 +86,15 @@ class QuantileStats:
     def from_row(cls, row: Mapping[str, Any]) -> QuantileStats:
         """A staged row of a quantile metric (`tables.QUANTILE_COLUMNS`; the indicator's
         moments in the ratio columns)."""
-        moments = [row[c] or 0.0 for c in ("mean_m", "mean_d", "css_mm", "css_dd", "css_md")]
+        cols = ("mean_m", "mean_d", "css_mm", "css_dd", "css_md")
+        n = int(row.get("n_units") or 0)
         return cls(
-            n=int(row["n_units"] or 0),
-            p=row["quantile_p"],
-            estimate=row["quantile_estimate"],
-            lower=row["quantile_lower"],
-            upper=row["quantile_upper"],
-            indicator=RatioStats(int(row["n_units"] or 0), *moments),
+            n=n,
+            p=row.get("quantile_p"),
+            estimate=row.get("quantile_estimate"),
+            lower=row.get("quantile_lower"),
+            upper=row.get("quantile_upper"),
+            indicator=RatioStats(n, *[row.get(c) or 0.0 for c in cols]),
         )
 
     def __add__(self, other: object) -> QuantileStats:
@@ -164,3 +165,8 @@ def compare_quantiles(
         out |= relative_columns(effect / abs(q_c), se_rel, informative, q, dist.sf, alternative)
         zero_se = zero_se or se_rel == 0
     return Comparison(**out, status=comparison_status(out, zero_se, informative))
+
+
+#: The reducer's entry points of this kind (`kinds`).
+from_row = QuantileStats.from_row
+compare = compare_quantiles
