@@ -4,8 +4,6 @@ the results rows through the reducer."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 import pytest
 
@@ -17,7 +15,6 @@ from tests.helpers import (
     ANALYSIS_DATE,
     EVENT_DDL,
     EXPOSURE_DDL,
-    T0,
     at,
     config_dict,
     write_delta,

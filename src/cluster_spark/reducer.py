@@ -485,11 +485,7 @@ def _finish_comparison(
             )
         )
         cols["noninferiority_bound"], cols["p_value_noninferiority"] = ni.bound, ni.p_value
-        low, high = (
-            _harm_interval(cols)
-            if side == "two-sided"
-            else _harm_interval(two_sided())
-        )
+        low, high = _harm_interval(cols) if side == "two-sided" else _harm_interval(two_sided())
         decision = decisions.guardrail_decision(ni, low, high, role.direction, alpha)
         cols["decision"] = str(decision)
     if experiment.sequential:

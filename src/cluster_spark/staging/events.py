@@ -209,9 +209,7 @@ def match_predicates(parts: dict[str, tuple[Component, float]]) -> list[tuple[Co
     return list(found.values())
 
 
-def daily_slots(
-    slots: DataFrame, events: DataFrame, ks: list[str]
-) -> tuple[DataFrame, DataFrame]:
+def daily_slots(slots: DataFrame, events: DataFrame, ks: list[str]) -> tuple[DataFrame, DataFrame]:
     """Slots and events of a source read by whole days (`Source.timestamp_as_date`): each
     event at its UTC day's midnight, exposures and pre-periods from their day's midnight,
     and the analysis time one day back (see `first_level`)."""
