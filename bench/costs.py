@@ -4,7 +4,9 @@ as it is and with the option, same session, same files, best of `--repeat`.
 - slices: the first experiment broken down by two dimensions of 3 and 12 values
   (`metrics.SLICE_DIMENSIONS`, from an org attributes table written beside the data);
 - `cache: none`: staging persists nothing (what Spark Connect platforms that forbid
-  `persist` need), so the frames it reads twice are computed twice.
+  `persist` need), so the frames it reads twice are computed twice;
+- a quantile metric (`metrics.P90_PURCHASE`, p90 of purchase values) added to every
+  experiment: its own read of the events and two aggregations over its values.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from cluster_spark import pipeline
 
 @dataclass
 class OptionCost:
-    option: str  # "slices" or "cache"
+    option: str  # "slices", "cache" or "quantile"
     events: int
     without_s: float
     with_s: float
@@ -69,6 +71,8 @@ def measure_option(
         shutil.rmtree(out, ignore_errors=True)  # every measurement starts without tables
         if option == "slices":
             config = bench_config(data, out, slices=on)
+        elif option == "quantile":
+            config = bench_config(data, out, quantile=on)
         else:
             config = bench_config(data, out, cache="none" if on else "memory")
         counter: dict[str, int] = {}
@@ -130,7 +134,24 @@ Spark Connect platforms that forbid `persist` need; `bench/costs.py`):
 """
 
 
-_SECTIONS = {"slices": _slices, "cache": _cache}
+def _quantile(c: OptionCost) -> str:
+    return f"""
+## Cost of a quantile metric
+
+`pipeline.stage` of the same config at {c.events:,} events, as above and with one more
+metric in every experiment, the p90 of purchase values (`kind: quantile`; `bench/costs.py`):
+its own read of the events, `percentile_approx` per group (one job), then the per-unit
+counts at or below it and the outer quantiles.
+
+| stage | seconds | Spark jobs per run |
+| --- | ---: | ---: |
+| without the quantile metric | {c.without_s:.1f} | {c.jobs_without} |
+| with it | {c.with_s:.1f} | {c.jobs_with} |
+| ratio | {c.ratio:.2f}× | |
+"""
+
+
+_SECTIONS = {"slices": _slices, "cache": _cache, "quantile": _quantile}
 
 
 def splice(md: str, sections: str, stamp: str) -> str:

@@ -92,12 +92,31 @@ def metric_definitions() -> dict[str, dict[str, Any]]:
 SLICE_DIMENSIONS = {"tier": 3, "region": 12}
 
 
-def bench_config(data: Path, results: Path, slices: bool = False, cache: str = "memory") -> Config:
+#: The quantile metric `costs.py` adds: p90 of purchase values (`metrics.<name>` config).
+P90_PURCHASE = {
+    "kind": "quantile",
+    "quantile": 0.9,
+    "value": {
+        "source": "events",
+        "column": "value",
+        "filter": [{"column": "event", "op": "eq", "value": "purchase"}],
+    },
+}
+
+
+def bench_config(
+    data: Path,
+    results: Path,
+    slices: bool = False,
+    cache: str = "memory",
+    quantile: bool = False,
+) -> Config:
     """Every experiment with all 20 metrics over the tables under `data` (ensure_data's
     directory); staging, results and diagnostics written under `results`. `slices`: the
     first experiment is also broken down by `SLICE_DIMENSIONS`, from the org attributes
-    table `costs.py` writes beside the data. `cache`: the config's `cache`."""
-    metrics = metric_definitions()
+    table `costs.py` writes beside the data. `cache`: the config's `cache`. `quantile`:
+    every experiment also has the quantile metric `p90_purchase` (`P90_PURCHASE`)."""
+    metrics = metric_definitions() | ({"p90_purchase": P90_PURCHASE} if quantile else {})
     experiments = [
         {
             "id": exp_id,

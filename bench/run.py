@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-costs",
         action="store_true",
-        help="skip the costs of slices and of `cache: none` (bench/costs.py)",
+        help="skip the costs of slices, `cache: none` and a quantile metric (bench/costs.py)",
     )
     parser.add_argument(
         "--no-tiny",
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"size {p.events:,} events")
             rows.append(measure_size(spark, args, p, log))
         costs = []
-        for option in () if args.no_costs else ("slices", "cache"):
+        for option in () if args.no_costs else ("slices", "cache", "quantile"):
             log(f"cost of {option}: {params[0].events:,} events, stage without and with it")
             costs.append(measure_option(spark, args, params[0], option, log))
         units_rows = []

@@ -96,7 +96,7 @@ def test_load_config_errors_name_the_key_value_and_rule(tmp_path):
         cs.load_config(raw)
     assert str(err.value) == (
         "<dict>: invalid configuration\n"
-        "  metrics.revenue_per_user.kind = 'avg': Input should be 'mean' or 'ratio'"
+        "  metrics.revenue_per_user.kind = 'avg': Input should be 'mean', 'ratio' or 'quantile'"
     )
     with pytest.raises(cs.ConfigError, match=r"nope.yaml: config file not found"):
         cs.load_config(tmp_path / "nope.yaml")

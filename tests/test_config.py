@@ -98,3 +98,46 @@ def test_analysis_time_is_midnight_after_the_date_capped_by_end():
 def test_example_configs_are_valid():
     for path in ("conf/demo.yaml", "conf/example.yaml"):
         assert load_config(path).experiments
+
+
+_P90 = {
+    "kind": "quantile",
+    "quantile": 0.9,
+    "value": {"source": "events", "column": "value"},
+}
+
+
+@pytest.mark.parametrize(
+    ("metric", "message"),
+    [
+        ({**_P90, "quantile": 1.5}, r"p90.quantile = 1.5: Input should be less than 1"),
+        ({"kind": "quantile", "value": _P90["value"]}, r"needs 'quantile' \(e.g. 0.9\)"),
+        (
+            {**_P90, "numerator": {"source": "events", "agg": "count"}},
+            r"has 'value', not a numerator or denominator",
+        ),
+        ({**_P90, "value": {"source": "clicks", "column": "value"}}, r"p90.value.source: unknown"),
+        (
+            {**_P90, "value": {**_P90["value"], "winsorize": {"upper": 0.99}}},
+            r"p90.value.winsorize = .*Extra inputs are not permitted",
+        ),
+        (
+            {"kind": "mean", "quantile": 0.5, "numerator": {"source": "events", "agg": "count"}},
+            r"\['quantile'\] apply to quantile metrics, not mean",
+        ),
+        ({"kind": "ratio"}, r"a ratio metric needs a numerator"),
+    ],
+)
+def test_quantile_metric_errors(metric, message):
+    def change(raw):
+        raw["metrics"]["p90"] = metric
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_with(change), origin="conf/x.yaml")
+
+
+def test_a_quantile_metric_reads_its_source_as_a_summed_value():
+    config = parse_config(_with(lambda raw: raw["metrics"].update(p90=_P90)))
+    metric = config.metrics["p90"]
+    assert config.metric_sources(metric) == ["events"]
+    assert metric.components["num"].agg == "sum" and set(metric.components) == {"num"}

@@ -82,9 +82,13 @@ def _sessions(rng, n_users: int, lift: float):
     ]
 
 
-def test_quantile_results_match_a_numpy_staging_of_clustered_data(spark, tmp_path):
+@pytest.mark.parametrize("lift", [0.3, 0.0])
+def test_quantile_results_match_a_numpy_staging_of_clustered_data(spark, tmp_path, lift):
+    """A whole experiment with a p90 guardrail where lower is better (load time, say):
+    treatment lengthens every value by e^0.3 (+35 %) and violates it; in the twin without a
+    lift it is not violated. The numbers match a numpy staging either way."""
     rng = np.random.default_rng(11)
-    arms = {"control": _sessions(rng, 150, 0.0), "treatment": _sessions(rng, 150, 0.15)}
+    arms = {"control": _sessions(rng, 150, 0.0), "treatment": _sessions(rng, 150, lift)}
     exposures, events, i = [], [], 0
     for variant, users in arms.items():
         for lengths in users:
@@ -111,7 +115,13 @@ def test_quantile_results_match_a_numpy_staging_of_clustered_data(spark, tmp_pat
             },
         }
     }
-    raw["experiments"][0]["metrics"] = ["p90_session"]
+    raw["experiments"][0].update(
+        metrics=["p90_session"],
+        cuped_lookback_days=7,
+        metric_roles={
+            "p90_session": {"role": "guardrail", "direction": "decrease", "margin": 0.02}
+        },
+    )
     config = parse_config(raw)
     staged = staging.stage(spark, config, ["e1"], ANALYSIS_DATE, "r1")
     rows = [r.asDict() for r in staged.stats.collect()]
@@ -139,4 +149,11 @@ def test_quantile_results_match_a_numpy_staging_of_clustered_data(spark, tmp_pat
     assert t["p_value"] == pytest.approx(want.p_value, rel=1e-9)
     assert t["status"] == "ok" and t["relative_ci_method"] == "fieller"
     assert t["effect_rel_ci_low"] < t["effect_rel"] < t["effect_rel_ci_high"]
-    assert t["decision"] is not None and t["recommendation"] is not None
+    assert t["cuped_status"] == "not_applicable" and not t["cuped_applied"]
+    violated = [r for r in t["recommendation_reasons"] if "p90_session" in r]
+    if lift:
+        assert t["decision"] == "guardrail_violated" and violated, t["recommendation_reasons"]
+        assert t["recommendation"] == "do not ship"
+    else:
+        assert t["decision"] != "guardrail_violated"
+        assert not any("violated" in r for r in t["recommendation_reasons"])

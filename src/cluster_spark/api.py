@@ -45,8 +45,8 @@ def load_config(
     paths are kept.
 
     Raises `ConfigError` naming the file (or `<dict>`), the key, the value and the rule, e.g.
-    `<dict>: invalid configuration\\n  metrics.rpu.kind = 'avg': Input should be 'mean' or
-    'ratio'`. No Spark work is done.
+    `<dict>: invalid configuration\\n  metrics.rpu.kind = 'avg': Input should be 'mean',
+    'ratio' or 'quantile'`. No Spark work is done.
     """
     if isinstance(path_or_dict, Config):
         return path_or_dict
