@@ -309,7 +309,7 @@ def _kind_columns(
     cols: dict[str, Any] = {
         "n_units": t.n,
         "numerator_sum": None,
-        "denominator_sum": t.n_values,
+        "denominator_sum": t.indicator.sum_d,  # N: the values
         "mean": t.estimate,
         "stderr": t.stderr,
         "status": Status.TOO_FEW_UNITS if t.stderr is None else Status.OK,
