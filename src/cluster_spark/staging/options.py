@@ -81,7 +81,8 @@ def _caps(values: DataFrame, plan: Plan) -> DataFrame | None:
     aggs = []
     for name, metric in plan.metrics.items():
         for prefix, role, col in roles:
-            w = metric.components[role].winsorize
+            comp = metric.components.get(role)  # a quantile metric has no `den`
+            w = comp.winsorize if comp is not None else None
             if w is None:
                 continue
             keep = (F.col("metric") == name) & F.col("complete") & F.col("baked")
