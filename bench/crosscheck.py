@@ -5,7 +5,7 @@ Each engine's answer is brought to one row per key (experiment, metric, variant,
 winsorized) holding the quantities it has (`QUANTITIES`), like with like:
 
 - cluster_spark: the staging table's rows of the run, merged per key with Chan et al.'s
-  formulas if there are several (`reducer.stats_of`); raw second moments derived from the
+  formulas if there are several (`CupedStats.from_row`); raw second moments derived from the
   centered ones, Σm² = css_mm + n·m̄² (no cancellation: every term is ≥ 0 here);
 - per-metric (`queries.per_metric_query`): n, Σm, Σd, Σm², Σd², Σmd as summed, means as
   Σ/n and the caps; no centered co-moments (Σm² − (Σm)²/n cancels: it is no 1e-9 oracle);
@@ -32,7 +32,6 @@ from typing import Any
 
 import paths  # noqa: F401  (src/ on sys.path before cluster_spark)
 
-from cluster_spark.reducer import stats_of
 from cluster_spark.stats.cuped import CupedStats
 from cluster_spark.tables import ANALYSIS_UNITS_METRIC, CAP_COLUMNS
 
@@ -97,7 +96,7 @@ def staged_groups(rows: Iterable[Mapping[str, Any]]) -> Groups:
         if len(rs) == 1:
             g = {q: rs[0][q] for q in ("n_units", "mean_m", "mean_d", *CENTERED)}
         else:
-            s: CupedStats = reduce(CupedStats.__add__, map(stats_of, rs))
+            s: CupedStats = reduce(CupedStats.__add__, map(CupedStats.from_row, rs))
             g = {"n_units": s.n, "mean_m": s.mean_m, "mean_d": s.mean_d}
             g |= {q: getattr(s, q) for q in CENTERED}
         g |= {q: _total(r[q] for r in rs) for q in ("sum_m", "sum_d", *COUNTS)}

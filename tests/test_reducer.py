@@ -232,3 +232,38 @@ def test_the_reducer_imports_without_pyspark():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "blocked"  # the staging package does need pyspark
+
+
+def test_results_rows_are_built_through_the_typed_row():
+    """`tables.ResultRow` generates the results schema (Spark types from its field types)
+    and gates every row the reducer returns: a misspelt column raises, naming it."""
+    from cluster_spark.tables import RESULT_COLUMNS, result_row
+
+    types = dict(RESULT_COLUMNS)
+    assert (types["analysis_date"], types["n_units"], types["effect_abs"]) == (
+        "date",
+        "bigint",
+        "double",
+    )
+    assert (types["srm_flag"], types["health_reasons"]) == ("boolean", "array<string>")
+    with pytest.raises(TypeError, match="efect_abs"):
+        result_row(efect_abs=0.1)
+    rng = np.random.default_rng(1)
+    rows = [
+        staged_row("m1", v, rng.poisson(5, 50), rng.poisson(3, 50) + 1)
+        for v in ("control", "treatment")
+    ]
+    out = reduce_experiment(rows, experiment(), DATE, "r")
+    assert [list(r) for r in out] == [[c for c, _ in RESULT_COLUMNS]] * 2
+
+
+def test_every_kinds_own_columns_are_in_the_staging_contract():
+    """A kind's staged columns (`kinds.Kind.columns`) join `STAGING_COLUMNS` from `kinds`,
+    and `kind_of_row` tells its rows by the first of them."""
+    from cluster_spark.kinds import KINDS, kind_of_row
+    from cluster_spark.tables import STAGING_COLUMNS
+
+    staged = dict(STAGING_COLUMNS)
+    assert [staged[c] for c in KINDS["quantile"].columns] == ["double"] * 4
+    assert kind_of_row({"quantile_p": 0.9}) is KINDS["quantile"]
+    assert kind_of_row({"quantile_p": None, "mean_m": 1.0}) is None  # a moments row

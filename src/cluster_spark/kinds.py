@@ -11,8 +11,9 @@ declare the aggregates, then analyse them; gbstats' frozen statistics):
   that do not merge; the reducer reads them with `stats.quantile`.
 
 Adding a kind: its config keys (`config.Metric`), a staging module with `stage(spark,
-plan, units, offenders, cache)`, a statistics module with `Group.from_row`, `compare`
-and `fieller`, and a line here. No pyspark is imported here: the reducer imports this.
+plan, units, offenders, cache)`, a statistics module with `from_row`, `compare` and
+`fieller`, and its entry here (its staged columns join the staging table's contract
+from here). No pyspark is imported here: the reducer and `tables` import this.
 """
 
 from __future__ import annotations
@@ -25,16 +26,20 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Kind:
-    """`moments`: staged by the moments pass (per-unit M, D). `stage`: the module of its
-    own Spark stage (`module.stage`), or None. `stats`: the module of its statistics, whose
-    `from_row`, `compare` and `fieller` the reducer calls (non-moments kinds). `marker`: a
-    staged column that is non-null exactly on this kind's rows."""
+    """`stats`: the module of its statistics, whose group type has `from_row` (a staged
+    row → the group's statistic) and, for a non-mergeable kind, whose `compare` and
+    `fieller` the reducer calls. `mergeable`: its statistic merges with `+` across partial
+    rows (partitions, days); a non-mergeable kind has one staged row per group. `stage`:
+    the module of its own Spark stage (`module.stage(spark, plan, units, offenders,
+    cache)`), None for the moments kinds, which the moments pass stages. `columns`: the
+    staged double columns only its rows fill (in `tables.STAGING_COLUMNS`, NULL on other
+    rows); the first is non-null exactly on its rows."""
 
     name: str
-    moments: bool
+    stats: str
+    mergeable: bool
     stage: str | None = None
-    stats: str | None = None
-    marker: str | None = None
+    columns: tuple[str, ...] = ()
 
     def stage_function(self) -> Callable[..., Any] | None:
         return None if self.stage is None else importlib.import_module(self.stage).stage
@@ -44,21 +49,23 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "mean": Kind("mean", moments=True),
-    "ratio": Kind("ratio", moments=True),
+    "mean": Kind("mean", stats="cluster_spark.stats.cuped", mergeable=True),
+    "ratio": Kind("ratio", stats="cluster_spark.stats.cuped", mergeable=True),
     "quantile": Kind(
         "quantile",
-        moments=False,
-        stage="cluster_spark.staging.quantile",
         stats="cluster_spark.stats.quantile",
-        marker="quantile_p",
+        mergeable=False,
+        stage="cluster_spark.staging.quantile",
+        # p, the sample quantile Q̂(p) and the sample quantiles at the outer probabilities
+        columns=("quantile_p", "quantile_estimate", "quantile_lower", "quantile_upper"),
     ),
 }
 
 
 def kind_of_row(row: Mapping[str, Any]) -> Kind | None:
-    """The non-moments kind a staged row belongs to, or None (a moments row)."""
+    """The kind with its own staged columns that a staged row belongs to, or None (a row of
+    the moments kinds, whose statistics are the same)."""
     for kind in KINDS.values():
-        if kind.marker is not None and row.get(kind.marker) is not None:
+        if kind.columns and row.get(kind.columns[0]) is not None:
             return kind
     return None

@@ -33,17 +33,9 @@ from cluster_spark.status import POOLED_SLICES, CupedStatus, Status
 from cluster_spark.tables import (
     ANALYSIS_UNITS_METRIC,
     CAP_COLUMNS,
-    MOMENT_COLUMNS,
     PRE_CAP_COLUMNS,
-    RESULT_COLUMNS,
+    result_row,
 )
-
-
-def stats_of(row: Mapping[str, Any]) -> CupedStats:
-    """One staged row as CupedStats (pre-period moments are 0 when CUPED is off)."""
-    values = {f: row.get(f) for f in MOMENT_COLUMNS}
-    values["n"] = int(values.pop("n_units"))
-    return CupedStats(**{k: 0.0 if v is None else v for k, v in values.items()})
 
 
 def merge_groups(
@@ -54,7 +46,7 @@ def merge_groups(
     parts: dict[tuple[str, str, bool], list[CupedStats]] = defaultdict(list)
     for row in rows:
         key = (row["metric"], row["variant"], bool(row.get("winsorized", False)))
-        parts[key].append(stats_of(row))
+        parts[key].append(CupedStats.from_row(row))
     return {key: reduce(CupedStats.__add__, stats) for key, stats in parts.items()}
 
 
@@ -186,7 +178,7 @@ def reduce_experiment(
         _decide(per_dimension, experiment)
         _heterogeneity(per_dimension, control)
         out += per_dimension
-    return out
+    return [result_row(**row) for row in out]  # a misspelt column fails here
 
 
 def _segment(
@@ -225,8 +217,7 @@ def _segment(
         r = s.ratio_stats
         ctrl = groups.get((metric, control, winsorized))
         ctrl = ctrl if ctrl is not None and ctrl.n > 0 else None
-        row: dict[str, Any] = {name: None for name, _ in RESULT_COLUMNS}
-        row.update(
+        row = result_row(
             experiment_id=experiment.id,
             analysis_date=analysis_date,
             metric=metric,

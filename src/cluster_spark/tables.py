@@ -11,6 +11,13 @@ and writes `RESULT_COLUMNS`. Tests check each frame against these at the seam. T
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import typing
+from typing import Any
+
+from cluster_spark.kinds import KINDS
+
 #: The per-unit contract (staging.units → staging.options and staging.moments): one row per
 #: experiment × assignment unit × metric; m, d are the unit's numerator and denominator,
 #: x, y the CUPED pre-period ones (0 without CUPED); complete and baked say whether the
@@ -63,10 +70,10 @@ ANALYSIS_UNIT_COLUMNS = tuple(
     f"au_{c}" for c in ("n_units", "mean_m", "mean_d", "css_mm", "css_dd", "css_md")
 )
 
-#: A quantile metric's row (`stats.quantile.QuantileStats`): its probability p, the sample
-#: quantile Q̂(p) and the sample quantiles at the outer probabilities; its ratio columns
-#: hold the moments of (values ≤ Q̂, values) per assignment unit. Null for other kinds.
-QUANTILE_COLUMNS = ("quantile_p", "quantile_estimate", "quantile_lower", "quantile_upper")
+#: The columns of kinds with their own statistics (`kinds.Kind.columns`), each null on
+#: other kinds' rows; e.g. a quantile metric's p, Q̂(p) and outer quantiles (its ratio
+#: columns hold the moments of (values ≤ Q̂, values) per assignment unit).
+KIND_COLUMNS = tuple(c for kind in KINDS.values() for c in kind.columns)
 
 
 STAGING_COLUMNS: list[tuple[str, str]] = [
@@ -92,7 +99,7 @@ STAGING_COLUMNS: list[tuple[str, str]] = [
     *[(c, "double") for c in CAP_COLUMNS + PRE_CAP_COLUMNS],
     ("au_n_units", "bigint"),
     *[(c, "double") for c in ANALYSIS_UNIT_COLUMNS[1:]],
-    *[(c, "double") for c in QUANTILE_COLUMNS],
+    *[(c, "double") for c in KIND_COLUMNS],
     ("run_id", "string"),
 ]
 
@@ -143,92 +150,126 @@ DIAGNOSTICS_COLUMNS: list[tuple[str, str]] = [
     ("run_id", "string"),
 ]
 
-#: The public results contract (column, Spark SQL type); README documents each column.
-#: Overall rows have NULL `dimension` and `slice`; slice rows name them.
-RESULT_COLUMNS: list[tuple[str, str]] = [
-    ("experiment_id", "string"),
-    ("analysis_date", "date"),
-    ("metric", "string"),
-    ("variant", "string"),
-    ("dimension", "string"),
-    ("slice", "string"),
-    ("control_variant", "string"),
-    ("n_units", "bigint"),
-    ("n_analysis_units", "bigint"),
-    ("numerator_sum", "double"),
-    ("denominator_sum", "double"),
-    ("mean", "double"),
-    ("stderr", "double"),
-    ("effect_abs", "double"),
-    ("effect_abs_stderr", "double"),
-    ("effect_abs_ci_low", "double"),
-    ("effect_abs_ci_high", "double"),
-    ("effect_rel", "double"),
-    ("effect_rel_stderr", "double"),
-    ("effect_rel_ci_low", "double"),
-    ("effect_rel_ci_high", "double"),
-    ("p_value", "double"),
-    ("p_value_rel", "double"),
-    ("df", "double"),
-    ("alpha", "double"),
-    ("test", "string"),
-    ("alternative", "string"),
-    ("status", "string"),
-    ("winsorized", "boolean"),
-    ("num_lower_cap", "double"),
-    ("num_upper_cap", "double"),
-    ("den_lower_cap", "double"),
-    ("den_upper_cap", "double"),
-    ("pre_num_lower_cap", "double"),
-    ("pre_num_upper_cap", "double"),
-    ("pre_den_lower_cap", "double"),
-    ("pre_den_upper_cap", "double"),
-    ("mean_uncapped", "double"),
-    ("effect_abs_uncapped", "double"),
-    ("effect_rel_uncapped", "double"),
-    ("effect_rel_uncapped_ci_low", "double"),
-    ("effect_rel_uncapped_ci_high", "double"),
-    ("p_value_uncapped", "double"),
-    ("cuped_applied", "boolean"),
-    ("cuped_theta", "double"),
-    ("variance_reduction", "double"),
-    ("cuped_status", "string"),
-    ("effect_abs_unadjusted", "double"),
-    ("effect_rel_unadjusted", "double"),
-    ("effect_rel_unadjusted_ci_low", "double"),
-    ("effect_rel_unadjusted_ci_high", "double"),
-    ("p_value_unadjusted", "double"),
-    ("mean_adjusted", "double"),
-    ("control_mean_adjusted", "double"),
-    ("relative_ci_method", "string"),
-    ("effect_abs_cs_low", "double"),
-    ("effect_abs_cs_high", "double"),
-    ("p_value_sequential", "double"),
-    ("p_value_bh", "double"),
-    ("p_value_holm", "double"),
-    ("role", "string"),
-    ("direction", "string"),
-    ("margin", "double"),
-    ("decision", "string"),
-    ("noninferiority_bound", "double"),
-    ("p_value_noninferiority", "double"),
-    ("mde_abs", "double"),
-    ("mde_rel", "double"),
-    ("design_effect", "double"),
-    ("srm_chi2", "double"),
-    ("srm_p_value", "double"),
-    ("srm_flag", "boolean"),
-    ("srm_expected_share", "double"),
-    ("srm_sequential_p_value", "double"),
-    ("srm_analysis_p_value", "double"),
-    ("srm_analysis_flag", "boolean"),
-    ("bias_p_value", "double"),
-    ("bias_flag", "boolean"),
-    ("heterogeneity_q", "double"),
-    ("heterogeneity_p_value", "double"),
-    ("health", "string"),
-    ("health_reasons", "array<string>"),
-    ("recommendation", "string"),
-    ("recommendation_reasons", "array<string>"),
-    ("run_id", "string"),
-]
+#: The Spark SQL type of each Python field type of a row type.
+_SQL_TYPES = {
+    float: "double",
+    int: "bigint",
+    str: "string",
+    bool: "boolean",
+    dt.date: "date",
+    list[str]: "array<string>",
+}
+
+
+def columns_of(row_type: type) -> list[tuple[str, str]]:
+    """(column, Spark SQL type) of each field of the dataclass `row_type`, in order."""
+    hints = typing.get_type_hints(row_type)
+    out = []
+    for f in dataclasses.fields(row_type):
+        (python_type,) = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+        out.append((f.name, _SQL_TYPES[python_type]))
+    return out
+
+
+@dataclasses.dataclass
+class ResultRow:
+    """One row of the public `results` table; every column is nullable (README, "Output
+    tables", documents each). The reducer builds each row through this type
+    (`result_row`), so a misspelt column fails there, and `RESULT_COLUMNS` is generated
+    from it. Overall rows have NULL `dimension` and `slice`; slice rows name them."""
+
+    experiment_id: str | None = None
+    analysis_date: dt.date | None = None
+    metric: str | None = None
+    variant: str | None = None
+    dimension: str | None = None
+    slice: str | None = None
+    control_variant: str | None = None
+    n_units: int | None = None
+    n_analysis_units: int | None = None
+    numerator_sum: float | None = None
+    denominator_sum: float | None = None
+    mean: float | None = None
+    stderr: float | None = None
+    effect_abs: float | None = None
+    effect_abs_stderr: float | None = None
+    effect_abs_ci_low: float | None = None
+    effect_abs_ci_high: float | None = None
+    effect_rel: float | None = None
+    effect_rel_stderr: float | None = None
+    effect_rel_ci_low: float | None = None
+    effect_rel_ci_high: float | None = None
+    p_value: float | None = None
+    p_value_rel: float | None = None
+    df: float | None = None
+    alpha: float | None = None
+    test: str | None = None
+    alternative: str | None = None
+    status: str | None = None
+    winsorized: bool | None = None
+    num_lower_cap: float | None = None
+    num_upper_cap: float | None = None
+    den_lower_cap: float | None = None
+    den_upper_cap: float | None = None
+    pre_num_lower_cap: float | None = None
+    pre_num_upper_cap: float | None = None
+    pre_den_lower_cap: float | None = None
+    pre_den_upper_cap: float | None = None
+    mean_uncapped: float | None = None
+    effect_abs_uncapped: float | None = None
+    effect_rel_uncapped: float | None = None
+    effect_rel_uncapped_ci_low: float | None = None
+    effect_rel_uncapped_ci_high: float | None = None
+    p_value_uncapped: float | None = None
+    cuped_applied: bool | None = None
+    cuped_theta: float | None = None
+    variance_reduction: float | None = None
+    cuped_status: str | None = None
+    effect_abs_unadjusted: float | None = None
+    effect_rel_unadjusted: float | None = None
+    effect_rel_unadjusted_ci_low: float | None = None
+    effect_rel_unadjusted_ci_high: float | None = None
+    p_value_unadjusted: float | None = None
+    mean_adjusted: float | None = None
+    control_mean_adjusted: float | None = None
+    relative_ci_method: str | None = None
+    effect_abs_cs_low: float | None = None
+    effect_abs_cs_high: float | None = None
+    p_value_sequential: float | None = None
+    p_value_bh: float | None = None
+    p_value_holm: float | None = None
+    role: str | None = None
+    direction: str | None = None
+    margin: float | None = None
+    decision: str | None = None
+    noninferiority_bound: float | None = None
+    p_value_noninferiority: float | None = None
+    mde_abs: float | None = None
+    mde_rel: float | None = None
+    design_effect: float | None = None
+    srm_chi2: float | None = None
+    srm_p_value: float | None = None
+    srm_flag: bool | None = None
+    srm_expected_share: float | None = None
+    srm_sequential_p_value: float | None = None
+    srm_analysis_p_value: float | None = None
+    srm_analysis_flag: bool | None = None
+    bias_p_value: float | None = None
+    bias_flag: bool | None = None
+    heterogeneity_q: float | None = None
+    heterogeneity_p_value: float | None = None
+    health: str | None = None
+    health_reasons: list[str] | None = None
+    recommendation: str | None = None
+    recommendation_reasons: list[str] | None = None
+    run_id: str | None = None
+
+
+#: The public results contract (column, Spark SQL type), generated from `ResultRow`.
+RESULT_COLUMNS: list[tuple[str, str]] = columns_of(ResultRow)
+
+
+def result_row(**values: Any) -> dict[str, Any]:
+    """`values` as a results row: every column of `ResultRow` in its order, unset ones
+    None. Raises TypeError naming a key that is not a results column."""
+    return vars(ResultRow(**values))

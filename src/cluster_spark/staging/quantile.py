@@ -46,7 +46,7 @@ def stage(
     offenders: DataFrame | None,
     cache: Cache,
 ) -> DataFrame | None:
-    """Staged rows (the `STAGING_COLUMNS` statistics and `QUANTILE_COLUMNS`) of the plan's
+    """Staged rows (the `STAGING_COLUMNS` statistics and the kind's `columns`) of the plan's
     quantile metrics, or None without any. `units`: the exposed units with their slices
     (`_slices`); `offenders`: the multi-unit policy's (experiment, analysis unit) pairs.
     Runs one Spark job (pass 1's group-level rows); pass 2 stays lazy."""

@@ -18,8 +18,9 @@ status code and, where the adjustment cannot be made or does not help, the unadj
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from cluster_spark.stats.inference import (
     Alternative,
@@ -35,6 +36,7 @@ from cluster_spark.stats.inference import (
 from cluster_spark.stats.intervals import FiellerRatio
 from cluster_spark.stats.ratio import GroupMeans, RatioStats
 from cluster_spark.status import CupedStatus, Status
+from cluster_spark.tables import MOMENT_COLUMNS
 
 _VARS = ("m", "d", "x", "y")
 #: The 10 upper-triangle pairs of (M, D, X, Y), in the order of `CupedStats.css`.
@@ -87,6 +89,14 @@ class CupedStats(GroupMeans):
     def empty(cls) -> CupedStats:
         """Statistics of no units: the identity of ``+``."""
         return cls(0, *([0.0] * 14))
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> CupedStats:
+        """A staged row of a moments kind (`tables.MOMENT_COLUMNS`; the pre-period moments
+        are NULL without CUPED and read as 0)."""
+        values = {c: row.get(c) for c in MOMENT_COLUMNS}
+        n = int(values.pop("n_units") or 0)
+        return cls(n, **{k: 0.0 if v is None else v for k, v in values.items()})
 
     @classmethod
     def from_values(
@@ -364,3 +374,7 @@ def compare_cuped(
             cov=theta * c.c / c.n,
         ),
     )
+
+
+#: The reducer's entry point of the moments kinds (`kinds`).
+from_row = CupedStats.from_row

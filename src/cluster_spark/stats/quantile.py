@@ -84,7 +84,7 @@ class QuantileStats:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> QuantileStats:
-        """A staged row of a quantile metric (`tables.QUANTILE_COLUMNS`; the indicator's
+        """A staged row of a quantile metric (`kinds.KINDS['quantile'].columns`; the indicator's
         moments in the ratio columns)."""
         cols = ("mean_m", "mean_d", "css_mm", "css_dd", "css_md")
         n = int(row.get("n_units") or 0)
