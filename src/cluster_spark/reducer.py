@@ -195,7 +195,11 @@ def _segment(
         merge_groups(r for r in rows if r["metric"] == ANALYSIS_UNITS_METRIC), experiment
     )
     rows = [r for r in rows if r["metric"] != ANALYSIS_UNITS_METRIC]
-    own = {(r["metric"], r["variant"]): r for r in rows if kind_of_row(r) is not None}
+    own = {  # kinds whose rows do not merge: one staged row per group
+        (r["metric"], r["variant"]): r
+        for r in rows
+        if (kind := kind_of_row(r)) is not None and not kind.mergeable
+    }
     rows = [r for r in rows if (r["metric"], r["variant"]) not in own]
     groups = merge_groups(rows)
     naive = analysis_unit_groups(rows)

@@ -160,7 +160,7 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
 
     entries = []
     for name, metric in plan.metrics.items():
-        if KINDS[metric.kind].stage is not None:  # a kind with its own stage
+        if KINDS[metric.kind].stage is not None:
             continue  # staged by its own kind (`kinds`)
         complete, baked = included(metric, plan.daily_sources)
         entries.append(

@@ -374,7 +374,3 @@ def compare_cuped(
             cov=theta * c.c / c.n,
         ),
     )
-
-
-#: The reducer's entry point of the moments kinds (`kinds`).
-from_row = CupedStats.from_row
