@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: a property test must not fail because the machine is busy
+# (a Spark suite or the bench on the same two cores); speed is measured by `make bench`.
+settings.register_profile("cluster_spark", deadline=None)
+settings.load_profile("cluster_spark")
 
 TEST_CONF = {
     "spark.sql.shuffle.partitions": "2",

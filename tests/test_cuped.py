@@ -544,7 +544,7 @@ def test_adjusted_relative_interval_is_null_when_the_control_mean_could_be_zero(
 def test_the_unadjusted_comparison_is_shown_beside_the_adjusted_one(relative_ci):
     """#26 item 5: beside a CUPED-adjusted effect, the unadjusted one (Welch's t of the
     plain means, scipy) and adjusted means whose ratio − 1 is exactly the adjusted Δ rel."""
-    from cluster_spark.reducer import compare_groups
+    from cluster_spark.comparisons import compare_groups
     from tests.test_reducer import experiment
 
     g_t, g_c = _orgs(5, 300, lift=1.1), _orgs(6, 300)
@@ -573,7 +573,7 @@ def test_the_adjusted_fieller_interval_is_the_set_of_lifts_the_adjusted_test_kee
     L not rejected by the adjusted test of a − (1 + L)·R_C = 0, a = R_T − θP_T + θP_C: found
     here by inverting that test on a grid, with each group's variance of the numpy influence
     values (θ fixed). So it excludes 0 exactly when the adjusted absolute test rejects."""
-    from cluster_spark.reducer import compare_groups
+    from cluster_spark.comparisons import compare_groups
     from tests.test_reducer import experiment
 
     gt, gc = _orgs(seed, 150, lift=lift), _orgs(seed + 100, 190)
