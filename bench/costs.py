@@ -170,11 +170,13 @@ def main() -> int:
     alone, at the smallest size (default 4M events): prints the sections and, unless
     `--no-write-md`, puts them into BENCHMARKS.md in place of the full run's."""
     import datetime as dt
+    import os
     import sys
 
     from run import parse_args, spark_session
 
     args = parse_args()
+    load = os.getloadavg()[0]  # before our own JVM starts
     spark = spark_session(args)
     try:
         p = DataParams(args.sizes[0], args.users, args.orgs, args.seed)
@@ -184,7 +186,10 @@ def main() -> int:
     print(sections)
     if not args.no_write_md:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        stamp = f"*Measured by `bench/costs.py {' '.join(sys.argv[1:])}` on {now}.*"
+        stamp = (
+            f"*Measured by `bench/costs.py {' '.join(sys.argv[1:])}` on {now}, best of "
+            f"{args.repeat}, `local[{args.cores}]`, load average {load:.1f} at the start.*"
+        )
         args.md.write_text(splice(args.md.read_text(), sections, stamp))
     return 0
 
