@@ -137,13 +137,12 @@ def test_frames_at_the_seams_have_the_declared_schemas(spark, tiny):
     """The per-unit contract and both staged tables, as declared once in `tables`."""
     from cluster_spark import tables
     from cluster_spark.staging.plan import Cache, plans
-    from cluster_spark.staging.units import unit_values
 
     config = make_config(tiny)
     (plan,) = plans(config, ["e1"], ANALYSIS_DATE)
     cache = Cache()
     try:
-        values = unit_values(spark, plan, cache).values
+        values = staging.stage_plan(spark, plan, cache).values.drop("_n_subs")
         assert _shape(values.schema) == tables.UNIT_VALUES_COLUMNS
     finally:
         cache.release()
@@ -153,3 +152,86 @@ def test_frames_at_the_seams_have_the_declared_schemas(spark, tiny):
         assert _shape(staged.diagnostics.schema) == tables.DIAGNOSTICS_COLUMNS
     finally:
         staged.release()
+
+
+def test_every_step_of_a_pass_has_its_declared_frame(spark, tiny, tmp_path):
+    """Each step's output against `staging.frames`, in a pass with every feature that adds
+    columns: slices from exposures and from unit attributes, CUPED, winsorization, two
+    sources keyed by the analysis unit, a distinct count of a non-key column, a quantile
+    metric. A frame with an undeclared or a missing column fails by name."""
+    from cluster_spark.config import parse_config
+    from cluster_spark.staging import frames
+    from cluster_spark.staging.plan import Cache, plans
+    from tests.helpers import config_dict
+
+    exposures = [(*row, "gold" if row[1] in ("o1", "o3") else None) for row in EXPOSURES]
+    write_delta(spark, exposures, EXPOSURE_DDL + ", plan string", tmp_path / "exposures")
+    orgs = [("o1", "eu", at(-30)), ("o3", "us", at(-30))]
+    write_delta(spark, orgs, "org string, region string, updated_at timestamp", tmp_path / "orgs")
+    raw = config_dict(tiny)
+    raw["exposures"] |= {"path": f"{tmp_path}/exposures", "dimensions": ["plan"]}
+    raw["sources"]["views"] = {**raw["sources"]["events"]}
+    raw["unit_attributes"] = {
+        "orgs": {
+            "path": f"{tmp_path}/orgs",
+            "timestamp": "updated_at",
+            "ids": {"org_id": "org"},
+            "dimensions": ["region"],
+        }
+    }
+    raw["metrics"]["revenue_per_user"]["numerator"]["winsorize"] = {"upper": 0.9}
+    raw["metrics"]["kinds_per_view"] = {
+        "kind": "ratio",
+        "numerator": {"source": "events", "agg": "count_distinct", "column": "event"},
+        "denominator": {"source": "views", "agg": "count"},
+    }
+    raw["metrics"]["median_value"] = {
+        "kind": "quantile",
+        "quantile": 0.5,
+        "value": {"source": "events", "column": "value"},
+    }
+    raw["experiments"][0] |= {
+        "metrics": ["revenue_per_user", "kinds_per_view", "median_value"],
+        "dimensions": ["plan", "region"],
+        "cuped_lookback_days": 7,
+    }
+    (plan,) = plans(parse_config(raw), ["e1"], ANALYSIS_DATE)
+    cache = Cache()
+    try:
+        one = staging.stage_plan(spark, plan, cache)
+        events = next(level for level in one.levels if level.source == "events")
+        checked = [
+            (frames.EXPOSED_UNITS, one.units),
+            (frames.UNIT_SLICES, one.slices),
+            (frames.OFFENDERS, one.offenders),
+            (frames.PER_UNIT, one.per_unit.wide),
+            (frames.UNIT_VALUES, one.values),
+            (frames.WINSORIZED, one.winsorized),
+            *[(frames.FIRST_LEVEL, level.level1) for level in one.levels],
+            (frames.DISTINCT_VALUES, events.values),
+        ]
+        wrong = [w for frame, df in checked for w in frame.mismatches(df.columns)]
+        assert wrong == []
+        wide = one.per_unit.wide.columns
+        # the features did add their columns
+        assert {"_slices", "_n_active", "_pre__views", "_subs__views", "_dim0"} <= set(wide)
+        assert any(c.endswith("_pre") for c in wide)
+        staged = [set(df.columns) for df in one.stats]
+        assert len(staged) == 2 and "quantile_estimate" in staged[1]
+    finally:
+        cache.release()
+    # a frame with a column too many, or one missing, is named
+    assert frames.UNIT_SLICES.mismatches(["experiment_id", "_unit", "_slices", "_x"]) == [
+        "unit slices: undeclared column '_x'"
+    ]
+    assert frames.UNIT_SLICES.mismatches(["experiment_id", "_slices"]) == [
+        "unit slices: missing column '_unit'"
+    ]
+
+
+def test_unit_values_frame_declares_the_per_unit_contract():
+    from cluster_spark import tables
+    from cluster_spark.staging import frames
+
+    declared = [c for c in frames.UNIT_VALUES.columns if c != "_n_subs"]
+    assert declared == [c for c, _ in tables.UNIT_VALUES_COLUMNS]

@@ -5,12 +5,16 @@ The pipeline, one module a step:
 
 - `plan`: experiments grouped into passes; the cache of persisted frames.
 - `exposures`: first exposure per (experiment, unit); exposure slots.
+- `slices`: each unit's slice of every dimension (exposure columns, unit attributes).
 - `events`: one pass per metric source, the first aggregation level (unit × key).
 - `policy`: the multi-unit policy (an analysis unit under several assignment units).
-- `slices`: each unit's slice of every dimension (exposure columns, unit attributes).
 - `units`: the per-unit contract (`tables.UNIT_VALUES_COLUMNS`).
 - `options`: completed windows, bake, conversion rule, winsorization.
 - `moments`: per-group moments and the analysis-unit moments (design effect).
+- then each kind with its own stage (`kinds`, e.g. `quantile`).
+
+`stage_plan` runs them in this order for one pass; each step is a function of the frames
+before it (see `frames` for the columns of each).
 
 Only (experiment, metric, variant, dimension, slice) rows leave Spark; aggregation uses
 built-ins only.
@@ -28,10 +32,20 @@ from pyspark.sql import functions as F
 from cluster_spark.config import Config
 from cluster_spark.inputs import Inputs
 from cluster_spark.kinds import KINDS
-from cluster_spark.staging.moments import group_statistics
+from cluster_spark.staging.events import SourceLevel, source_level
+from cluster_spark.staging.exposures import exposed_units
+from cluster_spark.staging.moments import analysis_unit_moments, group_statistics
 from cluster_spark.staging.options import winsorize
-from cluster_spark.staging.plan import Cache, plans
-from cluster_spark.staging.units import unit_values
+from cluster_spark.staging.plan import UNIT, Cache, Plan, plans
+from cluster_spark.staging.policy import multi_unit_offenders
+from cluster_spark.staging.slices import unit_slices
+from cluster_spark.staging.units import (
+    PerUnit,
+    analysis_unit_counts,
+    events_before_exposure,
+    per_unit_frame,
+    unit_value_rows,
+)
 from cluster_spark.tables import ANALYSIS_UNIT_COLUMNS, STAGING_COLUMNS, STAGING_STAT_COLUMNS
 
 STAGING_TYPES = dict(STAGING_COLUMNS)
@@ -79,31 +93,9 @@ def _stage(
     # Every input table, column, type and timestamp checked first, every problem at once.
     inputs = Inputs.checked(spark, config, experiment_ids)
     for plan in plans(config, experiment_ids, analysis_date, inputs):
-        unit = unit_values(spark, plan, cache)
-        values = winsorize(unit.values, plan)
-        group = group_statistics(values, plan)
-        moments = unit.analysis_unit_moments
-        if moments is None:
-            group = group.select("*", *[F.lit(None).alias(c) for c in ANALYSIS_UNIT_COLUMNS])
-        else:
-            # NULL-safe: the overall rows have NULL dimension and slice.
-            keys = ["experiment_id", "metric", "variant", "dimension", "slice"]
-            moments = moments.select(
-                *[F.col(k).alias(f"_k_{k}") for k in keys], *ANALYSIS_UNIT_COLUMNS
-            )
-            on = [F.col(k).eqNullSafe(F.col(f"_k_{k}")) for k in keys]
-            # group-level rows on both sides: the planner broadcasts them or not
-            group = group.join(moments, on, "left").select(
-                *[c for c in group.columns],
-                *[F.when(~F.col("winsorized"), F.col(c)).alias(c) for c in ANALYSIS_UNIT_COLUMNS],
-            )
-        stats.append(group)
-        diags.append(unit.diagnostics)
-        for kind in sorted({KINDS[m.kind] for m in plan.metrics.values()}, key=lambda k: k.name):
-            own = kind.stage_function()
-            staged = own and own(spark, plan, unit.units, unit.offenders, cache)
-            if staged is not None:
-                stats.append(staged)
+        one = stage_plan(spark, plan, cache)
+        stats += one.stats
+        diags.append(one.diagnostics)
     meta = [F.lit(analysis_date).alias("analysis_date")]
     staged = reduce(partial(DataFrame.unionByName, allowMissingColumns=True), stats)
     given = set(staged.columns)  # a kind's columns are NULL on other kinds' rows
@@ -134,4 +126,76 @@ def _stage(
             F.lit(run_id).alias("run_id"),
         ),
         cache=cache,
+    )
+
+
+@dataclass
+class Pass:
+    """The frames of one staging pass, lazy, one attribute a step (their columns:
+    `staging.frames`). `stats`: the staged frames, the moments kinds' first, then one per
+    kind with its own stage and rows; `diagnostics`: every step's findings."""
+
+    units: DataFrame
+    slices: DataFrame | None
+    levels: list[SourceLevel]
+    offenders: DataFrame | None
+    per_unit: PerUnit
+    values: DataFrame
+    winsorized: DataFrame
+    stats: list[DataFrame]
+    diagnostics: DataFrame
+
+
+def stage_plan(spark: SparkSession, plan: Plan, cache: Cache) -> Pass:
+    """One pass, its steps in the order of this module's list. Lazy but for the few
+    group-level rows some steps collect (slots, winsorization caps, a quantile's first
+    pass); what it persists is in `cache`."""
+    units, exposure_diags = exposed_units(spark, plan, cache)
+    slices, slice_diags = unit_slices(spark, plan, units, cache)
+    levels = [source_level(spark, plan, source, units, cache) for source in plan.sources]
+    offenders, multi = _multi_unit_policy(plan, levels)
+    sliced = units if slices is None else units.join(slices, ["experiment_id", UNIT], "left")
+    per_unit = per_unit_frame(plan, sliced, levels, offenders, cache)
+    values = unit_value_rows(plan, per_unit, slices is not None)
+    diags = [exposure_diags, slice_diags, multi, *[level.diagnostics for level in levels]]
+    diags += events_before_exposure(plan, per_unit)
+    if per_unit.keyed:  # a source has the analysis unit: count the active ones
+        diags.append(analysis_unit_counts(plan, values))
+    winsorized = winsorize(values.drop("_n_subs"), plan)
+    moments = analysis_unit_moments(plan, per_unit.per_analysis_unit, sliced)
+    stats = [_with_analysis_unit_moments(group_statistics(winsorized, plan), moments)]
+    for kind in sorted({KINDS[m.kind] for m in plan.metrics.values()}, key=lambda k: k.name):
+        own = kind.stage_function()
+        staged = own and own(spark, plan, sliced, offenders, cache)
+        if staged is not None:
+            stats.append(staged)
+    diagnostics = reduce(DataFrame.unionByName, [d for d in diags if d is not None])
+    return Pass(sliced, slices, levels, offenders, per_unit, values, winsorized, stats, diagnostics)
+
+
+def _multi_unit_policy(
+    plan: Plan, levels: list[SourceLevel]
+) -> tuple[DataFrame | None, DataFrame | None]:
+    """(Offending (experiment, analysis unit) pairs, diagnostics) of the multi-unit policy
+    over every source keyed by the analysis unit; (None, None) without one."""
+    keyed = [level for level in levels if level.by_analysis_unit]
+    if not keyed:
+        return None, None
+    where = "; ".join(level.where for level in keyed)
+    return multi_unit_offenders([level.rows for level in keyed], plan, where)
+
+
+def _with_analysis_unit_moments(group: DataFrame, moments: DataFrame | None) -> DataFrame:
+    """The group rows with the analysis-unit moments (`ANALYSIS_UNIT_COLUMNS`) of their
+    segment, NULL on winsorized rows and without moments."""
+    if moments is None:
+        return group.select("*", *[F.lit(None).alias(c) for c in ANALYSIS_UNIT_COLUMNS])
+    # NULL-safe: the overall rows have NULL dimension and slice.
+    keys = ["experiment_id", "metric", "variant", "dimension", "slice"]
+    moments = moments.select(*[F.col(k).alias(f"_k_{k}") for k in keys], *ANALYSIS_UNIT_COLUMNS)
+    on = [F.col(k).eqNullSafe(F.col(f"_k_{k}")) for k in keys]
+    # group-level rows on both sides: the planner broadcasts them or not
+    return group.join(moments, on, "left").select(
+        *[c for c in group.columns],
+        *[F.when(~F.col("winsorized"), F.col(c)).alias(c) for c in ANALYSIS_UNIT_COLUMNS],
     )

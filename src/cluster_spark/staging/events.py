@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial, reduce
 
@@ -118,9 +118,9 @@ def _first_level(comp: Component, keep: Column) -> Column:
 
 @dataclass
 class FirstLevel:
-    """`rows`: the first aggregation level (see `first_level`), persisted. `values`: for
-    distinct counts of columns other than the key, the distinct (unit, key, experiment,
-    `_component`, `_value`) rows of the events that count (values as strings), or None."""
+    """`rows`: the first aggregation level (`frames.FIRST_LEVEL`), persisted. `values`:
+    for distinct counts of columns other than the key, the distinct rows of the events
+    that count (`frames.DISTINCT_VALUES`), or None."""
 
     rows: DataFrame
     values: DataFrame | None
@@ -236,16 +236,11 @@ def first_level(
     chooses the join by size, nothing unit-level is broadcast by force) and aggregated
     once per (unit, key) with one set of aggregates per slot, then turned back into one row
     per (experiment, unit, key) that has events in the experiment's range; events without
-    a unit id are kept as rows with a null experiment (counted as a
-    data-quality finding). Columns: the component names (suffix `_pre` for CUPED's
-    pre-period), `_first_ts`, `_n_pre` (events before exposure), `_active` (1 if any event
-    after exposure), and per key (over all its events the join keeps: those in any of its
-    unit's experiment ranges) `_n_events`, `_null__i` (events whose i-th filter column,
-    `filter_columns(parts)[i]`, is NULL), `_match__i` (events that pass the i-th predicate
-    of `match_predicates(parts)`: the filter-match diagnostics) and, for sources read
-    through an id mapping, `_n_unmapped` (events whose id the mapping lacks). Events
-    without a timestamp are in no window: they go with the events without a unit, counted
-    as `_n_null_ts` (and not as unmapped). Bookkeeping per key rather than per slot keeps
+    a unit id are kept as rows with a null experiment (counted as a data-quality finding).
+    Columns: `frames.FIRST_LEVEL`; the per-key counts are over all the key's events the
+    join keeps (those in any of its unit's experiment ranges). Events without a timestamp
+    are in no window: they go with the events without a unit, counted as `_n_null_ts` (and
+    not as unmapped). Bookkeeping per key rather than per slot keeps
     the aggregation narrow: its cost grows with the number of values.
 
     `daily` (`Source.timestamp_as_date`): each event stands for its whole UTC day. Its
@@ -273,6 +268,66 @@ def first_level(
         .where(F.col(UNIT).isNull() | reduce(Column.__or__, in_range.values()))
         .withColumn(SUB, F.when(F.col(UNIT).isNotNull(), F.col(SUB)))
     )
+    aggs, columns, pairs = _slot_aggregates(plan, parts, key_col, ks, in_range)
+    totals = _key_totals(parts, "_unmapped" in events.columns, daily)
+    per_key = joined.groupBy(UNIT, SUB).agg(*aggs, *[value.alias(n) for n, value in totals])
+    values = _distinct_values(joined, pairs) if pairs else None
+    names = [n for n, _ in totals]
+    rows = cache.persist(_experiment_rows(per_key, slots, ks, columns, names))
+    return FirstLevel(rows, values)
+
+
+def _distinct_values(joined: DataFrame, pairs: list[Column]) -> DataFrame:
+    """`FirstLevel.values`: distinct values by aggregation, no per-unit arrays (a heavy
+    org's hotspot)."""
+    return (
+        joined.where(F.col(UNIT).isNotNull())
+        .select(UNIT, SUB, F.explode(F.array(*pairs)).alias("_v"))
+        .where(F.col("_v").isNotNull())
+        .select(UNIT, SUB, "_v.*")
+        .distinct()
+    )
+
+
+def _experiment_rows(
+    per_key: DataFrame, slots: DataFrame, ks: list[str], columns: list[str], totals: list[str]
+) -> DataFrame:
+    """The per-key aggregates back to one row per (experiment, unit, key) with events in
+    the experiment's range (slot k's `columns`), the key's `totals` on each; the events
+    without a unit as one row with a NULL experiment."""
+    slot_rows = [
+        F.struct(
+            F.lit(i).alias("_slot"),
+            F.col(f"experiment_id{k}").alias("experiment_id"),
+            *[F.col(c + k).alias(c) for c in columns],
+        )
+        for i, k in enumerate(ks)
+    ]
+    ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
+    kept = ("_n_events", "_n_null_ts", "_n_unmapped", "_n_midnight")
+    names = [n for n in totals if n in kept] + [n for n in totals if n not in kept]
+    return (
+        per_key.join(ids, UNIT, "left")
+        .select(UNIT, SUB, *names, F.explode(F.array(*slot_rows)).alias("r"))
+        .select(UNIT, SUB, *names, "r.*")
+        .where(
+            (F.col("experiment_id").isNotNull() & F.col("_first_ts").isNotNull())
+            | (F.col(UNIT).isNull() & (F.col("_slot") == 0))
+        )
+        .drop("_slot")
+    )
+
+
+def _slot_aggregates(
+    plan: Plan,
+    parts: dict[str, tuple[Component, float]],
+    key_col: str | None,
+    ks: list[str],
+    in_range: dict[str, Column],
+) -> tuple[list[Column], list[str], list[Column]]:
+    """(The aggregates per slot k: each component (and its `_pre` with CUPED) as
+    `<name><k>`, `_first_ts<k>`, `_n_pre<k>`, `_active<k>`; the column names without the
+    slot suffix; the (experiment, component, value) pairs of distinct counts of values.)"""
     aggs, columns, pairs = [], [], []
     for name, (comp, bake) in parts.items():
         terms = [(name, partial(event_condition, comp, bake))]
@@ -284,7 +339,6 @@ def first_level(
                 continue
             aggs += [_first_level(comp, keep(slot=k)).alias(col + k) for k in ks]
             columns.append(col)
-    nullable = filter_columns(parts)
     for k in ks:
         r, exposure = in_range[k], F.col(f"exposure_ts{k}")
         aggs += [
@@ -294,63 +348,35 @@ def first_level(
             ).alias(f"_n_pre{k}"),
             F.max(F.when(r & (F.col(TS) >= exposure), 1)).alias(f"_active{k}"),
         ]
-    columns += ["_first_ts", "_n_pre", "_active"]
-    totals = [F.count(F.lit(1)).alias("_n_events")]
+    return aggs, [*columns, "_first_ts", "_n_pre", "_active"], pairs
+
+
+def _key_totals(
+    parts: dict[str, tuple[Component, float]], unmapped: bool, daily: bool
+) -> list[tuple[str, Column]]:
+    """(Name, aggregate) of the bookkeeping per first-level key, over all its events: the
+    data-quality and filter-match counts (see `first_level`)."""
+    totals = [("_n_events", F.count(F.lit(1)))]
     totals += [
-        F.count(F.when(F.col(c).isNull(), 1)).alias(f"_null__{i}") for i, c in enumerate(nullable)
+        (f"_null__{i}", F.count(F.when(F.col(c).isNull(), 1)))
+        for i, c in enumerate(filter_columns(parts))
     ]
-    summed = summed_columns(parts)
     totals += [
-        F.count(F.when(_non_finite(c) & _summed_by(parts, c), 1)).alias(f"_nonfinite__{i}")
-        for i, c in enumerate(summed)
+        (f"_nonfinite__{i}", F.count(F.when(_non_finite(c) & _summed_by(parts, c), 1)))
+        for i, c in enumerate(summed_columns(parts))
     ]
     if not daily:  # whole days read as instants: every event at midnight UTC
         midnight = F.pmod(F.unix_seconds(F.col(TS)), F.lit(86_400)) == 0
-        totals.append(F.count(F.when(midnight, 1)).alias("_n_midnight"))
-    predicates = match_predicates(parts)
+        totals.append(("_n_midnight", F.count(F.when(midnight, 1))))
     totals += [
-        F.count(F.when(reduce(Column.__and__, map(condition, conds)), 1)).alias(f"_match__{i}")
-        for i, conds in enumerate(predicates)
+        (f"_match__{i}", F.count(F.when(reduce(Column.__and__, map(condition, conds)), 1)))
+        for i, conds in enumerate(match_predicates(parts))
     ]
-    totals.append(F.count(F.when(F.col("_no_ts"), 1)).alias("_n_null_ts"))
-    if "_unmapped" in events.columns:
-        unmapped = F.col("_unmapped") & ~F.col("_no_ts")
-        totals.append(F.count(F.when(unmapped, 1)).alias("_n_unmapped"))
-    per_key = joined.groupBy(UNIT, SUB).agg(*aggs, *totals)
-    slot_rows = [
-        F.struct(
-            F.lit(i).alias("_slot"),
-            F.col(f"experiment_id{k}").alias("experiment_id"),
-            *[F.col(c + k).alias(c) for c in columns],
-        )
-        for i, k in enumerate(ks)
-    ]
-    ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
-    kept = ("_n_events", "_n_null_ts", "_n_unmapped", "_n_midnight")
-    total_names = [c for c in per_key.columns if c in kept]
-    total_names += [f"_null__{i}" for i in range(len(nullable))]
-    total_names += [f"_nonfinite__{i}" for i in range(len(summed))]
-    total_names += [f"_match__{i}" for i in range(len(predicates))]
-    values = None
-    if pairs:  # distinct values by aggregation: no per-unit arrays (a heavy org's hotspot)
-        values = (
-            joined.where(F.col(UNIT).isNotNull())
-            .select(UNIT, SUB, F.explode(F.array(*pairs)).alias("_v"))
-            .where(F.col("_v").isNotNull())
-            .select(UNIT, SUB, "_v.*")
-            .distinct()
-        )
-    rows = cache.persist(
-        per_key.join(ids, UNIT, "left")
-        .select(UNIT, SUB, *total_names, F.explode(F.array(*slot_rows)).alias("r"))
-        .select(UNIT, SUB, *total_names, "r.*")
-        .where(
-            (F.col("experiment_id").isNotNull() & F.col("_first_ts").isNotNull())
-            | (F.col(UNIT).isNull() & (F.col("_slot") == 0))
-        )
-        .drop("_slot")
-    )
-    return FirstLevel(rows, values)
+    totals.append(("_n_null_ts", F.count(F.when(F.col("_no_ts"), 1))))
+    if unmapped:
+        unmapped_col = F.col("_unmapped") & ~F.col("_no_ts")
+        totals.append(("_n_unmapped", F.count(F.when(unmapped_col, 1))))
+    return totals
 
 
 def _value_pair(comp: Component, name: str, keep: Column, k: str) -> Column:
@@ -401,15 +427,34 @@ def source_level(
     (`cluster_spark.checks`: a filter that matches nothing). The last five count the
     events of the experiment's units that the run reads: from the earliest start (or
     pre-period) to the latest analysis time of the unit's experiments."""
-    config = plan.config
-    src = config.sources[source]
+    src = plan.config.sources[source]
     parts, columns, key_col = source_parts(plan, source)
     events, where = source_events(spark, plan, source, columns, key_col)
-    route = config.unit_route(source, plan.unit_type)
-    key_type = route.from_id if isinstance(route, IdMapping) else plan.unit_type
-    by_analysis_unit = plan.analysis_unit in src.ids
     first = first_level(plan, events, units, parts, key_col, cache, src.timestamp_as_date)
-    level1 = first.rows
+    return SourceLevel(
+        source,
+        where,
+        parts,
+        key_col,
+        plan.analysis_unit in src.ids,
+        src.drop_null_ids,
+        first.rows,
+        first.values,
+        _source_diagnostics(spark, plan, source, parts, first.rows),
+    )
+
+
+def _source_diagnostics(
+    spark: SparkSession,
+    plan: Plan,
+    source: str,
+    parts: dict[str, tuple[Component, float]],
+    level1: DataFrame,
+) -> DataFrame:
+    """The diagnostics of one source's first level (see `source_level`)."""
+    src = plan.config.sources[source]
+    route = plan.config.unit_route(source, plan.unit_type)
+    key_type = route.from_id if isinstance(route, IdMapping) else plan.unit_type
     total = partial(_sum_or_zero, level1.columns)
     no_unit = level1.where(F.col(UNIT).isNull()).agg(
         (total("_n_events") - total("_n_unmapped") - total("_n_null_ts")).alias("null_key"),
@@ -424,16 +469,40 @@ def source_level(
         checks.append((f"unmapped_ids:{source}", "unmapped"))
     per_source = no_unit.crossJoin(experiment_ids(spark, plan))
     diags = [diag(per_source, check, F.col(col)) for check, col in checks]
+    in_exp, only = _in_experiment_checks(plan, source, parts, key_type, total)
+    per_exp = _per_experiment(spark, plan, level1, in_exp)
+    for check, ids in only.items():
+        per_exp = per_exp.where((F.col("check") != check) | F.col("experiment_id").isin(ids))
+    diags.append(per_exp)
+    kind = plan_inputs(spark, plan).read(source_label(source)).df.schema[src.timestamp.column]
+    if isinstance(kind.dataType, T.DateType) and not src.timestamp_as_date:
+        readers = _readers(plan, source)
+        dated = experiment_ids(spark, plan).where(F.col("experiment_id").isin(readers))
+        diags.append(diag(dated, f"{DATE_TIMESTAMPS}:{source}", F.lit(1)))
+    return reduce(DataFrame.unionByName, diags)
+
+
+def _in_experiment_checks(
+    plan: Plan,
+    source: str,
+    parts: dict[str, tuple[Component, float]],
+    key_type: str,
+    total: Callable[[str | Column], Column],
+) -> tuple[list[tuple[str | None, str, Column]], dict[str, list[str]]]:
+    """((metric or None, check, aggregate over an experiment's first-level rows) of the
+    checks counted per experiment; check → the experiment ids it is kept for, where it
+    concerns only some)."""
+    src = plan.config.sources[source]
     nullable = filter_columns(parts)
     in_exp: list[tuple[str | None, str, Column]] = [
         (None, f"null_values:{source}:{c}", total(f"_null__{i}")) for i, c in enumerate(nullable)
     ]
-    # Checks kept only for the experiments they concern: check → experiment ids.
     only: dict[str, list[str]] = {}
     for i, c in enumerate(summed_columns(parts)):
         check = f"non_finite_values:{source}:{c}"
         in_exp.append((None, check, total(f"_nonfinite__{i}")))
         only[check] = _readers(plan, source, c)
+    by_analysis_unit = plan.analysis_unit in src.ids
     if by_analysis_unit and plan.analysis_unit != key_type:  # else a NULL one has no unit
         null_sub = F.when(F.col(SUB).isNull(), F.col("_n_events"))
         check = f"events_with_null_ids:{source}:{plan.analysis_unit}"
@@ -447,25 +516,7 @@ def source_level(
         midnight = f"{EVENTS_AT_MIDNIGHT}:{source}"
         in_exp.append((None, midnight, total("_n_midnight")))
         only[midnight] = readers
-    per_exp = _per_experiment(spark, plan, level1, in_exp)
-    for check, ids in only.items():
-        per_exp = per_exp.where((F.col("check") != check) | F.col("experiment_id").isin(ids))
-    diags.append(per_exp)
-    kind = plan_inputs(spark, plan).read(source_label(source)).df.schema[src.timestamp.column]
-    if isinstance(kind.dataType, T.DateType) and not src.timestamp_as_date:
-        dated = experiment_ids(spark, plan).where(F.col("experiment_id").isin(readers))
-        diags.append(diag(dated, f"{DATE_TIMESTAMPS}:{source}", F.lit(1)))
-    return SourceLevel(
-        source,
-        where,
-        parts,
-        key_col,
-        by_analysis_unit,
-        src.drop_null_ids,
-        level1,
-        first.values,
-        reduce(DataFrame.unionByName, diags),
-    )
+    return in_exp, only
 
 
 def events_in_period(

@@ -87,13 +87,33 @@ def _unknown_labels(per_unit: DataFrame) -> DataFrame:
 def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFrame, DataFrame]:
     """First exposure per (experiment, unit) within each experiment's dates; units seen in
     two variants are dropped. Returns (units, diagnostics), both from one per-unit frame
-    persisted in `cache`. Units have columns experiment_id, _unit, variant, exposure_ts,
-    start_ts, analysis_ts, pre_start_ts (instants, UTC: see `io.time_instants`) and the
-    value of each of `Plan.exposure_dimensions` (`dimension_column`). A table
-    without an experiment-id column holds the exposures of its constant experiment.
-    Rows whose variant label is not a configured variant (after `normalize_variant_labels`)
-    are left out; the units that have them are counted per label (`unknown_variants`).
-    The units are also counted per arm and UTC day of first exposure (`FIRST_EXPOSURES`)."""
+    persisted in `cache`. Units: `frames.EXPOSED_UNITS` (instants UTC: see
+    `io.time_instants`), with the value of each of `Plan.exposure_dimensions`
+    (`dimension_column`). A table without an experiment-id column holds the exposures of
+    its constant experiment. Rows whose variant label is not a configured variant (after
+    `normalize_variant_labels`) are left out; the units that have them are counted per
+    label (`unknown_variants`). The units are also counted per arm and UTC day of first
+    exposure (`FIRST_EXPOSURES`)."""
+    per_unit = cache.persist(_per_unit(plan, _exposure_rows(spark, plan)))
+    exposed = F.col("n_rows") > 0
+    single = F.col("variant") == F.col("_last_variant")
+    units = per_unit.where(exposed & single).select(
+        "experiment_id",
+        UNIT,
+        "variant",
+        "exposure_ts",
+        "start_ts",
+        "analysis_ts",
+        "pre_start_ts",
+        *[dimension_column(i) for i in range(len(plan.exposure_dimensions))],
+    )
+    return units, _exposure_diagnostics(per_unit, units, exposed, single)
+
+
+def _exposure_rows(spark: SparkSession, plan: Plan) -> DataFrame:
+    """The exposure rows of the plan's experiments: experiment_id, _unit, _ts, the
+    dimension columns, start_ts, analysis_ts, lookback_days, variant (normalized) and
+    `_known` (a configured variant of its experiment)."""
     src = plan.config.exposures
     table = plan_inputs(spark, plan).table("exposures")
     unit_col = src.ids[plan.unit_type]
@@ -122,11 +142,18 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
         )
     )
     label, known = _labels(plan, F.col("_label"))
-    rows = rows.withColumn("variant", label).withColumn("_known", known).drop("_label")
+    return rows.withColumn("variant", label).withColumn("_known", known).drop("_label")
+
+
+def _per_unit(plan: Plan, rows: DataFrame) -> DataFrame:
+    """Per (experiment, unit) of the exposure rows: its first valid exposure (`exposure_ts`,
+    first and last `variant`, the dimension values of that row), counts of valid and NULL
+    rows, its unknown labels in the dates (`_unknown`) and its experiment's instants."""
     null = F.col(UNIT).isNull() | F.col("variant").isNull() | F.col(TS).isNull()
     dated = ~null & (F.col(TS) >= F.col("start_ts")) & (F.col(TS) < F.col("analysis_ts"))
     valid = dated & F.col("_known")
-    per_unit = cache.persist(
+    dims = plan.exposure_dimensions
+    return (
         rows.groupBy("experiment_id", UNIT)
         .agg(
             F.min(F.when(valid, F.col(TS))).alias("exposure_ts"),
@@ -145,18 +172,13 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
             shift(F.col("exposure_ts"), F.col("lookback_days").cast("bigint") * -86_400_000_000),
         )
     )
-    exposed = F.col("n_rows") > 0
-    single = F.col("variant") == F.col("_last_variant")
-    units = per_unit.where(exposed & single).select(
-        "experiment_id",
-        UNIT,
-        "variant",
-        "exposure_ts",
-        "start_ts",
-        "analysis_ts",
-        "pre_start_ts",
-        *[dimension_column(i) for i in range(len(dims))],
-    )
+
+
+def _exposure_diagnostics(
+    per_unit: DataFrame, units: DataFrame, exposed: Column, single: Column
+) -> DataFrame:
+    """Duplicate exposures, units in several variants, NULL ids, assignment units per
+    variant, first exposures per UTC day and unknown variant labels."""
     per_exp = per_unit.groupBy("experiment_id").agg(
         F.coalesce(F.sum(F.when(exposed & single, F.col("n_rows") - 1)), F.lit(0)).alias("dup"),
         F.count(F.when(exposed & ~single, 1)).alias("multi"),
@@ -168,7 +190,7 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
     day = F.date_from_unix_date(F.floor(F.unix_seconds(F.col("exposure_ts")) / 86_400).cast("int"))
     per_day = units.groupBy("experiment_id", "variant", day.alias("_day")).count()
     first_exposures = F.concat(F.lit(f"{FIRST_EXPOSURES}:"), F.col("_day").cast("string"))
-    diagnostics = reduce(
+    return reduce(
         DataFrame.unionByName,
         [
             diag(per_exp, "duplicate_exposures", F.col("dup")),
@@ -184,7 +206,6 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
             ),
         ],
     )
-    return units, diagnostics
 
 
 SLOT_COLUMNS = ("experiment_id", "exposure_ts", "start_ts", "analysis_ts", "pre_start_ts")

@@ -129,8 +129,8 @@ def _clamp(col: str, low: str, high: str, ignore_zeros: Column) -> Column:
 
 def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
     """Add `winsorized` rows (clamped values) beside the raw rows of winsorized metrics.
-    Returns the values with a `winsorized` flag and the cap columns. Slice rows take the
-    experiment's caps (one threshold, as GrowthBook), or their slice's own with
+    Returns `frames.WINSORIZED`: the values with a `winsorized` flag and the cap columns.
+    Slice rows take the experiment's caps (one threshold, as GrowthBook), or their slice's own with
     `slice_caps: slice`.
 
     CUPED's pre-period values are clamped at their own thresholds (X at `pre_num_*`, Y at
@@ -157,29 +157,7 @@ def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
         .join(F.broadcast(caps), [k for k, _ in key] + ["metric"], "left")
         .drop("_cd", "_cs")
     )
-
-    def ignores_zeros(role: str) -> Column:
-        flags = {n: plan.metrics[n].components[role].winsorize for n in names}
-        pairs = [F.lit(x) for n, w in flags.items() for x in (n, bool(w and w.ignore_zeros))]
-        return F.coalesce(F.element_at(F.create_map(*pairs), F.col("metric")), F.lit(False))
-
-    ignore_num, ignore_den = ignores_zeros("num"), ignores_zeros("den")
-    capped = with_caps.where(F.col("metric").isin(names)).select(
-        "experiment_id",
-        "variant",
-        UNIT,
-        "dimension",
-        "slice",
-        "metric",
-        _clamp("m", "num_lower_cap", "num_upper_cap", ignore_num).alias("m"),
-        _clamp("d", "den_lower_cap", "den_upper_cap", ignore_den).alias("d"),
-        _clamp("x", "pre_num_lower_cap", "pre_num_upper_cap", ignore_num).alias("x"),
-        _clamp("y", "pre_den_lower_cap", "pre_den_upper_cap", ignore_den).alias("y"),
-        "complete",
-        "baked",
-        F.lit(True).alias("winsorized"),
-        *cap_cols,
-    )
+    capped = _clamped(with_caps.where(F.col("metric").isin(names)), plan, names)
     raw = with_caps.select(
         "experiment_id",
         "variant",
@@ -197,3 +175,31 @@ def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
         *cap_cols,
     )
     return raw.unionByName(capped)
+
+
+def _clamped(rows: DataFrame, plan: Plan, names: list[str]) -> DataFrame:
+    """The `winsorized` rows of the metrics `names`: m, d, x, y clamped at their caps (a
+    zero kept where the component's winsorization ignores zeros)."""
+
+    def ignores_zeros(role: str) -> Column:
+        flags = {n: plan.metrics[n].components[role].winsorize for n in names}
+        pairs = [F.lit(x) for n, w in flags.items() for x in (n, bool(w and w.ignore_zeros))]
+        return F.coalesce(F.element_at(F.create_map(*pairs), F.col("metric")), F.lit(False))
+
+    ignore_num, ignore_den = ignores_zeros("num"), ignores_zeros("den")
+    return rows.select(
+        "experiment_id",
+        "variant",
+        UNIT,
+        "dimension",
+        "slice",
+        "metric",
+        _clamp("m", "num_lower_cap", "num_upper_cap", ignore_num).alias("m"),
+        _clamp("d", "den_lower_cap", "den_upper_cap", ignore_den).alias("d"),
+        _clamp("x", "pre_num_lower_cap", "pre_num_upper_cap", ignore_num).alias("x"),
+        _clamp("y", "pre_den_lower_cap", "pre_den_upper_cap", ignore_den).alias("y"),
+        "complete",
+        "baked",
+        F.lit(True).alias("winsorized"),
+        *_ALL_CAPS,
+    )

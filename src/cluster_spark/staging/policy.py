@@ -21,8 +21,7 @@ def multi_unit_offenders(
 
     `rows`: one frame per source keyed by the analysis unit, with one row per (experiment,
     unit, analysis unit) and its first event time `_first_ts`. Returns (the offending
-    (experiment, analysis unit) pairs with `_first_unit`, the unit of their earliest event
-    in any source; diagnostics). Raises DataQualityError where the policy is 'fail'."""
+    pairs, `frames.OFFENDERS`; diagnostics). Raises DataQualityError where the policy is 'fail'."""
     pairs = reduce(
         DataFrame.unionByName, [r.select("experiment_id", UNIT, SUB, "_first_ts") for r in rows]
     )

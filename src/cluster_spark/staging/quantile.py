@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from functools import reduce
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cluster_spark.config import Metric
@@ -72,17 +72,38 @@ def stage(
             ],
         )
     )
+    keys, probs = _estimates(spark, values, metrics)
+    group = _indicator_moments(values, keys, unit_rows)
+    outer = values.groupBy(*GROUP).agg(
+        F.percentile_approx("value", F.array(*map(F.lit, probs)), PERCENTILE_ACCURACY).alias(
+            "_outer"
+        )
+    )
+    picked = _join(outer, keys).select(
+        *GROUP,
+        "quantile_p",
+        "quantile_estimate",
+        F.element_at("_outer", F.col("_lo")).alias("quantile_lower"),
+        F.element_at("_outer", F.col("_hi")).alias("quantile_upper"),
+    )
+    return _join(group, picked, "left").withColumn("winsorized", F.lit(False))
+
+
+def _estimates(
+    spark: SparkSession, values: DataFrame, metrics: dict[str, Metric]
+) -> tuple[DataFrame, list[float]]:
+    """Pass 1, collected (group-level rows): per group Q̂ and N, as a literal frame of
+    (GROUP, quantile_p, quantile_estimate, `_lo`, `_hi`: the 1-based positions of the
+    group's outer probabilities in the returned sorted list of every group's)."""
+    ps = _ps(metrics)
     first = (
         values.groupBy(*GROUP)
         .agg(
             F.count(F.lit(1)).alias("n"),
-            F.percentile_approx(
-                "value", F.array(*map(F.lit, _ps(metrics))), PERCENTILE_ACCURACY
-            ).alias("_q"),
+            F.percentile_approx("value", F.array(*map(F.lit, ps)), PERCENTILE_ACCURACY).alias("_q"),
         )
         .collect()
     )
-    ps = _ps(metrics)
     found = []
     for r in first:
         p = metrics[r["metric"]].quantile
@@ -102,10 +123,19 @@ def stage(
             ("_hi", "int"),
         ],
     )
-    keyed = _join(values, keys)
-    per_unit = keyed.groupBy(*GROUP, UNIT).agg(
-        F.count(F.when(F.col("value") <= F.col("quantile_estimate"), 1)).alias("_i"),
-        F.count(F.lit(1)).alias("_n"),
+    return keys, probs
+
+
+def _indicator_moments(values: DataFrame, keys: DataFrame, unit_rows: DataFrame) -> DataFrame:
+    """Pass 2: per unit I_i (values ≤ Q̂) and N_i (0 without values), and their moments,
+    sums and inclusion counts per group (the `STAGING_COLUMNS` statistics)."""
+    per_unit = (
+        _join(values, keys)
+        .groupBy(*GROUP, UNIT)
+        .agg(
+            F.count(F.when(F.col("value") <= F.col("quantile_estimate"), 1)).alias("_i"),
+            F.count(F.lit(1)).alias("_n"),
+        )
     )
     counted = _join(unit_rows, per_unit, "left", [*GROUP, UNIT]).select(
         *GROUP,
@@ -115,7 +145,7 @@ def stage(
         "baked",
     )
     inc = F.col("complete") & F.col("baked")
-    group = counted.groupBy(*GROUP).agg(
+    return counted.groupBy(*GROUP).agg(
         *moments("", F.col("m"), F.col("d"), inc),
         F.sum(F.when(inc, F.col("m"))).alias("sum_m"),
         F.sum(F.when(inc, F.col("d"))).alias("sum_d"),
@@ -123,19 +153,6 @@ def stage(
         F.count(F.when(~F.col("complete"), 1)).alias("n_incomplete_window"),
         F.count(F.when(F.col("complete") & ~F.col("baked"), 1)).alias("n_unbaked"),
     )
-    outer = values.groupBy(*GROUP).agg(
-        F.percentile_approx("value", F.array(*map(F.lit, probs)), PERCENTILE_ACCURACY).alias(
-            "_outer"
-        )
-    )
-    picked = _join(outer, keys).select(
-        *GROUP,
-        "quantile_p",
-        "quantile_estimate",
-        F.element_at("_outer", F.col("_lo")).alias("quantile_lower"),
-        F.element_at("_outer", F.col("_hi")).alias("quantile_upper"),
-    )
-    return _join(group, picked, "left").withColumn("winsorized", F.lit(False))
 
 
 def _ps(metrics: dict[str, Metric]) -> list[float]:
@@ -180,11 +197,11 @@ def _values(
     base: DataFrame,
     offenders: DataFrame | None,
 ) -> DataFrame:
-    """(experiment, metric, variant, dimension, slice, unit, value) of every value of the
-    metrics that read `source`: rows that pass the metric's filter, window and bake delay
-    (`event_condition`), of units the metric includes; NULL, NaN and ±Inf values are
-    missing (as sums skip them; `non_finite_values` counts them), and with `ignore_zeros`
-    zeros are dropped. Values of an experiment's metrics only."""
+    """`frames.QUANTILE_VALUES`: every value of the metrics that read `source`: rows that
+    pass the metric's filter, window and bake delay (`event_condition`), of units the
+    metric includes; NULL, NaN and ±Inf values are missing (as sums skip them;
+    `non_finite_values` counts them), and with `ignore_zeros` zeros are dropped. Values
+    of an experiment's metrics only."""
     reading = [(i, n) for i, n in enumerate(names) if metrics[n].value.source == source]
     columns = {metrics[n].value.column for _, n in reading}
     columns |= {c.column for _, n in reading for c in metrics[n].value.filter}
@@ -197,6 +214,24 @@ def _values(
     if src.timestamp_as_date:
         slots, events = daily_slots(slots, events, ks)
     joined = events.where(F.col(UNIT).isNotNull() & F.col(TS).isNotNull()).join(slots, UNIT)
+    entries = _value_entries(plan, metrics, reading, ks)
+    rows = (
+        joined.select(UNIT, SUB, F.explode(F.array(*entries)).alias("v"))
+        .where(F.col("v").isNotNull())
+        .select(UNIT, SUB, "v.*")
+    )
+    if offenders is not None and sub_col:
+        rows = apply_multi_unit_policy(rows, offenders, plan)
+    return rows.select(
+        "experiment_id", "metric", "variant", UNIT, "value", F.explode("_segments").alias("s")
+    ).select("experiment_id", "metric", "variant", "s.*", UNIT, "value")
+
+
+def _value_entries(
+    plan: Plan, metrics: dict[str, Metric], reading: list[tuple[int, str]], ks: list[str]
+) -> list[Column]:
+    """Per slot k and metric of `reading` ((index, name)): the event's (experiment,
+    variant, metric, value, `_segments`) when it counts (see `_values`), else NULL."""
     members = {e.id: set(e.metrics) for e in plan.experiments}
     entries = []
     for k in ks:
@@ -221,16 +256,7 @@ def _values(
                     ),
                 )
             )
-    rows = (
-        joined.select(UNIT, SUB, F.explode(F.array(*entries)).alias("v"))
-        .where(F.col("v").isNotNull())
-        .select(UNIT, SUB, "v.*")
-    )
-    if offenders is not None and sub_col:
-        rows = apply_multi_unit_policy(rows, offenders, plan)
-    return rows.select(
-        "experiment_id", "metric", "variant", UNIT, "value", F.explode("_segments").alias("s")
-    ).select("experiment_id", "metric", "variant", "s.*", UNIT, "value")
+    return entries
 
 
 def _join(

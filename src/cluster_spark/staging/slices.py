@@ -98,8 +98,8 @@ def unit_slices(
     spark: SparkSession, plan: Plan, units: DataFrame, cache: Cache
 ) -> tuple[DataFrame | None, DataFrame | None]:
     """(Per-unit slices, diagnostics); (None, None) when no experiment of the plan has
-    dimensions. Per-unit slices: experiment_id, _unit, `_slices` (array of (dimension,
-    slice), one per dimension the unit's experiment lists). A NULL value is the slice
+    dimensions. Per-unit slices: `frames.UNIT_SLICES` (one (dimension, slice) per
+    dimension the unit's experiment lists). A NULL value is the slice
     `(null)`, always kept; per (experiment, dimension) the `max_slices` other slices with
     the most units (ties: by name) are kept and the rest pooled into `(other)`. Diagnostics:
     `assignment_units` per (variant, dimension, slice), and the attribute rows dropped
@@ -128,6 +128,20 @@ def unit_slices(
             F.coalesce(F.col("value"), F.lit(NULL_SLICE)).alias("slice"),
         )
     )
+    sliced = _pooled(plan, raw)
+    counts = sliced.groupBy("experiment_id", "variant", "dimension", "slice").count()
+    diags.append(
+        diag(counts, "assignment_units", F.col("count"), variant=F.col("variant"), segment=True)
+    )
+    per_unit = sliced.groupBy("experiment_id", UNIT).agg(
+        F.collect_list(F.struct("dimension", "slice")).alias("_slices")
+    )
+    return per_unit, reduce(DataFrame.unionByName, diags)
+
+
+def _pooled(plan: Plan, raw: DataFrame) -> DataFrame:
+    """Per-unit (experiment, unit, variant, dimension, slice) rows with the slices beyond
+    each dimension's `max_slices` largest pooled into `(other)`; `(null)` always kept."""
     keys = ["experiment_id", "dimension", "slice"]
     rank = F.row_number().over(
         Window.partitionBy("experiment_id", "dimension").orderBy(F.desc("n"), "slice")
@@ -143,18 +157,10 @@ def unit_slices(
         .select(*keys, F.lit(True).alias("_kept"))
     )
     own = F.col("_kept") | (F.col("slice") == NULL_SLICE)
-    sliced = raw.join(kept, keys, "left").select(
+    return raw.join(kept, keys, "left").select(
         "experiment_id",
         UNIT,
         "variant",
         "dimension",
         F.when(own, F.col("slice")).otherwise(F.lit(OTHER_SLICE)).alias("slice"),
     )
-    counts = sliced.groupBy("experiment_id", "variant", "dimension", "slice").count()
-    diags.append(
-        diag(counts, "assignment_units", F.col("count"), variant=F.col("variant"), segment=True)
-    )
-    per_unit = sliced.groupBy("experiment_id", UNIT).agg(
-        F.collect_list(F.struct("dimension", "slice")).alias("_slices")
-    )
-    return per_unit, reduce(DataFrame.unionByName, diags)

@@ -1,25 +1,25 @@
 """The per-unit contract: one row per experiment × assignment unit × metric with
-`m, d, x, y, complete, baked` (`tables.UNIT_VALUES_COLUMNS`). Everything before it is event
-plumbing (exposures, sources, the multi-unit policy); everything after it is metric
-semantics and statistics (options, moments)."""
+`m, d, x, y, complete, baked` (`tables.UNIT_VALUES_COLUMNS`), in three steps: each source's
+second level joined to the exposed units (`per_unit_frame`), then the long rows
+(`unit_value_rows`) and their diagnostics. Everything before it is event plumbing
+(exposures, sources, the multi-unit policy); everything after it is metric semantics and
+statistics (options, moments)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import reduce
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from cluster_spark.config import Component
 from cluster_spark.kinds import KINDS
-from cluster_spark.staging.events import SourceLevel, counts_values, source_level
-from cluster_spark.staging.exposures import exposed_units
-from cluster_spark.staging.moments import analysis_unit_moments
+from cluster_spark.staging.events import SourceLevel, counts_values
 from cluster_spark.staging.options import included
 from cluster_spark.staging.plan import SUB, UNIT, Cache, Plan, diag
-from cluster_spark.staging.policy import apply_multi_unit_policy, multi_unit_offenders
-from cluster_spark.staging.slices import segments, unit_slices
+from cluster_spark.staging.policy import apply_multi_unit_policy
+from cluster_spark.staging.slices import segments
 from cluster_spark.tables import ANALYSIS_UNITS_METRIC
 
 
@@ -84,42 +84,34 @@ def source_unit_aggregates(
 
 
 @dataclass
-class UnitValues:
-    """Long per-unit values of one plan and what goes with them."""
+class PerUnit:
+    """The per-unit frame of a pass (`per_unit_frame`): `wide` has the exposed units with
+    their slices (`_slices`) and, per source, its components' columns (`Plan.components`,
+    `_pre` suffixed with CUPED), `_pre__<source>` (events before exposure) and, for a
+    source keyed by the analysis unit, `_subs__<source>` (active analysis units) and, with
+    several such sources, `_n_active`. Persisted: the values and the diagnostics read it."""
 
-    values: DataFrame
-    diagnostics: DataFrame
-    analysis_unit_moments: DataFrame | None
-    #: the exposed units with their slices (`_slices`), for kinds with their own stage
-    units: DataFrame | None = None
-    #: the multi-unit policy's offending (experiment, analysis unit) pairs, or None
-    offenders: DataFrame | None = None
+    wide: DataFrame
+    #: active analysis units per unit (`F.lit(0)` without a source keyed by them)
+    analysis_units: Column
+    #: whether some source is keyed by the analysis unit
+    keyed: bool
+    #: per source keyed by the analysis unit: (experiment, unit, _sub, _active, values)
+    per_analysis_unit: list[DataFrame]
 
 
-def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
-    """Long per-unit values: experiment_id, variant, _unit, dimension, slice, metric, m, d,
-    x, y, complete, baked (an overall row per unit and metric, and one per dimension of its
-    experiment: `slices`); zeros for units without events; with an analysis unit, one more
-    row per unit for `ANALYSIS_UNITS_METRIC` (m = its active analysis units, d = 1); plus
-    diagnostics and analysis-unit moments (per segment too).
-    What it persists is in `cache`."""
-    units, diags = exposed_units(spark, plan, cache)
-    slices, slice_diags = unit_slices(spark, plan, units, cache)
-    if slice_diags is not None:
-        diags = diags.unionByName(slice_diags)
-    levels = [source_level(spark, plan, source, units, cache) for source in plan.sources]
-    keyed = [level for level in levels if level.by_analysis_unit]
-    offenders = None
-    if keyed:  # one policy over every source keyed by the analysis unit
-        where = "; ".join(level.where for level in keyed)
-        offenders, multi = multi_unit_offenders([level.rows for level in keyed], plan, where)
-        diags = diags.unionByName(multi)
-    # Units with their slices (`_slices`), the base of the per-unit frame.
-    sliced = units if slices is None else units.join(slices, ["experiment_id", UNIT], "left")
+def per_unit_frame(
+    plan: Plan,
+    sliced: DataFrame,
+    levels: list[SourceLevel],
+    offenders: DataFrame | None,
+    cache: Cache,
+) -> PerUnit:
+    """Every source's second level (`source_unit_aggregates`, after the multi-unit policy
+    `offenders`) joined to the exposed units `sliced`, one row per (experiment, unit)."""
     wide = sliced
     sub_cols, per_analysis_unit = [], []
     for level in levels:
-        diags = diags.unionByName(level.diagnostics)
         rows, values = level.rows, level.value_rows
         if level.by_analysis_unit:
             # read for per-unit values and per-analysis-unit values
@@ -132,23 +124,41 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
             per_analysis_unit.append(agg.per_analysis_unit)
             sub_cols.append(F.coalesce(F.col(f"_subs__{level.source}"), F.lit(0)))
     if len(per_analysis_unit) > 1:  # an analysis unit active in several sources counts once
-        active = reduce(
-            DataFrame.unionByName,
-            [f.select("experiment_id", UNIT, SUB, "_active") for f in per_analysis_unit],
-        )
-        per_unit = (
-            active.groupBy("experiment_id", UNIT, SUB)
-            .agg(F.max("_active").alias("_active"))
-            .groupBy("experiment_id", UNIT)
-            .agg(F.count("_active").alias("_n_active"))
-        )
-        wide = wide.join(per_unit, ["experiment_id", UNIT], "left")
+        wide = wide.join(_active_in_any(per_analysis_unit), ["experiment_id", UNIT], "left")
         sub_cols = [F.coalesce(F.col("_n_active"), F.lit(0))]
     # Values and diagnostics (two Spark queries) both read the per-unit frame: persist it.
     wide = cache.persist(wide)
+    analysis_units = sub_cols[0] if sub_cols else F.lit(0)
+    return PerUnit(wide, analysis_units, bool(sub_cols), per_analysis_unit)
+
+
+def _active_in_any(per_analysis_unit: list[DataFrame]) -> DataFrame:
+    """Per (experiment, unit): `_n_active`, its analysis units active in any source."""
+    active = reduce(
+        DataFrame.unionByName,
+        [f.select("experiment_id", UNIT, SUB, "_active") for f in per_analysis_unit],
+    )
+    return (
+        active.groupBy("experiment_id", UNIT, SUB)
+        .agg(F.max("_active").alias("_active"))
+        .groupBy("experiment_id", UNIT)
+        .agg(F.count("_active").alias("_n_active"))
+    )
+
+
+def events_before_exposure(plan: Plan, per_unit: PerUnit) -> list[DataFrame]:
+    """Diagnostics `events_before_exposure:<source>` per experiment."""
+    out = []
     for source in plan.sources:
-        pre = wide.groupBy("experiment_id").agg(F.sum(f"_pre__{source}").alias("n"))
-        diags = diags.unionByName(diag(pre, f"events_before_exposure:{source}", F.col("n")))
+        pre = per_unit.wide.groupBy("experiment_id").agg(F.sum(f"_pre__{source}").alias("n"))
+        out.append(diag(pre, f"events_before_exposure:{source}", F.col("n")))
+    return out
+
+
+def _value_entries(plan: Plan, per_unit: PerUnit) -> tuple[list[Column], list[str]]:
+    """(A struct per moments-kind metric with its (metric, m, d, x, y, complete, baked),
+    and `ANALYSIS_UNITS_METRIC`'s when some source is keyed by the analysis unit; the
+    extra metric names.)"""
 
     def value(name: str, role: str, comp: Component, suffix: str = "") -> Column:
         if comp.agg == "unit_count":
@@ -174,21 +184,29 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
                 baked.alias("baked"),
             )
         )
-    analysis_units = sub_cols[0] if sub_cols else F.lit(0)
-    extra = []
-    if sub_cols:  # analysis units per assignment unit: the analysis-unit balance check
-        extra = [ANALYSIS_UNITS_METRIC]
-        entries.append(
-            F.struct(
-                F.lit(ANALYSIS_UNITS_METRIC).alias("metric"),
-                analysis_units.cast("double").alias("m"),
-                F.lit(1.0).alias("d"),
-                F.lit(0.0).alias("x"),
-                F.lit(0.0).alias("y"),
-                F.lit(True).alias("complete"),
-                F.lit(True).alias("baked"),
-            )
+    if not per_unit.keyed:
+        return entries, []
+    # analysis units per assignment unit: the analysis-unit balance check
+    entries.append(
+        F.struct(
+            F.lit(ANALYSIS_UNITS_METRIC).alias("metric"),
+            per_unit.analysis_units.cast("double").alias("m"),
+            F.lit(1.0).alias("d"),
+            F.lit(0.0).alias("x"),
+            F.lit(0.0).alias("y"),
+            F.lit(True).alias("complete"),
+            F.lit(True).alias("baked"),
         )
+    )
+    return entries, [ANALYSIS_UNITS_METRIC]
+
+
+def unit_value_rows(plan: Plan, per_unit: PerUnit, sliced: bool) -> DataFrame:
+    """The per-unit contract (`tables.UNIT_VALUES_COLUMNS`) and `_n_subs` (the unit's
+    active analysis units): an overall row per unit and metric of its experiment, and one
+    per dimension of its experiment (`slices`); zeros for units without events. `sliced`:
+    the units have `_slices`."""
+    entries, extra = _value_entries(plan, per_unit)
     wanted = F.create_map(
         *[
             x
@@ -196,13 +214,13 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
             for x in (F.lit(e.id), F.array(*map(F.lit, [*e.metrics, *extra])))
         ]
     )
-    values = (
-        wide.select(
+    return (
+        per_unit.wide.select(
             "experiment_id",
             "variant",
             UNIT,
-            analysis_units.alias("_n_subs"),
-            segments(F.col("_slices") if slices is not None else None).alias("_segments"),
+            per_unit.analysis_units.alias("_n_subs"),
+            segments(F.col("_slices") if sliced else None).alias("_segments"),
             F.explode(F.array(*entries)).alias("v"),
         )
         .where(F.array_contains(F.element_at(wanted, F.col("experiment_id")), F.col("v.metric")))
@@ -216,24 +234,19 @@ def unit_values(spark: SparkSession, plan: Plan, cache: Cache) -> UnitValues:
         )
         .select("experiment_id", "variant", UNIT, "_n_subs", "s.*", "v.*")
     )
-    if sub_cols:  # a source has the analysis unit: count the active ones
-        first_metric = {e.id: e.metrics[0] for e in plan.experiments}
-        one_row = F.col("metric") == F.element_at(
-            F.create_map(*[F.lit(x) for kv in first_metric.items() for x in kv]),
-            F.col("experiment_id"),
-        )
-        counts = (
-            values.where(one_row)
-            .groupBy("experiment_id", "variant", "dimension", "slice")
-            .agg(F.sum("_n_subs").alias("n"))
-        )
-        diags = diags.unionByName(
-            diag(counts, "analysis_units", F.col("n"), variant=F.col("variant"), segment=True)
-        )
-    return UnitValues(
-        values.drop("_n_subs"),
-        diags,
-        analysis_unit_moments(plan, per_analysis_unit, sliced),
-        sliced,
-        offenders,
+
+
+def analysis_unit_counts(plan: Plan, values: DataFrame) -> DataFrame:
+    """Diagnostics `analysis_units` per (experiment, variant, segment): Σ `_n_subs` over
+    one metric's rows (each unit once per segment)."""
+    first_metric = {e.id: e.metrics[0] for e in plan.experiments}
+    one_row = F.col("metric") == F.element_at(
+        F.create_map(*[F.lit(x) for kv in first_metric.items() for x in kv]),
+        F.col("experiment_id"),
     )
+    counts = (
+        values.where(one_row)
+        .groupBy("experiment_id", "variant", "dimension", "slice")
+        .agg(F.sum("_n_subs").alias("n"))
+    )
+    return diag(counts, "analysis_units", F.col("n"), variant=F.col("variant"), segment=True)
