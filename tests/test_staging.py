@@ -154,14 +154,10 @@ def test_frames_at_the_seams_have_the_declared_schemas(spark, tiny):
         staged.release()
 
 
-def test_every_step_of_a_pass_has_its_declared_frame(spark, tiny, tmp_path):
-    """Each step's output against `staging.frames`, in a pass with every feature that adds
-    columns: slices from exposures and from unit attributes, CUPED, winsorization, two
-    sources keyed by the analysis unit, a distinct count of a non-key column, a quantile
-    metric. A frame with an undeclared or a missing column fails by name."""
-    from cluster_spark.config import parse_config
-    from cluster_spark.staging import frames
-    from cluster_spark.staging.plan import Cache, plans
+def rich_config(spark, tiny, tmp_path) -> dict:
+    """The tiny data's config with every feature that adds staging columns: slices from
+    exposures and from unit attributes, CUPED, winsorization, two sources keyed by the
+    analysis unit, a distinct count of a non-key column, a quantile metric."""
     from tests.helpers import config_dict
 
     exposures = [(*row, "gold" if row[1] in ("o1", "o3") else None) for row in EXPOSURES]
@@ -195,6 +191,19 @@ def test_every_step_of_a_pass_has_its_declared_frame(spark, tiny, tmp_path):
         "dimensions": ["plan", "region"],
         "cuped_lookback_days": 7,
     }
+    return raw
+
+
+def test_every_step_of_a_pass_has_its_declared_frame(spark, tiny, tmp_path):
+    """Each step's output against `staging.frames`, in a pass with every feature that adds
+    columns: slices from exposures and from unit attributes, CUPED, winsorization, two
+    sources keyed by the analysis unit, a distinct count of a non-key column, a quantile
+    metric. A frame with an undeclared or a missing column fails by name."""
+    from cluster_spark.config import parse_config
+    from cluster_spark.staging import frames
+    from cluster_spark.staging.plan import Cache, plans
+
+    raw = rich_config(spark, tiny, tmp_path)
     (plan,) = plans(parse_config(raw), ["e1"], ANALYSIS_DATE)
     cache = Cache()
     try:

@@ -248,6 +248,22 @@ def first_level(
     day's; the analysis time moves one day back, so the rules for instants count a day on
     or after the exposure day that has ended by the analysis time (and the bake delay).
     """
+    joined, slots, ks, in_range, unmapped = joined_events(plan, events, units, daily)
+    aggs, columns, pairs = slot_aggregates(plan, parts, key_col, ks, in_range)
+    totals = key_totals(parts, unmapped, daily)
+    per_key = joined.groupBy(UNIT, SUB).agg(*aggs, *[value.alias(n) for n, value in totals])
+    values = distinct_values(joined, pairs) if pairs else None
+    names = [n for n, _ in totals]
+    rows = cache.persist(experiment_rows(per_key, slots, ks, columns, names))
+    return FirstLevel(rows, values)
+
+
+def joined_events(
+    plan: Plan, events: DataFrame, units: DataFrame, daily: bool
+) -> tuple[DataFrame, DataFrame, list[str], dict[str, Column], bool]:
+    """(The events joined to their unit's exposure slots and kept when in some slot's
+    range or without a unit; the slots; the slot suffixes; each slot's range condition;
+    whether the source is read through an id mapping.) See `first_level`."""
     slots, n_slots = exposure_slots(units, len(plan.experiments))
     ks = [slot(k) for k in range(n_slots)]
     if daily:
@@ -268,16 +284,10 @@ def first_level(
         .where(F.col(UNIT).isNull() | reduce(Column.__or__, in_range.values()))
         .withColumn(SUB, F.when(F.col(UNIT).isNotNull(), F.col(SUB)))
     )
-    aggs, columns, pairs = _slot_aggregates(plan, parts, key_col, ks, in_range)
-    totals = _key_totals(parts, "_unmapped" in events.columns, daily)
-    per_key = joined.groupBy(UNIT, SUB).agg(*aggs, *[value.alias(n) for n, value in totals])
-    values = _distinct_values(joined, pairs) if pairs else None
-    names = [n for n, _ in totals]
-    rows = cache.persist(_experiment_rows(per_key, slots, ks, columns, names))
-    return FirstLevel(rows, values)
+    return joined, slots, ks, in_range, "_unmapped" in events.columns
 
 
-def _distinct_values(joined: DataFrame, pairs: list[Column]) -> DataFrame:
+def distinct_values(joined: DataFrame, pairs: list[Column]) -> DataFrame:
     """`FirstLevel.values`: distinct values by aggregation, no per-unit arrays (a heavy
     org's hotspot)."""
     return (
@@ -289,7 +299,7 @@ def _distinct_values(joined: DataFrame, pairs: list[Column]) -> DataFrame:
     )
 
 
-def _experiment_rows(
+def experiment_rows(
     per_key: DataFrame, slots: DataFrame, ks: list[str], columns: list[str], totals: list[str]
 ) -> DataFrame:
     """The per-key aggregates back to one row per (experiment, unit, key) with events in
@@ -318,7 +328,7 @@ def _experiment_rows(
     )
 
 
-def _slot_aggregates(
+def slot_aggregates(
     plan: Plan,
     parts: dict[str, tuple[Component, float]],
     key_col: str | None,
@@ -351,7 +361,7 @@ def _slot_aggregates(
     return aggs, [*columns, "_first_ts", "_n_pre", "_active"], pairs
 
 
-def _key_totals(
+def key_totals(
     parts: dict[str, tuple[Component, float]], unmapped: bool, daily: bool
 ) -> list[tuple[str, Column]]:
     """(Name, aggregate) of the bookkeeping per first-level key, over all its events: the

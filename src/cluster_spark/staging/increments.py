@@ -1,0 +1,125 @@
+"""Incremental refresh, its first piece (#28): the first aggregation level kept per UTC
+event day and rebuilt from those days.
+
+The first level (`frames.FIRST_LEVEL`, `events.first_level`) is the only moments-kind step
+that reads events; every step after it reads the first level. Its aggregates merge
+across event days: component sums and counts add, a distinct count of the key is a flag
+(max), `_first_ts` is the earliest, `_n_pre` adds, `_active` is the max, and the per-key
+bookkeeping counts add. So a day's events can be aggregated once into **day partials**
+(`day_partials`) and the first level rebuilt from any set of days (`merged_first_level`)
+without reading the events again: the state a daily run keeps, recomputing only the days
+of its lookback (docs/design.md, "Incremental refresh").
+
+Two frames, because the bookkeeping counts are per key over all events the exposure join
+keeps (those in any of its unit's experiments' ranges), while a (experiment, unit, key)
+row exists only on the days that experiment's range has events: kept per (unit, key, day),
+the counts rebuild exactly even when the experiments' rows are on different days.
+
+Day partials are valid while the unit's exposures are: they are computed under its slots
+(exposure, start, pre-period, analysis time), so a unit whose exposures change must be
+recomputed, and days within the bake delay or after the previous analysis time must be
+recomputed by a later run. Sums over days are added in another order than one pass over
+the events: equal to ~1e-15 relative, not bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from cluster_spark.config import Component
+from cluster_spark.staging.events import (
+    FirstLevel,
+    counts_values,
+    distinct_values,
+    experiment_rows,
+    joined_events,
+    key_totals,
+    slot_aggregates,
+)
+from cluster_spark.staging.plan import SUB, TS, UNIT, Plan
+
+#: The UTC event day of a day partial (days since 1970-01-01; NULL for events without a
+#: timestamp, which are in no window).
+DAY = "_day"
+
+
+def event_day(ts: Column) -> Column:
+    """Days since 1970-01-01 of a UTC instant (independent of the session time zone)."""
+    return F.floor(F.unix_seconds(ts) / 86_400).cast("int")
+
+
+@dataclass
+class DayPartials:
+    """`rows`: per (experiment, unit, key, `_day`) the slot aggregates of the first level
+    (its component columns, `_first_ts`, `_n_pre`, `_active`); `totals`: per (unit, key,
+    `_day`) the bookkeeping counts (`_n_events`, `_null__<i>`, …); `values`: the distinct
+    (unit, key, experiment, component, value) rows of distinct counts of other columns
+    (`frames.DISTINCT_VALUES`), or None. Lazy."""
+
+    rows: DataFrame
+    totals: DataFrame
+    values: DataFrame | None
+
+
+def day_partials(
+    plan: Plan,
+    events: DataFrame,
+    units: DataFrame,
+    parts: dict[str, tuple[Component, float]],
+    key_col: str | None,
+    daily: bool = False,
+) -> DayPartials:
+    """`events.first_level` of these events, per UTC event day (arguments as there)."""
+    joined, slots, ks, in_range, unmapped = joined_events(plan, events, units, daily)
+    aggs, columns, pairs = slot_aggregates(plan, parts, key_col, ks, in_range)
+    totals = key_totals(parts, unmapped, daily)
+    names = [n for n, _ in totals]
+    per_key = (
+        joined.withColumn(DAY, event_day(F.col(TS)))
+        .groupBy(UNIT, SUB, DAY)
+        .agg(*aggs, *[value.alias(n) for n, value in totals])
+    )
+    rows = experiment_rows(per_key.drop(*names), slots, ks, columns, [DAY])
+    values = distinct_values(joined, pairs) if pairs else None
+    return DayPartials(rows, per_key.select(UNIT, SUB, DAY, *names), values)
+
+
+def _merges(
+    plan: Plan, parts: dict[str, tuple[Component, float]], key_col: str | None
+) -> dict[str, Callable[[str], Column]]:
+    """Slot column → how its day partials merge (in `slot_aggregates`' order)."""
+    out: dict[str, Callable[[str], Column]] = {}
+    for name, (comp, _) in parts.items():
+        for col in [name, f"{name}_pre"] if plan.cuped else [name]:
+            if not counts_values(comp, key_col):
+                out[col] = F.max if comp.agg == "count_distinct" else F.sum
+    return out | {"_first_ts": F.min, "_n_pre": F.sum, "_active": F.max}
+
+
+def merged_first_level(
+    plan: Plan,
+    partials: DayPartials,
+    parts: dict[str, tuple[Component, float]],
+    key_col: str | None,
+) -> FirstLevel:
+    """The first level (`frames.FIRST_LEVEL`, as `events.first_level` returns it) rebuilt
+    from day partials of any set of days: one row per (experiment, unit, key)."""
+    merges = _merges(plan, parts, key_col)
+    rows = partials.rows.groupBy("experiment_id", UNIT, SUB).agg(
+        *[merge(c).alias(c) for c, merge in merges.items()]
+    )
+    names = [c for c in partials.totals.columns if c not in (UNIT, SUB, DAY)]
+    kept = ("_n_events", "_n_null_ts", "_n_unmapped", "_n_midnight")
+    names = [n for n in names if n in kept] + [n for n in names if n not in kept]
+    totals = partials.totals.groupBy(UNIT, SUB).agg(*[F.sum(c).alias(c) for c in names])
+    keyed = totals.select(
+        F.col(UNIT).alias("_k_unit"), F.col(SUB).alias("_k_sub"), *names
+    )  # NULL-safe: the row of events without a unit has NULL unit and key
+    on = F.col(UNIT).eqNullSafe(F.col("_k_unit")) & F.col(SUB).eqNullSafe(F.col("_k_sub"))
+    first = rows.join(keyed, on).select(UNIT, SUB, *names, "experiment_id", *merges)
+    values = None if partials.values is None else partials.values.distinct()
+    return FirstLevel(first, values)
