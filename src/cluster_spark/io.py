@@ -583,11 +583,17 @@ def _sql_string(text: str) -> str:
     return f"decode(unhex('{text.encode().hex()}'), 'UTF-8')"
 
 
+def experiment_predicate(experiment_ids: Iterable[str]) -> str:
+    """The rows of these experiments as the SQL text Delta's `replaceWhere` needs, ids
+    hex-encoded (`_sql_string`): no id is ever parsed as SQL."""
+    return f"experiment_id IN ({', '.join(_sql_string(e) for e in sorted(set(experiment_ids)))})"
+
+
 def slice_predicate(experiment_ids: Iterable[str], analysis_date: dt.date) -> str:
     """`slice_filter` as the SQL text Delta's `replaceWhere` needs: ids are hex-encoded
     (`_sql_string`), the date is an ISO literal, so no id is ever parsed as SQL."""
-    ids = ", ".join(_sql_string(e) for e in sorted(set(experiment_ids)))
-    return f"experiment_id IN ({ids}) AND analysis_date = DATE'{analysis_date.isoformat()}'"
+    day = analysis_date.isoformat()
+    return f"{experiment_predicate(experiment_ids)} AND analysis_date = DATE'{day}'"
 
 
 # Delta's Connect client (the `connect` extra), when installed: Delta's commit conflicts on
