@@ -109,10 +109,16 @@ class StateRun:
             )
         return out
 
-    def read(self, table: str) -> DataFrame | None:
+    def read(self, table: str, pending: bool = False) -> DataFrame | None:
         """The current rows of `table` for the run's experiments (lazy; without `_run`),
-        or None when none of them has committed rows of it."""
-        keys = [(e, day, run) for e in self.ids for day, run in self.current[e].runs(table).items()]
+        or None when there are none; `pending`: as they will be once this run commits (its
+        appended days in place of the committed ones)."""
+        keys = []
+        for e in self.ids:
+            runs = dict(self.current[e].runs(table))
+            if pending:
+                runs.update(dict.fromkeys(self.appended[e].get(table, ()), self.run_id))
+            keys += [(e, day, run) for day, run in runs.items()]
         if not keys:
             return None
         df = existing_table(self.spark, Location(path=self._path(table)))
@@ -128,15 +134,29 @@ class StateRun:
         ]
         return df.join(current, on, "left_semi").drop(RUN)
 
-    def append(self, table: str, rows: DataFrame, days: Mapping[str, Iterable[int | None]]) -> None:
-        """Append `rows` (with `experiment_id` and `_day`) as this run's rows of `table`;
-        `days`: per experiment the days they replace once committed (a day with no rows
-        is replaced by nothing). Invisible until `commit`."""
+    def append(
+        self, table: str, rows: DataFrame, days: Mapping[str, Iterable[int | None]] | None = None
+    ) -> None:
+        """Append `rows` (with `experiment_id` and `_day`, of the run's experiments) as this
+        run's rows of `table`. Once committed they replace the days they have and, per
+        experiment, the `days` given (a day without rows any more is replaced by nothing).
+        Invisible until `commit`. Collects the (experiment, day) pairs written: a few per
+        experiment and day."""
         rows.withColumn(RUN, F.lit(self.run_id)).write.format("delta").mode("append").option(
             "mergeSchema", "true"
         ).partitionBy("experiment_id").save(self._path(table))
-        for e, ds in days.items():
-            self.appended[e].setdefault(table, set()).update(ds)
+        written = (
+            self.spark.read.format("delta")
+            .load(self._path(table))
+            .where(F.col("experiment_id").isin(self.ids) & (F.col(RUN) == F.lit(self.run_id)))
+            .select("experiment_id", DAY)
+            .distinct()
+            .collect()
+        )
+        for e in self.ids:
+            replaced = self.appended[e].setdefault(table, set())
+            replaced.update((days or {}).get(e, ()))
+            replaced.update(r[DAY] for r in written if r["experiment_id"] == e)
 
     def commit(self, analysis_date: dt.date, fingerprints: Mapping[str, str]) -> None:
         """Make the appended days current, one Delta commit per experiment; raises

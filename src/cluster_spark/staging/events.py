@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial, reduce
 
@@ -287,14 +287,14 @@ def joined_events(
     return joined, slots, ks, in_range, "_unmapped" in events.columns
 
 
-def distinct_values(joined: DataFrame, pairs: list[Column]) -> DataFrame:
+def distinct_values(joined: DataFrame, pairs: list[Column], extra: Sequence[str] = ()) -> DataFrame:
     """`FirstLevel.values`: distinct values by aggregation, no per-unit arrays (a heavy
-    org's hotspot)."""
+    org's hotspot); `extra`: more columns of `joined` to keep (the event day)."""
     return (
         joined.where(F.col(UNIT).isNotNull())
-        .select(UNIT, SUB, F.explode(F.array(*pairs)).alias("_v"))
+        .select(UNIT, SUB, *extra, F.explode(F.array(*pairs)).alias("_v"))
         .where(F.col("_v").isNotNull())
-        .select(UNIT, SUB, "_v.*")
+        .select(UNIT, SUB, *extra, "_v.*")
         .distinct()
     )
 

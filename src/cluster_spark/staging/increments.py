@@ -12,8 +12,9 @@ of its lookback (docs/design.md, "Incremental refresh").
 
 Two frames, because the bookkeeping counts are per key over all events the exposure join
 keeps (those in any of its unit's experiments' ranges), while a (experiment, unit, key)
-row exists only on the days that experiment's range has events: kept per (unit, key, day),
-the counts rebuild exactly even when the experiments' rows are on different days.
+row exists only on the days that experiment's range has events: kept beside every
+experiment of the unit for every day the key has events, the counts rebuild exactly even
+when the experiments' rows are on different days.
 
 Day partials are valid while the unit's exposures are: they are computed under its slots
 (exposure, start, pre-period, analysis time), so a unit whose exposures change must be
@@ -24,6 +25,7 @@ the events: equal to ~1e-15 relative, not bit for bit.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,8 +41,10 @@ from cluster_spark.staging.events import (
     joined_events,
     key_totals,
     slot_aggregates,
+    source_parts,
 )
 from cluster_spark.staging.plan import SUB, TS, UNIT, Plan
+from cluster_spark.state import StateRun
 
 #: The UTC event day of a day partial (days since 1970-01-01; NULL for events without a
 #: timestamp, which are in no window).
@@ -54,11 +58,17 @@ def event_day(ts: Column) -> Column:
 
 @dataclass
 class DayPartials:
-    """`rows`: per (experiment, unit, key, `_day`) the slot aggregates of the first level
-    (its component columns, `_first_ts`, `_n_pre`, `_active`); `totals`: per (unit, key,
-    `_day`) the bookkeeping counts (`_n_events`, `_null__<i>`, …); `values`: the distinct
-    (unit, key, experiment, component, value) rows of distinct counts of other columns
-    (`frames.DISTINCT_VALUES`), or None. Lazy."""
+    """Day partials of one source, lazy.
+
+    - `rows`: per (experiment, unit, key, `_day`) the slot aggregates of the first level
+      (its component columns, `_first_ts`, `_n_pre`, `_active`);
+    - `totals`: per (experiment, unit, key, `_day`) the key's bookkeeping counts
+      (`_n_events`, `_null__<i>`, …), beside every experiment of its unit;
+    - `values`: the distinct (unit, key, `_day`, experiment, component, value) rows of
+      distinct counts of other columns (`frames.DISTINCT_VALUES` and the day), or None.
+
+    Rows of events without a unit are copied to every experiment of the plan, so each row
+    can be kept in its experiment's state (`cluster_spark.state`)."""
 
     rows: DataFrame
     totals: DataFrame
@@ -78,14 +88,43 @@ def day_partials(
     aggs, columns, pairs = slot_aggregates(plan, parts, key_col, ks, in_range)
     totals = key_totals(parts, unmapped, daily)
     names = [n for n, _ in totals]
-    per_key = (
-        joined.withColumn(DAY, event_day(F.col(TS)))
-        .groupBy(UNIT, SUB, DAY)
-        .agg(*aggs, *[value.alias(n) for n, value in totals])
-    )
+    joined = joined.withColumn(DAY, event_day(F.col(TS)))
+    per_key = joined.groupBy(UNIT, SUB, DAY).agg(*aggs, *[value.alias(n) for n, value in totals])
     rows = experiment_rows(per_key.drop(*names), slots, ks, columns, [DAY])
-    values = distinct_values(joined, pairs) if pairs else None
-    return DayPartials(rows, per_key.select(UNIT, SUB, DAY, *names), values)
+    # the key's counts beside each experiment of its unit (its slots)
+    ids = slots.select(UNIT, F.array(*[F.col(f"experiment_id{k}") for k in ks]).alias("_ids"))
+    totals = per_key.select(UNIT, SUB, DAY, *names).join(ids, UNIT, "left")
+    experiments = F.when(F.col(UNIT).isNull(), F.array(F.lit(None).cast("string")))
+    totals = totals.select(
+        F.explode(experiments.otherwise(F.filter("_ids", lambda x: x.isNotNull()))).alias(
+            "experiment_id"
+        ),
+        UNIT,
+        SUB,
+        DAY,
+        *names,
+    )
+    values = distinct_values(joined, pairs, [DAY]) if pairs else None
+    return DayPartials(_copied(plan, rows), _copied(plan, totals), values)
+
+
+def _copied(plan: Plan, df: DataFrame) -> DataFrame:
+    """Rows of events without a unit (NULL unit, no experiment) copied to every experiment
+    of the plan, so every stored row belongs to an experiment (`_one_copy` undoes it)."""
+    ids = F.array(*[F.lit(e.id) for e in plan.experiments])
+    unitless = df.where(F.col(UNIT).isNull()).drop("experiment_id")
+    copies = unitless.select(F.explode(ids).alias("experiment_id"), *unitless.columns)
+    return df.where(F.col(UNIT).isNotNull()).unionByName(copies)
+
+
+def _one_copy(plan: Plan, df: DataFrame) -> DataFrame:
+    """The rows of units, and one copy of the rows without a unit (the first experiment's
+    by id) with no experiment, as `events.first_level` has them."""
+    first = min(e.id for e in plan.experiments)
+    has_unit = F.col(UNIT).isNotNull()
+    return df.where(has_unit | (F.col("experiment_id") == F.lit(first))).withColumn(
+        "experiment_id", F.when(has_unit, F.col("experiment_id"))
+    )
 
 
 def _merges(
@@ -109,17 +148,81 @@ def merged_first_level(
     """The first level (`frames.FIRST_LEVEL`, as `events.first_level` returns it) rebuilt
     from day partials of any set of days: one row per (experiment, unit, key)."""
     merges = _merges(plan, parts, key_col)
-    rows = partials.rows.groupBy("experiment_id", UNIT, SUB).agg(
-        *[merge(c).alias(c) for c, merge in merges.items()]
+    keys = ["experiment_id", UNIT, SUB]
+    rows = (
+        _one_copy(plan, partials.rows)
+        .groupBy(*keys)
+        .agg(*[merge(c).alias(c) for c, merge in merges.items()])
     )
-    names = [c for c in partials.totals.columns if c not in (UNIT, SUB, DAY)]
+    names = [c for c in partials.totals.columns if c not in (*keys, DAY)]
     kept = ("_n_events", "_n_null_ts", "_n_unmapped", "_n_midnight")
     names = [n for n in names if n in kept] + [n for n in names if n not in kept]
-    totals = partials.totals.groupBy(UNIT, SUB).agg(*[F.sum(c).alias(c) for c in names])
-    keyed = totals.select(
-        F.col(UNIT).alias("_k_unit"), F.col(SUB).alias("_k_sub"), *names
-    )  # NULL-safe: the row of events without a unit has NULL unit and key
-    on = F.col(UNIT).eqNullSafe(F.col("_k_unit")) & F.col(SUB).eqNullSafe(F.col("_k_sub"))
-    first = rows.join(keyed, on).select(UNIT, SUB, *names, "experiment_id", *merges)
-    values = None if partials.values is None else partials.values.distinct()
+    totals = (
+        _one_copy(plan, partials.totals)
+        .groupBy(*keys)
+        .agg(*[F.sum(c).alias(c) for c in names])
+        .select(*[F.col(k).alias(f"_k{i}") for i, k in enumerate(keys)], *names)
+    )
+    # NULL-safe: the row of events without a unit has NULL experiment, unit and key
+    on = [F.col(k).eqNullSafe(F.col(f"_k{i}")) for i, k in enumerate(keys)]
+    first = rows.join(totals, on).select(UNIT, SUB, *names, "experiment_id", *merges)
+    values = None if partials.values is None else partials.values.drop(DAY).distinct()
     return FirstLevel(first, values)
+
+
+def state_tables(source: str) -> tuple[str, str, str]:
+    """The state tables of one source's day partials: rows, totals, distinct values."""
+    return tuple(f"{kind}__{source}" for kind in ("first_level", "key_totals", "values"))
+
+
+def refreshed_first_level(
+    run: StateRun,
+    plan: Plan,
+    source: str,
+    events: DataFrame,
+    units: DataFrame,
+    since: dt.datetime | None,
+    daily: bool = False,
+) -> FirstLevel:
+    """The first level of `source` (as `events.first_level` computes it from every event)
+    from the state of `run` and the events at or after `since`.
+
+    Day partials of those events (and of the events without a timestamp) are appended to
+    `run` as its days: from `since`'s UTC day to the latest analysis time's, the NULL day,
+    and any day they have; the other days come from the state. `since` None: every event,
+    replacing every day (a full refresh). The caller commits `run` after its writes.
+    Exact when the units' exposures are those under which the kept days were computed and
+    every event of a unit before `since` is in a kept day (see docs/design.md,
+    "Incremental refresh": newly exposed units' history is not built yet); rows of units
+    no longer exposed are dropped."""
+    parts, _, key_col = source_parts(plan, source)
+    recent = events
+    if since is not None:
+        recent = events.where(F.col(TS).isNull() | (F.col(TS) >= F.lit(since)))
+    fresh = day_partials(plan, recent, units, parts, key_col, daily)
+    replaced: dict[str, set[int | None]] = {}
+    for e in plan.experiments:
+        if since is None:  # every committed day goes
+            state = run.current[e.id]
+            replaced[e.id] = {d for t in state.days or {} for d in state.runs(t)}
+        else:
+            last = e.analysis_time(plan.analysis_date)
+            replaced[e.id] = {None, *range(_day_number(since), _day_number(last) + 1)}
+    frames = (fresh.rows, fresh.totals, fresh.values)
+    for table, df in zip(state_tables(source), frames, strict=True):
+        if df is not None:
+            run.append(table, df, replaced)
+    rows, totals, values = (run.read(t, pending=True) for t in state_tables(source))
+    if rows is None or totals is None:  # no rows in any day: nothing was written
+        rows, totals, values = fresh.rows, fresh.totals, fresh.values
+    merged = merged_first_level(plan, DayPartials(rows, totals, values), parts, key_col)
+    exposed = units.select("experiment_id", UNIT)
+    kept = merged.rows.join(exposed, ["experiment_id", UNIT], "left_semi").unionByName(
+        merged.rows.where(F.col(UNIT).isNull())
+    )
+    return FirstLevel(kept, merged.values)
+
+
+def _day_number(instant: dt.datetime) -> int:
+    """`event_day` of a UTC-aware instant, in Python."""
+    return (instant - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).days
