@@ -107,3 +107,22 @@ def test_experiments_are_independent_and_ids_are_literals(spark, tmp_path):
     assert _state(spark, tmp_path, ODD) == {1: 2.0}
     assert _state(spark, tmp_path, "e2") == {1: 5.0, 2: 6.0}
     assert _state(spark, tmp_path, "never") == {}
+
+
+def test_added_rows_join_other_runs_rows_of_their_day_until_a_replace(spark, tmp_path):
+    def add(run_id: str, days: dict[int, float], replace: bool = False) -> None:
+        run = StateRun(spark, str(tmp_path), ["e1"], run_id)
+        run.append(
+            "history", _rows(spark, "e1", days), {"e1": [1]} if replace else None, add=not replace
+        )
+        run.commit(DATE, {"e1": "f1"})
+
+    def state() -> list[tuple[int, float]]:
+        df = StateRun(spark, str(tmp_path), ["e1"], "reader").read("history")
+        return [] if df is None else sorted((r["_day"], r["value"]) for r in df.collect())
+
+    add("r1", {1: 1.0})
+    add("r2", {1: 2.0, 2: 3.0})
+    assert state() == [(1, 1.0), (1, 2.0), (2, 3.0)]
+    add("r3", {}, replace=True)  # day 1 replaced by nothing: a full refresh
+    assert state() == [(2, 3.0)]

@@ -58,15 +58,16 @@ class StateConflict(ClusterSparkError):
 @dataclass(frozen=True)
 class Current:
     """An experiment's committed state: its sequence number (0 before the first commit),
-    analysis date and config fingerprint, and per table the run of each day's rows."""
+    analysis date and config fingerprint, and per table the runs whose rows of each day
+    are current (one, or several for a table appended to with `add`)."""
 
     seq: int = 0
     analysis_date: dt.date | None = None
     fingerprint: str | None = None
-    days: Mapping[str, Mapping[int | None, str]] | None = None
+    days: Mapping[str, Mapping[int | None, tuple[str, ...]]] | None = None
     committed_by: str | None = None
 
-    def runs(self, table: str) -> Mapping[int | None, str]:
+    def runs(self, table: str) -> Mapping[int | None, tuple[str, ...]]:
         return (self.days or {}).get(table, {})
 
 
@@ -81,6 +82,7 @@ class StateRun:
         self.ids = sorted(set(experiment_ids))
         self.current = self._read_log()
         self.appended: dict[str, dict[str, set[int | None]]] = {e: {} for e in self.ids}
+        self.adding: set[str] = set()  # tables whose days this run adds to, not replaces
 
     def _path(self, table: str) -> str:
         return os.path.join(self.root, table)
@@ -95,10 +97,11 @@ class StateRun:
             mine = [r for r in rows if r["experiment_id"] == e]
             if not mine:
                 continue
-            days: dict[str, dict[int | None, str]] = {}
+            days: dict[str, dict[int | None, tuple[str, ...]]] = {}
             for r in mine:
                 if r["table"] is not None:
-                    days.setdefault(r["table"], {})[r[DAY]] = r[RUN]
+                    by_day = days.setdefault(r["table"], {})
+                    by_day[r[DAY]] = (*by_day.get(r[DAY], ()), r[RUN])
             first = mine[0]
             out[e] = Current(
                 first["seq"],
@@ -115,10 +118,8 @@ class StateRun:
         appended days in place of the committed ones)."""
         keys = []
         for e in self.ids:
-            runs = dict(self.current[e].runs(table))
-            if pending:
-                runs.update(dict.fromkeys(self.appended[e].get(table, ()), self.run_id))
-            keys += [(e, day, run) for day, run in runs.items()]
+            runs = self._days(e, table) if pending else self.current[e].runs(table)
+            keys += [(e, day, run) for day, rs in runs.items() for run in rs]
         if not keys:
             return None
         df = existing_table(self.spark, Location(path=self._path(table)))
@@ -135,13 +136,20 @@ class StateRun:
         return df.join(current, on, "left_semi").drop(RUN)
 
     def append(
-        self, table: str, rows: DataFrame, days: Mapping[str, Iterable[int | None]] | None = None
+        self,
+        table: str,
+        rows: DataFrame,
+        days: Mapping[str, Iterable[int | None]] | None = None,
+        add: bool = False,
     ) -> None:
         """Append `rows` (with `experiment_id` and `_day`, of the run's experiments) as this
         run's rows of `table`. Once committed they replace the days they have and, per
-        experiment, the `days` given (a day without rows any more is replaced by nothing).
-        Invisible until `commit`. Collects the (experiment, day) pairs written: a few per
-        experiment and day."""
+        experiment, the `days` given (a day without rows any more is replaced by nothing);
+        with `add`, they join the rows other runs committed for those days instead (a run
+        appends a table one way only). Invisible until `commit`. Collects the
+        (experiment, day) pairs written: a few per experiment and day."""
+        if add:
+            self.adding.add(table)
         rows.withColumn(RUN, F.lit(self.run_id)).write.format("delta").mode("append").option(
             "mergeSchema", "true"
         ).partitionBy("experiment_id").save(self._path(table))
@@ -158,20 +166,27 @@ class StateRun:
             replaced.update((days or {}).get(e, ()))
             replaced.update(r[DAY] for r in written if r["experiment_id"] == e)
 
+    def _days(self, experiment_id: str, table: str) -> dict[int | None, tuple[str, ...]]:
+        """Day → runs of `table` once this run commits."""
+        days = dict(self.current[experiment_id].runs(table))
+        for day in self.appended[experiment_id].get(table, ()):
+            kept = days.get(day, ()) if table in self.adding else ()
+            days[day] = (*[r for r in kept if r != self.run_id], self.run_id)
+        return days
+
     def commit(self, analysis_date: dt.date, fingerprints: Mapping[str, str]) -> None:
         """Make the appended days current, one Delta commit per experiment; raises
         StateConflict naming the experiment when another run committed it first."""
         for e in self.ids:
             before = self.current[e]
-            days = {t: dict(before.runs(t)) for t in {*(before.days or {}), *self.appended[e]}}
-            for table, replaced in self.appended[e].items():
-                days[table].update(dict.fromkeys(replaced, self.run_id))
+            days = {t: self._days(e, t) for t in {*(before.days or {}), *self.appended[e]}}
             seq = before.seq + 1
             meta = (seq, analysis_date, fingerprints[e], self.run_id)
             rows = [
                 (e, t, day, run, *meta)
                 for t, by_day in sorted(days.items())
-                for day, run in by_day.items()
+                for day, runs in by_day.items()
+                for run in runs
             ] or [(e, None, None, None, *meta)]
             self._write_log(e, rows, seq)
             now = self._read_log_of(e)
