@@ -154,13 +154,13 @@ def test_frames_at_the_seams_have_the_declared_schemas(spark, tiny):
         staged.release()
 
 
-def rich_config(spark, tiny, tmp_path) -> dict:
+def rich_config(spark, tiny, tmp_path, exposure_rows=EXPOSURES) -> dict:
     """The tiny data's config with every feature that adds staging columns: slices from
     exposures and from unit attributes, CUPED, winsorization, two sources keyed by the
     analysis unit, a distinct count of a non-key column, a quantile metric."""
     from tests.helpers import config_dict
 
-    exposures = [(*row, "gold" if row[1] in ("o1", "o3") else None) for row in EXPOSURES]
+    exposures = [(*row, "gold" if row[1] in ("o1", "o3") else None) for row in exposure_rows]
     write_delta(spark, exposures, EXPOSURE_DDL + ", plan string", tmp_path / "exposures")
     orgs = [("o1", "eu", at(-30)), ("o3", "us", at(-30))]
     write_delta(spark, orgs, "org string, region string, updated_at timestamp", tmp_path / "orgs")

@@ -102,7 +102,7 @@ def _non_finite(column: str) -> Column:
     return F.isnan(value) | (F.abs(value) == F.lit(float("inf")))
 
 
-def _first_level(comp: Component, keep: Column) -> Column:
+def component_aggregate(comp: Component, keep: Column) -> Column:
     """A component aggregated per (unit, first-level key) over the events that pass `keep`.
     A distinct count of the key becomes a flag (1 or null) per key. A sum skips NaN and
     ±Inf values as it skips NULLs: they are missing values (counted, `non_finite_values`)."""
@@ -347,7 +347,7 @@ def slot_aggregates(
             if counts_values(comp, key_col):
                 pairs += [_value_pair(comp, col, keep(slot=k), k) for k in ks]
                 continue
-            aggs += [_first_level(comp, keep(slot=k)).alias(col + k) for k in ks]
+            aggs += [component_aggregate(comp, keep(slot=k)).alias(col + k) for k in ks]
             columns.append(col)
     for k in ks:
         r, exposure = in_range[k], F.col(f"exposure_ts{k}")

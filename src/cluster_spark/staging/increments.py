@@ -41,10 +41,8 @@ from cluster_spark.staging.events import (
     joined_events,
     key_totals,
     slot_aggregates,
-    source_parts,
 )
 from cluster_spark.staging.plan import SUB, TS, UNIT, Plan
-from cluster_spark.state import StateRun
 
 #: The UTC event day of a day partial (days since 1970-01-01; NULL for events without a
 #: timestamp, which are in no window).
@@ -170,59 +168,6 @@ def merged_first_level(
     return FirstLevel(first, values)
 
 
-def state_tables(source: str) -> tuple[str, str, str]:
-    """The state tables of one source's day partials: rows, totals, distinct values."""
-    return tuple(f"{kind}__{source}" for kind in ("first_level", "key_totals", "values"))
-
-
-def refreshed_first_level(
-    run: StateRun,
-    plan: Plan,
-    source: str,
-    events: DataFrame,
-    units: DataFrame,
-    since: dt.datetime | None,
-    daily: bool = False,
-) -> FirstLevel:
-    """The first level of `source` (as `events.first_level` computes it from every event)
-    from the state of `run` and the events at or after `since`.
-
-    Day partials of those events (and of the events without a timestamp) are appended to
-    `run` as its days: from `since`'s UTC day to the latest analysis time's, the NULL day,
-    and any day they have; the other days come from the state. `since` None: every event,
-    replacing every day (a full refresh). The caller commits `run` after its writes.
-    Exact when the units' exposures are those under which the kept days were computed and
-    every event of a unit before `since` is in a kept day (see docs/design.md,
-    "Incremental refresh": newly exposed units' history is not built yet); rows of units
-    no longer exposed are dropped."""
-    parts, _, key_col = source_parts(plan, source)
-    recent = events
-    if since is not None:
-        recent = events.where(F.col(TS).isNull() | (F.col(TS) >= F.lit(since)))
-    fresh = day_partials(plan, recent, units, parts, key_col, daily)
-    replaced: dict[str, set[int | None]] = {}
-    for e in plan.experiments:
-        if since is None:  # every committed day goes
-            state = run.current[e.id]
-            replaced[e.id] = {d for t in state.days or {} for d in state.runs(t)}
-        else:
-            last = e.analysis_time(plan.analysis_date)
-            replaced[e.id] = {None, *range(_day_number(since), _day_number(last) + 1)}
-    frames = (fresh.rows, fresh.totals, fresh.values)
-    for table, df in zip(state_tables(source), frames, strict=True):
-        if df is not None:
-            run.append(table, df, replaced)
-    rows, totals, values = (run.read(t, pending=True) for t in state_tables(source))
-    if rows is None or totals is None:  # no rows in any day: nothing was written
-        rows, totals, values = fresh.rows, fresh.totals, fresh.values
-    merged = merged_first_level(plan, DayPartials(rows, totals, values), parts, key_col)
-    exposed = units.select("experiment_id", UNIT)
-    kept = merged.rows.join(exposed, ["experiment_id", UNIT], "left_semi").unionByName(
-        merged.rows.where(F.col(UNIT).isNull())
-    )
-    return FirstLevel(kept, merged.values)
-
-
-def _day_number(instant: dt.datetime) -> int:
+def day_number(instant: dt.datetime) -> int:
     """`event_day` of a UTC-aware instant, in Python."""
     return (instant - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).days

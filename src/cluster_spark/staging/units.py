@@ -24,7 +24,7 @@ from cluster_spark.tables import ANALYSIS_UNITS_METRIC
 
 
 def _second_level(comp: Component, col: str) -> tuple[Column, Column]:
-    """(The merge of `_first_level` values per unit, the value of one analysis unit.)"""
+    """(The merge of `component_aggregate` values per unit, the value of one analysis unit.)"""
     if comp.agg in ("sum", "count"):
         return F.sum(col), F.col(col)
     return F.count(col), F.when(F.col(col).isNotNull(), F.lit(1))

@@ -1,0 +1,147 @@
+"""The daily step of the incremental refresh (#28) for one source's first level: read the
+events from `since`, keep their day partials and unit-day cube in the state, add the
+history of the units first exposed in the run, and rebuild the first level from the state
+(docs/design.md, "Incremental refresh"). Not wired into the pipeline yet."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from cluster_spark.staging.events import FirstLevel, source_parts
+from cluster_spark.staging.history import history_partials, unit_day_cube
+from cluster_spark.staging.increments import (
+    DayPartials,
+    day_number,
+    day_partials,
+    merged_first_level,
+)
+from cluster_spark.staging.plan import TS, UNIT, Plan
+from cluster_spark.state import StateRun
+
+#: The parts of day partials (`increments.DayPartials`).
+PARTS = ("rows", "totals", "values")
+
+
+def state_table(source: str, kind: str, part: str) -> str:
+    """A state table of one source: `kind` `day` (day partials), `history` (newly exposed
+    units' days before their first run: added to, not replaced) or `cube` (the unit-day
+    cube, a copy per experiment; parts `rows` and `values`)."""
+    return f"{kind}_{part}__{source}"
+
+
+def refreshed_first_level(
+    run: StateRun,
+    plan: Plan,
+    source: str,
+    events: DataFrame,
+    units: DataFrame,
+    since: dt.datetime | None,
+    previous: dt.datetime | None = None,
+    daily: bool = False,
+) -> FirstLevel:
+    """The first level of `source` (as `events.first_level` computes it from every event)
+    from the state of `run` and the events at or after `since` (a UTC midnight).
+
+    Day partials and the unit-day cube of those events (and of the events without a
+    timestamp) are appended to `run` as its days, from `since`'s day to the latest analysis
+    time's, the NULL day and any day they have; the other days come from the state. The
+    units first exposed at or after `previous` (the previous run's analysis time, at or
+    after `since`) get their days before `since` from the cube (`history.history_partials`).
+    `since` None: every event, replacing every day (a full refresh). The caller commits
+    `run` after its writes. Exact while the units exposed before `previous` keep the
+    exposures their days were computed under (exposure changes are not handled yet)."""
+    parts, _, key_col = source_parts(plan, source)
+    recent = events
+    if since is not None:
+        recent = events.where(F.col(TS).isNull() | (F.col(TS) >= F.lit(since)))
+    fresh = day_partials(plan, recent, units, parts, key_col, daily)
+    cube, cube_values = unit_day_cube(plan, recent, parts, key_col, daily)
+    ids = [e.id for e in plan.experiments]
+    copies = F.explode(F.array(*[F.lit(e) for e in ids])).alias("experiment_id")
+    replaced = _replaced_days(run, plan, since)
+    day = zip(PARTS, (fresh.rows, fresh.totals, fresh.values), strict=True)
+    writes = [("day", part, df) for part, df in day]
+    writes += [("cube", "rows", cube), ("cube", "values", cube_values)]
+    for kind, part, df in writes:
+        if df is not None:
+            df = df.select(copies, "*") if kind == "cube" else df
+            run.append(state_table(source, kind, part), df, replaced)
+    if since is None:  # a full refresh: no history kept
+        for part in PARTS:
+            table = state_table(source, "history", part)
+            if any(run.current[e].runs(table) for e in ids):
+                none = fresh.rows.where(F.lit(False)).select("experiment_id", "_day")
+                run.append(table, none, replaced)
+    elif previous is not None:
+        history = _history(run, plan, source, events, units, since, previous, daily)
+        if history is not None:
+            frames = (history.rows, history.totals, history.values)
+            for part, df in zip(PARTS, frames, strict=True):
+                if df is not None:
+                    run.append(state_table(source, "history", part), df, add=True)
+    state = [_read(run, source, part) for part in PARTS]
+    if state[0] is None or state[1] is None:  # nothing in any day
+        state = [fresh.rows, fresh.totals, fresh.values]
+    merged = merged_first_level(plan, DayPartials(*state), parts, key_col)
+    exposed = units.select("experiment_id", UNIT)
+    kept = merged.rows.join(exposed, ["experiment_id", UNIT], "left_semi").unionByName(
+        merged.rows.where(F.col(UNIT).isNull())
+    )
+    return FirstLevel(kept, merged.values)
+
+
+def _replaced_days(
+    run: StateRun, plan: Plan, since: dt.datetime | None
+) -> dict[str, set[int | None]]:
+    """Per experiment the days this run's day partials and cube replace."""
+    out: dict[str, set[int | None]] = {}
+    for e in plan.experiments:
+        if since is None:  # every committed day goes
+            state = run.current[e.id]
+            out[e.id] = {d for t in state.days or {} for d in state.runs(t)}
+        else:
+            last = e.analysis_time(plan.analysis_date)
+            out[e.id] = {None, *range(day_number(since), day_number(last) + 1)}
+    return out
+
+
+def _read(run: StateRun, source: str, part: str) -> DataFrame | None:
+    """A part's current rows once the run commits: day partials and history together."""
+    tables = [state_table(source, kind, part) for kind in ("day", "history")]
+    frames = [df for t in tables if (df := run.read(t, pending=True)) is not None]
+    if not frames:
+        return None
+    return frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
+
+
+def _history(
+    run: StateRun,
+    plan: Plan,
+    source: str,
+    events: DataFrame,
+    units: DataFrame,
+    since: dt.datetime,
+    previous: dt.datetime,
+    daily: bool,
+) -> DayPartials | None:
+    """The days before `since` of the units first exposed at or after `previous`; None
+    without a cube."""
+    parts, _, key_col = source_parts(plan, source)
+    first = min(e.id for e in plan.experiments)
+
+    def cube(part: str) -> DataFrame | None:
+        df = run.read(state_table(source, "cube", part), pending=True)
+        if df is None:
+            return None
+        return df.where(F.col("experiment_id") == first).drop("experiment_id")
+
+    new_units = units.where(F.col("exposure_ts") >= F.lit(previous))
+    cube_rows = cube("rows")
+    if cube_rows is None:
+        return None
+    return history_partials(
+        plan, cube_rows, cube("values"), events, new_units, since, parts, key_col, daily
+    )
