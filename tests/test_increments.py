@@ -100,53 +100,59 @@ def test_first_level_rebuilt_from_day_partials_of_two_runs_equals_one_pass(spark
         cache.release()
 
 
-def test_a_daily_refresh_equals_the_one_pass_on_every_date(spark, tiny, tmp_path):
-    """Runs on three analysis dates (day 2 skipped), each reading only the events from
-    (previous analysis time − lookback) and committing its days to the state, then a full
-    refresh over that state: on every date the rebuilt first level equals the one pass
-    over every event. Units first exposed after the first run (o4 on day 1, with an event
-    the day before; o8, whose CUPED pre-period starts on day −6) get their earlier days
-    from the unit-day cube, so even no lookback is exact (without the cube's history it
-    fails). A lookback only re-reads more days, through the same code."""
+def _results(outcome) -> dict[tuple, dict]:
+    keys = ("experiment_id", "metric", "variant", "dimension", "slice")
+    out = {}
+    for row in outcome.results:
+        out[tuple(row[k] for k in keys)] = {
+            k: v for k, v in row.items() if k not in ("run_id", "computed_at")
+        }
+    return out
+
+
+def _diagnostics(outcome) -> dict[tuple, int]:
+    keys = ("experiment_id", "metric", "variant", "dimension", "slice", "check")
+    return {tuple(d[k] for k in keys): d["value"] for d in outcome.diagnostics}
+
+
+def test_incremental_runs_equal_full_runs_and_a_failed_run_leaves_the_state(
+    spark, tiny, tmp_path, monkeypatch
+):
+    """`incremental` in the config, through `pipeline.run_outcome`: day 0 builds the state
+    from every event; on day 3, read from day 1 on with no lookback, every results column
+    and every diagnostic equals a run of the same config without `incremental` (units
+    first exposed after day 0 included: the cube gives their earlier days). A run that
+    fails after writing state rows but before its commit leaves the state in force: the
+    rerun is the one compared."""
+    from cluster_spark import pipeline
     from cluster_spark.config import parse_config
-    from cluster_spark.staging.events import first_level, source_events, source_parts
-    from cluster_spark.staging.exposures import exposed_units
-    from cluster_spark.staging.plan import Cache, plans
-    from cluster_spark.staging.refresh import refreshed_first_level
     from cluster_spark.state import StateRun
     from tests.helpers import T0
 
     raw = rich_config(spark, tiny, tmp_path, NEW_EXPOSURES)
     raw["experiments"].append({**raw["experiments"][0], "id": "e2"})
-    config = parse_config(raw)
-    state, ids = str(tmp_path / "state"), ["e1", "e2"]
-    lookback = dt.timedelta(days=0)  # the hardest case: no day read twice
-    previous = None
-    for i, day in enumerate([0, 1, 3, 3]):
-        date = T0.date() + dt.timedelta(days=day)
-        (plan,) = plans(config, ids, date)
-        full_refresh = i in (0, 3)
-        since = None if full_refresh else previous - lookback
-        run = StateRun(spark, state, ids, f"run{i}")
-        cache = Cache()
-        try:
-            units, _ = exposed_units(spark, plan, cache)
-            for source in plan.sources:
-                parts, columns, key_col = source_parts(plan, source)
-                events, _ = source_events(spark, plan, source, columns, key_col)
-                want = _keyed(first_level(plan, events, units, parts, key_col, cache).rows)
-                got = refreshed_first_level(run, plan, source, events, units, since, previous)
-                got = _keyed(got.rows)
-                assert set(got) == set(want), (date, source)
-                wrong = [
-                    (key, c, want[key][c], got[key][c])
-                    for key in want
-                    for c in want[key]
-                    if not _same(want[key][c], got[key][c])
-                ]
-                assert wrong == [], (date, source)
-            run.commit(date, {e: "f" for e in ids})
-        finally:
-            cache.release()
-        previous = plan.experiments[0].analysis_time(date)
-    assert {"o4", "o8"} <= {k[1] for k in want}  # exposed after the first run
+    plain = parse_config(raw)
+    raw["incremental"] = {"state": str(tmp_path / "state"), "lookback_hours": 0}
+    for key in ("staging", "results", "diagnostics"):
+        raw["output"][key] = str(tmp_path / f"inc_{key}")
+    incremental = parse_config(raw)
+    pipeline.run_outcome(spark, incremental, T0.date())  # day 0: the state from every event
+    date = T0.date() + dt.timedelta(days=3)
+    want = pipeline.run_outcome(spark, plain, date)
+    with monkeypatch.context() as m:  # a run dies before its state commit
+        m.setattr(StateRun, "commit", lambda *a, **k: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            pipeline.run_outcome(spark, incremental, date)
+    got = pipeline.run_outcome(spark, incremental, date)
+    w, g = _results(want), _results(got)
+    assert set(g) == set(w)
+    wrong = [(k, c, w[k][c], g[k][c]) for k in w for c in w[k] if not _same(w[k][c], g[k][c])]
+    assert wrong == []
+    assert _diagnostics(got) == _diagnostics(want)
+    # o4, o6 and o8 were first exposed after day 0: their earlier days came from the cube
+    overall = [(k, r) for k, r in g.items() if k[:2] == ("e1", "revenue_per_user") and not k[3]]
+    units = {k[2]: r["n_units"] for k, r in overall}
+    assert units == {"control": 2, "treatment": 4}  # o1, o2 | o3, o4, o6, o8
+    state = StateRun(spark, str(tmp_path / "state"), ["e1", "e2"], "reader").current["e1"]
+    assert state.analysis_date == T0.date() + dt.timedelta(days=3)
+    assert state.fingerprint == plain.fingerprint()

@@ -112,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help="no progress; Spark logs errors only (results, warnings and errors still shown)",
         )
+        if name in ("stage", "run"):
+            p.add_argument(
+                "--full-refresh",
+                action="store_true",
+                help="with `incremental` in the config: read every event and rebuild the state",
+            )
         if name == "run":
             p.add_argument(
                 "--report",
@@ -542,7 +548,9 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
     ids = args.experiment
     if args.command == "stage":
         progress("staging")
-        outcome = pipeline.stage_outcome(spark, config, args.date, ids)
+        outcome = pipeline.stage_outcome(
+            spark, config, args.date, ids, full_refresh=args.full_refresh
+        )
         print(f"staged run {outcome.run_id} into {config.output.staging}")
         _Progress.warn(outcome.warnings(config))
     elif args.command == "reduce":
@@ -554,7 +562,7 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
         _Progress.warn(_slice_notes(results, args), kind="note")
     elif args.command == "run":
         progress("staging and reducing")
-        outcome = pipeline.run_outcome(spark, config, args.date, ids)
+        outcome = pipeline.run_outcome(spark, config, args.date, ids, args.full_refresh)
         _print_recommendations(outcome.results)
         print_results(outcome.results)
         _print_health(outcome.results)

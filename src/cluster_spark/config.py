@@ -6,6 +6,8 @@ Errors name the file, the key, the value and the rule that was broken.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -665,6 +667,33 @@ class Output(_Model):
         return self
 
 
+class Incremental(_Model):
+    """Incremental refresh (docs/design.md, "Incremental refresh"): each run reads the
+    events from the previous run's analysis time less `lookback_hours` and keeps per-unit
+    state (day partials, a unit-day cube) in Delta tables under `state` (a path). Events
+    that arrive later than the lookback are not read. A config change (any key but
+    `output` and `incremental`) or `--full-refresh` recomputes from every event."""
+
+    state: Location
+    #: Hours re-read before the previous run's analysis time: late events within them are
+    #: counted. Whole days (state is kept per UTC day); at least every metric's
+    #: `bake_hours`, and 24 more with a source read by whole days (`timestamp_as_date`).
+    lookback_hours: Annotated[int, Field(ge=0)] = 48
+
+    @model_validator(mode="after")
+    def _whole_days(self) -> Incremental:
+        if self.lookback_hours % 24:
+            raise ValueError(
+                f"lookback_hours: {self.lookback_hours} is not a whole number of days "
+                "(state is kept per UTC day): use a multiple of 24"
+            )
+        if self.state.table is not None:
+            raise ValueError(
+                f"state: {{table: {self.state.table}}} is not supported yet: give a path"
+            )
+        return self
+
+
 class Config(_Model):
     exposures: ExposureSource
     sources: dict[Name, Source] = Field(min_length=1)
@@ -676,10 +705,12 @@ class Config(_Model):
     #: `memory`: staging persists the frames it reads twice; `none`: it persists nothing
     #: (for Spark Connect platforms that forbid `persist`, e.g. Databricks serverless).
     cache: Literal["memory", "none"] = "memory"
+    #: Incremental refresh: state location and lookback; None: every run reads every event.
+    incremental: Incremental | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Config:
-        problems = []
+        problems = self._incremental_problems()
         ids = [e.id for e in self.experiments]
         if len(set(ids)) != len(ids):
             problems.append(f"experiments: ids are not unique: {ids}")
@@ -754,6 +785,29 @@ class Config(_Model):
             if mapping.to_id == unit_type and mapping.from_id in ids:
                 return mapping
         return None
+
+    def _incremental_problems(self) -> list[str]:
+        """The lookback must re-read what a run could not count yet: events inside a bake
+        delay, and the last day of a source read by whole days."""
+        if self.incremental is None:
+            return []
+        need = max((m.bake_hours for m in self.metrics.values()), default=0)
+        if any(s.timestamp_as_date for s in self.sources.values()):
+            need += 24
+        hours = self.incremental.lookback_hours
+        if hours < need:
+            return [
+                f"incremental.lookback_hours: {hours} is less than {need:g}, the longest "
+                "bake_hours (plus 24 with a source read by whole days): events a run could "
+                "not count yet would never be read"
+            ]
+        return []
+
+    def fingerprint(self) -> str:
+        """A hash of every key but `output` and `incremental`: the state of an incremental
+        refresh was computed under it."""
+        kept = self.model_dump(mode="json", exclude={"output", "incremental"})
+        return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
     def metric_sources(self, metric: Metric | None) -> list[str]:
         if metric is None:

@@ -92,12 +92,13 @@ def _stage(
     ids: list[str],
     run_id: str,
     writes: io.SliceWrites | None,
+    full_refresh: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Staged rows and diagnostics rows, collected once (they are group-level: a few per
     metric and variant) and written from the driver, so `run` reduces them without reading
     the tables back and the persisted per-unit frames are released before any write."""
     with io.input_errors(config.tables()):
-        staged = staging.stage(spark, config, ids, analysis_date, run_id)
+        staged = staging.stage(spark, config, ids, analysis_date, run_id, full_refresh)
         try:
             if config.cache == "none":
                 stats, diags = _collect_together(staged.stats, staged.diagnostics)
@@ -111,6 +112,8 @@ def _stage(
             out = config.output
             w.write(_frame(spark, stats, tables.STAGING_COLUMNS), out.staging)
             w.write(_frame(spark, diags, tables.DIAGNOSTICS_COLUMNS), out.diagnostics)
+            for refresh in staged.refreshes:  # the state, once the slices are written
+                refresh.commit(config, analysis_date)
     return stats, diags
 
 
@@ -139,12 +142,14 @@ def stage_outcome(
     experiment_ids: list[str] | None = None,
     run_id: str | None = None,
     writes: io.SliceWrites | None = None,
+    full_refresh: bool = False,
 ) -> Outcome:
     """Compute and write the staged statistics and diagnostics; returns the run id and the
-    diagnostics rows. `writes`: the run's `io.SliceWrites` when this is one step of a run."""
+    diagnostics rows. `writes`: the run's `io.SliceWrites` when this is one step of a run;
+    `full_refresh`: with `incremental`, read every event and rebuild the state."""
     ids = _chosen(config, experiment_ids, analysis_date)
     run_id = run_id or new_run_id()
-    _, diags = _stage(spark, config, analysis_date, ids, run_id, writes)
+    _, diags = _stage(spark, config, analysis_date, ids, run_id, writes, full_refresh)
     return Outcome(run_id, [], diags)
 
 
@@ -155,10 +160,12 @@ def stage(
     experiment_ids: list[str] | None = None,
     run_id: str | None = None,
     writes: io.SliceWrites | None = None,
+    full_refresh: bool = False,
 ) -> str:
     """Compute and write the staged statistics and diagnostics; returns the run id.
     `writes`: the run's `io.SliceWrites` when this is one step of a run (`run`)."""
-    return stage_outcome(spark, config, analysis_date, experiment_ids, run_id, writes).run_id
+    args = (run_id, writes, full_refresh)
+    return stage_outcome(spark, config, analysis_date, experiment_ids, *args).run_id
 
 
 def _reduce(
@@ -225,14 +232,17 @@ def run_outcome(
     config: Config,
     analysis_date: dt.date,
     experiment_ids: list[str] | None = None,
+    full_refresh: bool = False,
 ) -> Outcome:
     """Stage and reduce in one go (same run id in every table): the staged rows are reduced
     as collected, not read back. If any step fails, the slices already written are put
-    back as they were (`io.SliceWrites`). Returns the results and diagnostics rows."""
+    back as they were (`io.SliceWrites`). Returns the results and diagnostics rows.
+    `full_refresh`: with `incremental`, read every event and rebuild the state."""
     ids = _chosen(config, experiment_ids, analysis_date)
     with io.SliceWrites(spark, ids, analysis_date) as writes:
         run_id = new_run_id()
-        staged, diags = _stage(spark, config, analysis_date, ids, run_id, writes)
+        args = (run_id, writes, full_refresh)
+        staged, diags = _stage(spark, config, analysis_date, ids, *args)
         results = _reduce(spark, config, analysis_date, ids, staged, diags, run_id, writes)
     return Outcome(run_id, results, diags)
 
@@ -242,6 +252,7 @@ def run(
     config: Config,
     analysis_date: dt.date,
     experiment_ids: list[str] | None = None,
+    full_refresh: bool = False,
 ) -> list[dict[str, Any]]:
     """`run_outcome`'s results rows (`tables.RESULT_COLUMNS` as dicts)."""
-    return run_outcome(spark, config, analysis_date, experiment_ids).results
+    return run_outcome(spark, config, analysis_date, experiment_ids, full_refresh).results

@@ -38,6 +38,7 @@ from cluster_spark.staging.moments import analysis_unit_moments, group_statistic
 from cluster_spark.staging.options import winsorize
 from cluster_spark.staging.plan import UNIT, Cache, Plan, plans
 from cluster_spark.staging.policy import multi_unit_offenders
+from cluster_spark.staging.refresh import Refresh, plan_refresh
 from cluster_spark.staging.slices import unit_slices
 from cluster_spark.staging.units import (
     PerUnit,
@@ -53,11 +54,13 @@ STAGING_TYPES = dict(STAGING_COLUMNS)
 
 @dataclass
 class Staged:
-    """Lazy outputs of one staging run; `release()` frees what was persisted."""
+    """Lazy outputs of one staging run; `release()` frees what was persisted. `refreshes`:
+    the passes' incremental steps, committed by the caller after its writes."""
 
     stats: DataFrame
     diagnostics: DataFrame
     cache: Cache = field(default_factory=Cache)
+    refreshes: list[Refresh] = field(default_factory=list)
 
     def release(self) -> None:
         self.cache.release()
@@ -69,13 +72,17 @@ def stage(
     experiment_ids: list[str],
     analysis_date: dt.date,
     run_id: str,
+    full_refresh: bool = False,
 ) -> Staged:
     """The staged statistics (STAGING_COLUMNS) and diagnostics of these experiments, lazy.
     The caller releases the result (`Staged.release`); if staging itself fails, what it
-    persisted so far is released before the error propagates."""
+    persisted so far is released before the error propagates. With `incremental` in the
+    config, each pass reads the events of its window only and appends state
+    (`refresh.plan_refresh`; `full_refresh` reads every event); the caller commits
+    `Staged.refreshes` after writing."""
     cache = Cache(config.cache)
     try:
-        return _stage(spark, config, experiment_ids, analysis_date, run_id, cache)
+        return _stage(spark, config, experiment_ids, analysis_date, run_id, cache, full_refresh)
     except BaseException:
         cache.release()
         raise
@@ -88,14 +95,17 @@ def _stage(
     analysis_date: dt.date,
     run_id: str,
     cache: Cache,
+    full_refresh: bool,
 ) -> Staged:
-    stats, diags = [], []
+    stats, diags, refreshes = [], [], []
     # Every input table, column, type and timestamp checked first, every problem at once.
     inputs = Inputs.checked(spark, config, experiment_ids)
     for plan in plans(config, experiment_ids, analysis_date, inputs):
-        one = stage_plan(spark, plan, cache)
+        refresh = plan_refresh(spark, config, plan, run_id, full_refresh)
+        one = stage_plan(spark, plan, cache, refresh)
         stats += one.stats
         diags.append(one.diagnostics)
+        refreshes += [refresh] if refresh is not None else []
     meta = [F.lit(analysis_date).alias("analysis_date")]
     staged = reduce(partial(DataFrame.unionByName, allowMissingColumns=True), stats)
     given = set(staged.columns)  # a kind's columns are NULL on other kinds' rows
@@ -126,6 +136,7 @@ def _stage(
             F.lit(run_id).alias("run_id"),
         ),
         cache=cache,
+        refreshes=refreshes,
     )
 
 
@@ -146,13 +157,16 @@ class Pass:
     diagnostics: DataFrame
 
 
-def stage_plan(spark: SparkSession, plan: Plan, cache: Cache) -> Pass:
+def stage_plan(
+    spark: SparkSession, plan: Plan, cache: Cache, refresh: Refresh | None = None
+) -> Pass:
     """One pass, its steps in the order of this module's list. Lazy but for the few
     group-level rows some steps collect (slots, winsorization caps, a quantile's first
-    pass); what it persists is in `cache`."""
+    pass); what it persists is in `cache`. `refresh`: the incremental step that gives the
+    sources' first levels (it writes state rows as it goes)."""
     units, exposure_diags = exposed_units(spark, plan, cache)
     slices, slice_diags = unit_slices(spark, plan, units, cache)
-    levels = [source_level(spark, plan, source, units, cache) for source in plan.sources]
+    levels = [source_level(spark, plan, s, units, cache, refresh) for s in plan.sources]
     offenders, multi = _multi_unit_policy(plan, levels)
     sliced = units if slices is None else units.join(slices, ["experiment_id", UNIT], "left")
     per_unit = per_unit_frame(plan, sliced, levels, offenders, cache)

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial, reduce
+from typing import TYPE_CHECKING
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -35,6 +36,9 @@ from cluster_spark.staging.filters import (
     utc_day,
 )
 from cluster_spark.staging.plan import SUB, TS, UNIT, Cache, Plan, diag, experiment_ids
+
+if TYPE_CHECKING:
+    from cluster_spark.staging.refresh import Refresh
 
 
 def _map_ids(inputs: Inputs, events: DataFrame, mapping: IdMapping) -> DataFrame:
@@ -416,7 +420,12 @@ def source_parts(
 
 
 def source_level(
-    spark: SparkSession, plan: Plan, source: str, units: DataFrame, cache: Cache
+    spark: SparkSession,
+    plan: Plan,
+    source: str,
+    units: DataFrame,
+    cache: Cache,
+    refresh: Refresh | None = None,
 ) -> SourceLevel:
     """The first level of one pass over one metric source, for every component that reads
     it: the events aggregated once per (experiment, unit, first-level key), persisted.
@@ -440,7 +449,11 @@ def source_level(
     src = plan.config.sources[source]
     parts, columns, key_col = source_parts(plan, source)
     events, where = source_events(spark, plan, source, columns, key_col)
-    first = first_level(plan, events, units, parts, key_col, cache, src.timestamp_as_date)
+    daily = src.timestamp_as_date
+    if refresh is None:
+        first = first_level(plan, events, units, parts, key_col, cache, daily)
+    else:  # the same first level, from the state and the window's events
+        first = refresh.first_level(plan, source, events, units, cache, daily)
     return SourceLevel(
         source,
         where,

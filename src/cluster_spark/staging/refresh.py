@@ -1,15 +1,18 @@
 """The daily step of the incremental refresh (#28) for one source's first level: read the
 events from `since`, keep their day partials and unit-day cube in the state, add the
 history of the units first exposed in the run, and rebuild the first level from the state
-(docs/design.md, "Incremental refresh"). Not wired into the pipeline yet."""
+(docs/design.md, "Incremental refresh"). `plan_refresh` decides a pass's step from the
+config and the state; `staging.stage` uses it when the config has `incremental`."""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from cluster_spark.config import Config
 from cluster_spark.staging.events import FirstLevel, source_parts
 from cluster_spark.staging.history import history_partials, unit_day_cube
 from cluster_spark.staging.increments import (
@@ -18,7 +21,7 @@ from cluster_spark.staging.increments import (
     day_partials,
     merged_first_level,
 )
-from cluster_spark.staging.plan import TS, UNIT, Plan
+from cluster_spark.staging.plan import TS, UNIT, Cache, Plan
 from cluster_spark.state import StateRun
 
 #: The parts of day partials (`increments.DayPartials`).
@@ -145,3 +148,58 @@ def _history(
     return history_partials(
         plan, cube_rows, cube("values"), events, new_units, since, parts, key_col, daily
     )
+
+
+@dataclass
+class Refresh:
+    """One pass's incremental step (`plan_refresh`): the state run, `since` (None: a full
+    refresh) and `previous` (the previous run's analysis time)."""
+
+    run: StateRun
+    since: dt.datetime | None
+    previous: dt.datetime | None
+
+    def first_level(
+        self,
+        plan: Plan,
+        source: str,
+        events: DataFrame,
+        units: DataFrame,
+        cache: Cache,
+        daily: bool,
+    ) -> FirstLevel:
+        """`refreshed_first_level`, its rows persisted in `cache` as `first_level`'s."""
+        args = (self.run, plan, source, events, units, self.since, self.previous, daily)
+        first = refreshed_first_level(*args)
+        return FirstLevel(cache.persist(first.rows), first.values)
+
+    def commit(self, config: Config, analysis_date: dt.date) -> None:
+        """Make the run's days current (after the run's writes)."""
+        fingerprint = config.fingerprint()
+        self.run.commit(analysis_date, {e: fingerprint for e in self.run.ids})
+
+
+def plan_refresh(
+    spark: SparkSession, config: Config, plan: Plan, run_id: str, full_refresh: bool = False
+) -> Refresh | None:
+    """The incremental step of one pass, or None: without `incremental` in the config, and
+    for a date before the state's (a backfill: a full pass that leaves the state as it
+    is). A full refresh when asked, without state, when the experiments' states differ in
+    date, or when the config changed since (`Config.fingerprint`)."""
+    incremental = config.incremental
+    if incremental is None or incremental.state.path is None:
+        return None
+    ids = [e.id for e in plan.experiments]
+    run = StateRun(spark, incremental.state.path, ids, run_id)
+    states = [run.current[e] for e in ids]
+    dates = {s.analysis_date for s in states}
+    if any(d is not None and d > plan.analysis_date for d in dates):
+        return None
+    fingerprint = config.fingerprint()
+    stale = any(s.fingerprint != fingerprint for s in states)
+    if full_refresh or stale or len(dates) != 1 or None in dates:
+        return Refresh(run, None, None)
+    (date,) = dates
+    times = [e.analysis_time(date) for e in plan.experiments]
+    since = min(times) - dt.timedelta(hours=incremental.lookback_hours)
+    return Refresh(run, since, max(times))
