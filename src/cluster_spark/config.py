@@ -855,9 +855,11 @@ def _resolve_paths(raw: dict[str, Any], root: Path) -> dict[str, Any]:
     for table in tables:
         if isinstance(table, dict) and isinstance(table.get("path"), str):
             table["path"] = _resolve(table["path"], root)
-    out = raw.get("output")
-    if isinstance(out, dict):
-        for key in Output.model_fields:
+    places = [(raw.get("output"), list(Output.model_fields)), (raw.get("incremental"), ["state"])]
+    for out, keys in places:
+        if not isinstance(out, dict):
+            continue
+        for key in keys:
             if isinstance(out.get(key), str):
                 out[key] = _resolve(out[key], root)
             elif isinstance(out.get(key), dict) and isinstance(out[key].get("path"), str):
