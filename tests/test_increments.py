@@ -14,10 +14,14 @@ from pyspark.sql import functions as F
 from tests.helpers import ANALYSIS_DATE, EVENT_DDL, EXPOSURE_DDL, at, write_delta
 from tests.test_staging import EVENTS, EXPOSURES, rich_config
 
-# o8 is first exposed at 06:00 on day 1, after the first run: its CUPED pre-period starts
-# at 06:00 on day -6 (a boundary day, read raw), its other days before the run's window
-# come from the unit-day cube.
-NEW_EXPOSURES = [*EXPOSURES, ("e1", "o8", "treatment", at(1, 6))]
+# o8 is first exposed at 06:00 on day 1 (e1) and 08:00 (e2), after the first run: its
+# CUPED pre-periods start on day -6 (a boundary day, read raw), its other days before the
+# run's window come from the unit-day cube.
+NEW_EXPOSURES = [
+    *EXPOSURES,
+    ("e1", "o8", "treatment", at(1, 6)),
+    ("e2", "o8", "control", at(1, 8)),  # new in two experiments, o4 in one: two slots
+]
 NEW_EVENTS = [
     *EVENTS,
     ("o8", "u10", "purchase", 3.0, at(-6, 3)),  # boundary day, before the pre-period
@@ -126,6 +130,8 @@ def test_incremental_runs_equal_full_runs_and_a_failed_run_leaves_the_state(
     rerun is the one compared."""
     from cluster_spark import pipeline
     from cluster_spark.config import parse_config
+    from cluster_spark.staging.plan import plans
+    from cluster_spark.staging.refresh import pass_layout, plan_refresh
     from cluster_spark.state import StateRun
     from tests.helpers import T0
 
@@ -155,4 +161,9 @@ def test_incremental_runs_equal_full_runs_and_a_failed_run_leaves_the_state(
     assert units == {"control": 2, "treatment": 4}  # o1, o2 | o3, o4, o6, o8
     state = StateRun(spark, str(tmp_path / "state"), ["e1", "e2"], "reader").current["e1"]
     assert state.analysis_date == T0.date() + dt.timedelta(days=3)
-    assert state.fingerprint == plain.fingerprint()
+    (plan,) = plans(incremental, ["e1", "e2"], date)
+    assert state.fingerprint == pass_layout(incremental, plan)
+    # another pass layout (e1 alone, as a DAG task per experiment runs it) is a full refresh
+    (alone,) = plans(incremental, ["e1"], date)
+    refresh = plan_refresh(spark, incremental, alone, "probe")
+    assert (refresh.since, refresh.layout) == (None, pass_layout(incremental, alone))

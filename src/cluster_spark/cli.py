@@ -508,6 +508,11 @@ def _run(args: argparse.Namespace) -> int:
     for e in ids:
         config.experiment(e)  # ConfigError naming an unknown id
     notes = checks.date_notes(config, ids, args.date)  # UsageError before the start
+    if getattr(args, "full_refresh", False) and config.incremental is None:
+        raise UsageError(
+            f"--full-refresh: {args.config} has no `incremental` section, so every run "
+            "already reads every event"
+        )
     option = "--out" if args.command == "report" else "--report"
     target = getattr(args, option.removeprefix("--"), None)
     if target is not None:

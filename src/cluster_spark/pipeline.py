@@ -15,6 +15,7 @@ from cluster_spark import checks, io, reducer, staging, tables
 from cluster_spark.config import Config
 from cluster_spark.errors import ConfigError, InputError
 from cluster_spark.staging.events import events_in_period
+from cluster_spark.staging.refresh import Refresh
 
 
 def new_run_id() -> str:
@@ -93,7 +94,7 @@ def _stage(
     run_id: str,
     writes: io.SliceWrites | None,
     full_refresh: bool = False,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Refresh]]:
     """Staged rows and diagnostics rows, collected once (they are group-level: a few per
     metric and variant) and written from the driver, so `run` reduces them without reading
     the tables back and the persisted per-unit frames are released before any write."""
@@ -112,9 +113,7 @@ def _stage(
             out = config.output
             w.write(_frame(spark, stats, tables.STAGING_COLUMNS), out.staging)
             w.write(_frame(spark, diags, tables.DIAGNOSTICS_COLUMNS), out.diagnostics)
-            for refresh in staged.refreshes:  # the state, once the slices are written
-                refresh.commit(config, analysis_date)
-    return stats, diags
+    return stats, diags, staged.refreshes
 
 
 def _events_in_period(
@@ -149,7 +148,9 @@ def stage_outcome(
     `full_refresh`: with `incremental`, read every event and rebuild the state."""
     ids = _chosen(config, experiment_ids, analysis_date)
     run_id = run_id or new_run_id()
-    _, diags = _stage(spark, config, analysis_date, ids, run_id, writes, full_refresh)
+    with writes or io.SliceWrites(spark, ids, analysis_date) as w:
+        _, diags, refreshes = _stage(spark, config, analysis_date, ids, run_id, w, full_refresh)
+        _commit(refreshes, analysis_date)  # the state last: a failure undoes the slices
     return Outcome(run_id, [], diags)
 
 
@@ -242,9 +243,18 @@ def run_outcome(
     with io.SliceWrites(spark, ids, analysis_date) as writes:
         run_id = new_run_id()
         args = (run_id, writes, full_refresh)
-        staged, diags = _stage(spark, config, analysis_date, ids, *args)
+        staged, diags, refreshes = _stage(spark, config, analysis_date, ids, *args)
         results = _reduce(spark, config, analysis_date, ids, staged, diags, run_id, writes)
+        _commit(refreshes, analysis_date)  # the state last: a failure undoes the slices
     return Outcome(run_id, results, diags)
+
+
+def _commit(refreshes: list[Refresh], analysis_date: dt.date) -> None:
+    """Commit each pass's incremental state (`staging.refresh`), after the run's writes.
+    A pass is one commit per experiment: they are not atomic together, but a state left
+    at another date than its pass's other experiments' is refreshed fully by the next run."""
+    for refresh in refreshes:
+        refresh.commit(analysis_date)
 
 
 def run(

@@ -125,8 +125,9 @@ def history_partials(
     joined = cube.where(F.col(DAY) < before_day).join(slots, UNIT)
     lo = {k: F.least(F.col(f"start_ts{k}"), F.col(f"pre_start_ts{k}")) for k in ks}
     boundary = F.lit(False)
-    for k in ks:
-        boundary |= _cuts(lo[k], start, end) | _cuts(F.col(f"pre_start_ts{k}"), start, end)
+    for k in ks:  # an empty slot (NULL instants) cuts nothing
+        cut = _cuts(lo[k], start, end) | _cuts(F.col(f"pre_start_ts{k}"), start, end)
+        boundary |= F.col(f"experiment_id{k}").isNotNull() & cut
     whole = joined.where(~boundary)
     cuped_cols = _synthesized(plan, parts, key_col, ks, lo, start, end)
     rows = _slot_rows(whole, ks, cuped_cols)

@@ -7,6 +7,8 @@ config and the state; `staging.stage` uses it when the config has `incremental`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -28,11 +30,22 @@ from cluster_spark.state import StateRun
 PARTS = ("rows", "totals", "values")
 
 
-def state_table(source: str, kind: str, part: str) -> str:
+def state_table(source: str, kind: str, part: str, layout: str) -> str:
     """A state table of one source: `kind` `day` (day partials), `history` (newly exposed
     units' days before their first run: added to, not replaced) or `cube` (the unit-day
-    cube, a copy per experiment; parts `rows` and `values`)."""
-    return f"{kind}_{part}__{source}"
+    cube, a copy per experiment; parts `rows` and `values`). `layout`: the pass's
+    (`pass_layout`): its columns (`_c<i>`, `_match__<i>`, …) are named by position in the
+    pass, so passes of other experiments or another config keep tables of their own."""
+    return f"{kind}_{part}__{source}__{layout}"
+
+
+def pass_layout(config: Config, plan: Plan) -> str:
+    """A hash of the config (`Config.fingerprint`), the lookback and the pass's experiments:
+    what the state's columns and days were computed under."""
+    incremental = config.incremental
+    lookback = None if incremental is None else incremental.lookback_hours
+    key = json.dumps([config.fingerprint(), lookback, sorted(e.id for e in plan.experiments)])
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def refreshed_first_level(
@@ -42,7 +55,8 @@ def refreshed_first_level(
     events: DataFrame,
     units: DataFrame,
     since: dt.datetime | None,
-    previous: dt.datetime | None = None,
+    previous: dt.datetime | None,
+    layout: str,
     daily: bool = False,
 ) -> FirstLevel:
     """The first level of `source` (as `events.first_level` computes it from every event)
@@ -71,21 +85,23 @@ def refreshed_first_level(
     for kind, part, df in writes:
         if df is not None:
             df = df.select(copies, "*") if kind == "cube" else df
-            run.append(state_table(source, kind, part), df, replaced)
+            run.append(state_table(source, kind, part, layout), df, replaced)
     if since is None:  # a full refresh: no history kept
         for part in PARTS:
-            table = state_table(source, "history", part)
+            table = state_table(source, "history", part, layout)
             if any(run.current[e].runs(table) for e in ids):
                 none = fresh.rows.where(F.lit(False)).select("experiment_id", "_day")
                 run.append(table, none, replaced)
     elif previous is not None:
-        history = _history(run, plan, source, events, units, since, previous, daily)
+        args = (run, plan, source, events, units, since, previous, layout, daily)
+        history = _history(*args)
         if history is not None:
             frames = (history.rows, history.totals, history.values)
             for part, df in zip(PARTS, frames, strict=True):
                 if df is not None:
-                    run.append(state_table(source, "history", part), df, add=True)
-    state = [_read(run, source, part) for part in PARTS]
+                    table = state_table(source, "history", part, layout)
+                    run.append(table, df, add=True)
+    state = [_read(run, source, part, layout) for part in PARTS]
     if state[0] is None or state[1] is None:  # nothing in any day
         state = [fresh.rows, fresh.totals, fresh.values]
     merged = merged_first_level(plan, DayPartials(*state), parts, key_col)
@@ -111,9 +127,9 @@ def _replaced_days(
     return out
 
 
-def _read(run: StateRun, source: str, part: str) -> DataFrame | None:
+def _read(run: StateRun, source: str, part: str, layout: str) -> DataFrame | None:
     """A part's current rows once the run commits: day partials and history together."""
-    tables = [state_table(source, kind, part) for kind in ("day", "history")]
+    tables = [state_table(source, kind, part, layout) for kind in ("day", "history")]
     frames = [df for t in tables if (df := run.read(t, pending=True)) is not None]
     if not frames:
         return None
@@ -128,6 +144,7 @@ def _history(
     units: DataFrame,
     since: dt.datetime,
     previous: dt.datetime,
+    layout: str,
     daily: bool,
 ) -> DayPartials | None:
     """The days before `since` of the units first exposed at or after `previous`; None
@@ -136,7 +153,7 @@ def _history(
     first = min(e.id for e in plan.experiments)
 
     def cube(part: str) -> DataFrame | None:
-        df = run.read(state_table(source, "cube", part), pending=True)
+        df = run.read(state_table(source, "cube", part, layout), pending=True)
         if df is None:
             return None
         return df.where(F.col("experiment_id") == first).drop("experiment_id")
@@ -158,6 +175,8 @@ class Refresh:
     run: StateRun
     since: dt.datetime | None
     previous: dt.datetime | None
+    #: `pass_layout`: names the state tables; kept in the log as the state's fingerprint
+    layout: str
 
     def first_level(
         self,
@@ -169,14 +188,13 @@ class Refresh:
         daily: bool,
     ) -> FirstLevel:
         """`refreshed_first_level`, its rows persisted in `cache` as `first_level`'s."""
-        args = (self.run, plan, source, events, units, self.since, self.previous, daily)
-        first = refreshed_first_level(*args)
+        args = (self.run, plan, source, events, units, self.since, self.previous, self.layout)
+        first = refreshed_first_level(*args, daily)
         return FirstLevel(cache.persist(first.rows), first.values)
 
-    def commit(self, config: Config, analysis_date: dt.date) -> None:
+    def commit(self, analysis_date: dt.date) -> None:
         """Make the run's days current (after the run's writes)."""
-        fingerprint = config.fingerprint()
-        self.run.commit(analysis_date, {e: fingerprint for e in self.run.ids})
+        self.run.commit(analysis_date, {e: self.layout for e in self.run.ids})
 
 
 def plan_refresh(
@@ -185,7 +203,8 @@ def plan_refresh(
     """The incremental step of one pass, or None: without `incremental` in the config, and
     for a date before the state's (a backfill: a full pass that leaves the state as it
     is). A full refresh when asked, without state, when the experiments' states differ in
-    date, or when the config changed since (`Config.fingerprint`)."""
+    date, or when the state was computed under another layout: another config
+    (`Config.fingerprint`), lookback or set of experiments in the pass (`pass_layout`)."""
     incremental = config.incremental
     if incremental is None or incremental.state.path is None:
         return None
@@ -195,11 +214,11 @@ def plan_refresh(
     dates = {s.analysis_date for s in states}
     if any(d is not None and d > plan.analysis_date for d in dates):
         return None
-    fingerprint = config.fingerprint()
-    stale = any(s.fingerprint != fingerprint for s in states)
+    layout = pass_layout(config, plan)
+    stale = any(s.fingerprint != layout for s in states)
     if full_refresh or stale or len(dates) != 1 or None in dates:
-        return Refresh(run, None, None)
+        return Refresh(run, None, None, layout)
     (date,) = dates
     times = [e.analysis_time(date) for e in plan.experiments]
     since = min(times) - dt.timedelta(hours=incremental.lookback_hours)
-    return Refresh(run, since, max(times))
+    return Refresh(run, since, max(times), layout)
