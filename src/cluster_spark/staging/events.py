@@ -318,8 +318,7 @@ def experiment_rows(
         for i, k in enumerate(ks)
     ]
     ids = slots.select(UNIT, *[f"experiment_id{k}" for k in ks])
-    kept = ("_n_events", "_n_null_ts", "_n_unmapped", "_n_midnight")
-    names = [n for n in totals if n in kept] + [n for n in totals if n not in kept]
+    names = ordered_totals(totals)
     return (
         per_key.join(ids, UNIT, "left")
         .select(UNIT, SUB, *names, F.explode(F.array(*slot_rows)).alias("r"))
@@ -330,6 +329,12 @@ def experiment_rows(
         )
         .drop("_slot")
     )
+
+
+def ordered_totals(names: list[str]) -> list[str]:
+    """The bookkeeping counts in the first level's column order: the event counts first."""
+    kept = ("_n_events", "_n_null_ts", "_n_unmapped", "_n_midnight")
+    return [n for n in names if n in kept] + [n for n in names if n not in kept]
 
 
 def slot_aggregates(

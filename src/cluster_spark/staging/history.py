@@ -26,7 +26,12 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from cluster_spark.config import Component
-from cluster_spark.staging.events import component_aggregate, counts_values, key_totals
+from cluster_spark.staging.events import (
+    component_aggregate,
+    counts_values,
+    distinct_values,
+    key_totals,
+)
 from cluster_spark.staging.exposures import exposure_slots, slot
 from cluster_spark.staging.filters import condition, utc_day
 from cluster_spark.staging.increments import DAY, DayPartials, day_partials, event_day
@@ -74,15 +79,7 @@ def unit_day_cube(
         F.min(TS).alias("_min_ts"),
         *[value.alias(n) for n, value in totals],
     )
-    values = None
-    if pairs:
-        values = (
-            rows.select(UNIT, SUB, DAY, F.explode(F.array(*pairs)).alias("_v"))
-            .where(F.col("_v").isNotNull())
-            .select(UNIT, SUB, DAY, "_v.*")
-            .distinct()
-        )
-    return cube, values
+    return cube, distinct_values(rows, pairs, [DAY]) if pairs else None
 
 
 def _empty(comp: Component) -> Column:
@@ -133,8 +130,7 @@ def history_partials(
     rows = _slot_rows(whole, ks, cuped_cols)
     in_any = F.lit(False)
     for k in ks:
-        in_range = (start >= lo[k]) & (end <= F.col(f"analysis_ts{k}"))
-        in_any |= F.col(f"experiment_id{k}").isNotNull() & in_range
+        in_any |= F.col(f"experiment_id{k}").isNotNull() & _whole_day(k, lo, start, end)[0]
     names = [c for c in cube.columns if c not in (UNIT, SUB, DAY, "_n", "_min_ts", *parts)]
     ids = F.filter(F.array(*[F.col(f"experiment_id{k}") for k in ks]), lambda x: x.isNotNull())
     totals = whole.where(in_any).select(
@@ -168,6 +164,13 @@ def _union(a: DataFrame | None, b: DataFrame | None) -> DataFrame | None:
     return a.unionByName(b)
 
 
+def _whole_day(k: str, lo: dict[str, Column], start: Column, end: Column) -> tuple[Column, Column]:
+    """(The day [start, end) lies wholly in slot k's range, and wholly in its pre-period.)"""
+    in_range = (start >= lo[k]) & (end <= F.col(f"analysis_ts{k}"))
+    exposure = F.col(f"exposure_ts{k}")
+    return in_range, in_range & (start >= F.col(f"pre_start_ts{k}")) & (end <= exposure)
+
+
 def _synthesized(
     plan: Plan,
     parts: dict[str, tuple[Component, float]],
@@ -180,9 +183,8 @@ def _synthesized(
     """Per slot k the slot columns of a whole day before the exposure (see the module)."""
     out: dict[str, list[tuple[str, Column]]] = {}
     for k in ks:
-        in_range = (start >= lo[k]) & (end <= F.col(f"analysis_ts{k}"))
+        in_range, in_pre = _whole_day(k, lo, start, end)
         exposure = F.col(f"exposure_ts{k}")
-        in_pre = in_range & (start >= F.col(f"pre_start_ts{k}")) & (end <= exposure)
         in_npre = in_range & (start >= F.col(f"start_ts{k}")) & (end <= exposure)
         cols: list[tuple[str, Column]] = []
         for name, (comp, _) in parts.items():
@@ -235,9 +237,7 @@ def _history_values(
     joined = cube_values.where(F.col(DAY) < before_day).join(slots, UNIT).where(~boundary)
     entries = []
     for k in ks:
-        in_range = (start >= lo[k]) & (end <= F.col(f"analysis_ts{k}"))
-        exposure = F.col(f"exposure_ts{k}")
-        in_pre = in_range & (start >= F.col(f"pre_start_ts{k}")) & (end <= exposure)
+        _, in_pre = _whole_day(k, lo, start, end)
         entries.append(
             F.when(
                 in_pre,

@@ -40,6 +40,7 @@ from cluster_spark.staging.events import (
     experiment_rows,
     joined_events,
     key_totals,
+    ordered_totals,
     slot_aggregates,
 )
 from cluster_spark.staging.plan import SUB, TS, UNIT, Plan
@@ -152,9 +153,7 @@ def merged_first_level(
         .groupBy(*keys)
         .agg(*[merge(c).alias(c) for c, merge in merges.items()])
     )
-    names = [c for c in partials.totals.columns if c not in (*keys, DAY)]
-    kept = ("_n_events", "_n_null_ts", "_n_unmapped", "_n_midnight")
-    names = [n for n in names if n in kept] + [n for n in names if n not in kept]
+    names = ordered_totals([c for c in partials.totals.columns if c not in (*keys, DAY)])
     totals = (
         _one_copy(plan, partials.totals)
         .groupBy(*keys)
