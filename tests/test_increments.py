@@ -114,9 +114,18 @@ def _results(outcome) -> dict[tuple, dict]:
     return out
 
 
-def _diagnostics(outcome) -> dict[tuple, int]:
+STATE_CHECKS = ("late_events_outside_lookback", "state_full_refresh")
+
+
+def _diagnostics(outcome, state: bool = False) -> dict[tuple, int]:
+    """The diagnostics of a run; `state`: only those of the incremental state, else the
+    others."""
     keys = ("experiment_id", "metric", "variant", "dimension", "slice", "check")
-    return {tuple(d[k] for k in keys): d["value"] for d in outcome.diagnostics}
+    return {
+        tuple(d[k] for k in keys): d["value"]
+        for d in outcome.diagnostics
+        if d["check"].startswith(STATE_CHECKS) == state
+    }
 
 
 def test_incremental_runs_equal_full_runs_and_a_failed_run_leaves_the_state(
@@ -145,7 +154,13 @@ def test_incremental_runs_equal_full_runs_and_a_failed_run_leaves_the_state(
     for key in ("staging", "results", "diagnostics"):
         raw["output"][key] = str(tmp_path / f"inc_{key}")
     incremental = parse_config(raw)
-    pipeline.run_outcome(spark, incremental, T0.date())  # day 0: the state from every event
+    first = pipeline.run_outcome(spark, incremental, T0.date())  # the state from every event
+    assert set(_diagnostics(first, state=True).items()) == {
+        ((e, None, None, None, None, "state_full_refresh:no_state"), 1) for e in ("e1", "e2")
+    } | {
+        ((e, None, None, None, None, "late_events_outside_lookback:events"), 0)
+        for e in ("e1", "e2")
+    }
     date = T0.date() + dt.timedelta(days=3)
     want = pipeline.run_outcome(spark, plain, date)
     with monkeypatch.context() as m:  # a run dies before its state commit
@@ -158,7 +173,13 @@ def test_incremental_runs_equal_full_runs_and_a_failed_run_leaves_the_state(
     wrong = [(k, c, w[k][c], g[k][c]) for k in w for c in w[k] if not _same(w[k][c], g[k][c])]
     assert wrong == []
     assert _diagnostics(got) == _diagnostics(want)
-    # o4, o6 and o8 were first exposed after day 0: their earlier days came from the cube
+    late = {
+        ((e, None, None, None, None, "late_events_outside_lookback:events"), 0)
+        for e in ("e1", "e2")
+    }
+    assert (
+        set(_diagnostics(got, state=True).items()) == late
+    )  # incremental: no reason    # o4, o6 and o8 were first exposed after day 0: their earlier days came from the cube
     overall = [(k, r) for k, r in g.items() if k[:2] == ("e1", "revenue_per_user") and not k[3]]
     units = {k[2]: r["n_units"] for k, r in overall}
     assert units == {"control": 2, "treatment": 4}  # o1, o2 | o3, o4, o6, o8

@@ -103,12 +103,18 @@ NOTES = {
     EVENTS_IN_PERIOD: "events of the source in the period (none reached an exposed unit)",
     EVENTS_OF_UNITS: "events of the source that reach an exposed unit (0: ids do not join)",
     "unit_attribute_rows_dropped": "attribute rows with a NULL id or timestamp: dropped",
+    "late_events_outside_lookback": (
+        "events that arrived (or went) after their day left the incremental lookback: not in "
+        "the results until a full refresh (run with --full-refresh, or a longer lookback)"
+    ),
+    "state_full_refresh": "incremental state rebuilt from every event (the reason named)",
     MATCHED: "events passing the component's filter (0: the filter matches nothing)",
     FILTER_VALUE: "events with this filter value (0: no event has it)",
 }
 #: Checks whose counts are expected, never a problem.
 NORMAL = {"assignment_units", FIRST_EXPOSURES, "analysis_units", "duplicate_exposures",
-          "events_before_exposure", "null_values", EVENTS_OF_UNITS}  # fmt: skip
+          "events_before_exposure", "null_values", EVENTS_OF_UNITS,
+          "state_full_refresh"}  # fmt: skip
 
 
 def note(check: str | None) -> str:

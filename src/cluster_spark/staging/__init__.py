@@ -165,6 +165,8 @@ def stage_plan(
     pass); what it persists is in `cache`. `refresh`: the incremental step that gives the
     sources' first levels (it writes state rows as it goes)."""
     units, exposure_diags = exposed_units(spark, plan, cache)
+    if refresh is not None:  # units whose exposure changed make it a full refresh
+        refresh.check_units(plan, units)
     slices, slice_diags = unit_slices(spark, plan, units, cache)
     levels = [source_level(spark, plan, s, units, cache, refresh) for s in plan.sources]
     offenders, multi = _multi_unit_policy(plan, levels)
@@ -172,6 +174,7 @@ def stage_plan(
     per_unit = per_unit_frame(plan, sliced, levels, offenders, cache)
     values = unit_value_rows(plan, per_unit, slices is not None)
     diags = [exposure_diags, slice_diags, multi, *[level.diagnostics for level in levels]]
+    diags.append(refresh and refresh.diagnostics(plan, spark))
     diags += events_before_exposure(plan, per_unit)
     if per_unit.keyed:  # a source has the analysis unit: count the active ones
         diags.append(analysis_unit_counts(plan, values))

@@ -450,15 +450,18 @@ def source_level(
     source, `matched_events:<role>` and `filter_value_events:<role>:<column>=<value>`
     (`cluster_spark.checks`: a filter that matches nothing). The last five count the
     events of the experiment's units that the run reads: from the earliest start (or
-    pre-period) to the latest analysis time of the unit's experiments."""
+    pre-period) to the latest analysis time of the unit's experiments. With `refresh`, also
+    `late_events_outside_lookback:<source>` (`refresh.late_events`)."""
     src = plan.config.sources[source]
     parts, columns, key_col = source_parts(plan, source)
     events, where = source_events(spark, plan, source, columns, key_col)
     daily = src.timestamp_as_date
+    diagnostics = []
     if refresh is None:
         first = first_level(plan, events, units, parts, key_col, cache, daily)
     else:  # the same first level, from the state and the window's events
-        first = refresh.first_level(plan, source, events, units, cache, daily)
+        first, late = refresh.first_level(plan, source, events, units, cache, daily)
+        diagnostics.append(late)
     return SourceLevel(
         source,
         where,
@@ -468,7 +471,10 @@ def source_level(
         src.drop_null_ids,
         first.rows,
         first.values,
-        _source_diagnostics(spark, plan, source, parts, first.rows),
+        reduce(
+            DataFrame.unionByName,
+            [_source_diagnostics(spark, plan, source, parts, first.rows), *diagnostics],
+        ),
     )
 
 

@@ -18,12 +18,14 @@ from cluster_spark.config import Config
 from cluster_spark.staging.events import FirstLevel, source_parts
 from cluster_spark.staging.history import history_partials, unit_day_cube
 from cluster_spark.staging.increments import (
+    DAY,
     DayPartials,
     day_number,
     day_partials,
+    event_day,
     merged_first_level,
 )
-from cluster_spark.staging.plan import TS, UNIT, Cache, Plan
+from cluster_spark.staging.plan import TS, UNIT, Cache, Plan, diag
 from cluster_spark.state import StateRun
 
 #: The parts of day partials (`increments.DayPartials`).
@@ -55,7 +57,6 @@ def refreshed_first_level(
     events: DataFrame,
     units: DataFrame,
     since: dt.datetime | None,
-    previous: dt.datetime | None,
     layout: str,
     daily: bool = False,
 ) -> FirstLevel:
@@ -65,36 +66,32 @@ def refreshed_first_level(
     Day partials and the unit-day cube of those events (and of the events without a
     timestamp) are appended to `run` as its days, from `since`'s day to the latest analysis
     time's, the NULL day and any day they have; the other days come from the state. The
-    units first exposed at or after `previous` (the previous run's analysis time, at or
-    after `since`) get their days before `since` from the cube (`history.history_partials`).
-    `since` None: every event, replacing every day (a full refresh). The caller commits
-    `run` after its writes. Exact while the units exposed before `previous` keep the
-    exposures their days were computed under (exposure changes are not handled yet)."""
+    units not in the state's units table (`units_table`: new in this run, all exposed at or
+    after `since`, as `Refresh.check_units` ensures) get their days before `since` from the
+    cube (`history.history_partials`). `since` None: every event, replacing every day (a
+    full refresh). The caller commits `run` after its writes."""
     parts, _, key_col = source_parts(plan, source)
     recent = events
     if since is not None:
         recent = events.where(F.col(TS).isNull() | (F.col(TS) >= F.lit(since)))
     fresh = day_partials(plan, recent, units, parts, key_col, daily)
     cube, cube_values = unit_day_cube(plan, recent, parts, key_col, daily)
-    ids = [e.id for e in plan.experiments]
-    copies = F.explode(F.array(*[F.lit(e) for e in ids])).alias("experiment_id")
     replaced = _replaced_days(run, plan, since)
     day = zip(PARTS, (fresh.rows, fresh.totals, fresh.values), strict=True)
     writes = [("day", part, df) for part, df in day]
     writes += [("cube", "rows", cube), ("cube", "values", cube_values)]
     for kind, part, df in writes:
         if df is not None:
-            df = df.select(copies, "*") if kind == "cube" else df
+            df = _copies(plan, df) if kind == "cube" else df
             run.append(state_table(source, kind, part, layout), df, replaced)
     if since is None:  # a full refresh: no history kept
         for part in PARTS:
             table = state_table(source, "history", part, layout)
-            if any(run.current[e].runs(table) for e in ids):
+            if any(run.current[e.id].runs(table) for e in plan.experiments):
                 none = fresh.rows.where(F.lit(False)).select("experiment_id", "_day")
                 run.append(table, none, replaced)
-    elif previous is not None:
-        args = (run, plan, source, events, units, since, previous, layout, daily)
-        history = _history(*args)
+    else:
+        history = _history(run, plan, source, events, units, since, layout, daily)
         if history is not None:
             frames = (history.rows, history.totals, history.values)
             for part, df in zip(PARTS, frames, strict=True):
@@ -110,6 +107,50 @@ def refreshed_first_level(
         merged.rows.where(F.col(UNIT).isNull())
     )
     return FirstLevel(kept, merged.values)
+
+
+def _copies(plan: Plan, df: DataFrame) -> DataFrame:
+    """`df` once per experiment of the pass (state tables are partitioned by experiment)."""
+    ids = [F.lit(e.id) for e in plan.experiments]
+    return df.select(F.explode(F.array(*ids)).alias("experiment_id"), "*")
+
+
+def late_events(
+    run: StateRun,
+    plan: Plan,
+    source: str,
+    events: DataFrame,
+    since: dt.datetime | None,
+    layout: str,
+) -> DataFrame:
+    """Diagnostics rows `late_events_outside_lookback:<source>`, one per experiment: how
+    many of the source's rows dated before `since`'s day are not in the state, counted as
+    |rows now − rows when the day was last read| per UTC day (rows that arrived, or went,
+    after their day left the lookback: the results lack them until a full refresh). Keeps
+    the rows per day of this run's days (`counts` state table). Costs one aggregation of
+    the timestamps of every event of the source (no other column is read). 0 on a full
+    refresh."""
+    table = state_table(source, "counts", "rows", layout)
+    dated = events.where(F.col(TS).isNotNull())
+    counts = dated.groupBy(event_day(F.col(TS)).alias(DAY)).agg(F.count(F.lit(1)).alias("n"))
+    replaced = _replaced_days(run, plan, since)
+    first = 0 if since is None else day_number(since)
+    fresh = counts if since is None else counts.where(F.col(DAY) >= first)
+    stored = run.read(table)
+    run.append(table, _copies(plan, fresh), replaced)
+    late = F.lit(0).cast("bigint")
+    if since is not None and stored is not None:
+        one = min(e.id for e in plan.experiments)
+        was = stored.where((F.col("experiment_id") == one) & (F.col(DAY) < first))
+        was = was.select(DAY, F.col("n").alias("_was"))
+        old = counts.where(F.col(DAY) < first).join(was, DAY, "full")
+        diff = F.abs(F.coalesce(F.col("n"), F.lit(0)) - F.coalesce(F.col("_was"), F.lit(0)))
+        late = F.coalesce(F.sum(diff), F.lit(0)).cast("bigint")
+        total = old.agg(late.alias("value"))
+    else:
+        total = run.spark.range(1).select(late.alias("value"))
+    per_experiment = _copies(plan, total)
+    return diag(per_experiment, f"late_events_outside_lookback:{source}", F.col("value"))
 
 
 def _replaced_days(
@@ -143,12 +184,11 @@ def _history(
     events: DataFrame,
     units: DataFrame,
     since: dt.datetime,
-    previous: dt.datetime,
     layout: str,
     daily: bool,
 ) -> DayPartials | None:
-    """The days before `since` of the units first exposed at or after `previous`; None
-    without a cube."""
+    """The days before `since` of the units not in the state's units table; None without
+    a cube or units table."""
     parts, _, key_col = source_parts(plan, source)
     first = min(e.id for e in plan.experiments)
 
@@ -158,25 +198,68 @@ def _history(
             return None
         return df.where(F.col("experiment_id") == first).drop("experiment_id")
 
-    new_units = units.where(F.col("exposure_ts") >= F.lit(previous))
+    stored = run.read(units_table(layout))
     cube_rows = cube("rows")
-    if cube_rows is None:
+    if stored is None or cube_rows is None:
         return None
+    keys = ["experiment_id", UNIT]
+    new_units = units.join(stored.select(*keys), keys, "left_anti")
     return history_partials(
         plan, cube_rows, cube("values"), events, new_units, since, parts, key_col, daily
     )
 
 
+def units_table(layout: str) -> str:
+    """The state table of the pass's exposed units: (experiment, unit, variant, first
+    exposure) as of the last committed run, day NULL."""
+    return f"units__{layout}"
+
+
+#: `Refresh.check_units`: why units already in the state force a full refresh.
+UNIT_CHANGES = {
+    "exposure_changed": "a unit of the state has another first exposure or variant, or "
+    "left the analysis (an earlier late exposure row, or a second variant)",
+    "late_exposure": "a unit first seen in this run was exposed before the lookback",
+    "joined_experiment": "a unit of the state was exposed in one more experiment of the pass",
+}
+
+
 @dataclass
 class Refresh:
     """One pass's incremental step (`plan_refresh`): the state run, `since` (None: a full
-    refresh) and `previous` (the previous run's analysis time)."""
+    refresh) and why a full refresh (`reason`: a `plan_refresh` reason or a key of
+    `UNIT_CHANGES`)."""
 
     run: StateRun
     since: dt.datetime | None
-    previous: dt.datetime | None
     #: `pass_layout`: names the state tables; kept in the log as the state's fingerprint
     layout: str
+    reason: str | None = None
+
+    def check_units(self, plan: Plan, units: DataFrame) -> None:
+        """Compare the exposed units with the state's (one aggregation: a few counts reach
+        the driver). Units already analysed whose exposure changed (`UNIT_CHANGES`) make
+        this run a full refresh; new units are appended to the units table, and get their
+        history in `refreshed_first_level`."""
+        table = units_table(self.layout)
+        keys = ["experiment_id", UNIT]
+        now = units.select(*keys, "variant", "exposure_ts", F.lit(None).cast("int").alias(DAY))
+        stored = self.run.read(table)
+        if self.since is not None:
+            changes = "no_state" if stored is None else _unit_changes(now, stored, self.since)
+            if changes:
+                self.since, self.reason = None, changes
+        if self.since is None:  # every unit, in place of the state's
+            self.run.append(table, now, {e.id: {None} for e in plan.experiments})
+        else:  # the new ones, beside the state's
+            self.run.append(table, now.join(stored.select(*keys), keys, "left_anti"), add=True)
+
+    def diagnostics(self, plan: Plan, spark: SparkSession) -> DataFrame | None:
+        """`state_full_refresh:<reason>` (value 1) per experiment on a full refresh."""
+        if self.reason is None:
+            return None
+        one = F.lit(1).cast("bigint")
+        return diag(_copies(plan, spark.range(1)), f"state_full_refresh:{self.reason}", one)
 
     def first_level(
         self,
@@ -186,15 +269,45 @@ class Refresh:
         units: DataFrame,
         cache: Cache,
         daily: bool,
-    ) -> FirstLevel:
-        """`refreshed_first_level`, its rows persisted in `cache` as `first_level`'s."""
-        args = (self.run, plan, source, events, units, self.since, self.previous, self.layout)
+    ) -> tuple[FirstLevel, DataFrame]:
+        """`refreshed_first_level`, its rows persisted in `cache` as `first_level`'s, and
+        the source's `late_events` diagnostics."""
+        args = (self.run, plan, source, events, units, self.since, self.layout)
         first = refreshed_first_level(*args, daily)
-        return FirstLevel(cache.persist(first.rows), first.values)
+        late = late_events(self.run, plan, source, events, self.since, self.layout)
+        return FirstLevel(cache.persist(first.rows), first.values), late
 
     def commit(self, analysis_date: dt.date) -> None:
         """Make the run's days current (after the run's writes)."""
         self.run.commit(analysis_date, {e: self.layout for e in self.run.ids})
+
+
+def _unit_changes(now: DataFrame, stored: DataFrame, since: dt.datetime) -> str | None:
+    """The first `UNIT_CHANGES` reason the exposed units `now` show against `stored`."""
+    was = stored.select(
+        "experiment_id",
+        UNIT,
+        F.col("variant").alias("_was_variant"),
+        F.col("exposure_ts").alias("_was_ts"),
+        F.lit(True).alias("_was"),
+    )
+    joined = now.withColumn("_now", F.lit(True)).join(was, ["experiment_id", UNIT], "full")
+    is_now, is_was = F.col("_now").isNotNull(), F.col("_was").isNotNull()
+    same = F.col("variant").eqNullSafe(F.col("_was_variant")) & F.col("exposure_ts").eqNullSafe(
+        F.col("_was_ts")
+    )
+    new = is_now & ~is_was
+
+    def anywhere(flag) -> F.Column:
+        return F.max(flag.cast("int"))
+
+    per_unit = joined.groupBy(UNIT).agg(
+        anywhere(is_was & ~(is_now & same)).alias("exposure_changed"),
+        anywhere(new & (F.col("exposure_ts") < F.lit(since))).alias("late_exposure"),
+        (anywhere(new) * anywhere(is_was)).alias("joined_experiment"),
+    )
+    counts = per_unit.agg(*[F.sum(c).alias(c) for c in UNIT_CHANGES]).first()
+    return next((c for c in UNIT_CHANGES if counts[c]), None)
 
 
 def plan_refresh(
@@ -202,9 +315,11 @@ def plan_refresh(
 ) -> Refresh | None:
     """The incremental step of one pass, or None: without `incremental` in the config, and
     for a date before the state's (a backfill: a full pass that leaves the state as it
-    is). A full refresh when asked, without state, when the experiments' states differ in
-    date, or when the state was computed under another layout: another config
-    (`Config.fingerprint`), lookback or set of experiments in the pass (`pass_layout`)."""
+    is). A full refresh (`Refresh.reason`) when asked (`asked`), without state
+    (`no_state`), when the experiments' states differ in date (`dates_differ`), or when the
+    state was computed under another layout (`layout_changed`): another config
+    (`Config.fingerprint`), lookback or set of experiments in the pass (`pass_layout`);
+    `Refresh.check_units` may make it one later."""
     incremental = config.incremental
     if incremental is None or incremental.state.path is None:
         return None
@@ -215,10 +330,15 @@ def plan_refresh(
     if any(d is not None and d > plan.analysis_date for d in dates):
         return None
     layout = pass_layout(config, plan)
-    stale = any(s.fingerprint != layout for s in states)
-    if full_refresh or stale or len(dates) != 1 or None in dates:
-        return Refresh(run, None, None, layout)
+    reasons = {
+        "asked": full_refresh,
+        "no_state": None in dates,
+        "dates_differ": len(dates) != 1,
+        "layout_changed": any(s.fingerprint != layout for s in states),
+    }
+    reason = next((r for r, hit in reasons.items() if hit), None)
+    if reason is not None:
+        return Refresh(run, None, layout, reason)
     (date,) = dates
     times = [e.analysis_time(date) for e in plan.experiments]
-    since = min(times) - dt.timedelta(hours=incremental.lookback_hours)
-    return Refresh(run, since, max(times), layout)
+    return Refresh(run, min(times) - dt.timedelta(hours=incremental.lookback_hours), layout)
