@@ -110,12 +110,14 @@ def bench_config(
     slices: bool = False,
     cache: str = "memory",
     quantile: bool = False,
+    incremental: dict | None = None,
 ) -> Config:
     """Every experiment with all 20 metrics over the tables under `data` (ensure_data's
     directory); staging, results and diagnostics written under `results`. `slices`: the
     first experiment is also broken down by `SLICE_DIMENSIONS`, from the org attributes
     table `costs.py` writes beside the data. `cache`: the config's `cache`. `quantile`:
-    every experiment also has the quantile metric `p90_purchase` (`P90_PURCHASE`)."""
+    every experiment also has the quantile metric `p90_purchase` (`P90_PURCHASE`).
+    `incremental`: the config's `incremental` (`refresh.py`)."""
     metrics = metric_definitions() | ({"p90_purchase": P90_PURCHASE} if quantile else {})
     experiments = [
         {
@@ -152,6 +154,8 @@ def bench_config(
             "diagnostics": str(results / "diagnostics"),
         },
     }
+    if incremental is not None:
+        raw["incremental"] = incremental
     if slices:
         raw["unit_attributes"] = {
             "orgs": {

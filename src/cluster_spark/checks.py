@@ -289,11 +289,25 @@ def join_warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) -> l
     return out
 
 
+def late_warnings(diagnostics: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Events the incremental state missed (`late_events_outside_lookback:<source>`)."""
+    return [
+        f"experiment {d['experiment_id']!r}, source {d['check'].split(':', 1)[1]!r}: "
+        f"{d['value']:,} events arrived (or went) after their day left the incremental "
+        "lookback and are not in these results: rerun with --full-refresh, or lengthen "
+        "incremental.lookback_hours"
+        for d in diagnostics
+        if (d.get("check") or "").startswith("late_events_outside_lookback:") and d["value"]
+    ]
+
+
 def warnings(config: Config, diagnostics: Iterable[Mapping[str, Any]]) -> list[str]:
     """Every warning the diagnostics rows give: variant labels that are not configured,
-    DATE timestamps read as instants, filters that match nothing."""
+    DATE timestamps read as instants, filters that match nothing, events the incremental
+    state missed."""
     rows = list(diagnostics)
     return [
+        *late_warnings(rows),
         *join_warnings(config, rows),
         *unknown_label_warnings(config, rows),
         *date_warnings(rows),

@@ -671,12 +671,14 @@ class Incremental(_Model):
     """Incremental refresh (docs/design.md, "Incremental refresh"): each run reads the
     events from the previous run's analysis time less `lookback_hours` and keeps per-unit
     state (day partials, a unit-day cube) in Delta tables under `state` (a path). Events
-    that arrive later than the lookback are not read. A config change (any key but
-    `output` and `incremental`) or `--full-refresh` recomputes from every event."""
+    that arrive later than the lookback are not read (they are counted:
+    `late_events_outside_lookback`). A config change (any key but `output` and
+    `incremental`), a change of an analysed unit's exposure, or `--full-refresh`
+    recomputes from every event (`state_full_refresh:<reason>`)."""
 
     state: Location
     #: Hours re-read before the previous run's analysis time: late events within them are
-    #: counted. Whole days (state is kept per UTC day); at least every metric's
+    #: recomputed. Whole days (state is kept per UTC day); at least every metric's
     #: `bake_hours`, and 24 more with a source read by whole days (`timestamp_as_date`).
     lookback_hours: Annotated[int, Field(ge=0)] = 48
 

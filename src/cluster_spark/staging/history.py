@@ -21,6 +21,7 @@ daily sources are moved to midnight.
 from __future__ import annotations
 
 import datetime as dt
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -143,9 +144,7 @@ def history_partials(
     ]  # a few UTC days
     if not edges:
         return synthesized
-    raw = day_partials(
-        plan, events.where(event_day(F.col(TS)).isin(edges)), new_units, parts, key_col, daily
-    )
+    raw = day_partials(plan, events.where(_on_days(edges)), new_units, parts, key_col, daily)
     pairs = joined.where(boundary).select(UNIT, DAY).distinct()
     on_edges = [
         None if df is None else df.join(pairs, [UNIT, DAY], "left_semi")
@@ -156,6 +155,18 @@ def history_partials(
         totals.unionByName(on_edges[1]),
         _union(values, on_edges[2]),
     )
+
+
+def _on_days(days: list[int]) -> Column:
+    """Events on these UTC days, as ranges of the timestamp (so a scan can skip the files
+    of other days by their statistics, which `event_day(...).isin` would not let it)."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    ranges = [
+        (F.col(TS) >= F.lit(epoch + dt.timedelta(days=d)))
+        & (F.col(TS) < F.lit(epoch + dt.timedelta(days=d + 1)))
+        for d in sorted(days)
+    ]
+    return reduce(Column.__or__, ranges)
 
 
 def _union(a: DataFrame | None, b: DataFrame | None) -> DataFrame | None:
