@@ -8,7 +8,7 @@ DELTA_VERSION := 4.4.0
 DELTA_ARTIFACTS := io.delta:delta-spark_4.2_2.13:$(DELTA_VERSION) io.delta:delta-storage:$(DELTA_VERSION)
 MVN_DEP := org.apache.maven.plugins:maven-dependency-plugin:3.6.1
 
-.PHONY: help setup jars test demo bench coverage lint fmt clean
+.PHONY: help setup jars test demo bench incremental-check coverage lint fmt clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -44,10 +44,14 @@ test: setup $(CHROMIUM) ## run the test suite (local-mode Spark + Delta; Chromiu
 demo: setup ## generate a synthetic cluster experiment and analyse it into out/demo/
 	$(VENV)/bin/cluster-spark demo --out out/demo
 
-#: bench/run.py rewrites BENCHMARKS.md, so the coverage section is spliced in after it.
+#: bench/run.py rewrites BENCHMARKS.md, so the other sections are spliced in after it.
 bench: setup ## benchmarks (writes BENCHMARKS.md)
 	$(PY) bench/run.py
+	$(PY) bench/refresh.py
 	$(PY) bench/coverage.py --write
+
+incremental-check: setup ## incremental refresh = full recompute on every date of a 28-day experiment
+	$(PY) bench/incremental.py --days 28
 
 coverage: $(VENV)/.installed ## CI coverage simulation, pure Python, no Spark (its section of BENCHMARKS.md)
 	$(PY) bench/coverage.py --write

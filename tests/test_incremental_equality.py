@@ -41,6 +41,7 @@ def test_daily_incremental_runs_equal_full_recomputes(spark, tmp_path, monkeypat
     wrong, got = compare_day(spark, plain, incremental, 1)
     assert wrong == []
     assert state_diagnostics(got) == {LATE: 0}  # incremental: no full-refresh reason
+    assert checks.late_warnings(got.diagnostics) == []  # nothing late: no warning
 
     scenario.write(spark, tmp_path, 2, late)
     with monkeypatch.context() as m:  # a run dies before its state commit
