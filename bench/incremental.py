@@ -273,6 +273,9 @@ def main() -> int:
         scenario.write(spark, args.root, day)
         wrong, got = compare_day(spark, plain, incremental, day)
         failed += bool(wrong)
+        reasons = {c for c in state_diagnostics(got) if c.startswith("state_full_refresh")}
+        expected = {0: "no_state", scenario.earlier_exposure_day: "exposure_changed"}
+        failed += reasons != ({f"state_full_refresh:{expected[day]}"} if day in expected else set())
         for item in wrong[:5]:
             print("   ", item)
     # a purchase of an analysed organization dated before the lookback arrives: counted,

@@ -18,17 +18,18 @@ LATE = "late_events_outside_lookback:events"
 
 
 def test_daily_incremental_runs_equal_full_recomputes(spark, tmp_path, monkeypatch):
-    """Day 0 builds the state (a full refresh: no state yet). Day 1 is incremental. Day 2:
-    a run dies after writing state rows but before its commit; its rerun equals the full
-    recompute. An event of day -3 (before the lookback) that arrives on day 2 is counted
-    in `late_events_outside_lookback` (it is of an organization never exposed, so the
-    results agree; `bench/incremental.py` shows one that changes them, and the full
-    refresh that restores them)."""
+    """Day 0 builds the state (a full refresh: no state yet). On day 1 an earlier exposure
+    row of an organization analysed on day 0 arrives: the run finds it and becomes a full
+    refresh (`exposure_changed`). Day 2 is incremental: a run dies after writing state rows
+    but before its commit; its rerun equals the full recompute. An event of day -3 (before
+    the lookback) that arrives on day 2 is counted in `late_events_outside_lookback` (it is
+    of an organization never exposed, so the results agree; `bench/incremental.py` shows
+    one that changes them, and the full refresh that restores them)."""
     from cluster_spark import checks
     from cluster_spark.config import parse_config
     from cluster_spark.state import StateRun
 
-    scenario = Scenario(days=3, orgs_per_day=6)
+    scenario = Scenario(days=3, orgs_per_day=6, earlier_exposure_day=1)
     plain, incremental = (parse_config(c) for c in configs(tmp_path))
     late = [("never_exposed", "u", "purchase", 5.0, START - dt.timedelta(days=3))]
 
@@ -40,7 +41,7 @@ def test_daily_incremental_runs_equal_full_recomputes(spark, tmp_path, monkeypat
     scenario.write(spark, tmp_path, 1)
     wrong, got = compare_day(spark, plain, incremental, 1)
     assert wrong == []
-    assert state_diagnostics(got) == {LATE: 0}  # incremental: no full-refresh reason
+    assert state_diagnostics(got) == {LATE: 0, "state_full_refresh:exposure_changed": 1}
     assert checks.late_warnings(got.diagnostics) == []  # nothing late: no warning
 
     scenario.write(spark, tmp_path, 2, late)
@@ -50,9 +51,9 @@ def test_daily_incremental_runs_equal_full_recomputes(spark, tmp_path, monkeypat
             compare_day(spark, plain, incremental, 2)
     wrong, got = compare_day(spark, plain, incremental, 2)
     assert wrong == []
-    assert state_diagnostics(got) == {LATE: 1}
+    assert state_diagnostics(got) == {LATE: 1}  # incremental: no full-refresh reason
     (warning,) = checks.late_warnings(got.diagnostics)  # the CLI and the report say so
-    assert "'e1', source 'events': 1 events arrived" in warning and "--full-refresh" in warning
+    assert "'e1', source 'events': 1 event arrived" in warning and "--full-refresh" in warning
     # the data did have what the test is about
     late_rows = [r for r, arrived in scenario.events if arrived - r[4] > dt.timedelta(hours=2)]
     assert late_rows and len({r[1] for r, _ in scenario.exposures}) == 18

@@ -293,7 +293,8 @@ def late_warnings(diagnostics: Iterable[Mapping[str, Any]]) -> list[str]:
     """Events the incremental state missed (`late_events_outside_lookback:<source>`)."""
     return [
         f"experiment {d['experiment_id']!r}, source {d['check'].split(':', 1)[1]!r}: "
-        f"{d['value']:,} events arrived (or went) after their day left the incremental "
+        f"{d['value']:,} event{'' if d['value'] == 1 else 's'} arrived (or went) after "
+        "their day left the incremental "
         "lookback and are not in these results: rerun with --full-refresh, or lengthen "
         "incremental.lookback_hours"
         for d in diagnostics

@@ -477,6 +477,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     config = load_config(args.config, root=args.out)
     for table in ("data", "staging", "results", "diagnostics"):  # the demo starts afresh
         shutil.rmtree(args.out / table, ignore_errors=True)
+    if config.incremental is not None and config.incremental.state.path is not None:
+        shutil.rmtree(config.incremental.state.path, ignore_errors=True)  # its state too
     t0 = time.perf_counter()
     quiet = {} if args.remote else {"spark.log.level": "ERROR"}
     spark = _start_spark(args, "cluster_spark demo", {**quiet, **_spark_conf(args)})

@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cluster_spark.config import Config
+from cluster_spark.io import literal_frame
 from cluster_spark.staging.events import FirstLevel, source_parts
 from cluster_spark.staging.history import history_partials, unit_day_cube
 from cluster_spark.staging.increments import (
@@ -124,33 +125,40 @@ def late_events(
     layout: str,
 ) -> DataFrame:
     """Diagnostics rows `late_events_outside_lookback:<source>`, one per experiment: how
-    many of the source's rows dated before `since`'s day are not in the state, counted as
-    |rows now − rows when the day was last read| per UTC day (rows that arrived, or went,
-    after their day left the lookback: the results lack them until a full refresh). Keeps
-    the rows per day of this run's days (`counts` state table). Costs one aggregation of
-    the timestamps of every event of the source (no other column is read). 0 on a full
-    refresh."""
+    many of the source's rows (as the run reads them: after the id mapping) dated before
+    `since`'s day are not in the state, counted as |rows now − rows when the day was last
+    read| per UTC day from the earliest start (less the CUPED pre-period) on: rows that
+    arrived, or went, after their day left the lookback, which the results lack until a
+    full refresh. Keeps the rows per day of this run's days (`counts` state table). Costs
+    one aggregation of the timestamps of the source's events; a row per day reaches the
+    driver. 0 on a full refresh."""
     table = state_table(source, "counts", "rows", layout)
-    dated = events.where(F.col(TS).isNotNull())
-    counts = dated.groupBy(event_day(F.col(TS)).alias(DAY)).agg(F.count(F.lit(1)).alias("n"))
-    replaced = _replaced_days(run, plan, since)
-    first = 0 if since is None else day_number(since)
-    fresh = counts if since is None else counts.where(F.col(DAY) >= first)
+    earliest = min(
+        e.start_time - dt.timedelta(days=e.cuped_lookback_days or 0) for e in plan.experiments
+    )
+    per_day = (
+        events.where(F.col(TS) >= F.lit(earliest))
+        .groupBy(event_day(F.col(TS)).alias(DAY))
+        .agg(F.count(F.lit(1)).alias("n"))
+        .collect()
+    )
+    counts = {r[DAY]: r["n"] for r in per_day}
+    first = None if since is None else day_number(since)
     stored = run.read(table)
-    run.append(table, _copies(plan, fresh), replaced)
-    late = F.lit(0).cast("bigint")
-    if since is not None and stored is not None:
+    fresh = [(e.id, d, n) for e in plan.experiments for d, n in counts.items()]
+    if first is not None:
+        fresh = [row for row in fresh if row[1] >= first]
+    columns = [("experiment_id", "string"), (DAY, "int"), ("n", "bigint")]
+    run.append(table, literal_frame(run.spark, fresh, columns), _replaced_days(run, plan, since))
+    late = 0
+    if first is not None and stored is not None:
         one = min(e.id for e in plan.experiments)
-        was = stored.where((F.col("experiment_id") == one) & (F.col(DAY) < first))
-        was = was.select(DAY, F.col("n").alias("_was"))
-        old = counts.where(F.col(DAY) < first).join(was, DAY, "full")
-        diff = F.abs(F.coalesce(F.col("n"), F.lit(0)) - F.coalesce(F.col("_was"), F.lit(0)))
-        late = F.coalesce(F.sum(diff), F.lit(0)).cast("bigint")
-        total = old.agg(late.alias("value"))
-    else:
-        total = run.spark.range(1).select(late.alias("value"))
-    per_experiment = _copies(plan, total)
-    return diag(per_experiment, f"late_events_outside_lookback:{source}", F.col("value"))
+        old = stored.where((F.col("experiment_id") == one) & (F.col(DAY) < first)).collect()
+        was = {r[DAY]: r["n"] for r in old}  # a row per day
+        now = {d: n for d, n in counts.items() if d < first}
+        late = sum(abs(now.get(d, 0) - was.get(d, 0)) for d in now.keys() | was.keys())
+    rows = literal_frame(run.spark, [(e.id, late) for e in plan.experiments], columns[::2])
+    return diag(rows, f"late_events_outside_lookback:{source}", F.col("n"))
 
 
 def _replaced_days(
