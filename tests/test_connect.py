@@ -105,8 +105,10 @@ def test_cli_run_through_remote_equals_classic(server, demo_data):
 
 def test_notebook_api_over_connect_with_catalog_tables(server, demo_data):
     """`cs.analyze` and `cs.report` with the user's own Connect session (not one
-    `build_spark` made): outputs are catalog tables (in the server's warehouse) and nothing
-    is persisted (`cache: none`)."""
+    `build_spark` made): outputs are catalog tables (in the server's warehouse), nothing
+    is persisted (`cache: none`), and the run keeps the state of `incremental` (state
+    tables appended and read back, the commit log's idempotent Delta write, through
+    Connect; the daily steps after it are tested in classic sessions)."""
     root, classic = demo_data
     script = f"""
         import json, yaml
@@ -118,9 +120,14 @@ def test_notebook_api_over_connect_with_catalog_tables(server, demo_data):
         raw["output"] = {{k: {{"table": f"cs_connect.{{k}}"}} for k in
                          ("staging", "results", "diagnostics")}}
         raw["cache"] = "none"
+        raw["incremental"] = {{"state": "connect_state"}}
         config = cs.load_config(raw, root={str(root)!r})
         spark.sql("CREATE SCHEMA IF NOT EXISTS cs_connect")
-        results = cs.analyze(spark, config, {DATE.isoformat()!r})
+        results = cs.analyze(spark, config, {DATE.isoformat()!r})  # per-unit state kept
+        log = spark.read.format("delta").load({str(root / "connect_state" / "log")!r})
+        tables = {{r.table for r in log.collect()}}
+        assert {{"units__", "day_rows__events__", "cube_rows__events__"}} <= {{
+            t.rstrip("0123456789abcdef") for t in tables}}, tables
         html = cs.report(spark, config, {DATE.isoformat()!r})
         assert "checkout_redesign" in html
         detail = spark.sql("DESCRIBE DETAIL cs_connect.results").first()
