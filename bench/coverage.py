@@ -42,6 +42,7 @@ import numpy as np
 import paths
 from scipy import integrate
 from scipy import stats as sps
+from sections import replace_section
 
 from cluster_spark.stats.inference import compare
 from cluster_spark.stats.intervals import fieller_interval
@@ -287,15 +288,6 @@ A/B cells. In A/A cells Fieller's interval covers 0 exactly when the absolute CI
 """
 
 
-def splice(md: str, text: str) -> str:
-    """`md` with its coverage section replaced by `text` (appended when it has none)."""
-    start = md.find("\n" + SECTION)
-    if start < 0:
-        return md.rstrip("\n") + "\n\n" + text
-    end = md.find("\n## ", start + 1)
-    return md[:start] + "\n" + text.rstrip("\n") + "\n" + (md[end:] if end >= 0 else "")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicates", type=int, default=2000, help="per cell (2000)")
@@ -336,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(cells))
     print(f"\n{seconds:.0f} s in all")
     if args.write:
-        args.md.write_text(splice(args.md.read_text(), text))
+        args.md.write_text(replace_section(args.md.read_text(), SECTION, text))
         print(f"wrote {SECTION[3:]} into {args.md}")
     return 0
 

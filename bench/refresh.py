@@ -37,6 +37,7 @@ from metrics import bench_config
 from paths import ROOT  # noqa: F401  (puts src/ on sys.path first)
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from sections import replace_section
 
 from cluster_spark import pipeline
 from cluster_spark.config import Config
@@ -191,15 +192,6 @@ never compacted (superseded rows stay until a vacuum, which is not built).
 """
 
 
-def splice(md: str, text: str) -> str:
-    """`md` with this section replaced by `text` (appended when it has none)."""
-    start = md.find("\n" + SECTION)
-    if start < 0:
-        return md.rstrip("\n") + "\n\n" + text
-    end = md.find("\n## ", start + 1)
-    return md[:start] + "\n" + text.rstrip("\n") + "\n" + (md[end:] if end >= 0 else "")
-
-
 def main() -> int:
     from run import parse_args, spark_session
 
@@ -219,7 +211,7 @@ def main() -> int:
     text = markdown(runs, sizes, stamp)
     print(text)
     if not args.no_write_md:
-        args.md.write_text(splice(args.md.read_text(), text))
+        args.md.write_text(replace_section(args.md.read_text(), SECTION, text))
     return 0
 
 

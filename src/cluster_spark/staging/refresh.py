@@ -60,6 +60,7 @@ def refreshed_first_level(
     since: dt.datetime | None,
     layout: str,
     daily: bool = False,
+    new_units: DataFrame | None = None,
 ) -> FirstLevel:
     """The first level of `source` (as `events.first_level` computes it from every event)
     from the state of `run` and the events at or after `since` (a UTC midnight).
@@ -67,10 +68,10 @@ def refreshed_first_level(
     Day partials and the unit-day cube of those events (and of the events without a
     timestamp) are appended to `run` as its days, from `since`'s day to the latest analysis
     time's, the NULL day and any day they have; the other days come from the state. The
-    units not in the state's units table (`units_table`: new in this run, all exposed at or
-    after `since`, as `Refresh.check_units` ensures) get their days before `since` from the
-    cube (`history.history_partials`). `since` None: every event, replacing every day (a
-    full refresh). The caller commits `run` after its writes."""
+    `new_units` (those of `units` not in the state's units table: new in this run, all
+    exposed at or after `since`, as `Refresh.check_units` ensures) get their days before
+    `since` from the cube (`history.history_partials`). `since` None: every event,
+    replacing every day (a full refresh). The caller commits `run` after its writes."""
     parts, _, key_col = source_parts(plan, source)
     recent = events
     if since is not None:
@@ -91,8 +92,8 @@ def refreshed_first_level(
             if any(run.current[e.id].runs(table) for e in plan.experiments):
                 none = fresh.rows.where(F.lit(False)).select("experiment_id", "_day")
                 run.append(table, none, replaced)
-    else:
-        history = _history(run, plan, source, events, units, since, layout, daily)
+    elif new_units is not None:
+        history = _history(run, plan, source, events, new_units, since, layout, daily)
         if history is not None:
             frames = (history.rows, history.totals, history.values)
             for part, df in zip(PARTS, frames, strict=True):
@@ -157,8 +158,14 @@ def late_events(
         was = {r[DAY]: r["n"] for r in old}  # a row per day
         now = {d: n for d, n in counts.items() if d < first}
         late = sum(abs(now.get(d, 0) - was.get(d, 0)) for d in now.keys() | was.keys())
-    rows = literal_frame(run.spark, [(e.id, late) for e in plan.experiments], columns[::2])
-    return diag(rows, f"late_events_outside_lookback:{source}", F.col("n"))
+    return _per_experiment(plan, run.spark, f"late_events_outside_lookback:{source}", late)
+
+
+def _per_experiment(plan: Plan, spark: SparkSession, check: str, value: int) -> DataFrame:
+    """Diagnostics rows of `check` with `value` for every experiment of the pass."""
+    rows = [(e.id, value) for e in plan.experiments]
+    columns = [("experiment_id", "string"), ("value", "bigint")]
+    return diag(literal_frame(spark, rows, columns), check, F.col("value"))
 
 
 def _replaced_days(
@@ -190,13 +197,12 @@ def _history(
     plan: Plan,
     source: str,
     events: DataFrame,
-    units: DataFrame,
+    new_units: DataFrame,
     since: dt.datetime,
     layout: str,
     daily: bool,
 ) -> DayPartials | None:
-    """The days before `since` of the units not in the state's units table; None without
-    a cube or units table."""
+    """The days before `since` of `new_units`; None without a cube."""
     parts, _, key_col = source_parts(plan, source)
     first = min(e.id for e in plan.experiments)
 
@@ -206,12 +212,9 @@ def _history(
             return None
         return df.where(F.col("experiment_id") == first).drop("experiment_id")
 
-    stored = run.read(units_table(layout))
     cube_rows = cube("rows")
-    if stored is None or cube_rows is None:
+    if cube_rows is None:
         return None
-    keys = ["experiment_id", UNIT]
-    new_units = units.join(stored.select(*keys), keys, "left_anti")
     return history_partials(
         plan, cube_rows, cube("values"), events, new_units, since, parts, key_col, daily
     )
@@ -243,31 +246,34 @@ class Refresh:
     #: `pass_layout`: names the state tables; kept in the log as the state's fingerprint
     layout: str
     reason: str | None = None
+    #: the exposed units not in the state (`check_units`), on an incremental run
+    new_units: DataFrame | None = None
 
     def check_units(self, plan: Plan, units: DataFrame) -> None:
         """Compare the exposed units with the state's (one aggregation: a few counts reach
         the driver). Units already analysed whose exposure changed (`UNIT_CHANGES`) make
-        this run a full refresh; new units are appended to the units table, and get their
-        history in `refreshed_first_level`."""
+        this run a full refresh; the new units (`new_units`) are appended to the units
+        table, and get their history in `refreshed_first_level`."""
         table = units_table(self.layout)
         keys = ["experiment_id", UNIT]
-        now = units.select(*keys, "variant", "exposure_ts", F.lit(None).cast("int").alias(DAY))
+        columns = [*keys, "variant", "exposure_ts", F.lit(None).cast("int").alias(DAY)]
         stored = self.run.read(table)
         if self.since is not None:
+            now = units.select(*columns)
             changes = "no_state" if stored is None else _unit_changes(now, stored, self.since)
             if changes:
                 self.since, self.reason = None, changes
         if self.since is None:  # every unit, in place of the state's
-            self.run.append(table, now, {e.id: {None} for e in plan.experiments})
+            self.run.append(table, units.select(*columns), {e.id: {None} for e in plan.experiments})
         else:  # the new ones, beside the state's
-            self.run.append(table, now.join(stored.select(*keys), keys, "left_anti"), add=True)
+            self.new_units = units.join(stored.select(*keys), keys, "left_anti")
+            self.run.append(table, self.new_units.select(*columns), add=True)
 
     def diagnostics(self, plan: Plan, spark: SparkSession) -> DataFrame | None:
         """`state_full_refresh:<reason>` (value 1) per experiment on a full refresh."""
         if self.reason is None:
             return None
-        one = F.lit(1).cast("bigint")
-        return diag(_copies(plan, spark.range(1)), f"state_full_refresh:{self.reason}", one)
+        return _per_experiment(plan, spark, f"state_full_refresh:{self.reason}", 1)
 
     def first_level(
         self,
@@ -280,8 +286,8 @@ class Refresh:
     ) -> tuple[FirstLevel, DataFrame]:
         """`refreshed_first_level`, its rows persisted in `cache` as `first_level`'s, and
         the source's `late_events` diagnostics."""
-        args = (self.run, plan, source, events, units, self.since, self.layout)
-        first = refreshed_first_level(*args, daily)
+        args = (self.run, plan, source, events, units, self.since, self.layout, daily)
+        first = refreshed_first_level(*args, self.new_units)
         late = late_events(self.run, plan, source, events, self.since, self.layout)
         return FirstLevel(cache.persist(first.rows), first.values), late
 
