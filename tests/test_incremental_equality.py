@@ -62,7 +62,8 @@ def test_daily_incremental_runs_equal_full_recomputes(spark, tmp_path, monkeypat
 
 
 def test_unit_changes_name_what_forces_a_full_refresh(spark):
-    """`refresh._unit_changes` on hand-made units: the state's units against today's."""
+    """`refresh._unit_changes` on hand-made units: the state's units against today's (the
+    reason, and how many units are new)."""
     from cluster_spark.staging.refresh import _unit_changes
 
     ddl = "experiment_id string, _unit string, variant string, exposure_ts timestamp"
@@ -70,10 +71,11 @@ def test_unit_changes_name_what_forces_a_full_refresh(spark):
     since = t - dt.timedelta(days=1)
     stored = [("e1", "a", "control", t - dt.timedelta(days=3)), ("e1", "b", "treatment", t)]
     cases = {
-        None: [*stored, ("e1", "c", "control", t)],  # c: new, after since
-        "exposure_changed": [stored[0], ("e1", "b", "treatment", t - dt.timedelta(hours=1))],
-        "late_exposure": [*stored, ("e1", "c", "control", since - dt.timedelta(hours=1))],
-        "joined_experiment": [*stored, ("e2", "a", "control", t)],
+        (None, 1): [*stored, ("e1", "c", "control", t)],  # c: new, after since
+        (None, 0): stored,
+        ("exposure_changed", 0): [stored[0], ("e1", "b", "treatment", t - dt.timedelta(hours=1))],
+        ("late_exposure", 1): [*stored, ("e1", "c", "control", since - dt.timedelta(hours=1))],
+        ("joined_experiment", 1): [*stored, ("e2", "a", "control", t)],
     }
     before = spark.createDataFrame(stored, ddl)
     got = {
@@ -82,4 +84,4 @@ def test_unit_changes_name_what_forces_a_full_refresh(spark):
     }
     assert got == {want: want for want in cases}
     dropped = spark.createDataFrame(stored[:1], ddl)  # b left the analysis (a second variant)
-    assert _unit_changes(dropped, before, since) == "exposure_changed"
+    assert _unit_changes(dropped, before, since) == ("exposure_changed", 0)

@@ -112,13 +112,12 @@ def test_experiments_are_independent_and_ids_are_literals(spark, tmp_path):
 def test_added_rows_join_other_runs_rows_of_their_day_until_a_replace(spark, tmp_path):
     def add(run_id: str, days: dict[int, float], replace: bool = False) -> None:
         run = StateRun(spark, str(tmp_path), ["e1"], run_id)
-        run.append(
-            "history", _rows(spark, "e1", days), {"e1": [1]} if replace else None, add=not replace
-        )
+        named = [1] if replace else list(days)
+        run.append("units", _rows(spark, "e1", days), {"e1": named}, add=not replace)
         run.commit(DATE, {"e1": "f1"})
 
     def state() -> list[tuple[int, float]]:
-        df = StateRun(spark, str(tmp_path), ["e1"], "reader").read("history")
+        df = StateRun(spark, str(tmp_path), ["e1"], "reader").read("units")
         return [] if df is None else sorted((r["_day"], r["value"]) for r in df.collect())
 
     add("r1", {1: 1.0})
@@ -126,3 +125,18 @@ def test_added_rows_join_other_runs_rows_of_their_day_until_a_replace(spark, tmp
     assert state() == [(1, 1.0), (1, 2.0), (2, 3.0)]
     add("r3", {}, replace=True)  # day 1 replaced by nothing: a full refresh
     assert state() == [(2, 3.0)]
+
+
+def test_forgotten_days_have_no_rows_once_committed_and_unnamed_days_stay_invisible(
+    spark, tmp_path
+):
+    _run(spark, tmp_path, "r1", {1: 1.0, 2: 2.0, 3: 3.0})
+    run = StateRun(spark, str(tmp_path), ["e1"], "r2")
+    # day 5's row is written but not named: it is not made current
+    run.append("first_level", _rows(spark, "e1", {3: 30.0, 5: 50.0}), {"e1": [3]})
+    run.forget("first_level", {"e1": [1]})
+    pending = run.read("first_level", pending=True)
+    assert sorted((r["_day"], r["value"]) for r in pending.collect()) == [(2, 2.0), (3, 30.0)]
+    assert _state(spark, tmp_path, "e1") == {1: 1.0, 2: 2.0, 3: 3.0}  # not committed yet
+    run.commit(DATE, {"e1": "f1"})
+    assert _state(spark, tmp_path, "e1") == {2: 2.0, 3: 30.0}

@@ -8,9 +8,11 @@ Layout under `root` (a directory of Delta tables, each partitioned by experiment
   of no day) and `_run` (the run that wrote the row). Rows are appended, never updated in
   place: a run adds the days it recomputed.
 - `log`: per (experiment, table, day) the run whose rows are current, with the
-  experiment's commit sequence number, analysis date and config fingerprint.
+  experiment's commit sequence number, analysis date and config fingerprint. A run can
+  also `forget` days: they have no current rows once it commits.
 
-A run reads the current rows (`StateRun.read`), appends its days (`append`), then
+A run reads the current rows (`StateRun.read`), appends its days (`append`, naming the
+days it replaces: nothing is read back), then
 `commit`s: one Delta commit per experiment replaces that experiment's log rows. It is an
 idempotent Delta write (`txnAppId` per experiment, `txnVersion` = the sequence number the
 run started from + 1): when another run has committed that number first, Delta skips the
@@ -83,6 +85,7 @@ class StateRun:
         self.current = self._read_log()
         self.appended: dict[str, dict[str, set[int | None]]] = {e: {} for e in self.ids}
         self.adding: set[str] = set()  # tables whose days this run adds to, not replaces
+        self.forgotten: dict[str, dict[str, set[int | None]]] = {e: {} for e in self.ids}
 
     def _path(self, table: str) -> str:
         return os.path.join(self.root, table)
@@ -118,7 +121,7 @@ class StateRun:
         appended days in place of the committed ones)."""
         keys = []
         for e in self.ids:
-            runs = self._days(e, table) if pending else self.current[e].runs(table)
+            runs = self.days(e, table) if pending else self.current[e].runs(table)
             keys += [(e, day, run) for day, rs in runs.items() for run in rs]
         if not keys:
             return None
@@ -139,39 +142,36 @@ class StateRun:
         self,
         table: str,
         rows: DataFrame,
-        days: Mapping[str, Iterable[int | None]] | None = None,
+        days: Mapping[str, Iterable[int | None]],
         add: bool = False,
     ) -> None:
         """Append `rows` (with `experiment_id` and `_day`, of the run's experiments) as this
-        run's rows of `table`. Once committed they replace the days they have and, per
-        experiment, the `days` given (a day without rows any more is replaced by nothing);
-        with `add`, they join the rows other runs committed for those days instead (a run
-        appends a table one way only). Invisible until `commit`. Collects the
-        (experiment, day) pairs written: a few per experiment and day."""
+        run's rows of `table`. Once committed they replace, per experiment, the `days` given:
+        every day the rows have must be among them (rows of other days stay invisible), and
+        a day without rows any more is replaced by nothing. With `add`, they join the rows
+        other runs committed for those days instead (a run appends a table one way only).
+        Invisible until `commit`."""
         if add:
             self.adding.add(table)
         rows.withColumn(RUN, F.lit(self.run_id)).write.format("delta").mode("append").option(
             "mergeSchema", "true"
         ).partitionBy("experiment_id").save(self._path(table))
-        written = (
-            self.spark.read.format("delta")
-            .load(self._path(table))
-            .where(F.col("experiment_id").isin(self.ids) & (F.col(RUN) == F.lit(self.run_id)))
-            .select("experiment_id", DAY)
-            .distinct()
-            .collect()
-        )
         for e in self.ids:
-            replaced = self.appended[e].setdefault(table, set())
-            replaced.update((days or {}).get(e, ()))
-            replaced.update(r[DAY] for r in written if r["experiment_id"] == e)
+            self.appended[e].setdefault(table, set()).update(days.get(e, ()))
 
-    def _days(self, experiment_id: str, table: str) -> dict[int | None, tuple[str, ...]]:
-        """Day → runs of `table` once this run commits."""
+    def forget(self, table: str, days: Mapping[str, Iterable[int | None]]) -> None:
+        """Once committed, `table` has no current rows of these days (per experiment)."""
+        for e in self.ids:
+            self.forgotten[e].setdefault(table, set()).update(days.get(e, ()))
+
+    def days(self, experiment_id: str, table: str) -> dict[int | None, tuple[str, ...]]:
+        """Day → runs of `table` of an experiment once this run commits."""
         days = dict(self.current[experiment_id].runs(table))
         for day in self.appended[experiment_id].get(table, ()):
             kept = days.get(day, ()) if table in self.adding else ()
             days[day] = (*[r for r in kept if r != self.run_id], self.run_id)
+        for day in self.forgotten[experiment_id].get(table, ()):
+            days.pop(day, None)
         return days
 
     def commit(self, analysis_date: dt.date, fingerprints: Mapping[str, str]) -> None:
@@ -179,7 +179,7 @@ class StateRun:
         StateConflict naming the experiment when another run committed it first."""
         for e in self.ids:
             before = self.current[e]
-            days = {t: self._days(e, t) for t in {*(before.days or {}), *self.appended[e]}}
+            days = {t: self.days(e, t) for t in {*(before.days or {}), *self.appended[e]}}
             seq = before.seq + 1
             meta = (seq, analysis_date, fingerprints[e], self.run_id)
             rows = [

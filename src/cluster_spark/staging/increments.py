@@ -167,6 +167,36 @@ def merged_first_level(
     return FirstLevel(first, values)
 
 
+#: The `_day` of a base (`folded`): the days before a lookback merged into one row.
+BASE_DAY = -(2**31)
+
+
+def folded(
+    plan: Plan,
+    partials: DayPartials,
+    parts: dict[str, tuple[Component, float]],
+    key_col: str | None,
+) -> DayPartials:
+    """Day partials of any set of days merged into a **base**: one row per (experiment,
+    unit, key) of each frame, `_day` = `BASE_DAY`, by the rules `merged_first_level` uses
+    (so folding some days first changes nothing but the order of sums). Copies of rows
+    without a unit stay one per experiment."""
+    merges = _merges(plan, parts, key_col)
+    keys = ["experiment_id", UNIT, SUB]
+    base = F.lit(BASE_DAY).cast("int").alias(DAY)
+    rows = partials.rows.groupBy(*keys).agg(*[merge(c).alias(c) for c, merge in merges.items()])
+    names = [c for c in partials.totals.columns if c not in (*keys, DAY)]
+    totals = partials.totals.groupBy(*keys).agg(*[F.sum(c).alias(c) for c in names])
+    values = partials.values
+    if values is not None:
+        values = values.drop(DAY).distinct()
+    return DayPartials(
+        rows.select("*", base),
+        totals.select("*", base),
+        None if values is None else values.select("*", base),
+    )
+
+
 def day_number(instant: dt.datetime) -> int:
     """`event_day` of a UTC-aware instant, in Python."""
     return (instant - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).days

@@ -1,15 +1,19 @@
 """The daily step of the incremental refresh (#28) for one source's first level: read the
-events from `since`, keep their day partials and unit-day cube in the state, add the
-history of the units first exposed in the run, and rebuild the first level from the state
-(docs/design.md, "Incremental refresh"). `plan_refresh` decides a pass's step from the
-config and the state; `staging.stage` uses it when the config has `incremental`."""
+events from `since`, keep their day partials (and the unit-day cube of units not yet
+exposed) in the state, add the history of the units first exposed in the run, fold the
+days no later run reads again into a base of one row per unit and key, and rebuild the
+first level from the base and the days kept (docs/design.md, "Incremental refresh").
+`plan_refresh` decides a pass's step from the config and the state; `staging.stage` uses
+it when the config has `incremental`."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import reduce
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -19,11 +23,13 @@ from cluster_spark.io import literal_frame
 from cluster_spark.staging.events import FirstLevel, source_parts
 from cluster_spark.staging.history import history_partials, unit_day_cube
 from cluster_spark.staging.increments import (
+    BASE_DAY,
     DAY,
     DayPartials,
     day_number,
     day_partials,
     event_day,
+    folded,
     merged_first_level,
 )
 from cluster_spark.staging.plan import TS, UNIT, Cache, Plan, diag
@@ -34,20 +40,27 @@ PARTS = ("rows", "totals", "values")
 
 
 def state_table(source: str, kind: str, part: str, layout: str) -> str:
-    """A state table of one source: `kind` `day` (day partials), `history` (newly exposed
-    units' days before their first run: added to, not replaced) or `cube` (the unit-day
-    cube, a copy per experiment; parts `rows` and `values`). `layout`: the pass's
+    """A state table of one source: `kind` `day` (day partials of the days a later run
+    reads again), `base` (the older days folded: one row per experiment, unit and key,
+    `_day` = `increments.BASE_DAY`), `cube` (the unit-day cube of units not yet exposed, a
+    copy per experiment; parts `rows` and `values`) or `counts` (rows per day). `layout`: the pass's
     (`pass_layout`): its columns (`_c<i>`, `_match__<i>`, …) are named by position in the
     pass, so passes of other experiments or another config keep tables of their own."""
     return f"{kind}_{part}__{source}__{layout}"
 
 
+#: The state tables' format: a state of another format is refreshed fully.
+STATE_VERSION = 2
+
+
 def pass_layout(config: Config, plan: Plan) -> str:
-    """A hash of the config (`Config.fingerprint`), the lookback and the pass's experiments:
-    what the state's columns and days were computed under."""
+    """A hash of the state's format (`STATE_VERSION`), the config (`Config.fingerprint`),
+    the lookback and the pass's experiments: what the state's columns and days were
+    computed under."""
     incremental = config.incremental
     lookback = None if incremental is None else incremental.lookback_hours
-    key = json.dumps([config.fingerprint(), lookback, sorted(e.id for e in plan.experiments)])
+    ids = sorted(e.id for e in plan.experiments)
+    key = json.dumps([STATE_VERSION, config.fingerprint(), lookback, ids])
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -57,58 +70,111 @@ def refreshed_first_level(
     source: str,
     events: DataFrame,
     units: DataFrame,
-    since: dt.datetime | None,
-    layout: str,
-    daily: bool = False,
+    window: Window,
+    days: Days,
     new_units: DataFrame | None = None,
 ) -> FirstLevel:
     """The first level of `source` (as `events.first_level` computes it from every event)
-    from the state of `run` and the events at or after `since` (a UTC midnight).
+    from the state of `run` and the events at or after `window.since` (a UTC midnight).
 
-    Day partials and the unit-day cube of those events (and of the events without a
-    timestamp) are appended to `run` as its days, from `since`'s day to the latest analysis
-    time's, the NULL day and any day they have; the other days come from the state. The
-    `new_units` (those of `units` not in the state's units table: new in this run, all
-    exposed at or after `since`, as `Refresh.check_units` ensures) get their days before
-    `since` from the cube (`history.history_partials`). `since` None: every event,
-    replacing every day (a full refresh). The caller commits `run` after its writes."""
+    The day partials of those events (and of the events without a timestamp) are appended
+    to `run` as its `days` (`_replaced_days`: each experiment's days from `since`'s on,
+    the NULL day and every day the events have); so is their unit-day cube, for the units
+    not exposed (the only ones whose history a later run synthesizes). The `new_units`
+    (those of `units` not in the state's units table: new in this run, all exposed at or
+    after `since`, as `Refresh.check_units` ensures) get their days before `since` from the
+    cube (`history.history_partials`). The days before `window.keep_from` (which the next
+    run does not read again) are then folded into the base (`_fold`), and the first level
+    is rebuilt from the base and the days kept. `since` None: every event, replacing every
+    day (a full refresh). The caller commits `run` after its writes."""
     parts, _, key_col = source_parts(plan, source)
+    since, daily = window.since, window.daily
     recent = events
     if since is not None:
         recent = events.where(F.col(TS).isNull() | (F.col(TS) >= F.lit(since)))
     fresh = day_partials(plan, recent, units, parts, key_col, daily)
-    cube, cube_values = unit_day_cube(plan, recent, parts, key_col, daily)
-    replaced = _replaced_days(run, plan, since)
+    unexposed = recent.join(units.select(UNIT).distinct(), UNIT, "left_anti")
+    cube, cube_values = unit_day_cube(plan, unexposed, parts, key_col, daily)
     day = zip(PARTS, (fresh.rows, fresh.totals, fresh.values), strict=True)
     writes = [("day", part, df) for part, df in day]
-    writes += [("cube", "rows", cube), ("cube", "values", cube_values)]
+    writes += [("cube", "rows", _copies(plan, cube))]
+    if cube_values is not None:
+        writes += [("cube", "values", _copies(plan, cube_values))]
     for kind, part, df in writes:
         if df is not None:
-            df = _copies(plan, df) if kind == "cube" else df
-            run.append(state_table(source, kind, part, layout), df, replaced)
-    if since is None:  # a full refresh: no history kept
-        for part in PARTS:
-            table = state_table(source, "history", part, layout)
-            if any(run.current[e.id].runs(table) for e in plan.experiments):
-                none = fresh.rows.where(F.lit(False)).select("experiment_id", "_day")
-                run.append(table, none, replaced)
-    elif new_units is not None:
-        history = _history(run, plan, source, events, new_units, since, layout, daily)
-        if history is not None:
-            frames = (history.rows, history.totals, history.values)
-            for part, df in zip(PARTS, frames, strict=True):
-                if df is not None:
-                    table = state_table(source, "history", part, layout)
-                    run.append(table, df, add=True)
-    state = [_read(run, source, part, layout) for part in PARTS]
-    if state[0] is None or state[1] is None:  # nothing in any day
-        state = [fresh.rows, fresh.totals, fresh.values]
-    merged = merged_first_level(plan, DayPartials(*state), parts, key_col)
+            table = state_table(source, kind, part, window.layout)
+            run.append(table, df, days(table))
+    history = None
+    if since is not None and new_units is not None:
+        history = _history(run, plan, source, events, new_units, window)
+    state = _fold(run, plan, source, window, history)
+    merged = merged_first_level(plan, state, parts, key_col)
     exposed = units.select("experiment_id", UNIT)
     kept = merged.rows.join(exposed, ["experiment_id", UNIT], "left_semi").unionByName(
         merged.rows.where(F.col(UNIT).isNull())
     )
     return FirstLevel(kept, merged.values)
+
+
+@dataclass(frozen=True)
+class Window:
+    """What a run reads and keeps: the events from `since` (None: every event), the day
+    partials from `keep_from`'s day on (the next run's `since`: older days are folded into
+    the base), the state tables' `layout` (`pass_layout`) and whether the source is read
+    by whole days (`Source.timestamp_as_date`)."""
+
+    since: dt.datetime | None
+    keep_from: dt.datetime
+    layout: str
+    daily: bool = False
+
+
+#: Per state table, per experiment, the days a run's rows replace (`_replaced_days`).
+Days = Callable[[str], dict[str, set[int | None]]]
+
+
+def _fold(
+    run: StateRun, plan: Plan, source: str, window: Window, history: DayPartials | None
+) -> DayPartials:
+    """The state's day partials once `run` commits, after folding into the base (one row
+    per experiment, unit and key: `increments.folded`) the committed base (on an
+    incremental run), the day partials of days before `window.keep_from`'s (then
+    forgotten: no later run recomputes them) and the `history` of the run's new units
+    (all before `since`). Without anything to fold, the base stays as it is."""
+    parts, _, key_col = source_parts(plan, source)
+    keep = day_number(window.keep_from)
+    tables = {part: state_table(source, "day", part, window.layout) for part in PARTS}
+    old = {
+        e.id: {d for d in run.days(e.id, tables["rows"]) if d is not None and d < keep}
+        for e in plan.experiments
+    }
+    bases = {part: state_table(source, "base", part, window.layout) for part in PARTS}
+    if any(old.values()) or history is not None or window.since is None:
+        frames = []
+        for i, part in enumerate(PARTS):
+            days = run.read(tables[part], pending=True)
+            base = None if window.since is None else run.read(bases[part])
+            found = [
+                None if days is None else days.where(F.col(DAY).isNotNull() & (F.col(DAY) < keep)),
+                base,
+                None if history is None else (history.rows, history.totals, history.values)[i],
+            ]
+            frames.append(_union_all([f for f in found if f is not None]))
+        base = folded(plan, DayPartials(*frames), parts, key_col)
+        for part, df in zip(PARTS, (base.rows, base.totals, base.values), strict=True):
+            if df is not None:
+                run.append(bases[part], df, {e.id: {BASE_DAY} for e in plan.experiments})
+        for part in PARTS:
+            run.forget(tables[part], old)
+    state = []
+    for part in PARTS:
+        found = [run.read(t, pending=True) for t in (tables[part], bases[part])]
+        state.append(_union_all([df for df in found if df is not None]))
+    return DayPartials(*state)
+
+
+def _union_all(frames: list[DataFrame]) -> DataFrame | None:
+    return reduce(lambda a, b: a.unionByName(b), frames) if frames else None
 
 
 def _copies(plan: Plan, df: DataFrame) -> DataFrame:
@@ -117,46 +183,45 @@ def _copies(plan: Plan, df: DataFrame) -> DataFrame:
     return df.select(F.explode(F.array(*ids)).alias("experiment_id"), "*")
 
 
+def rows_per_day(events: DataFrame) -> dict[int | None, int]:
+    """The source's rows per UTC day (None: without a timestamp), as the run reads them
+    (after the id mapping): one aggregation of the timestamps, a row per day to the
+    driver."""
+    per_day = events.groupBy(event_day(F.col(TS)).alias(DAY)).agg(F.count(F.lit(1)).alias("n"))
+    return {r[DAY]: r["n"] for r in per_day.collect()}
+
+
 def late_events(
     run: StateRun,
     plan: Plan,
     source: str,
-    events: DataFrame,
-    since: dt.datetime | None,
-    layout: str,
+    counts: dict[int | None, int],
+    window: Window,
+    days: Days,
 ) -> DataFrame:
     """Diagnostics rows `late_events_outside_lookback:<source>`, one per experiment: how
-    many of the source's rows (as the run reads them: after the id mapping) dated before
-    `since`'s day are not in the state, counted as |rows now − rows when the day was last
-    read| per UTC day from the earliest start (less the CUPED pre-period) on: rows that
-    arrived, or went, after their day left the lookback, which the results lack until a
-    full refresh. Keeps the rows per day of this run's days (`counts` state table). Costs
-    one aggregation of the timestamps of the source's events; a row per day reaches the
-    driver. 0 on a full refresh."""
-    table = state_table(source, "counts", "rows", layout)
-    earliest = min(
-        e.start_time - dt.timedelta(days=e.cuped_lookback_days or 0) for e in plan.experiments
-    )
-    per_day = (
-        events.where(F.col(TS) >= F.lit(earliest))
-        .groupBy(event_day(F.col(TS)).alias(DAY))
-        .agg(F.count(F.lit(1)).alias("n"))
-        .collect()
-    )
-    counts = {r[DAY]: r["n"] for r in per_day}
-    first = None if since is None else day_number(since)
+    many of the source's rows (`counts`: `rows_per_day`) dated before `since`'s day are not
+    in the state, counted as |rows now − rows when the day was last read| per UTC day:
+    rows that arrived, or went, after their day left the lookback, which the results lack
+    until a full refresh. Keeps the rows per day of this run's days (`counts` state
+    table). 0 on a full refresh."""
+    table = state_table(source, "counts", "rows", window.layout)
+    first = None if window.since is None else day_number(window.since)
     stored = run.read(table)
-    fresh = [(e.id, d, n) for e in plan.experiments for d, n in counts.items()]
-    if first is not None:
-        fresh = [row for row in fresh if row[1] >= first]
+    fresh = [
+        (e.id, d, n)
+        for e in plan.experiments
+        for d, n in counts.items()
+        if d is not None and (first is None or d >= first)
+    ]
     columns = [("experiment_id", "string"), (DAY, "int"), ("n", "bigint")]
-    run.append(table, literal_frame(run.spark, fresh, columns), _replaced_days(run, plan, since))
+    run.append(table, literal_frame(run.spark, fresh, columns), days(table))
     late = 0
     if first is not None and stored is not None:
         one = min(e.id for e in plan.experiments)
         old = stored.where((F.col("experiment_id") == one) & (F.col(DAY) < first)).collect()
         was = {r[DAY]: r["n"] for r in old}  # a row per day
-        now = {d: n for d, n in counts.items() if d < first}
+        now = {d: n for d, n in counts.items() if d is not None and d < first}
         late = sum(abs(now.get(d, 0) - was.get(d, 0)) for d in now.keys() | was.keys())
     return _per_experiment(plan, run.spark, f"late_events_outside_lookback:{source}", late)
 
@@ -169,27 +234,26 @@ def _per_experiment(plan: Plan, spark: SparkSession, check: str, value: int) -> 
 
 
 def _replaced_days(
-    run: StateRun, plan: Plan, since: dt.datetime | None
-) -> dict[str, set[int | None]]:
-    """Per experiment the days this run's day partials and cube replace."""
-    out: dict[str, set[int | None]] = {}
-    for e in plan.experiments:
-        if since is None:  # every committed day goes
-            state = run.current[e.id]
-            out[e.id] = {d for t in state.days or {} for d in state.runs(t)}
-        else:
-            last = e.analysis_time(plan.analysis_date)
-            out[e.id] = {None, *range(day_number(since), day_number(last) + 1)}
-    return out
+    run: StateRun, plan: Plan, since: dt.datetime | None, counts: dict[int | None, int]
+) -> Days:
+    """Per state table, per experiment, the days this run's rows of the events from `since`
+    replace: the NULL day, every day from `since`'s to the latest analysis time's and
+    every day the events have from `since`'s on (`counts`); on a full refresh (`since`
+    None), every day the events have and every day committed (replaced by nothing)."""
+    first = None if since is None else day_number(since)
+    had = {d for d in counts if d is None or first is None or d >= first}
 
+    def days(table: str) -> dict[str, set[int | None]]:
+        out: dict[str, set[int | None]] = {}
+        for e in plan.experiments:
+            if first is None:
+                out[e.id] = {None, *had, *run.current[e.id].runs(table)}
+            else:
+                last = day_number(e.analysis_time(plan.analysis_date))
+                out[e.id] = {None, *had, *range(first, last + 1)}
+        return out
 
-def _read(run: StateRun, source: str, part: str, layout: str) -> DataFrame | None:
-    """A part's current rows once the run commits: day partials and history together."""
-    tables = [state_table(source, kind, part, layout) for kind in ("day", "history")]
-    frames = [df for t in tables if (df := run.read(t, pending=True)) is not None]
-    if not frames:
-        return None
-    return frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
+    return days
 
 
 def _history(
@@ -198,25 +262,31 @@ def _history(
     source: str,
     events: DataFrame,
     new_units: DataFrame,
-    since: dt.datetime,
-    layout: str,
-    daily: bool,
+    window: Window,
 ) -> DayPartials | None:
     """The days before `since` of `new_units`; None without a cube."""
     parts, _, key_col = source_parts(plan, source)
     first = min(e.id for e in plan.experiments)
 
     def cube(part: str) -> DataFrame | None:
-        df = run.read(state_table(source, "cube", part, layout), pending=True)
+        df = run.read(state_table(source, "cube", part, window.layout), pending=True)
         if df is None:
             return None
         return df.where(F.col("experiment_id") == first).drop("experiment_id")
 
     cube_rows = cube("rows")
-    if cube_rows is None:
+    if cube_rows is None or window.since is None:
         return None
     return history_partials(
-        plan, cube_rows, cube("values"), events, new_units, since, parts, key_col, daily
+        plan,
+        cube_rows,
+        cube("values"),
+        events,
+        new_units,
+        window.since,
+        parts,
+        key_col,
+        window.daily,
     )
 
 
@@ -243,10 +313,13 @@ class Refresh:
 
     run: StateRun
     since: dt.datetime | None
+    #: the next run's `since`: the days before it are folded into the base
+    keep_from: dt.datetime
     #: `pass_layout`: names the state tables; kept in the log as the state's fingerprint
     layout: str
     reason: str | None = None
-    #: the exposed units not in the state (`check_units`), on an incremental run
+    #: the exposed units not in the state (`check_units`) on an incremental run; None
+    #: when there are none
     new_units: DataFrame | None = None
 
     def check_units(self, plan: Plan, units: DataFrame) -> None:
@@ -258,16 +331,21 @@ class Refresh:
         keys = ["experiment_id", UNIT]
         columns = [*keys, "variant", "exposure_ts", F.lit(None).cast("int").alias(DAY)]
         stored = self.run.read(table)
+        null_day = {e.id: {None} for e in plan.experiments}
+        n_new = 0
         if self.since is not None:
             now = units.select(*columns)
-            changes = "no_state" if stored is None else _unit_changes(now, stored, self.since)
+            if stored is None:
+                changes = "no_state"
+            else:
+                changes, n_new = _unit_changes(now, stored, self.since)
             if changes:
                 self.since, self.reason = None, changes
         if self.since is None:  # every unit, in place of the state's
-            self.run.append(table, units.select(*columns), {e.id: {None} for e in plan.experiments})
-        else:  # the new ones, beside the state's
+            self.run.append(table, units.select(*columns), null_day)
+        elif n_new:  # the new ones, beside the state's
             self.new_units = units.join(stored.select(*keys), keys, "left_anti")
-            self.run.append(table, self.new_units.select(*columns), add=True)
+            self.run.append(table, self.new_units.select(*columns), null_day, add=True)
 
     def diagnostics(self, plan: Plan, spark: SparkSession) -> DataFrame | None:
         """`state_full_refresh:<reason>` (value 1) per experiment on a full refresh."""
@@ -286,9 +364,12 @@ class Refresh:
     ) -> tuple[FirstLevel, DataFrame]:
         """`refreshed_first_level`, its rows persisted in `cache` as `first_level`'s, and
         the source's `late_events` diagnostics."""
-        args = (self.run, plan, source, events, units, self.since, self.layout, daily)
+        window = Window(self.since, self.keep_from, self.layout, daily)
+        counts = rows_per_day(events)
+        days = _replaced_days(self.run, plan, self.since, counts)
+        args = (self.run, plan, source, events, units, window, days)
         first = refreshed_first_level(*args, self.new_units)
-        late = late_events(self.run, plan, source, events, self.since, self.layout)
+        late = late_events(self.run, plan, source, counts, window, days)
         return FirstLevel(cache.persist(first.rows), first.values), late
 
     def commit(self, analysis_date: dt.date) -> None:
@@ -296,8 +377,9 @@ class Refresh:
         self.run.commit(analysis_date, {e: self.layout for e in self.run.ids})
 
 
-def _unit_changes(now: DataFrame, stored: DataFrame, since: dt.datetime) -> str | None:
-    """The first `UNIT_CHANGES` reason the exposed units `now` show against `stored`."""
+def _unit_changes(now: DataFrame, stored: DataFrame, since: dt.datetime) -> tuple[str | None, int]:
+    """(The first `UNIT_CHANGES` reason the exposed units `now` show against `stored`, the
+    number of units new in `now`.)"""
     was = stored.select(
         "experiment_id",
         UNIT,
@@ -319,9 +401,10 @@ def _unit_changes(now: DataFrame, stored: DataFrame, since: dt.datetime) -> str 
         anywhere(is_was & ~(is_now & same)).alias("exposure_changed"),
         anywhere(new & (F.col("exposure_ts") < F.lit(since))).alias("late_exposure"),
         (anywhere(new) * anywhere(is_was)).alias("joined_experiment"),
+        anywhere(new).alias("_new"),
     )
-    counts = per_unit.agg(*[F.sum(c).alias(c) for c in UNIT_CHANGES]).first()
-    return next((c for c in UNIT_CHANGES if counts[c]), None)
+    counts = per_unit.agg(*[F.sum(c).alias(c) for c in [*UNIT_CHANGES, "_new"]]).first()
+    return next((c for c in UNIT_CHANGES if counts[c]), None), counts["_new"] or 0
 
 
 def plan_refresh(
@@ -351,8 +434,13 @@ def plan_refresh(
         "layout_changed": any(s.fingerprint != layout for s in states),
     }
     reason = next((r for r, hit in reasons.items() if hit), None)
+    lookback = dt.timedelta(hours=incremental.lookback_hours)
+
+    def since(date: dt.date) -> dt.datetime:
+        return min(e.analysis_time(date) for e in plan.experiments) - lookback
+
+    keep_from = since(plan.analysis_date)  # the next run's since
     if reason is not None:
-        return Refresh(run, None, layout, reason)
+        return Refresh(run, None, keep_from, layout, reason)
     (date,) = dates
-    times = [e.analysis_time(date) for e in plan.experiments]
-    return Refresh(run, min(times) - dt.timedelta(hours=incremental.lookback_hours), layout)
+    return Refresh(run, since(date), keep_from, layout)
