@@ -5,7 +5,8 @@ the previous state in force and two runs of one experiment cannot both commit.
 Layout under `root` (a directory of Delta tables, each partitioned by experiment):
 - one table per kind of state (e.g. `first_level`, `key_totals`: `staging.increments`):
   its own columns plus `experiment_id`, `_day` (UTC days since 1970-01-01, NULL for rows
-  of no day) and `_run` (the run that wrote the row). Rows are appended, never updated in
+  of no day) and `_run` (the run that wrote the row), partitioned by experiment and run
+  (a read opens only the current runs' files). Rows are appended, never updated in
   place: a run adds the days it recomputed.
 - `log`: per (experiment, table, day) the run whose rows are current, with the
   experiment's commit sequence number, analysis date and config fingerprint. A run can
@@ -128,6 +129,8 @@ class StateRun:
         df = existing_table(self.spark, Location(path=self._path(table)))
         if df is None:
             return None
+        runs = sorted({run for _, _, run in keys})  # partition pruning: only their files
+        df = df.where(F.col("experiment_id").isin(self.ids) & F.col(RUN).isin(runs))
         current = literal_frame(
             self.spark, keys, [("experiment_id", "string"), ("_k_day", "int"), (RUN, "string")]
         )  # a few rows per experiment and day: the join broadcasts them
@@ -155,7 +158,7 @@ class StateRun:
             self.adding.add(table)
         rows.withColumn(RUN, F.lit(self.run_id)).write.format("delta").mode("append").option(
             "mergeSchema", "true"
-        ).partitionBy("experiment_id").save(self._path(table))
+        ).partitionBy("experiment_id", RUN).save(self._path(table))
         for e in self.ids:
             self.appended[e].setdefault(table, set()).update(days.get(e, ()))
 

@@ -43,7 +43,7 @@ from cluster_spark.staging.events import (
     ordered_totals,
     slot_aggregates,
 )
-from cluster_spark.staging.plan import SUB, TS, UNIT, Plan
+from cluster_spark.staging.plan import SUB, TS, UNIT, Cache, Plan
 
 #: The UTC event day of a day partial (days since 1970-01-01; NULL for events without a
 #: timestamp, which are in no window).
@@ -81,14 +81,18 @@ def day_partials(
     parts: dict[str, tuple[Component, float]],
     key_col: str | None,
     daily: bool = False,
+    cache: Cache | None = None,
 ) -> DayPartials:
-    """`events.first_level` of these events, per UTC event day (arguments as there)."""
+    """`events.first_level` of these events, per UTC event day (arguments as there; the
+    per-key aggregation, read by `rows` and `totals`, persisted in `cache`)."""
     joined, slots, ks, in_range, unmapped = joined_events(plan, events, units, daily)
     aggs, columns, pairs = slot_aggregates(plan, parts, key_col, ks, in_range)
     totals = key_totals(parts, unmapped, daily)
     names = [n for n, _ in totals]
     joined = joined.withColumn(DAY, event_day(F.col(TS)))
     per_key = joined.groupBy(UNIT, SUB, DAY).agg(*aggs, *[value.alias(n) for n, value in totals])
+    if cache is not None:
+        per_key = cache.persist(per_key)
     rows = experiment_rows(per_key.drop(*names), slots, ks, columns, [DAY])
     # the key's counts beside each experiment of its unit (its slots)
     ids = slots.select(UNIT, F.array(*[F.col(f"experiment_id{k}") for k in ks]).alias("_ids"))

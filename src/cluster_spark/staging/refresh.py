@@ -50,7 +50,7 @@ def state_table(source: str, kind: str, part: str, layout: str) -> str:
 
 
 #: The state tables' format: a state of another format is refreshed fully.
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 def pass_layout(config: Config, plan: Plan) -> str:
@@ -72,6 +72,7 @@ def refreshed_first_level(
     units: DataFrame,
     window: Window,
     days: Days,
+    cache: Cache,
     new_units: DataFrame | None = None,
 ) -> FirstLevel:
     """The first level of `source` (as `events.first_level` computes it from every event)
@@ -86,13 +87,15 @@ def refreshed_first_level(
     cube (`history.history_partials`). The days before `window.keep_from` (which the next
     run does not read again) are then folded into the base (`_fold`), and the first level
     is rebuilt from the base and the days kept. `since` None: every event, replacing every
-    day (a full refresh). The caller commits `run` after its writes."""
+    day (a full refresh). The per-key aggregates (and, on an incremental run, the events
+    read) are persisted in `cache`: each is read twice. The caller commits `run` after its
+    writes."""
     parts, _, key_col = source_parts(plan, source)
     since, daily = window.since, window.daily
     recent = events
     if since is not None:
         recent = events.where(F.col(TS).isNull() | (F.col(TS) >= F.lit(since)))
-    fresh = day_partials(plan, recent, units, parts, key_col, daily)
+    fresh = day_partials(plan, recent, units, parts, key_col, daily, cache)
     unexposed = recent.join(units.select(UNIT).distinct(), UNIT, "left_anti")
     cube, cube_values = unit_day_cube(plan, unexposed, parts, key_col, daily)
     day = zip(PARTS, (fresh.rows, fresh.totals, fresh.values), strict=True)
@@ -367,7 +370,7 @@ class Refresh:
         window = Window(self.since, self.keep_from, self.layout, daily)
         counts = rows_per_day(events)
         days = _replaced_days(self.run, plan, self.since, counts)
-        args = (self.run, plan, source, events, units, window, days)
+        args = (self.run, plan, source, events, units, window, days, cache)
         first = refreshed_first_level(*args, self.new_units)
         late = late_events(self.run, plan, source, counts, window, days)
         return FirstLevel(cache.persist(first.rows), first.values), late
