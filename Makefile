@@ -39,7 +39,7 @@ jars: $(JARS)/.fetched ## fetch the Delta Lake jars only
 
 test: setup $(CHROMIUM) ## run the test suite (local-mode Spark + Delta; Chromium for the report)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 demo: setup ## generate a synthetic cluster experiment and analyse it into out/demo/
 	$(VENV)/bin/cluster-spark demo --out out/demo
