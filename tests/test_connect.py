@@ -49,7 +49,6 @@ def demo_data(spark, tmp_path_factory):
     demo.write_demo_data(spark, root, n_orgs=1500, seed=7)
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     raw["output"] = {k: f"classic/{k}" for k in ("staging", "results", "diagnostics")}
-    raw.pop("incremental", None)  # the reference reads every event
     pipeline.run(spark, parse_config(raw, root=root), DATE)
     classic = spark.read.format("delta").load(str(root / "classic" / "results"))
     return root, [r.asDict() for r in classic.collect()]
@@ -86,16 +85,12 @@ def _assert_same(remote: list[dict], classic: list[dict]) -> None:
 
 
 def test_cli_run_through_remote_equals_classic(server, demo_data):
-    """The CLI with the demo config (incremental: a first run, a full refresh that writes
-    the state) through a Connect server equals the classic full pass."""
     root, classic = demo_data
     command = [sys.executable, "-m", "cluster_spark.cli", "run", "--config", str(DEMO_CONFIG)]
     command += ["--root", str(root), "--date", DATE.isoformat(), "--remote", server, "-q"]
     done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "health checkout_redesign: " in done.stdout
-    # the demo config is incremental: its first run built the state through Connect
-    assert (root / "state" / "log" / "_delta_log").is_dir()
 
     read = f"""
         import json, sys

@@ -87,9 +87,8 @@ def refreshed_first_level(
     cube (`history.history_partials`). The days before `window.keep_from` (which the next
     run does not read again) are then folded into the base (`_fold`), and the first level
     is rebuilt from the base and the days kept. `since` None: every event, replacing every
-    day (a full refresh). The per-key aggregates (and, on an incremental run, the events
-    read) are persisted in `cache`: each is read twice. The caller commits `run` after its
-    writes."""
+    day (a full refresh). The per-key aggregates are persisted in `cache` (read twice). The
+    caller commits `run` after its writes."""
     parts, _, key_col = source_parts(plan, source)
     since, daily = window.since, window.daily
     recent = events
@@ -204,18 +203,24 @@ def late_events(
 ) -> DataFrame:
     """Diagnostics rows `late_events_outside_lookback:<source>`, one per experiment: how
     many of the source's rows (`counts`: `rows_per_day`) dated before `since`'s day are not
-    in the state, counted as |rows now − rows when the day was last read| per UTC day:
+    in the state, counted as |rows now − rows when the day was last read| per UTC day from
+    the earliest start (less the CUPED pre-period) on:
     rows that arrived, or went, after their day left the lookback, which the results lack
     until a full refresh. Keeps the rows per day of this run's days (`counts` state
     table). 0 on a full refresh."""
     table = state_table(source, "counts", "rows", window.layout)
     first = None if window.since is None else day_number(window.since)
+    earliest = min(
+        day_number(e.start_time - dt.timedelta(days=e.cuped_lookback_days or 0))
+        for e in plan.experiments
+    )  # older days are in no experiment's range: a retention job may drop them
+    counts = {d: n for d, n in counts.items() if d is not None and d >= earliest}
     stored = run.read(table)
     fresh = [
         (e.id, d, n)
         for e in plan.experiments
         for d, n in counts.items()
-        if d is not None and (first is None or d >= first)
+        if first is None or d >= first
     ]
     columns = [("experiment_id", "string"), (DAY, "int"), ("n", "bigint")]
     run.append(table, literal_frame(run.spark, fresh, columns), days(table))
@@ -224,7 +229,7 @@ def late_events(
         one = min(e.id for e in plan.experiments)
         old = stored.where((F.col("experiment_id") == one) & (F.col(DAY) < first)).collect()
         was = {r[DAY]: r["n"] for r in old}  # a row per day
-        now = {d: n for d, n in counts.items() if d is not None and d < first}
+        now = {d: n for d, n in counts.items() if d < first}
         late = sum(abs(now.get(d, 0) - was.get(d, 0)) for d in now.keys() | was.keys())
     return _per_experiment(plan, run.spark, f"late_events_outside_lookback:{source}", late)
 
@@ -240,9 +245,10 @@ def _replaced_days(
     run: StateRun, plan: Plan, since: dt.datetime | None, counts: dict[int | None, int]
 ) -> Days:
     """Per state table, per experiment, the days this run's rows of the events from `since`
-    replace: the NULL day, every day from `since`'s to the latest analysis time's and
-    every day the events have from `since`'s on (`counts`); on a full refresh (`since`
-    None), every day the events have and every day committed (replaced by nothing)."""
+    replace: the NULL day, every day from `since`'s to the latest analysis time's, every
+    committed day after it and every day the events have from `since`'s on (`counts`); on
+    a full refresh (`since` None), every day the events have and every day committed
+    (replaced by nothing)."""
     first = None if since is None else day_number(since)
     had = {d for d in counts if d is None or first is None or d >= first}
 
@@ -251,9 +257,10 @@ def _replaced_days(
         for e in plan.experiments:
             if first is None:
                 out[e.id] = {None, *had, *run.current[e.id].runs(table)}
-            else:
+            else:  # and committed days after the analysis time's (future-dated rows)
                 last = day_number(e.analysis_time(plan.analysis_date))
-                out[e.id] = {None, *had, *range(first, last + 1)}
+                later = {d for d in run.current[e.id].runs(table) if d is not None and d > last}
+                out[e.id] = {None, *had, *range(first, last + 1), *later}
         return out
 
     return days
