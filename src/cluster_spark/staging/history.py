@@ -35,7 +35,13 @@ from cluster_spark.staging.events import (
 )
 from cluster_spark.staging.exposures import exposure_slots, slot
 from cluster_spark.staging.filters import condition, utc_day
-from cluster_spark.staging.increments import DAY, DayPartials, day_partials, event_day
+from cluster_spark.staging.increments import (
+    DAY,
+    DayPartials,
+    day_partials,
+    event_day,
+    union_all,
+)
 from cluster_spark.staging.plan import SUB, TS, UNIT, Plan
 
 
@@ -153,7 +159,7 @@ def history_partials(
     return DayPartials(
         rows.unionByName(on_edges[0]),
         totals.unionByName(on_edges[1]),
-        _union(values, on_edges[2]),
+        union_all([values, on_edges[2]]),
     )
 
 
@@ -167,12 +173,6 @@ def _on_days(days: list[int]) -> Column:
         for d in sorted(days)
     ]
     return reduce(Column.__or__, ranges)
-
-
-def _union(a: DataFrame | None, b: DataFrame | None) -> DataFrame | None:
-    if a is None or b is None:
-        return a if b is None else b
-    return a.unionByName(b)
 
 
 def _whole_day(k: str, lo: dict[str, Column], start: Column, end: Column) -> tuple[Column, Column]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -199,6 +200,12 @@ def folded(
         totals.select("*", base),
         None if values is None else values.select("*", base),
     )
+
+
+def union_all(frames: list[DataFrame | None]) -> DataFrame | None:
+    """The frames that are not None, unioned by name; None when there are none."""
+    found = [f for f in frames if f is not None]
+    return reduce(DataFrame.unionByName, found) if found else None
 
 
 def day_number(instant: dt.datetime) -> int:

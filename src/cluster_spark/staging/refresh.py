@@ -13,7 +13,6 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import reduce
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -31,6 +30,7 @@ from cluster_spark.staging.increments import (
     event_day,
     folded,
     merged_first_level,
+    union_all,
 )
 from cluster_spark.staging.plan import TS, UNIT, Cache, Plan, diag
 from cluster_spark.state import StateRun
@@ -161,7 +161,7 @@ def _fold(
                 base,
                 None if history is None else (history.rows, history.totals, history.values)[i],
             ]
-            frames.append(_union_all([f for f in found if f is not None]))
+            frames.append(union_all(found))
         base = folded(plan, DayPartials(*frames), parts, key_col)
         for part, df in zip(PARTS, (base.rows, base.totals, base.values), strict=True):
             if df is not None:
@@ -170,13 +170,8 @@ def _fold(
             run.forget(tables[part], old)
     state = []
     for part in PARTS:
-        found = [run.read(t, pending=True) for t in (tables[part], bases[part])]
-        state.append(_union_all([df for df in found if df is not None]))
+        state.append(union_all([run.read(t, pending=True) for t in (tables[part], bases[part])]))
     return DayPartials(*state)
-
-
-def _union_all(frames: list[DataFrame]) -> DataFrame | None:
-    return reduce(lambda a, b: a.unionByName(b), frames) if frames else None
 
 
 def _copies(plan: Plan, df: DataFrame) -> DataFrame:
