@@ -9,9 +9,9 @@ Dates: the run with logical date D (`ds`) analyses D, i.e. events up to midnight
 It is scheduled at 02:00 UTC on D+1, once D is complete. An experiment whose `start`..`end`
 does not cover D is skipped (exit code 99), not failed. A rerun or a retry replaces the same
 (experiment, date) slice of the Delta tables atomically, so retries are safe. With
-`incremental` in the config, each task reads the events of the last days only and keeps
-per-experiment state (README, "Incremental refresh"); the state commits after the slices,
-so a failed try leaves it as it was.
+`incremental` in the config (the demo config has it), each task reads the events of the
+last days only and keeps per-experiment state (README, "Incremental refresh"); the state
+commits after the slices, so a failed try leaves it as it was.
 
 Settings:
   when the DAG is parsed (they shape it), environment only:

@@ -20,11 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from cluster_spark.session import DELTA_CONF, delta_jars
+from cluster_spark.session import DELTA_CONF, LOCAL_CONF, delta_jars
 
 #: What the server needs for cluster_spark: Delta's SQL extension and catalog and UTC
-#: (`session.DELTA_CONF`: static settings, so the server's, not the client's), no UI.
-SERVER_CONF = {**DELTA_CONF, "spark.ui.enabled": "false"}
+#: (`session.DELTA_CONF`: static settings, so the server's, not the client's), no UI,
+#: and the defaults of a local session the library starts itself (`session.LOCAL_CONF`).
+SERVER_CONF = {**DELTA_CONF, **LOCAL_CONF, "spark.ui.enabled": "false"}
 
 
 def _spark_home() -> Path:

@@ -175,3 +175,10 @@ def test_dag_test_runs_one_day_into_delta(airflow_venv, spark, tmp_path):
     assert {r.dimension for r in results} == {None, "plan", "country"}
     staged = spark.read.format("delta").load(str(root / "staging")).collect()
     assert {r.run_id for r in results} == {r.run_id for r in staged}
+    # the demo config is incremental: the task committed its experiment's state
+    log = spark.read.format("delta").load(str(root / "state" / "log")).collect()
+    assert {(r.experiment_id, r.analysis_date) for r in log} == {
+        (demo.EXPERIMENT_ID, demo.ANALYSIS_DATE)
+    }
+    diagnostics = spark.read.format("delta").load(str(root / "diagnostics"))
+    assert diagnostics.where("check = 'state_full_refresh:no_state'").count() == 1

@@ -19,6 +19,7 @@ import yaml
 
 from cluster_spark import demo, pipeline
 from cluster_spark.config import parse_config
+from cluster_spark.session import SMALL_INPUT_CONF
 
 pytestmark = pytest.mark.slow
 
@@ -37,17 +38,24 @@ KEY = ("experiment_id", "metric", "variant", "dimension", "slice")
 def server(tmp_path_factory):
     where = tmp_path_factory.mktemp("connect")
     port = connect_server.free_port()
-    process = connect_server.start(port, where / "server.log", warehouse=where / "warehouse")
+    # a tiny input: the settings a local CLI run on it gets (session.SMALL_INPUT_CONF)
+    small = {**SMALL_INPUT_CONF, "spark.default.parallelism": "2"}
+    process = connect_server.start(
+        port, where / "server.log", warehouse=where / "warehouse", conf=small
+    )
     yield f"sc://localhost:{port}"
     connect_server.stop(process)
 
 
 @pytest.fixture(scope="module")
 def demo_data(spark, tmp_path_factory):
-    """The demo's tables (1,500 orgs), and the classic session's results rows on them."""
+    """The demo's tables (400 orgs), the demo config without `incremental` beside them
+    (`full.yaml`), and the classic session's results rows on them."""
     root = tmp_path_factory.mktemp("demo")
-    demo.write_demo_data(spark, root, n_orgs=1500, seed=7)
+    demo.write_demo_data(spark, root, n_orgs=400, seed=7)
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw.pop("incremental", None)  # the reference reads every event
+    (root / "full.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     raw["output"] = {k: f"classic/{k}" for k in ("staging", "results", "diagnostics")}
     pipeline.run(spark, parse_config(raw, root=root), DATE)
     classic = spark.read.format("delta").load(str(root / "classic" / "results"))
@@ -85,8 +93,11 @@ def _assert_same(remote: list[dict], classic: list[dict]) -> None:
 
 
 def test_cli_run_through_remote_equals_classic(server, demo_data):
+    """The CLI through a Connect server equals the classic full pass (the demo config
+    without `incremental`: the notebook test below keeps the state through Connect)."""
     root, classic = demo_data
-    command = [sys.executable, "-m", "cluster_spark.cli", "run", "--config", str(DEMO_CONFIG)]
+    config = root / "full.yaml"
+    command = [sys.executable, "-m", "cluster_spark.cli", "run", "--config", str(config)]
     command += ["--root", str(root), "--date", DATE.isoformat(), "--remote", server, "-q"]
     done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
