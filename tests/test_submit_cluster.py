@@ -46,6 +46,8 @@ def _config(root: Path) -> Path:
     these tests are about spark-submit on a cluster; the incremental state is tested in
     local mode, through Connect and by the Airflow DAG."""
     return root.parent / "demo.yaml"
+
+
 SUBMIT = ROOT / "scripts" / "submit.sh"
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 N_ORGS = 300
