@@ -40,14 +40,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "conf" / "demo.yaml"
 
-
-def _config(root: Path) -> Path:
-    """The demo config without `incremental` (written by `demo_data` beside every root):
-    these tests are about spark-submit on a cluster; the incremental state is tested in
-    local mode, through Connect and by the Airflow DAG."""
-    return root.parent / "demo.yaml"
-
-
 SUBMIT = ROOT / "scripts" / "submit.sh"
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 N_ORGS = 300
@@ -82,6 +74,13 @@ logger.scheduler.level = info
 logger.deploy.name = org.apache.spark.deploy
 logger.deploy.level = info
 """
+
+def _config(root: Path) -> Path:
+    """The demo config without `incremental` (written by `demo_data` beside every root):
+    these tests are about spark-submit on a cluster; the incremental state is tested in
+    local mode, through Connect and by the Airflow DAG."""
+    return root.parent / "demo.yaml"
+
 
 
 def _free_port() -> int:
