@@ -75,12 +75,12 @@ logger.deploy.name = org.apache.spark.deploy
 logger.deploy.level = info
 """
 
+
 def _config(root: Path) -> Path:
     """The demo config without `incremental` (written by `demo_data` beside every root):
     these tests are about spark-submit on a cluster; the incremental state is tested in
     local mode, through Connect and by the Airflow DAG."""
     return root.parent / "demo.yaml"
-
 
 
 def _free_port() -> int:
