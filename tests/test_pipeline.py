@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from delta.tables import DeltaTable
 
@@ -87,6 +89,15 @@ RESULT_SCHEMA = [
     ("decision", "string"),
     ("noninferiority_bound", "double"),
     ("p_value_noninferiority", "double"),
+    ("engine", "string"),
+    ("posterior_effect", "string"),
+    ("posterior_mean", "double"),
+    ("posterior_stderr", "double"),
+    ("credible_low", "double"),
+    ("credible_high", "double"),
+    ("chance_to_win", "double"),
+    ("risk_treatment", "double"),
+    ("risk_control", "double"),
     ("mde_abs", "double"),
     ("mde_rel", "double"),
     ("design_effect", "double"),
@@ -107,6 +118,8 @@ RESULT_SCHEMA = [
     ("recommendation_reasons", "array<string>"),
     ("run_id", "string"),
 ]
+
+RESULT_SCHEMA_NAMES = [c for c, _ in RESULT_SCHEMA]
 
 
 @pytest.fixture()
@@ -411,3 +424,36 @@ def test_the_recommendation_reaches_the_results_table(spark, tiny):
         rows[("purchases_per_org", "treatment")]["recommendation_reasons"]
         == (treat["recommendation_reasons"])
     )
+
+
+def test_bayesian_results_reach_the_results_table(spark, tiny):
+    """Issue #29 part 3: `engine: bayesian` through Delta: a results table written before
+    the posterior columns existed gains them (its rows null there); with the flat prior
+    the posterior is N(effect_rel, effect_rel_stderr²), so the chance to beat control is
+    Φ(effect_rel / effect_rel_stderr)."""
+    from scipy.stats import norm
+
+    first = make_config(tiny)
+    pipeline.run(spark, first, ANALYSIS_DATE - dt.timedelta(days=1))
+    path = first.output.results.path
+    new = [c for c in RESULT_SCHEMA_NAMES if c == "engine" or "posterior" in c or "risk" in c]
+    new += ["credible_low", "credible_high", "chance_to_win"]
+    old = spark.read.format("delta").load(path).drop(*new)  # the table as an older version wrote it
+    old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy(
+        "experiment_id"
+    ).save(path)
+    raw = config_dict(tiny)
+    raw["experiments"][0] |= {"engine": "bayesian"}
+    config = parse_config(raw)
+    pipeline.run(spark, config, ANALYSIS_DATE)
+    rows = [r.asDict() for r in _results(spark, config).collect()]
+    earlier = [r for r in rows if r["analysis_date"] != ANALYSIS_DATE]
+    assert earlier and {(r["engine"], r["chance_to_win"]) for r in earlier} == {(None, None)}
+    now = {(r["metric"], r["variant"]): r for r in rows if r["analysis_date"] == ANALYSIS_DATE}
+    treat = now[("revenue_per_user", "treatment")]
+    assert treat["engine"] == "bayesian" and treat["posterior_effect"] == "relative"
+    assert treat["posterior_mean"] == treat["effect_rel"]
+    z = treat["effect_rel"] / treat["effect_rel_stderr"]
+    assert treat["chance_to_win"] == pytest.approx(norm.cdf(z), rel=1e-12)
+    assert treat["decision"] in ("win", "loss", "inconclusive")
+    assert now[("revenue_per_user", "control")]["chance_to_win"] is None

@@ -462,6 +462,37 @@ class MetricRole(_Model):
 GOAL = MetricRole()
 
 
+class Bayesian(_Model):
+    """Settings of `engine: bayesian` (`stats.bayes`; docs/methods.md, "Bayesian results").
+
+    `effect`: the effect the normal model is on, `relative` (GrowthBook's default) or
+    `absolute` (metric units). `prior_sd`: the sd of a proper normal prior N(`prior_mean`,
+    `prior_sd`²) on that effect (Eppo's choice); unset, the prior is flat (improper,
+    GrowthBook's default). `chance_to_win`: the chance to beat control a win needs (and
+    1 − it a loss; GrowthBook's 95 %). `risk_threshold`: the most expected loss a win (or
+    a loss) may carry, in the effect's units: 0.0025 is GrowthBook's 0.25 % for relative
+    effects; an absolute effect needs its own."""
+
+    effect: Literal["relative", "absolute"] = "relative"
+    prior_mean: float = 0.0
+    prior_sd: Annotated[float, Field(gt=0)] | None = None
+    chance_to_win: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    risk_threshold: Annotated[float, Field(gt=0)] = 0.0025
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Bayesian:
+        if self.prior_sd is None and self.prior_mean != 0:
+            raise ValueError(
+                f"prior_mean {self.prior_mean} needs prior_sd (a flat prior has no mean)"
+            )
+        if self.effect == "absolute" and "risk_threshold" not in self.model_fields_set:
+            raise ValueError(
+                "effect: absolute needs a risk_threshold in the metric's units (the "
+                "default 0.0025 is a relative loss of 0.25 %)"
+            )
+        return self
+
+
 class Experiment(_Model):
     """One experiment: its arms and split, dates, metrics and analysis settings.
 
@@ -526,6 +557,10 @@ class Experiment(_Model):
     #: units counted per label: `unknown_variants`); with `normalize_variant_labels`, a
     #: label matches a configured variant ignoring case and surrounding spaces first.
     normalize_variant_labels: bool = False
+    #: `frequentist` (p-values and CIs, the default) or `bayesian` (chance to beat control,
+    #: risk and credible intervals too, and decisions from them; settings in `bayesian`).
+    engine: Literal["frequentist", "bayesian"] = "frequentist"
+    bayesian: Bayesian = Bayesian()
 
     @field_validator("id", mode="after")
     @classmethod
@@ -579,6 +614,10 @@ class Experiment(_Model):
                 "sequential: true needs sequential_n_star (the planned number of assignment "
                 "units over all variants, where the confidence sequence is tightest)"
             )
+        if self.engine == "bayesian" and self.sequential:
+            raise ValueError("sequential: true applies to engine: frequentist, not bayesian")
+        if self.engine != "bayesian" and "bayesian" in self.model_fields_set:
+            raise ValueError("bayesian settings apply with engine: bayesian only")
         return self
 
     @property

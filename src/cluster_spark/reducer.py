@@ -20,6 +20,7 @@ from cluster_spark.comparisons import compare_groups, compare_own_kind, plain_co
 from cluster_spark.config import Experiment
 from cluster_spark.kinds import kind_of_row
 from cluster_spark.stats import (
+    bayes,
     decisions,
     heterogeneity,
     multiplicity,
@@ -237,6 +238,7 @@ def _segment(
             stderr=_sqrt_or_none(r.var_ratio),
             alpha=experiment.alpha,
             test=experiment.test,
+            engine=experiment.engine,
             status=_group_status(s),
             winsorized=winsorized,
             relative_ci_method=experiment.relative_ci,
@@ -350,7 +352,11 @@ def _decide(rows: list[dict[str, Any]], experiment: Experiment) -> None:
     from the BH-adjusted p-value, secondary metrics from the unadjusted one; with
     `sequential`, the always-valid (two-sided) p-value must be below alpha too. Guardrails
     are decided with their comparison (`compare_groups`); one without a comparison is
-    `guardrail_inconclusive`."""
+    `guardrail_inconclusive`. With `engine: bayesian`, every decision comes from the
+    posterior instead (`_decide_bayesian`)."""
+    if experiment.engine == "bayesian":
+        _decide_bayesian(rows, experiment)
+        return
     alpha = experiment.alpha
     for row in rows:
         if row["variant"] == experiment.control or row["status"] == Status.TOO_FEW_SLICE_UNITS:
@@ -366,6 +372,59 @@ def _decide(rows: list[dict[str, Any]], experiment: Experiment) -> None:
         row["decision"] = str(
             decisions.effect_decision(p, row["effect_abs"], role.direction, alpha)
         )
+
+
+def _decide_bayesian(rows: list[dict[str, Any]], experiment: Experiment) -> None:
+    """The posterior columns and `decision` of each treatment row (`stats.bayes`) from its
+    (CUPED-adjusted where applied) relative or absolute effect and standard error. No
+    multiple-testing correction (as GrowthBook's Bayesian engine). A guardrail's relative
+    margin is scaled by |control mean| when the model is on the absolute effect."""
+    settings = experiment.bayesian
+    relative = settings.effect == "relative"
+    control_mean = {
+        (r["metric"], r["dimension"], r["slice"]): r["mean"]
+        for r in rows
+        if r["variant"] == experiment.control
+    }
+    for row in rows:
+        if row["variant"] == experiment.control or row["status"] == Status.TOO_FEW_SLICE_UNITS:
+            continue
+        role = experiment.role(row["metric"])
+        effect, stderr = (
+            (row["effect_rel"], row["effect_rel_stderr"])
+            if relative
+            else (row["effect_abs"], row["effect_abs_stderr"])
+        )
+        post = bayes.posterior(
+            effect,
+            stderr,
+            role.direction,
+            experiment.alpha,
+            settings.prior_mean,
+            settings.prior_sd,
+        )
+        if post is not None:
+            row.update(
+                posterior_effect=settings.effect,
+                posterior_mean=post.mean,
+                posterior_stderr=post.stderr,
+                credible_low=post.credible_low,
+                credible_high=post.credible_high,
+                chance_to_win=post.chance_to_win,
+                risk_treatment=post.risk_treatment,
+                risk_control=post.risk_control,
+            )
+        if role.role == "guardrail":
+            base = control_mean.get((row["metric"], row["dimension"], row["slice"]))
+            margin = role.margin if relative else None if base is None else role.margin * abs(base)
+            decision = (
+                bayes.guardrail_decision(post, margin, role.direction, settings.chance_to_win)
+                if margin is not None
+                else decisions.Decision.GUARDRAIL_INCONCLUSIVE
+            )
+        else:
+            decision = bayes.effect_decision(post, settings.chance_to_win, settings.risk_threshold)
+        row["decision"] = str(decision)
 
 
 def _adjust_p_values(rows: list[dict[str, Any]], experiment: Experiment) -> None:

@@ -244,6 +244,15 @@ class ResultRow:
     decision: str | None = None
     noninferiority_bound: float | None = None
     p_value_noninferiority: float | None = None
+    engine: str | None = None
+    posterior_effect: str | None = None
+    posterior_mean: float | None = None
+    posterior_stderr: float | None = None
+    credible_low: float | None = None
+    credible_high: float | None = None
+    chance_to_win: float | None = None
+    risk_treatment: float | None = None
+    risk_control: float | None = None
     mde_abs: float | None = None
     mde_rel: float | None = None
     design_effect: float | None = None
