@@ -246,3 +246,26 @@ def test_health_lines_come_from_the_reason_registry():
     rows = [{**r, "health": "warning", "health_reasons": ["zero_denominator:m1"]} for r in RESULTS]
     page = render_report("exp-1", DATE, rows, DIAGNOSTICS)
     assert f"<code>zero_denominator:m1</code>: {health.REASONS['zero_denominator'].text}" in page
+
+
+def test_bayesian_rows_show_chance_to_beat_control_and_risk():
+    """`engine: bayesian` rows: the table gains the chance to beat control and the risk of
+    shipping (relative: a percentage); a frequentist experiment's table has neither."""
+    rows = [
+        result("revenue", "control", engine="bayesian"),
+        treated(
+            "revenue",
+            "treatment",
+            0.04,
+            0.01,
+            0.07,
+            engine="bayesian",
+            posterior_effect="relative",
+            chance_to_win=0.9871,
+            risk_treatment=0.000321,
+            decision="win",
+        ),
+    ]
+    html = render_report("exp-1", DATE, rows, DIAGNOSTICS)
+    assert "chance to beat control</th>" in html and "98.71%" in html and "0.03%" in html
+    assert "chance to beat control</th>" not in render_report("exp-1", DATE, RESULTS, DIAGNOSTICS)

@@ -40,6 +40,9 @@ GLOSSARY = (
     "every day</dd>"
     "<dt>NI bound / p (NI)</dt><dd>guardrails: the one-sided bound of Δ rel in the bad "
     "direction beside the margin, and the non-inferiority p-value against it</dd>"
+    "<dt>chance to beat control / risk</dt><dd>engine: bayesian: the posterior probability "
+    "that the treatment is better, and the expected loss if it is shipped (in the modelled "
+    "effect's units: a relative risk 0.25% is an expected lift of −0.25% when wrong)</dd>"
     "<dt>MDE rel</dt><dd>the smallest lift this comparison detects with the configured "
     "power</dd>"
     "<dt>design effect</dt><dd>variance ÷ the variance if users were independent: what "
@@ -131,6 +134,14 @@ def _decision(r: Row) -> Any:
     return _code(decision or "—"), significance(r) if decision in TONES else ""
 
 
+def _risk(r: Row) -> str:
+    risk = r.get("risk_treatment")
+    if risk is None:
+        return "—"
+    relative = r.get("posterior_effect") == "relative"
+    return esc(fmt_pct(risk, sign=False) if relative else fmt_num(risk))
+
+
 def _status(r: Row) -> Any:
     status = r.get("status") or "—"
     return _code(status), "" if status == "ok" else "warn"
@@ -172,6 +183,12 @@ MAIN = (
     Column("p (BH)", _any("p_value_bh"), _p("p_value_bh")),
     Column("unadjusted Δ rel [CI], p", _any("effect_rel_unadjusted"), _unadjusted),
     Column("NI bound", _any("p_value_noninferiority"), _ni),
+    Column(
+        "chance to beat control",
+        _any("chance_to_win"),
+        lambda r: esc(fmt_pct(r.get("chance_to_win"), sign=False)),
+    ),
+    Column("risk", _any("risk_treatment"), _risk),
     Column("decision", _any("decision"), _decision),
     Column("status", _always, _status, _status),
 )
