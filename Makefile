@@ -49,12 +49,14 @@ bench: setup ## benchmarks (writes BENCHMARKS.md)
 	$(PY) bench/run.py
 	$(PY) bench/refresh.py
 	$(PY) bench/coverage.py --write
+	$(PY) bench/few_clusters.py --write
 
 incremental-check: setup ## incremental refresh = full recompute on every date of a 28-day experiment
 	$(PY) bench/incremental.py --days 28
 
-coverage: $(VENV)/.installed ## CI coverage simulation, pure Python, no Spark (its section of BENCHMARKS.md)
+coverage: $(VENV)/.installed ## CI coverage simulations, pure Python, no Spark (their sections of BENCHMARKS.md)
 	$(PY) bench/coverage.py --write
+	$(PY) bench/few_clusters.py --write
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .
