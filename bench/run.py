@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"units axis: {up.kind}, {up.units:,} assignment units, {up.events:,} events")
                 units_rows.append(measure_units(spark, args, up, log))
         tiny_runs = [] if args.no_tiny else tiny.measure(1 if args.smoke else 3, spark=spark)
+        if tiny_runs and not args.smoke:  # and against a warm local Connect server
+            tiny_runs += tiny.measure(3, spark=spark, warm=True)
         data = data_root(args.out, params[0].events)
         plans = staging_plans(spark, bench_config(data, args.out / "runs" / "explain"))
         print()

@@ -90,6 +90,10 @@ def test_tiny_section_goes_in_place_of_the_old_one():
     failed = tiny_markdown([TinyRun(1, 15.04, 13)])
     assert "| 15.0 s | ≤ 15 s | **FAIL** |" in failed and "| 13 | ≤ 12 | **FAIL** |" in failed
     assert tiny_markdown([]) == ""
+    warm = tiny_markdown([TinyRun(1, 20.0, 12), TinyRun(1, 4.9, 14, warm=True)])
+    assert "| 1 | 20.0 | 12 | new JVM |\n| 1 | 4.9 | 14 | warm server |" in warm
+    assert "(`cluster-spark serve`), wall clock | 4.9 s | ≤ 5 s | PASS |" in warm
+    assert "| 20.0 s | ≤ 15 s | **FAIL** |" in warm
     md = "# B\n\n## Units axis\n\nu\n"
     once = splice(md, section)
     assert once.startswith(md) and once.count("## Small inputs") == 1

@@ -320,6 +320,35 @@ def test_an_unreachable_connect_server_is_a_usage_error(capsys, tmp_path):
     assert "looks like sc://HOST:PORT, not 'localhost:15002'" in capsys.readouterr().err
 
 
+def test_serve_on_a_taken_port_is_a_usage_error(capsys, tmp_path):
+    """`cluster-spark serve` says so at once when the port is taken (another server),
+    before starting a JVM."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("localhost", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = cli.main(["serve", "--port", str(port), "--log", str(tmp_path / "s.log")])
+    assert code == 64
+    assert capsys.readouterr().err == (
+        f"cluster-spark: error: port {port} is taken (another server?): choose one with --port\n"
+    )
+    assert not (tmp_path / "s.log").exists()
+
+
+def test_a_server_on_this_machine_gets_the_small_input_settings(monkeypatch):
+    """A Connect session to a server on this machine with a small input gets
+    SMALL_INPUT_CONF as its own settings (--conf wins); a remote one does not."""
+    sent = {}
+    monkeypatch.setattr(session, "connect_spark", lambda remote, conf: sent.update({remote: conf}))
+    session.build_spark(remote="sc://localhost:15002", input_bytes=1000, extra_conf={"a": "1"})
+    assert sent["sc://localhost:15002"] == {**session.SMALL_INPUT_CONF, "a": "1"}
+    session.build_spark(remote="sc://spark.example:15002", input_bytes=None)
+    assert sent["sc://spark.example:15002"] == {}
+    assert session.local_server("sc://127.0.0.1:1") and not session.local_server("sc://h:1")
+
+
 @pytest.mark.slow
 def test_the_entry_point_quiet_with_conf_and_report(inputs, tmp_path):
     """`cluster-spark run -q --conf … --report …` in its own JVM: only results on stdout,

@@ -1,14 +1,14 @@
 """Spark Connect for real: a local Connect server started from the pip PySpark
-distribution with the Delta jars (scripts/connect_server.py), the demo experiment run
+distribution with the Delta jars (`cluster-spark serve`), the demo experiment run
 through `cluster-spark run --remote`, and the notebook API over Connect writing catalog
 tables with `cache: none`; both equal the classic session's results to 1e-12."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,16 +19,12 @@ import yaml
 
 from cluster_spark import demo, pipeline
 from cluster_spark.config import parse_config
+from cluster_spark.serve import free_port, listening
 from cluster_spark.session import SMALL_INPUT_CONF
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "connect_server", REPO / "scripts" / "connect_server.py"
-)
-connect_server = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(connect_server)
 DEMO_CONFIG = REPO / "conf" / "demo.yaml"
 DATE = demo.ANALYSIS_DATE
 KEY = ("experiment_id", "metric", "variant", "dimension", "slice")
@@ -36,15 +32,24 @@ KEY = ("experiment_id", "metric", "variant", "dimension", "slice")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """`cluster-spark serve` as a user starts it, on a free port; Ctrl-C (SIGINT) stops it."""
     where = tmp_path_factory.mktemp("connect")
-    port = connect_server.free_port()
+    port = free_port()
     # a tiny input: the settings a local CLI run on it gets (session.SMALL_INPUT_CONF)
     small = {**SMALL_INPUT_CONF, "spark.default.parallelism": "2"}
-    process = connect_server.start(
-        port, where / "server.log", warehouse=where / "warehouse", conf=small
+    command = [sys.executable, "-m", "cluster_spark.cli", "serve", "--port", str(port)]
+    command += ["--master", "local[2]", "--warehouse", str(where / "warehouse")]
+    command += ["--log", str(where / "server.log")]
+    command += [arg for k, v in small.items() for arg in ("--conf", f"{k}={v}")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=_env())
+    first = process.stdout.readline()  # printed once the server accepts connections
+    assert first.startswith(f"Spark Connect server with Delta: sc://localhost:{port}"), (
+        first + (where / "server.log").read_text()[-3000:]
     )
     yield f"sc://localhost:{port}"
-    connect_server.stop(process)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 0
+    assert not listening(port)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`cluster-spark` command line: stage, reduce, run, show, plan, report and demo.
+"""`cluster-spark` command line: stage, reduce, run, show, plan, report, demo and serve.
 
 Config and analysis date are validated before a SparkSession is built. Under spark-submit
 the master comes from spark-submit; otherwise `--master` (default local[*]), and a local
@@ -147,6 +147,15 @@ def _parser() -> argparse.ArgumentParser:
                 default=[],
                 help="planned assignment units per group (repeatable)",
             )
+    serve = sub.add_parser(
+        "serve",
+        help="a warm local Spark Connect server with Delta for repeated runs (--remote)",
+    )
+    serve.add_argument("--port", type=int, default=15002)
+    serve.add_argument("--master", default="local[*]", help="the server's master")
+    serve.add_argument("--warehouse", type=Path, help="spark.sql.warehouse.dir (catalog tables)")
+    serve.add_argument("--log", type=Path, default=Path("out/connect-server.log"))
+    serve.add_argument("--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE")
     demo = sub.add_parser("demo", help="generate a synthetic cluster experiment and analyse it")
     demo.add_argument("--config", type=Path, default=Path("conf/demo.yaml"))
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
@@ -410,12 +419,20 @@ def _spark_conf(args: argparse.Namespace) -> dict[str, str]:
 
 def _input_bytes(args: argparse.Namespace, config: Config) -> int | None:
     """Size of the tables the command reads (`session.local_bytes`), when the CLI starts a
-    local session: the chosen experiments' inputs for stage and run; the staging table for
-    plan, staging and diagnostics for reduce, results for show, results and diagnostics for
-    report (group-level rows; one not written yet counts as empty)."""
-    from cluster_spark.session import SMALL_INPUT_BYTES, local_bytes, local_master_here
+    local session or uses a Connect server on this machine: the chosen experiments' inputs
+    for stage and run; the staging table for plan, staging and diagnostics for reduce,
+    results for show, results and diagnostics for report (group-level rows; one not written
+    yet counts as empty)."""
+    from cluster_spark.session import (
+        SMALL_INPUT_BYTES,
+        local_bytes,
+        local_master_here,
+        local_server,
+    )
 
-    if args.remote or not local_master_here(args.master or "local[*]"):
+    if args.remote and not local_server(args.remote):
+        return None
+    if not args.remote and not local_master_here(args.master or "local[*]"):
         return None
     if args.command in ("stage", "run"):
         from cluster_spark.inputs import needs
@@ -612,6 +629,10 @@ def _command(spark, config, args: argparse.Namespace, progress: _Progress) -> in
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            from cluster_spark.serve import serve
+
+            return serve(args.port, args.log, args.warehouse, args.master, dict(args.conf))
         return _run_demo(args) if args.command == "demo" else _run(args)
     except ClusterSparkError as err:
         print(f"cluster-spark: error: {err}", file=sys.stderr)

@@ -140,11 +140,14 @@ def build_spark(
     `connect_spark`. Otherwise a classic session: `local_master` is used only when no
     master was given by spark-submit or the environment; when the jars are already on the
     classpath (spark-submit --jars or --packages), nothing is added. Settings:
-    `session_conf`, where `input_bytes` is the inputs' size (`local_bytes`) if known.
+    `session_conf`, where `input_bytes` is the inputs' size (`local_bytes`) if known; a
+    Connect session with a small `input_bytes` (a server on this machine: `local_server`)
+    gets SMALL_INPUT_CONF as its own runtime settings.
     """
     remote = remote or os.environ.get("SPARK_REMOTE")
     if remote:
-        return connect_spark(remote, extra_conf)
+        small = input_bytes is not None and input_bytes <= SMALL_INPUT_BYTES
+        return connect_spark(remote, {**(SMALL_INPUT_CONF if small else {}), **(extra_conf or {})})
     builder = SparkSession.builder.appName(app_name)
     submitted = _submitted()
     starts = SparkSession.getActiveSession() is None  # else getOrCreate returns that one
@@ -159,6 +162,13 @@ def build_spark(
         if local_master:
             builder = builder.master(local_master)
     return builder.getOrCreate()
+
+
+def local_server(remote: str | None) -> bool:
+    """Whether `remote` is a Connect server on this machine (`cluster-spark serve`), which
+    reads the same files as this process."""
+    host = urlparse(remote).hostname if remote else None
+    return host in ("localhost", "127.0.0.1", "::1")
 
 
 def connect_spark(remote: str, conf: dict[str, str] | None = None) -> SparkSession:

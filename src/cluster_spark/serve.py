@@ -1,25 +1,30 @@
-"""Start a local Spark Connect server with Delta Lake, from the pip PySpark distribution.
+"""`cluster-spark serve`: a warm local Spark Connect server with Delta Lake, from the pip
+PySpark distribution, that `cluster-spark ... --remote sc://localhost:PORT`, `SPARK_REMOTE`
+and `cs.analyze` with a Connect session reuse, so repeated runs do not pay the JVM's start
+and warm-up each time (issue #30 item 4).
 
-    python scripts/connect_server.py --port 15002 [--warehouse DIR] [--master local[2]]
+    cluster-spark serve [--port 15002] [--master local[*]] [--warehouse DIR] [--conf K=V]
 
 It runs `spark-submit --class org.apache.spark.sql.connect.service.SparkConnectServer`
-of the installed PySpark (whose jars include the Connect server) with the Delta jars of
-`make jars` and the server-side settings cluster_spark needs (`SERVER_CONF`), waits until
-the server accepts connections and prints its URL (`sc://localhost:PORT`); Ctrl-C stops it.
-tests/test_connect.py uses `start`/`stop`. On a cluster, the same settings go into the
-server's spark-defaults.conf or `start-connect-server.sh --conf` (README, "Spark Connect").
+of the installed PySpark (whose jars include the Connect server) with the Delta jars
+(`session.delta_jars`) and the server-side settings cluster_spark needs (`SERVER_CONF`:
+Delta's extension and catalog, UTC, a local session's defaults), waits until the server
+accepts connections and prints its URL; Ctrl-C stops it. A client on the same machine
+whose inputs are a few MiB gets the small-input settings for its own session
+(`session.SMALL_INPUT_CONF`, runtime settings). tests/test_connect.py uses `start`/`stop`.
+On a cluster, the same settings go into the server's spark-defaults.conf or
+`start-connect-server.sh --conf` (README, "Spark Connect").
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from cluster_spark.errors import UsageError
 from cluster_spark.session import DELTA_CONF, LOCAL_CONF, delta_jars
 
 #: What the server needs for cluster_spark: Delta's SQL extension and catalog and UTC
@@ -34,10 +39,10 @@ def _spark_home() -> Path:
     return Path(pyspark.__file__).parent
 
 
-def _delta_jars_or_exit() -> list[str]:
+def _delta_jars() -> list[str]:
     jars = delta_jars()
     if not jars:
-        sys.exit("no Delta jars (CLUSTER_SPARK_JARS or .jars/): run `make jars` first")
+        raise UsageError("no Delta jars (CLUSTER_SPARK_JARS or .jars/): run `make jars` first")
     return jars
 
 
@@ -50,7 +55,7 @@ def start(
     timeout: float = 120.0,
 ) -> subprocess.Popen:
     """The server process, once it accepts connections on `port`; its output goes to `log`.
-    Raises RuntimeError (with the log's tail) when it exits or does not open the port."""
+    Raises UsageError (with the log's tail) when it exits or does not open the port."""
     home = _spark_home()
     settings = {**SERVER_CONF, "spark.connect.grpc.binding.port": str(port), **(conf or {})}
     if warehouse is not None:
@@ -62,7 +67,7 @@ def start(
         "--master",
         master,
         "--jars",
-        ",".join(_delta_jars_or_exit()),
+        ",".join(_delta_jars()),
         *[arg for key, value in settings.items() for arg in ("--conf", f"{key}={value}")],
         "spark-internal",
     ]
@@ -74,14 +79,12 @@ def start(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             break
-        try:
-            socket.create_connection(("localhost", port), timeout=1).close()
+        if listening(port):
             return process
-        except OSError:
-            time.sleep(0.5)
+        time.sleep(0.5)
     stop(process)
     tail = log.read_text(errors="replace")[-3000:]
-    raise RuntimeError(f"the Spark Connect server did not start on port {port}:\n{tail}")
+    raise UsageError(f"the Spark Connect server did not start on port {port}:\n{tail}")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -99,21 +102,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=15002)
-    parser.add_argument("--warehouse", type=Path, help="spark.sql.warehouse.dir")
-    parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--log", type=Path, default=Path("out/connect-server.log"))
-    args = parser.parse_args()
-    args.log.parent.mkdir(parents=True, exist_ok=True)
-    process = start(args.port, args.log, args.warehouse, args.master)
-    print(f"Spark Connect server with Delta: sc://localhost:{args.port} (log: {args.log})")
+def serve(
+    port: int,
+    log: Path,
+    warehouse: Path | None = None,
+    master: str = "local[*]",
+    conf: dict[str, str] | None = None,
+) -> int:
+    """Start the server, print its URL and wait until it exits or Ctrl-C stops it."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if listening(port):
+        raise UsageError(f"port {port} is taken (another server?): choose one with --port")
+    process = start(port, log, warehouse, master, conf)
+    url = f"sc://localhost:{port}"
+    print(f"Spark Connect server with Delta: {url} (log: {log}; Ctrl-C stops it)", flush=True)
+    print(f"use it: cluster-spark run --remote {url} ..., or export SPARK_REMOTE={url}", flush=True)
     try:
-        process.wait()
+        return process.wait()
     except KeyboardInterrupt:
         stop(process)
+        return 0
 
 
-if __name__ == "__main__":
-    main()
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("localhost", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
