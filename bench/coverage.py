@@ -288,8 +288,10 @@ A/B cells. In A/A cells Fieller's interval covers 0 exactly when the absolute CI
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(script: str, description: str, argv: list[str] | None) -> argparse.Namespace:
+    """The simulation's options (shared with bench/few_clusters.py), checked: `clusters`
+    a list of even numbers ≥ 4, `names` the DGPs, `command` the command line."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--replicates", type=int, default=2000, help="per cell (2000)")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--clusters", default="40,200,1000", help="total orgs G per cell")
@@ -300,15 +302,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--md", type=Path, default=paths.ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
     args.command = " ".join(
-        [".venv/bin/python bench/coverage.py", *(sys.argv[1:] if argv is None else argv)]
+        [f".venv/bin/python bench/{script}", *(sys.argv[1:] if argv is None else argv)]
     )
-    clusters = [int(g) for g in args.clusters.split(",")]
-    if any(g < 4 or g % 2 for g in clusters):
+    args.clusters = [int(g) for g in args.clusters.split(",")]
+    if any(g < 4 or g % 2 for g in args.clusters):
         parser.error("--clusters: even numbers ≥ 4")
-    names = args.dgp.split(",")
-    if unknown := set(names) - set(DGPS):
+    args.names = args.dgp.split(",")
+    if unknown := set(args.names) - set(DGPS):
         parser.error(f"--dgp: unknown {sorted(unknown)}")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args("coverage.py", __doc__.split("\n\n")[0], argv)
+    clusters, names = args.clusters, args.names
     t0 = time.perf_counter()
     truths = {}
     for name in names:

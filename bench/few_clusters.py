@@ -31,11 +31,9 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import paths
-from coverage import CHUNK_USERS, DGPS, Dgp
+from coverage import CHUNK_USERS, DGPS, Dgp, parse_args
 from scipy import stats as sps
 from sections import replace_section
 
@@ -183,25 +181,8 @@ sums do not carry (`docs/design.md`, "Few clusters").
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--replicates", type=int, default=2000, help="per cell (2000)")
-    parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--clusters", default="40,200,1000", help="total orgs G per cell")
-    parser.add_argument("--lift", type=float, default=0.05, help="A/B cells' true lift")
-    parser.add_argument("--alpha", type=float, default=0.05)
-    parser.add_argument("--dgp", default=",".join(DGPS), help=f"of {', '.join(DGPS)}")
-    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
-    parser.add_argument("--md", type=Path, default=paths.ROOT / "BENCHMARKS.md")
-    args = parser.parse_args(argv)
-    args.command = " ".join(
-        [".venv/bin/python bench/few_clusters.py", *(sys.argv[1:] if argv is None else argv)]
-    )
-    clusters = [int(g) for g in args.clusters.split(",")]
-    if any(g < 4 or g % 2 for g in clusters):
-        parser.error("--clusters: even numbers ≥ 4")
-    names = args.dgp.split(",")
-    if unknown := set(names) - set(DGPS):
-        parser.error(f"--dgp: unknown {sorted(unknown)}")
+    args = parse_args("few_clusters.py", __doc__.split("\n\n")[0], argv)
+    clusters, names = args.clusters, args.names
     t0 = time.perf_counter()
     cells = []
     for name in names:
