@@ -129,7 +129,9 @@ def measure(
                 warmup = write_input(root / "warmup", spark)
                 cmd = [str(cli), "run", "-q", "--config", str(warmup), "--date", "2026-03-09",
                        "--root", str(root / "warmup"), "--remote", server[0]]  # fmt: skip
-                subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if done.returncode != 0:
+                    raise RuntimeError(f"warm-up run failed: {done.stderr[-3000:]}")
             for i in range(repeat):
                 log_dir = (logs or root) / f"events_{'warm_' if warm else ''}{i}"
                 log_dir.mkdir(parents=True)

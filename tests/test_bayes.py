@@ -190,7 +190,12 @@ def test_a_broken_guardrail_is_caught_and_its_healthy_twin_is_not():
     assert broken["revenue_per_user"]["decision"] == "win"
     assert broken["sessions_per_user"]["decision"] == "guardrail_violated"
     assert broken["sessions_per_user"]["chance_to_win"] < 0.05
-    assert broken["revenue_per_user"]["recommendation"] != "ship"
+    assert broken["revenue_per_user"]["recommendation"] == "do not ship"
+    # the reason quotes the posterior the decision came from, not the frequentist test
+    reason = broken["revenue_per_user"]["recommendation_reasons"][0]
+    assert reason.startswith("guardrail sessions_per_user violated: harm is likely (Δ rel ")
+    assert "[credible " in reason and "chance to beat control 0.00%" in reason
+    assert healthy["revenue_per_user"]["recommendation"] == "ship"
 
 
 def test_an_aa_experiment_wins_nothing():
@@ -225,3 +230,57 @@ def test_frequentist_rows_have_no_posterior():
 def test_bayesian_settings_are_validated(settings, message):
     with pytest.raises(ValidationError, match=message):
         experiment(**settings)
+
+
+def _guardrail_row(shift: float, direction: str, effect: str) -> dict:
+    """Control mean exactly 10 over 1,600 units (sd 1), the treatment the same values
+    shifted by `shift`; a guardrail with margin 2 %."""
+    ones = np.ones(1600)
+    control = np.random.default_rng(5).normal(0, 1.0, 1600)
+    control += 10.0 - control.mean()
+    rows = [
+        staged_row("m1", "control", control, ones),
+        staged_row("m1", "treatment", control + shift, ones),
+    ]
+    exp = experiment(
+        engine="bayesian",
+        bayesian={"effect": effect, "risk_threshold": 0.01},
+        metric_roles={"m1": {"role": "guardrail", "direction": direction, "margin": 0.02}},
+    )
+    out = reduce_experiment(rows, exp, DATE, "r")
+    return next(r for r in out if r["variant"] == "treatment")
+
+
+def test_an_absolute_guardrail_scales_its_margin_by_the_control_mean():
+    """Δ = −0.1 (−1 %) with SE ≈ 0.035: within the 2 % margin, i.e. 0.2 in metric units
+    (P(Δ > −0.2) ≈ 0.998), so `guardrail_ok`; a margin read as 0.02 metric units would
+    have been violated (P(Δ < 0) ≈ 0.998)."""
+    from scipy.stats import norm
+
+    row = _guardrail_row(-0.1, "increase", "absolute")
+    se = row["posterior_stderr"]
+    assert row["posterior_mean"] == pytest.approx(-0.1, rel=1e-9)
+    assert norm.sf((-0.2 + 0.1) / se) > 0.99 and norm.cdf(0.1 / se) > 0.99
+    assert row["decision"] == "guardrail_ok"
+    assert _guardrail_row(-0.1, "increase", "relative")["decision"] == "guardrail_ok"
+
+
+def test_a_lower_is_better_guardrail_is_harmed_by_an_increase():
+    for effect in ("relative", "absolute"):
+        harm = _guardrail_row(0.5, "decrease", effect)  # +5 % of a lower-is-better metric
+        assert harm["decision"] == "guardrail_violated" and harm["chance_to_win"] < 0.01
+        fine = _guardrail_row(-0.5, "decrease", effect)
+        assert fine["decision"] == "guardrail_ok" and fine["chance_to_win"] > 0.99
+
+
+def test_the_engine_does_not_change_the_incremental_state_fingerprint():
+    """`engine` and `bayesian` are the reducer's alone: switching them keeps the state."""
+    from cluster_spark.config import parse_config
+    from tests.helpers import config_dict
+
+    raw = config_dict("/d")
+    before = parse_config(raw).fingerprint()
+    raw["experiments"][0] |= {"engine": "bayesian", "bayesian": {"prior_sd": 0.1}}
+    assert parse_config(raw).fingerprint() == before
+    raw["experiments"][0]["alpha"] = 0.1  # any other key still counts
+    assert parse_config(raw).fingerprint() != before

@@ -335,6 +335,8 @@ def test_serve_on_a_taken_port_is_a_usage_error(capsys, tmp_path):
         f"cluster-spark: error: port {port} is taken (another server?): choose one with --port\n"
     )
     assert not (tmp_path / "s.log").exists()
+    assert cli.main(["serve", "--port", "0"]) == 64
+    assert capsys.readouterr().err == "cluster-spark: error: --port 0: a TCP port is 1 to 65535\n"
 
 
 def test_a_server_on_this_machine_gets_the_small_input_settings(monkeypatch):

@@ -32,7 +32,8 @@ KEY = ("experiment_id", "metric", "variant", "dimension", "slice")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """`cluster-spark serve` as a user starts it, on a free port; Ctrl-C (SIGINT) stops it."""
+    """`cluster-spark serve` as a user starts it, on a free port; `kill` (SIGTERM) stops
+    it and its server."""
     where = tmp_path_factory.mktemp("connect")
     port = free_port()
     # a tiny input: the settings a local CLI run on it gets (session.SMALL_INPUT_CONF)
@@ -42,13 +43,16 @@ def server(tmp_path_factory):
     command += ["--log", str(where / "server.log")]
     command += [arg for k, v in small.items() for arg in ("--conf", f"{k}={v}")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=_env())
-    first = process.stdout.readline()  # printed once the server accepts connections
-    assert first.startswith(f"Spark Connect server with Delta: sc://localhost:{port}"), (
-        first + (where / "server.log").read_text()[-3000:]
-    )
-    yield f"sc://localhost:{port}"
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 0
+    try:
+        first = process.stdout.readline()  # printed once the server accepts connections
+        assert first.startswith(f"Spark Connect server with Delta: sc://localhost:{port}"), (
+            first + (where / "server.log").read_text()[-3000:]
+        )
+        yield f"sc://localhost:{port}"
+    finally:
+        process.send_signal(signal.SIGTERM)  # as `kill` does: the server stops with it
+        code = process.wait(timeout=60)
+    assert code == 0
     assert not listening(port)
 
 

@@ -152,6 +152,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a warm local Spark Connect server with Delta for repeated runs (--remote)",
     )
     serve.add_argument("--port", type=int, default=15002)
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: this machine only; a Connect server runs any "
+        "code a client sends, with no login)",
+    )
     serve.add_argument("--master", default="local[*]", help="the server's master")
     serve.add_argument("--warehouse", type=Path, help="spark.sql.warehouse.dir (catalog tables)")
     serve.add_argument("--log", type=Path, default=Path("out/connect-server.log"))
@@ -632,7 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from cluster_spark.serve import serve
 
-            return serve(args.port, args.log, args.warehouse, args.master, dict(args.conf))
+            return serve(
+                args.port, args.log, args.warehouse, args.master, dict(args.conf), args.host
+            )
         return _run_demo(args) if args.command == "demo" else _run(args)
     except ClusterSparkError as err:
         print(f"cluster-spark: error: {err}", file=sys.stderr)

@@ -467,11 +467,13 @@ class Bayesian(_Model):
 
     `effect`: the effect the normal model is on, `relative` (GrowthBook's default) or
     `absolute` (metric units). `prior_sd`: the sd of a proper normal prior N(`prior_mean`,
-    `prior_sd`²) on that effect (Eppo's choice); unset, the prior is flat (improper,
-    GrowthBook's default). `chance_to_win`: the chance to beat control a win needs (and
-    1 − it a loss; GrowthBook's 95 %). `risk_threshold`: the most expected loss a win (or
-    a loss) may carry, in the effect's units: 0.0025 is GrowthBook's 0.25 % for relative
-    effects; an absolute effect needs its own."""
+    `prior_sd`²) on that effect, in its units (a fraction for `relative`, metric units for
+    `absolute`; Eppo's choice); unset, the prior is flat (improper, GrowthBook's default).
+    `prior_mean` is on the effect itself, T − C, whatever the metric's direction.
+    `chance_to_win`: the chance to beat control a win needs (and 1 − it a loss;
+    GrowthBook's 95 %). `risk_threshold`: the most expected loss a win (or a loss) may
+    carry, in the effect's units: 0.0025 is GrowthBook's 0.25 % for relative effects; an
+    absolute effect needs its own."""
 
     effect: Literal["relative", "absolute"] = "relative"
     prior_mean: float = 0.0
@@ -617,7 +619,10 @@ class Experiment(_Model):
         if self.engine == "bayesian" and self.sequential:
             raise ValueError("sequential: true applies to engine: frequentist, not bayesian")
         if self.engine != "bayesian" and "bayesian" in self.model_fields_set:
-            raise ValueError("bayesian settings apply with engine: bayesian only")
+            raise ValueError(
+                f"bayesian: settings given with engine: {self.engine}; they apply with "
+                "engine: bayesian only"
+            )
         return self
 
     @property
@@ -845,9 +850,14 @@ class Config(_Model):
         return []
 
     def fingerprint(self) -> str:
-        """A hash of every key but `output` and `incremental`: the state of an incremental
-        refresh was computed under it."""
-        kept = self.model_dump(mode="json", exclude={"output", "incremental"})
+        """A hash of every key but `output`, `incremental` and the experiments' `engine`
+        and `bayesian` (the reducer's alone): the state of an incremental refresh was
+        computed under it."""
+        reducer_only = {"engine", "bayesian"}
+        kept = self.model_dump(
+            mode="json",
+            exclude={"output": True, "incremental": True, "experiments": {"__all__": reducer_only}},
+        )
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
     def metric_sources(self, metric: Metric | None) -> list[str]:

@@ -19,6 +19,7 @@ On a cluster, the same settings go into the server's spark-defaults.conf or
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -53,11 +54,19 @@ def start(
     master: str = "local[2]",
     conf: dict[str, str] | None = None,
     timeout: float = 120.0,
+    host: str = "127.0.0.1",
 ) -> subprocess.Popen:
     """The server process, once it accepts connections on `port`; its output goes to `log`.
-    Raises UsageError (with the log's tail) when it exits or does not open the port."""
+    It listens on `host` only: this machine's loopback by default (a Connect server runs
+    any code a client sends, with no login). Raises UsageError (with the log's tail) when
+    it exits or does not open the port; Ctrl-C while it starts stops it."""
     home = _spark_home()
-    settings = {**SERVER_CONF, "spark.connect.grpc.binding.port": str(port), **(conf or {})}
+    settings = {
+        **SERVER_CONF,
+        "spark.connect.grpc.binding.address": host,
+        "spark.connect.grpc.binding.port": str(port),
+        **(conf or {}),
+    }
     if warehouse is not None:
         settings["spark.sql.warehouse.dir"] = str(warehouse)
     command = [
@@ -76,12 +85,16 @@ def start(
     with log.open("wb") as out:  # the child keeps its own handle
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        if listening(port):
-            return process
-        time.sleep(0.5)
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            if listening(port):
+                return process
+            time.sleep(0.5)
+    except BaseException:  # Ctrl-C or SIGTERM while it starts
+        stop(process)
+        raise
     stop(process)
     tail = log.read_text(errors="replace")[-3000:]
     raise UsageError(f"the Spark Connect server did not start on port {port}:\n{tail}")
@@ -108,12 +121,20 @@ def serve(
     warehouse: Path | None = None,
     master: str = "local[*]",
     conf: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
 ) -> int:
-    """Start the server, print its URL and wait until it exits or Ctrl-C stops it."""
+    """Start the server, print its URL and wait until it exits, or Ctrl-C or SIGTERM
+    stops it (the server with it)."""
+    if not 0 < port < 65536:
+        raise UsageError(f"--port {port}: a TCP port is 1 to 65535")
     log.parent.mkdir(parents=True, exist_ok=True)
     if listening(port):
         raise UsageError(f"port {port} is taken (another server?): choose one with --port")
-    process = start(port, log, warehouse, master, conf)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server too
+    try:
+        process = start(port, log, warehouse, master, conf, host=host)
+    except KeyboardInterrupt:
+        return 0
     url = f"sc://localhost:{port}"
     print(f"Spark Connect server with Delta: {url} (log: {log}; Ctrl-C stops it)", flush=True)
     print(f"use it: cluster-spark run --remote {url} ..., or export SPARK_REMOTE={url}", flush=True)
@@ -122,6 +143,10 @@ def serve(
     except KeyboardInterrupt:
         stop(process)
         return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def listening(port: int) -> bool:

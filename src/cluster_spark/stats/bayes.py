@@ -57,14 +57,15 @@ def posterior(
     """The posterior of the effect given its estimate and standard error (None when either
     is missing or the standard error is not positive); `prior_sd` None is the flat prior.
     `direction`: `increase` (higher is better) or `decrease`."""
-    if effect is None or stderr is None or not stderr > 0 or not math.isfinite(effect):
+    if effect is None or stderr is None or not stderr > 0:
         return None
-    if prior_sd is None:
-        mu, sigma = float(effect), float(stderr)
-    else:
-        precision = 1.0 / stderr**2 + 1.0 / prior_sd**2
-        sigma = math.sqrt(float(1.0 / precision))
-        mu = float((effect / stderr**2 + prior_mean / prior_sd**2) / precision)
+    if not (math.isfinite(effect) and math.isfinite(stderr)):
+        return None
+    mu, sigma = float(effect), float(stderr)
+    if prior_sd is not None:  # precision-weighted, in a form without 1/s² overflow
+        weight = prior_sd**2 / (prior_sd**2 + sigma**2)  # the data's share of the mean
+        mu = weight * mu + (1.0 - weight) * prior_mean
+        sigma = sigma * prior_sd / math.sqrt(prior_sd**2 + sigma**2)
     z = mu / sigma
     density = float(sps.norm.pdf(z))
     lose_if_shipped = sigma * density - mu * float(sps.norm.cdf(-z))  # E[max(−Δ, 0)]

@@ -58,7 +58,20 @@ def margin_text(margin: float | None) -> str:
     return "n/a" if margin is None else f"{100 * margin:g}%"
 
 
+def _bayesian(r: Mapping[str, Any]) -> bool:
+    return r.get("engine") == "bayesian" and r.get("chance_to_win") is not None
+
+
 def _effect(r: Mapping[str, Any]) -> str:
+    if _bayesian(r):  # the posterior the decision came from (`stats.bayes`)
+        relative = r.get("posterior_effect") == "relative"
+        fmt = pct if relative else (lambda x: "n/a" if x is None else f"{x:+.4g}")
+        low, high = fmt(r.get("credible_low")), fmt(r.get("credible_high"))
+        return (
+            f"Δ {'rel' if relative else 'abs'} {fmt(r.get('posterior_mean'))} "
+            f"[credible {low}, {high}], chance to beat control "
+            f"{pct(r.get('chance_to_win'))[1:]}, risk {fmt(r.get('risk_treatment'))}"
+        )
     low, high = r.get("effect_rel_ci_low"), r.get("effect_rel_ci_high")
     return f"Δ rel {pct(r.get('effect_rel'))} [{pct(low)}, {pct(high)}]"
 
@@ -71,6 +84,12 @@ def _guardrail(r: Mapping[str, Any]) -> str:
     m, margin = r["metric"], margin_text(r.get("margin"))
     bound = pct(r.get("noninferiority_bound"))
     decision = r.get("decision")
+    if _bayesian(r):
+        verdict = {
+            "guardrail_violated": "violated: harm is likely",
+            "guardrail_ok": f"ok: a harm beyond its {margin} margin is unlikely",
+        }.get(decision, f"inconclusive: a {margin} harm (its margin) is not yet unlikely")
+        return f"guardrail {m} {verdict} ({_effect(r)})"
     if decision == "guardrail_violated":
         return f"guardrail {m} violated: {_effect(r)} is significant harm (margin {margin})"
     if decision == "guardrail_ok":
