@@ -313,22 +313,29 @@ def parse_args(script: str, description: str, argv: list[str] | None) -> argpars
     return args
 
 
+def run_cells(run: Callable, args: argparse.Namespace) -> list:
+    """`run(dgp, clusters, lift, replicates, seed, alpha)` for every (DGP, G) of `args`, A/A
+    then A/B, with a progress line each (shared with bench/few_clusters.py)."""
+    cells = []
+    for name in args.names:
+        for g in args.clusters:
+            for lift in (0.0, args.lift):
+                cell = run(DGPS[name], g, lift, args.replicates, args.seed, args.alpha)
+                cells.append(cell)
+                print(f"  {name} G={g} lift={lift:+.0%}: {cell.seconds:.1f} s", flush=True)
+    return cells
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args("coverage.py", __doc__.split("\n\n")[0], argv)
-    clusters, names = args.clusters, args.names
+    names = args.names
     t0 = time.perf_counter()
     truths = {}
     for name in names:
         mc, se = truth_check(DGPS[name], args.seed)
         truths[name] = (DGPS[name].true_ratio, mc, se)
         print(f"{name}: R = {DGPS[name].true_ratio:.4f} analytic, {mc:.4f} ± {se:.4f} MC")
-    cells = []
-    for name in names:
-        for g in clusters:
-            for lift in (0.0, args.lift):
-                cell = run_cell(DGPS[name], g, lift, args.replicates, args.seed, args.alpha)
-                cells.append(cell)
-                print(f"  {name} G={g} lift={lift:+.0%}: {cell.seconds:.1f} s", flush=True)
+    cells = run_cells(run_cell, args)
     seconds = time.perf_counter() - t0
     text = section(cells, args, truths, seconds)
     print()

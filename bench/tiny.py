@@ -162,8 +162,8 @@ def measure(
 
 
 def _server(root: Path):
-    """A local Connect server (`cluster-spark serve`'s) with its event log under `root`,
-    warmed by nothing but its start: (URL, process)."""
+    """A local Connect server (`cluster-spark serve`'s) with its event log under `root`:
+    (URL, process)."""
     from cluster_spark.serve import free_port, start
 
     events = root / "server_events"
