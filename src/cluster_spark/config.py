@@ -495,6 +495,12 @@ class Bayesian(_Model):
         return self
 
 
+#: `variance: auto` uses the cluster jackknife below this many assignment units in a
+#: metric's comparison (all its variants): the delta method under-covers up to 1,000
+#: heavy-tailed orgs (BENCHMARKS.md, "Few clusters"), and the two agree as leverages shrink.
+JACKKNIFE_BELOW_UNITS = 10_000
+
+
 class Experiment(_Model):
     """One experiment: its arms and split, dates, metrics and analysis settings.
 
@@ -563,6 +569,14 @@ class Experiment(_Model):
     #: risk and credible intervals too, and decisions from them; settings in `bayesian`).
     engine: Literal["frequentist", "bayesian"] = "frequentist"
     bayesian: Bayesian = Bayesian()
+    #: The variance of each arm's ratio (docs/methods.md, "Few clusters"): `jackknife`, the
+    #: leave-one-cluster-out jackknife (CR3), which holds its coverage with few or very
+    #: unequal assignment units; `delta`, the delta method (as GrowthBook and Statsig);
+    #: `auto` (default), the jackknife when a metric's comparison has fewer than
+    #: `JACKKNIFE_BELOW_UNITS` assignment units in all, else the delta method. The jackknife
+    #: needs each group staged whole; where it is not (or a unit holds a whole group's
+    #: denominator) the delta method is used. `results.variance_method` says which.
+    variance: Literal["auto", "jackknife", "delta"] = "auto"
 
     @field_validator("id", mode="after")
     @classmethod
@@ -850,10 +864,10 @@ class Config(_Model):
         return []
 
     def fingerprint(self) -> str:
-        """A hash of every key but `output`, `incremental` and the experiments' `engine`
-        and `bayesian` (the reducer's alone): the state of an incremental refresh was
+        """A hash of every key but `output`, `incremental` and the experiments' `engine`,
+        `bayesian` and `variance` (the reducer's alone): the state of an incremental refresh was
         computed under it."""
-        reducer_only = {"engine", "bayesian"}
+        reducer_only = {"engine", "bayesian", "variance"}
         kept = self.model_dump(
             mode="json",
             exclude={"output": True, "incremental": True, "experiments": {"__all__": reducer_only}},

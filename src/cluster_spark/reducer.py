@@ -9,6 +9,7 @@ segment's health, decisions and multiple-testing corrections.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -17,7 +18,7 @@ from typing import Any
 
 from cluster_spark import health
 from cluster_spark.comparisons import compare_groups, compare_own_kind, plain_columns
-from cluster_spark.config import Experiment
+from cluster_spark.config import JACKKNIFE_BELOW_UNITS, Experiment
 from cluster_spark.kinds import kind_of_row
 from cluster_spark.stats import (
     bayes,
@@ -63,6 +64,31 @@ def analysis_unit_groups(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, s
                 RatioStats(int(row["au_n_units"]), *values)
             )
     return {key: reduce(RatioStats.__add__, stats) for key, stats in parts.items()}
+
+
+def variance_methods(
+    groups: dict[tuple[str, str, bool], CupedStats], experiment: Experiment
+) -> tuple[dict[tuple[str, str, bool], CupedStats], dict[str, str]]:
+    """The groups with the jackknife sums kept only for metrics that use them, and each
+    metric's variance method (`jackknife` or `delta`, per `Experiment.variance`): the
+    jackknife when every group of the metric has its sums (all three under CUPED) and,
+    for `auto`, its variants have fewer than `JACKKNIFE_BELOW_UNITS` assignment units."""
+    per_metric: dict[str, list[CupedStats]] = defaultdict(list)
+    for (metric, _, _), s in groups.items():
+        per_metric[metric].append(s)
+    needed = 3 if experiment.cuped_lookback_days else 1
+    methods = {}
+    for metric, stats in per_metric.items():
+        staged = all(s.jackknife is not None and None not in s.jackknife[:needed] for s in stats)
+        units = sum(s.n for (m, _, w), s in groups.items() if m == metric and not w)
+        small = experiment.variance == "jackknife" or units < JACKKNIFE_BELOW_UNITS
+        use = staged and experiment.variance != "delta" and small
+        methods[metric] = "jackknife" if use else "delta"
+    kept = {
+        key: s if methods[key[0]] == "jackknife" else dataclasses.replace(s, jackknife=None)
+        for key, s in groups.items()
+    }
+    return kept, methods
 
 
 def _group_status(s: CupedStats) -> str:
@@ -202,7 +228,7 @@ def _segment(
         if (kind := kind_of_row(r)) is not None and not kind.mergeable
     }
     rows = [r for r in rows if (r["metric"], r["variant"]) not in own]
-    groups = merge_groups(rows)
+    groups, methods = variance_methods(merge_groups(rows), experiment)
     naive = analysis_unit_groups(rows)
     caps = {(r["metric"], r["variant"]): r for r in rows if r.get("winsorized")}
     subs = {d["variant"]: d["value"] for d in diagnostics if d["check"] == "analysis_units"}
@@ -239,6 +265,7 @@ def _segment(
             alpha=experiment.alpha,
             test=experiment.test,
             engine=experiment.engine,
+            variance_method=methods.get(metric),
             status=_group_status(s),
             winsorized=winsorized,
             relative_ci_method=experiment.relative_ci,

@@ -75,6 +75,13 @@ ANALYSIS_UNIT_COLUMNS = tuple(
 #: columns hold the moments of (values ≤ Q̂, values) per assignment unit).
 KIND_COLUMNS = tuple(c for kind in KINDS.values() for c in kind.columns)
 
+#: The cluster jackknife's sums of a moments group staged whole (`staging.moments.
+#: jackknife_sums`): Σu², Σuv, Σv² over its included units g, u_g = R_(−g) − R and
+#: v_g = P_(−g) − P the changes of the ratio and of the CUPED pre-period ratio when the
+#: unit is left out (the last two NULL without CUPED); NULL where a leave-one-out ratio
+#: is undefined (a unit holding the whole ΣD) and on kinds with their own stage.
+JACKKNIFE_COLUMNS = ("jk_rr", "jk_rp", "jk_pp")
+
 
 STAGING_COLUMNS: list[tuple[str, str]] = [
     ("experiment_id", "string"),
@@ -100,6 +107,7 @@ STAGING_COLUMNS: list[tuple[str, str]] = [
     ("au_n_units", "bigint"),
     *[(c, "double") for c in ANALYSIS_UNIT_COLUMNS[1:]],
     *[(c, "double") for c in KIND_COLUMNS],
+    *[(c, "double") for c in JACKKNIFE_COLUMNS],
     ("run_id", "string"),
 ]
 
@@ -204,6 +212,7 @@ class ResultRow:
     df: float | None = None
     alpha: float | None = None
     test: str | None = None
+    variance_method: str | None = None
     alternative: str | None = None
     status: str | None = None
     winsorized: bool | None = None

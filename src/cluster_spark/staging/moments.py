@@ -1,7 +1,7 @@
 """Group statistics: per (experiment, metric, variant, winsorized) n, sums, means and
 centered co-moments of the included units (Spark's stable `var_pop`/`covar_pop`, merged
-with Chan et al.'s pairwise formulas), and the analysis-unit moments for the design
-effect."""
+with Chan et al.'s pairwise formulas), the cluster jackknife's sums of the groups (for
+few assignment units), and the analysis-unit moments for the design effect."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from cluster_spark.staging.options import conversion, included
 from cluster_spark.staging.plan import SUB, UNIT, Plan
 from cluster_spark.staging.slices import segments
-from cluster_spark.tables import CAP_COLUMNS, CUPED_COLUMNS, PRE_CAP_COLUMNS
+from cluster_spark.tables import CAP_COLUMNS, CUPED_COLUMNS, JACKKNIFE_COLUMNS, PRE_CAP_COLUMNS
 
 
 def moments(prefix: str, m: Column, d: Column, keep: Column) -> list[Column]:
@@ -86,10 +86,13 @@ def analysis_unit_moments(
     )
 
 
-def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
-    """Per (experiment, metric, variant, dimension, slice, winsorized): n, sums, means and
-    centered
-    co-moments of the included units, and counts of the excluded ones."""
+#: The keys of a group of `group_statistics` (dimension and slice NULL on overall rows).
+GROUP_KEYS = ("experiment_id", "metric", "variant", "dimension", "slice", "winsorized")
+
+
+def _values(plan: Plan) -> tuple[Column, Column, Column]:
+    """(m, x, included) of a per-unit row: a conversion-rate metric's numerator is 0
+    where its denominator is (so is its pre-period one); included = complete and baked."""
     converting = [n for n, m in plan.metrics.items() if m.kind == "ratio" and m.conversion_rate]
     m = F.when(F.col("metric").isin(converting) & (F.col("d") == 0), F.lit(0.0)).otherwise(
         F.col("m")
@@ -97,7 +100,14 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
     x = F.when(F.col("metric").isin(converting) & (F.col("y") == 0), F.lit(0.0)).otherwise(
         F.col("x")
     )
-    inc = F.col("complete") & F.col("baked")
+    return m, x, F.col("complete") & F.col("baked")
+
+
+def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
+    """Per (experiment, metric, variant, dimension, slice, winsorized): n, sums, means and
+    centered co-moments of the included units, counts of the excluded ones, and the
+    cluster jackknife's sums (`jackknife_sums`)."""
+    m, x, inc = _values(plan)
     mi, di, xi, yi = (
         F.when(inc, m),
         F.when(inc, F.col("d")),
@@ -122,9 +132,7 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
         if plan.cuped
         else [F.lit(None).alias(c) for c in CUPED_COLUMNS]
     )
-    return values.groupBy(
-        "experiment_id", "metric", "variant", "dimension", "slice", "winsorized"
-    ).agg(
+    group = values.groupBy(*GROUP_KEYS).agg(
         *moments("", m, F.col("d"), inc),
         F.sum(mi).alias("sum_m"),
         F.sum(di).alias("sum_d"),
@@ -134,3 +142,48 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
         F.count(F.when(F.col("complete") & ~F.col("baked"), 1)).alias("n_unbaked"),
         *[F.first(c, ignorenulls=True).alias(c) for c in CAP_COLUMNS + PRE_CAP_COLUMNS],
     )
+    jackknife = jackknife_sums(values, group, plan)
+    on = [F.col(k).eqNullSafe(F.col(f"_jk_{k}")) for k in GROUP_KEYS]
+    # group-level rows on both sides: the planner broadcasts them or not
+    return group.join(jackknife, on, "left").select(*group.columns, *JACKKNIFE_COLUMNS)
+
+
+def jackknife_sums(values: DataFrame, group: DataFrame, plan: Plan) -> DataFrame:
+    """The cluster jackknife's sums (`tables.JACKKNIFE_COLUMNS`) per group, keyed by
+    `_jk_`-prefixed `GROUP_KEYS`.
+
+    Leaving unit g out of its group changes the ratio R = M/N (M = Σm, N = Σd over the
+    included units) by exactly u_g = R_(−g) − R = −(m_g − R·d_g)/(N − d_g), and the
+    pre-period ratio P = X/Y by v_g = −(x_g − P·y_g)/(Y − y_g); the residual form keeps
+    the digits that (M − m_g)/(N − d_g) − R would cancel. Σu² is the CR3 variance of R
+    (MacKinnon & White 1985; Bell & McCaffrey 2002): Σe²/(1 − h)²/N², h_g = d_g/N the
+    unit's leverage. The group's totals are group-level rows, broadcast to its units; one
+    more aggregation of the per-unit rows. NULL where some N − d_g or Y − y_g is 0 (a unit
+    holding the whole denominator: its leave-one-out ratio is undefined), jk_rp and jk_pp
+    without CUPED."""
+    m, x, inc = _values(plan)
+    n = F.col("n_units")
+    totals = group.select(
+        *[F.col(k).alias(f"_jk_{k}") for k in GROUP_KEYS],
+        F.col("sum_d").alias("_jk_n"),
+        F.when(F.col("sum_d") != 0, F.col("sum_m") / F.col("sum_d")).alias("_jk_r"),
+        (F.col("mean_y") * n).alias("_jk_y"),
+        F.when(F.col("mean_y") != 0, F.col("mean_x") / F.col("mean_y")).alias("_jk_p"),
+    )
+    on = [F.col(k).eqNullSafe(F.col(f"_jk_{k}")) for k in GROUP_KEYS]
+    rest_d, rest_y = F.col("_jk_n") - F.col("d"), F.col("_jk_y") - F.col("y")
+    u = F.when(inc & (rest_d != 0), (m - F.col("_jk_r") * F.col("d")) / rest_d)
+    v = F.when(inc & (rest_y != 0), (x - F.col("_jk_p") * F.col("y")) / rest_y)
+    keys = [f"_jk_{k}" for k in GROUP_KEYS]
+    staged = values.join(F.broadcast(totals), on)  # group-level rows, never unit-level
+    defined_r = F.count(F.when(inc & (rest_d == 0), 1)) == 0
+    sums = [F.when(defined_r, F.sum(u * u)).alias("jk_rr")]
+    if plan.cuped:
+        defined_p = F.count(F.when(inc & (rest_y == 0), 1)) == 0  # all of them when Y = 0
+        sums += [
+            F.when(defined_r & defined_p, F.sum(u * v)).alias("jk_rp"),
+            F.when(defined_p, F.sum(v * v)).alias("jk_pp"),
+        ]
+    else:
+        sums += [F.lit(None).cast("double").alias(c) for c in ("jk_rp", "jk_pp")]
+    return staged.groupBy(*keys).agg(*sums)

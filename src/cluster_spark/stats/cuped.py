@@ -36,7 +36,7 @@ from cluster_spark.stats.inference import (
 from cluster_spark.stats.intervals import FiellerRatio
 from cluster_spark.stats.ratio import GroupMeans, RatioStats
 from cluster_spark.status import CupedStatus, Status
-from cluster_spark.tables import MOMENT_COLUMNS
+from cluster_spark.tables import JACKKNIFE_COLUMNS, MOMENT_COLUMNS
 
 _VARS = ("m", "d", "x", "y")
 #: The 10 upper-triangle pairs of (M, D, X, Y), in the order of `CupedStats.css`.
@@ -67,6 +67,9 @@ class CupedStats(GroupMeans):
 
     ``mean_v`` is the mean of V and ``css_ab = Σ(A − Ā)(B − B̄)`` for the 10 pairs of
     `CSS_FIELDS` (the upper triangle of the 4×4 co-moment matrix over (M, D, X, Y)).
+    ``jackknife``: the group's leave-one-cluster-out sums (Σ u², Σ uv, Σ v²) with
+    u_g = R_(−g) − R and v_g = P_(−g) − P (`tables.JACKKNIFE_COLUMNS`; the last two None
+    without CUPED), or None: then the delta method's variances apply. Not kept by ``+``.
     """
 
     n: int
@@ -84,6 +87,7 @@ class CupedStats(GroupMeans):
     css_dx: float
     css_dy: float
     css_xy: float
+    jackknife: tuple[float, float | None, float | None] | None = None
 
     @classmethod
     def empty(cls) -> CupedStats:
@@ -93,10 +97,13 @@ class CupedStats(GroupMeans):
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> CupedStats:
         """A staged row of a moments kind (`tables.MOMENT_COLUMNS`; the pre-period moments
-        are NULL without CUPED and read as 0)."""
+        are NULL without CUPED and read as 0) with its jackknife sums when staged."""
         values = {c: row.get(c) for c in MOMENT_COLUMNS}
         n = int(values.pop("n_units") or 0)
-        return cls(n, **{k: 0.0 if v is None else v for k, v in values.items()})
+        rr, rp, pp = (row.get(c) for c in JACKKNIFE_COLUMNS)
+        jackknife = None if rr is None else (rr, rp, pp)
+        moments = {k: 0.0 if v is None else v for k, v in values.items()}
+        return cls(n, **moments, jackknife=jackknife)
 
     @classmethod
     def from_values(
@@ -181,12 +188,16 @@ class CupedStats(GroupMeans):
     @property
     def ratio_stats(self) -> RatioStats:
         """The (M, D) part as `RatioStats` (what `inference.compare` takes)."""
-        return RatioStats(self.n, self.mean_m, self.mean_d, self.css_mm, self.css_dd, self.css_md)
+        jk = None if self.jackknife is None else self.jackknife[0]
+        args = (self.n, self.mean_m, self.mean_d, self.css_mm, self.css_dd, self.css_md)
+        return RatioStats(*args, jackknife=jk)
 
     @property
     def pre_stats(self) -> RatioStats:
         """The (X, Y) part as `RatioStats`."""
-        return RatioStats(self.n, self.mean_x, self.mean_y, self.css_xx, self.css_yy, self.css_xy)
+        jk = None if self.jackknife is None else self.jackknife[2]
+        args = (self.n, self.mean_x, self.mean_y, self.css_xx, self.css_yy, self.css_xy)
+        return RatioStats(*args, jackknife=jk)
 
     def gradient_r(self) -> tuple[float, float, float, float] | None:
         """g_R = (1/d̄, −m̄/d̄², 0, 0), the gradient of R = m̄/d̄ over (M, D, X, Y) means."""
@@ -258,16 +269,25 @@ def _from_unadjusted(
 
 @dataclass(frozen=True)
 class _GroupTerms:
+    """R, P and the variance terms V_R, V_P, C of a group (the jackknife's, scaled by n,
+    when staged); `delta_v_p`, `delta_c`: the delta method's V_P and C, which give θ."""
+
     n: int
     r: float
     p: float
     v_r: float
     v_p: float
     c: float
+    delta_v_p: float
+    delta_c: float
 
 
 def _group_terms(s: CupedStats) -> _GroupTerms | None:
-    """R, P, V_R = g_RᵀΛg_R, V_P = g_PᵀΛg_P and C = g_RᵀΛg_P; None if P or V_P is unusable."""
+    """R, P, V_R = g_RᵀΛg_R, V_P = g_PᵀΛg_P and C = g_RᵀΛg_P; None if P or V_P is unusable.
+    With the group's jackknife sums (Σu², Σuv, Σv²) the variance terms are n·Σu², n·Σv²
+    and n·Σuv: the jackknife of R − θP with θ fixed is Σ(u − θv)², the same quadratic in
+    θ, so Var and Fieller's inputs below take them unchanged. θ stays the delta method's
+    (the regression coefficient of CUPED), so the estimate does not depend on `variance`."""
     g_r, g_p = s.gradient_r(), s.gradient_p()
     r, p = s.ratio, s.pre_ratio
     if g_r is None or g_p is None or r is None or p is None:
@@ -275,7 +295,10 @@ def _group_terms(s: CupedStats) -> _GroupTerms | None:
     v_r, v_p, c = s.quadratic_form(g_r), s.quadratic_form(g_p), s.quadratic_form(g_r, g_p)
     if v_r is None or v_p is None or c is None or not v_p > 0:
         return None
-    return _GroupTerms(s.n, r, p, max(v_r, 0.0), v_p, c)
+    jk = s.jackknife
+    if jk is not None and jk[1] is not None and jk[2] is not None and jk[2] > 0:
+        return _GroupTerms(s.n, r, p, s.n * jk[0], s.n * jk[2], s.n * jk[1], v_p, c)
+    return _GroupTerms(s.n, r, p, max(v_r, 0.0), v_p, c, v_p, c)
 
 
 def compare_cuped(
@@ -296,7 +319,10 @@ def compare_cuped(
       Δ_adj = R_adj,T − R_adj,C;
     - Var(Δ_adj) = a + b, a = (V_R + θ²V_P − 2θC)_T/n_T, b likewise for control (θ treated
       as fixed, as in CUPED). This θ minimizes a + b, so the adjustment never increases
-      the variance for the estimated moments. gbstats pools the unweighted sums,
+      the variance for the estimated moments. With the groups' jackknife sums
+      (`variance: jackknife`) V_R, V_P and C in a and b are the jackknife's (n·Σu², n·Σv²,
+      n·Σuv) while θ stays the delta method's, so the estimate is the same under either
+      variance (`_group_terms`). gbstats pools the unweighted sums,
       (C_T + C_C)/(V_P,T + V_P,C), which is the same θ only when n_T = n_C; with unequal
       arms (a 90/10 split) it can be far from the minimum, so we deliberately differ;
     - Welch–Satterthwaite ν from a and b with `inference.compare`'s formula (used for both
@@ -329,7 +355,7 @@ def compare_cuped(
     if t is None or c is None:
         return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
 
-    theta = (t.c / t.n + c.c / c.n) / (t.v_p / t.n + c.v_p / c.n)
+    theta = (t.delta_c / t.n + c.delta_c / c.n) / (t.delta_v_p / t.n + c.delta_v_p / c.n)
     var_unadj = t.v_r / t.n + c.v_r / c.n
     a = max(t.v_r + theta * theta * t.v_p - 2.0 * theta * t.c, 0.0) / t.n
     b = max(c.v_r + theta * theta * c.v_p - 2.0 * theta * c.c, 0.0) / c.n

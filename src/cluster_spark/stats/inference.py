@@ -111,7 +111,8 @@ def compare(
 ) -> Comparison:
     """Delta-method comparison of a treatment group with the control group.
 
-    Absolute: Δ = R_T − R_C, Var = a + b with a = V_T/n_T, b = V_C/n_C.
+    Absolute: Δ = R_T − R_C, Var = a + b with a = V_T/n_T, b = V_C/n_C (or the groups'
+    cluster-jackknife variances, `RatioStats.jackknife`, when staged).
     Relative: Δ% = Δ/|R_C|, Var ≈ a/R_C² + R_T² b/R_C⁴ (Deng, Knoblich & Lu 2018, §3).
     Welch: t with ν = (a+b)² / (a²/(n_T−1) + b²/(n_C−1)) for both effects; z: normal.
     CI = est ± q·SE with q the 1 − alpha/2 quantile (one-sided `alternative`: the 1 − alpha
@@ -131,7 +132,7 @@ def compare(
     if r_t is None or r_c is None or v_t is None or v_c is None:
         return Comparison(status=Status.ZERO_DENOMINATOR)
 
-    a, b = v_t / treatment.n, v_c / control.n
+    a, b = treatment.var_ratio, control.var_ratio  # the jackknife's when staged
     df, dist, q = reference_distribution(a, b, treatment.n, control.n, alpha, test, alternative)
     effect_abs = r_t - r_c
     se_abs = math.sqrt(a + b)

@@ -19,16 +19,17 @@ def design_effect(
 ) -> float | None:
     """Design effect Var_delta(R) / (s²_y / N): clustered variance ÷ naive variance.
 
-    ``Var_delta(R) = stats.var_ratio`` is the delta-method variance of R = ΣM/ΣD over the
-    group's assignment units (Deng, Knoblich & Lu 2018); ``naive_unit_variance`` is s²_y, the
-    sample variance of the analysis-unit values (`RatioStats.unit_variance` of the staged
-    analysis-unit moments, which is s²_y when each analysis unit counts once), and
-    ``n_analysis_units`` = N their number: s²_y/N is the variance of R if analysis units were
-    independent (Kish, "Survey Sampling", 1965). A value above 1 is the factor by which
-    clustering inflates the variance (≈ 1 + (k̄ − 1)·ICC for clusters of size k̄). None when
+    ``Var_delta(R) = V/n`` (`RatioStats.unit_variance`, never the jackknife's) is the
+    delta-method variance of R = ΣM/ΣD over the group's assignment units (Deng, Knoblich &
+    Lu 2018); ``naive_unit_variance`` is s²_y, the sample variance of the analysis-unit
+    values (`RatioStats.unit_variance` of the staged analysis-unit moments, which is s²_y
+    when each analysis unit counts once), and ``n_analysis_units`` = N their number: s²_y/N
+    is the variance of R if analysis units were independent (Kish, "Survey Sampling",
+    1965). A value above 1 is the factor by which clustering inflates the variance
+    (≈ 1 + (k̄ − 1)·ICC for clusters of size k̄). None when
     Var_delta(R) is undefined, s²_y is missing or ≤ 0, or N ≤ 0.
     """
-    var = stats.var_ratio
+    var = None if stats.unit_variance is None else stats.unit_variance / stats.n
     if var is None or naive_unit_variance is None or not naive_unit_variance > 0:
         return None
     if not n_analysis_units > 0:

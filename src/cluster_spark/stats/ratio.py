@@ -3,7 +3,8 @@
 A group is summarised by its size, means and *centered* sums of squares and cross-products,
 which stay accurate for large means and merge exactly across partitions with the pairwise
 formulas of Chan, Golub & LeVeque (1979). From them follow the ratio R = ΣM/ΣD and its
-delta-method variance (Deng, Knoblich & Lu 2018, §3).
+delta-method variance (Deng, Knoblich & Lu 2018, §3), or, when the group was staged whole,
+its cluster-jackknife variance (`RatioStats.jackknife`; docs/methods.md, "Few clusters").
 
 Undefined quantities (no units, one unit, ΣD = 0) are returned as ``None``, never raised and
 never NaN, so callers can turn them into status codes.
@@ -44,6 +45,9 @@ class RatioStats(GroupMeans):
     """Sufficient statistics of pairs (M_i, D_i), i = 1..n, in centered form.
 
     ``css_mm = Σ(M−m̄)²``, ``css_dd = Σ(D−d̄)²``, ``css_md = Σ(M−m̄)(D−d̄)``.
+    ``jackknife``: the leave-one-cluster-out variance of R, Σ_g (R_(−g) − R)² (CR3, staged
+    by `staging.moments.jackknife_sums`), or None to use the delta method's. It does not
+    survive ``+`` (it depends on the whole group's ΣD).
     """
 
     n: int
@@ -52,6 +56,7 @@ class RatioStats(GroupMeans):
     css_mm: float
     css_dd: float
     css_md: float
+    jackknife: float | None = None
 
     @classmethod
     def empty(cls) -> RatioStats:
@@ -173,6 +178,9 @@ class RatioStats(GroupMeans):
 
     @property
     def var_ratio(self) -> float | None:
-        """Delta-method Var(R) = V/n; None when V is undefined."""
+        """Var(R): the cluster jackknife's when staged (`jackknife`, for n ≥ 2), else the
+        delta method's V/n; None when undefined."""
         v = self.unit_variance
-        return None if v is None else v / self.n
+        if v is None:
+            return None
+        return v / self.n if self.jackknife is None else self.jackknife
