@@ -41,7 +41,8 @@ RAW = ("n_units", "sum_m", "sum_d", "mean_m", "mean_d", "sum_mm", "sum_dd", "sum
 CENTERED = ("css_mm", "css_dd", "css_md")
 RAW_OF = {"css_mm": "sum_mm", "css_dd": "sum_dd", "css_md": "sum_md"}
 COUNTS = ("n_zero_denominator", "n_incomplete_window", "n_unbaked")
-QUANTITIES = (*RAW, *CENTERED, *COUNTS, *CAP_COLUMNS)
+JACKKNIFE = ("jk_rr",)  # of a group staged in one row (merged ones have none)
+QUANTITIES = (*RAW, *CENTERED, *COUNTS, *CAP_COLUMNS, *JACKKNIFE)
 
 Key = tuple[str, str, str, bool]  # (experiment, metric, variant, winsorized)
 Groups = dict[Key, dict[str, Any]]
@@ -94,7 +95,7 @@ def staged_groups(rows: Iterable[Mapping[str, Any]]) -> Groups:
     out: Groups = {}
     for key, rs in parts.items():
         if len(rs) == 1:
-            g = {q: rs[0][q] for q in ("n_units", "mean_m", "mean_d", *CENTERED)}
+            g = {q: rs[0][q] for q in ("n_units", "mean_m", "mean_d", *CENTERED, *JACKKNIFE)}
         else:
             s: CupedStats = reduce(CupedStats.__add__, map(CupedStats.from_row, rs))
             g = {"n_units": s.n, "mean_m": s.mean_m, "mean_d": s.mean_d}
@@ -165,7 +166,7 @@ def crosscheck(staged: Groups, engines: Mapping[str, Groups]) -> CrossCheck:
     for key in sorted(staged):
         ref = staged[key]
         problems += [f"{_label(key)}: no {n} row" for n, g in engines.items() if key not in g]
-        for q in QUANTITIES:
+        for q in (q for q in QUANTITIES if q in ref):
             values = {"cluster_spark": ref[q]}
             values |= {n: g[key][q] for n, g in engines.items() if q in g.get(key, {})}
             raw = abs(ref.get(RAW_OF.get(q)) or 0.0)

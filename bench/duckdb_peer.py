@@ -19,7 +19,8 @@ what `staging` stages (docs/methods.md, "Per-unit values"):
   ones, the conversion rule on the (clamped) values;
 - per (experiment, metric, variant, winsorized): n_units, sum_m, sum_d, mean_m, mean_d,
   css_* (`var_pop`/`covar_pop` × n, as staged), the raw second moments sum_mm, sum_dd,
-  sum_md, the exclusion counts and the caps.
+  sum_md, the exclusion counts, the caps and the cluster jackknife's jk_rr (the units'
+  (R_(−g) − R)², the group's totals by a window; NULL when a unit holds the whole ΣD).
 
 Timestamps are compared as epoch microseconds (windows and bake are exact durations, as
 in `staging.filters.shift`); config values are bound parameters, column names quoted
@@ -306,8 +307,17 @@ SELECT experiment_id, metric, variant, winsorized,
   count(*) FILTER (WHERE complete AND baked AND d = 0) AS n_zero_denominator,
   count(*) FILTER (WHERE NOT complete) AS n_incomplete_window,
   count(*) FILTER (WHERE complete AND NOT baked) AS n_unbaked,
-  {", ".join(f"any_value({c}) AS {c}" for c in CAP_COLUMNS)}
-FROM (SELECT * REPLACE ({m} AS m) FROM capped)
+  {", ".join(f"any_value({c}) AS {c}" for c in CAP_COLUMNS)},
+  CASE WHEN count(*) FILTER (WHERE complete AND baked AND _n = d) = 0
+    THEN sum(power((m - _sm / _n * d) / (_n - d), 2)) FILTER (WHERE complete AND baked AND _n <> d)
+  END AS jk_rr
+FROM (
+  SELECT *,
+    sum(CASE WHEN complete AND baked THEN d END) OVER groups AS _n,
+    sum(CASE WHEN complete AND baked THEN m END) OVER groups AS _sm
+  FROM (SELECT * REPLACE ({m} AS m) FROM capped)
+  WINDOW groups AS (PARTITION BY experiment_id, metric, variant, winsorized)
+)
 GROUP BY experiment_id, metric, variant, winsorized
 ORDER BY experiment_id, metric, variant, winsorized"""
 

@@ -37,6 +37,13 @@ def _moments(m: list[float], d: list[float]) -> dict[str, float]:
         "css_mm": sum((a - mm) ** 2 for a in m),
         "css_dd": sum((b - md) ** 2 for b in d),
         "css_md": sum((a - mm) * (b - md) for a, b in zip(m, d, strict=True)),
+        # the cluster jackknife: Σ (R without unit g − R)², every unit left out by hand;
+        # none when a unit holds the whole ΣD
+        "jk_rr": None
+        if sum(d) in d
+        else sum(
+            ((sum(m) - a) / (sum(d) - b) - sum(m) / sum(d)) ** 2 for a, b in zip(m, d, strict=True)
+        ),
     }
 
 
@@ -136,4 +143,12 @@ def test_a_centered_co_moment_is_compared_on_the_scale_of_its_raw_sum():
     assert _check(staged, per_metric, duck).rows == 2
     staged[0]["css_md"] = 1e-6
     with pytest.raises(CrossCheckError, match="css_md"):
+        _check(staged, per_metric, duck)
+
+
+def test_a_jackknife_sum_that_disagrees_is_named():
+    staged, per_metric, duck = _answers()
+    assert staged[0]["jk_rr"] == pytest.approx(0.0625 + 1 / 144 + 0.0625)  # by hand
+    staged[0]["jk_rr"] *= 1 + 1e-6
+    with pytest.raises(CrossCheckError, match="jk_rr"):
         _check(staged, per_metric, duck)
