@@ -201,7 +201,7 @@ Spark). The DGPs are `bench/coverage.py`'s; the methods are in the script's docs
 Issue #29's targets: coverage ≥ 0.93 at 40 clusters and within [0.94, 0.96] from 200, for
 absolute and relative effects, losing at most 5 % power at 1,000 (✗ = target not met).
 `cluster-spark run` uses CR3, the cluster jackknife, below 10,000 assignment units per
-comparison (`variance: auto`, the default; `variance: jackknife` always, `delta` never;
+metric (`variance: auto`, the default; `variance: jackknife` always, `delta` never;
 docs/methods.md, "Few clusters"), and the delta method above. Power is compared at the
 largest G, where the delta method's size is closest to 5 % (a method that under-covers
 also "rejects" more).

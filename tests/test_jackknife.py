@@ -19,7 +19,8 @@ from scipy import stats as sps
 from cluster_spark import pipeline
 from cluster_spark.config import parse_config
 from cluster_spark.reducer import merge_groups, variance_methods
-from cluster_spark.stats.cuped import CupedStats
+from cluster_spark.stats.cuped import CupedStats, compare_cuped
+from cluster_spark.status import CupedStatus
 from tests.helpers import ANALYSIS_DATE, EVENT_DDL, EXPOSURE_DDL, T0, config_dict, write_delta
 
 ARMS = ("control", "treatment")
@@ -127,12 +128,25 @@ def test_jackknife_variances_equal_the_leave_one_org_out_ratios(runs, orgs):
     q = sps.t.ppf(0.975, df)
     assert t["effect_abs_ci_low"] == pytest.approx(t["effect_abs"] - q * se, rel=1e-9)
     assert t["p_value"] == pytest.approx(2 * sps.t.sf(abs(t["effect_abs"]) / se, df), rel=1e-7)
-    # the unadjusted relative CI beside it: Fieller's with the jackknife's arm variances
-    m_t, d_t = _arm(orgs, "treatment")[:2]
-    m_c, d_c = _arm(orgs, "control")[:2]
-    assert t["effect_rel_unadjusted"] == pytest.approx(
-        (m_t.sum() / d_t.sum()) / (m_c.sum() / d_c.sum()) - 1, rel=1e-12
+    # the unadjusted relative CI beside it: Fieller's set {ρ: (a − ρb)² ≤ q²(v_a + ρ²v_b)}
+    # with a, b the arms' ratios, v their jackknife variances, q of Welch's t on them
+    (m_t, d_t), (m_c, d_c) = (_arm(orgs, arm)[:2] for arm in ("treatment", "control"))
+    a, b = m_t.sum() / d_t.sum(), m_c.sum() / d_c.sum()
+    v_a, v_b = (u["treatment"] ** 2).sum(), (u["control"] ** 2).sum()
+    q2 = sps.t.ppf(0.975, _welch(v_a, v_b, n["treatment"], n["control"])) ** 2
+    roots = np.roots([b * b - q2 * v_b, -2 * a * b, a * a - q2 * v_a])
+    low, high = sorted(roots - 1)
+    assert t["effect_rel_unadjusted_ci_low"] == pytest.approx(low, rel=1e-9)
+    assert t["effect_rel_unadjusted_ci_high"] == pytest.approx(high, rel=1e-9)
+    # the MDE: (z₀.₉₇₅ + z₀.₈)·sqrt(V_C (1/n_T + 1/n_C)), V_C the control's adjusted
+    # jackknife variance per unit
+    per_unit = var["control"] * n["control"]
+    mde = (sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) * math.sqrt(
+        per_unit * (1 / n["treatment"] + 1 / n["control"])
     )
+    assert t["mde_abs"] == pytest.approx(mde, rel=1e-9)
+    unadjusted = sum((u[arm] ** 2).sum() for arm in ARMS)
+    assert t["variance_reduction"] == pytest.approx(1 - se * se / unadjusted, rel=1e-9)
 
 
 def test_delta_twin_keeps_the_delta_method_and_the_jackknife_is_wider(runs, orgs):
@@ -194,7 +208,29 @@ def test_variance_method_falls_back_to_the_delta_method_where_the_jackknife_cann
         "delta",
         dataclasses.replace(CupedStats.from_row(_staged(40)), jackknife=None),
     )
-    # a unit that holds its group's whole pre-period denominator: no CUPED jackknife
-    assert _methods([_staged(40, (0.04, None, None))], cuped_lookback_days=7)[0] == "delta"
-    assert _methods([_staged(40, (0.04, None, None))])[0] == "jackknife"
+    # a unit that holds its group's whole pre-period denominator: the jackknife, and CUPED
+    # falls back to the unadjusted comparison
+    method, s = _methods([_staged(40, (0.04, None, None))], cuped_lookback_days=7)
+    assert method == "jackknife"
+    assert compare_cuped(s, s).cuped_status == CupedStatus.NO_PRE_DATA
+    without = dataclasses.replace(s, jackknife=None)  # the delta method: pre-data usable
+    assert compare_cuped(without, without).cuped_status == CupedStatus.NO_GAIN
     assert _methods([_staged(40, (None, None, None))])[0] == "delta"
+
+
+def test_the_estimate_does_not_depend_on_the_variance():
+    """θ and the no-gain fallback are the delta method's: jackknife sums under which CUPED
+    would not pay change the standard error, never the estimate."""
+    rng = np.random.default_rng(3)
+    x = rng.lognormal(size=30)
+    m, ones = x + rng.normal(0, 0.1, 30), np.ones(30)
+    t, c = CupedStats.from_values(1.1 * m, ones, x, ones), CupedStats.from_values(m, ones, x, ones)
+    sums = (0.01, -0.01, 0.05)  # Σu², Σuv, Σv²: Σ(u − θv)² > Σu² for every θ > 0
+    delta = compare_cuped(t, c)
+    jk = compare_cuped(*(dataclasses.replace(s, jackknife=sums) for s in (t, c)))
+    assert delta.adjusted and jk.adjusted and delta.theta > 0
+    assert (jk.theta, jk.effect_abs) == (delta.theta, delta.effect_abs)
+    per_arm = sums[0] - 2 * jk.theta * sums[1] + jk.theta**2 * sums[2]
+    assert jk.effect_abs_stderr == pytest.approx(math.sqrt(2 * per_arm), rel=1e-12)
+    assert jk.variance_reduction == pytest.approx(1 - per_arm / sums[0], rel=1e-12)
+    assert jk.variance_reduction < 0 < delta.variance_reduction

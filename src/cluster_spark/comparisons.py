@@ -74,11 +74,15 @@ def compare_groups(
     al. 2013), Fieller or delta-method relative CIs, always-valid confidence sequences
     (Waudby-Smith et al. 2024, two-sided), the pre-exposure bias check (two-sided), the
     non-inferiority test and decision of guardrails, and the MDE of this comparison,
-    `(z₁₋α/₂ + z_power)·sqrt(V_C (1/n_T + 1/n_C))` with the control's CUPED-adjusted
-    per-unit variance when the adjustment is applied."""
+    `(z₁₋α/₂ + z_power)·sqrt(V_C (1/n_T + 1/n_C))` with the control's per-unit variance
+    V_C = n_C·Var(R_C) (the jackknife's when staged), CUPED-adjusted when the adjustment is
+    applied."""
     alpha, test = experiment.alpha, experiment.test
     side = experiment.alternative_for(metric)
-    control_variance = c.ratio_stats.unit_variance
+    r_c = c.ratio_stats  # per unit: V, or n·Var(R) of the jackknife when staged
+    control_variance = r_c.unit_variance
+    if r_c.jackknife is not None and control_variance is not None:
+        control_variance = r_c.jackknife * r_c.n
     if experiment.cuped_lookback_days:
         cc = compare_cuped(t, c, alpha=alpha, test=test, alternative=side)
         cols = _comparison_columns(cc)

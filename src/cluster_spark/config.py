@@ -496,8 +496,9 @@ class Bayesian(_Model):
 
 
 #: `variance: auto` uses the cluster jackknife below this many assignment units in a
-#: metric's comparison (all its variants): the delta method under-covers up to 1,000
-#: heavy-tailed orgs (BENCHMARKS.md, "Few clusters"), and the two agree as leverages shrink.
+#: metric (over all its variants; a slice counts its own): the delta method under-covers
+#: up to 1,000 heavy-tailed orgs (BENCHMARKS.md, "Few clusters"), and the two agree as
+#: leverages shrink.
 JACKKNIFE_BELOW_UNITS = 10_000
 
 
@@ -572,7 +573,7 @@ class Experiment(_Model):
     #: The variance of each arm's ratio (docs/methods.md, "Few clusters"): `jackknife`, the
     #: leave-one-cluster-out jackknife (CR3), which holds its coverage with few or very
     #: unequal assignment units; `delta`, the delta method (as GrowthBook and Statsig);
-    #: `auto` (default), the jackknife when a metric's comparison has fewer than
+    #: `auto` (default), the jackknife when a metric has fewer than
     #: `JACKKNIFE_BELOW_UNITS` assignment units in all, else the delta method. The jackknife
     #: needs each group staged whole; where it is not (or a unit holds a whole group's
     #: denominator) the delta method is used. `results.variance_method` says which.

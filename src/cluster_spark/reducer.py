@@ -71,15 +71,16 @@ def variance_methods(
 ) -> tuple[dict[tuple[str, str, bool], CupedStats], dict[str, str]]:
     """The groups with the jackknife sums kept only for metrics that use them, and each
     metric's variance method (`jackknife` or `delta`, per `Experiment.variance`): the
-    jackknife when every group of the metric has its sums (all three under CUPED) and,
-    for `auto`, its variants have fewer than `JACKKNIFE_BELOW_UNITS` assignment units."""
+    jackknife when every group of the metric has its sums and, for `auto`, its variants
+    have fewer than `JACKKNIFE_BELOW_UNITS` assignment units in the segment (a slice
+    counts its own). Under CUPED a group without its pre-period sums (a unit holds the
+    whole ΣY) falls back to the unadjusted comparison (`cuped._group_terms`)."""
     per_metric: dict[str, list[CupedStats]] = defaultdict(list)
     for (metric, _, _), s in groups.items():
         per_metric[metric].append(s)
-    needed = 3 if experiment.cuped_lookback_days else 1
     methods = {}
     for metric, stats in per_metric.items():
-        staged = all(s.jackknife is not None and None not in s.jackknife[:needed] for s in stats)
+        staged = all(s.jackknife is not None and s.jackknife[0] is not None for s in stats)
         units = sum(s.n for (m, _, w), s in groups.items() if m == metric and not w)
         small = experiment.variance == "jackknife" or units < JACKKNIFE_BELOW_UNITS
         use = staged and experiment.variance != "delta" and small
@@ -218,9 +219,8 @@ def _segment(
 ) -> list[dict[str, Any]]:
     """The result rows of one segment (the experiment overall, or one slice) from its
     staged rows and diagnostics, before multiple-testing corrections."""
-    balance = analysis_unit_balance(
-        merge_groups(r for r in rows if r["metric"] == ANALYSIS_UNITS_METRIC), experiment
-    )
+    per_unit = merge_groups(r for r in rows if r["metric"] == ANALYSIS_UNITS_METRIC)
+    balance = analysis_unit_balance(variance_methods(per_unit, experiment)[0], experiment)
     rows = [r for r in rows if r["metric"] != ANALYSIS_UNITS_METRIC]
     own = {  # kinds whose rows do not merge: one staged row per group
         (r["metric"], r["variant"]): r

@@ -132,20 +132,26 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
         if plan.cuped
         else [F.lit(None).alias(c) for c in CUPED_COLUMNS]
     )
+    # exact pre-period totals for the jackknife (mean × n is not: 100/11·11 ≠ 100)
+    pre_sums = [F.sum(xi).alias("_sum_x"), F.sum(yi).alias("_sum_y")] if plan.cuped else []
     group = values.groupBy(*GROUP_KEYS).agg(
         *moments("", m, F.col("d"), inc),
         F.sum(mi).alias("sum_m"),
         F.sum(di).alias("sum_d"),
         *cuped,
+        *pre_sums,
         F.count(F.when(inc & (F.col("d") == 0), 1)).alias("n_zero_denominator"),
         F.count(F.when(~F.col("complete"), 1)).alias("n_incomplete_window"),
         F.count(F.when(F.col("complete") & ~F.col("baked"), 1)).alias("n_unbaked"),
         *[F.first(c, ignorenulls=True).alias(c) for c in CAP_COLUMNS + PRE_CAP_COLUMNS],
     )
+    kept = [c for c in group.columns if c not in ("_sum_x", "_sum_y")]
+    if all(e.variance == "delta" for e in plan.experiments):  # no experiment reads them
+        return group.select(*kept, *[F.lit(None).alias(c) for c in JACKKNIFE_COLUMNS])
     jackknife = jackknife_sums(values, group, plan)
     on = [F.col(k).eqNullSafe(F.col(f"_jk_{k}")) for k in GROUP_KEYS]
     # group-level rows on both sides: the planner broadcasts them or not
-    return group.join(jackknife, on, "left").select(*group.columns, *JACKKNIFE_COLUMNS)
+    return group.join(jackknife, on, "left").select(*kept, *JACKKNIFE_COLUMNS)
 
 
 def jackknife_sums(values: DataFrame, group: DataFrame, plan: Plan) -> DataFrame:
@@ -160,20 +166,22 @@ def jackknife_sums(values: DataFrame, group: DataFrame, plan: Plan) -> DataFrame
     unit's leverage. The group's totals are group-level rows, broadcast to its units; one
     more aggregation of the per-unit rows. NULL where some N − d_g or Y − y_g is 0 (a unit
     holding the whole denominator: its leave-one-out ratio is undefined), jk_rp and jk_pp
-    without CUPED."""
+    without CUPED. `group` carries the exact pre-period totals `_sum_x`, `_sum_y` under
+    CUPED."""
     m, x, inc = _values(plan)
-    n = F.col("n_units")
+    pre = [F.col("_sum_y"), F.col("_sum_x")] if plan.cuped else [F.lit(None)] * 2
     totals = group.select(
         *[F.col(k).alias(f"_jk_{k}") for k in GROUP_KEYS],
         F.col("sum_d").alias("_jk_n"),
         F.when(F.col("sum_d") != 0, F.col("sum_m") / F.col("sum_d")).alias("_jk_r"),
-        (F.col("mean_y") * n).alias("_jk_y"),
-        F.when(F.col("mean_y") != 0, F.col("mean_x") / F.col("mean_y")).alias("_jk_p"),
+        pre[0].cast("double").alias("_jk_y"),
+        F.when(pre[0] != 0, pre[1] / pre[0]).cast("double").alias("_jk_p"),
     )
     on = [F.col(k).eqNullSafe(F.col(f"_jk_{k}")) for k in GROUP_KEYS]
+    # N − d_g is exactly 0 when g is the only unit with a nonzero d (adding zeros is exact)
     rest_d, rest_y = F.col("_jk_n") - F.col("d"), F.col("_jk_y") - F.col("y")
-    u = F.when(inc & (rest_d != 0), (m - F.col("_jk_r") * F.col("d")) / rest_d)
-    v = F.when(inc & (rest_y != 0), (x - F.col("_jk_p") * F.col("y")) / rest_y)
+    u = F.when(inc & (rest_d != 0), (F.col("_jk_r") * F.col("d") - m) / rest_d)
+    v = F.when(inc & (rest_y != 0), (F.col("_jk_p") * F.col("y") - x) / rest_y)
     keys = [f"_jk_{k}" for k in GROUP_KEYS]
     staged = values.join(F.broadcast(totals), on)  # group-level rows, never unit-level
     defined_r = F.count(F.when(inc & (rest_d == 0), 1)) == 0

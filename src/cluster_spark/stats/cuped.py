@@ -270,7 +270,7 @@ def _from_unadjusted(
 @dataclass(frozen=True)
 class _GroupTerms:
     """R, P and the variance terms V_R, V_P, C of a group (the jackknife's, scaled by n,
-    when staged); `delta_v_p`, `delta_c`: the delta method's V_P and C, which give θ."""
+    when staged); `delta_*`: the delta method's, which give θ and decide the fallback."""
 
     n: int
     r: float
@@ -278,16 +278,18 @@ class _GroupTerms:
     v_r: float
     v_p: float
     c: float
+    delta_v_r: float
     delta_v_p: float
     delta_c: float
 
 
 def _group_terms(s: CupedStats) -> _GroupTerms | None:
-    """R, P, V_R = g_RᵀΛg_R, V_P = g_PᵀΛg_P and C = g_RᵀΛg_P; None if P or V_P is unusable.
+    """R, P, V_R = g_RᵀΛg_R, V_P = g_PᵀΛg_P and C = g_RᵀΛg_P; None if P or V_P is unusable
+    (or, with jackknife sums, the pre-period's are undefined: a unit holds the whole ΣY).
     With the group's jackknife sums (Σu², Σuv, Σv²) the variance terms are n·Σu², n·Σv²
     and n·Σuv: the jackknife of R − θP with θ fixed is Σ(u − θv)², the same quadratic in
-    θ, so Var and Fieller's inputs below take them unchanged. θ stays the delta method's
-    (the regression coefficient of CUPED), so the estimate does not depend on `variance`."""
+    θ, so Var and Fieller's inputs take them unchanged. θ and the no-gain fallback stay
+    the delta method's, so the estimate does not depend on `variance`."""
     g_r, g_p = s.gradient_r(), s.gradient_p()
     r, p = s.ratio, s.pre_ratio
     if g_r is None or g_p is None or r is None or p is None:
@@ -295,10 +297,13 @@ def _group_terms(s: CupedStats) -> _GroupTerms | None:
     v_r, v_p, c = s.quadratic_form(g_r), s.quadratic_form(g_p), s.quadratic_form(g_r, g_p)
     if v_r is None or v_p is None or c is None or not v_p > 0:
         return None
-    jk = s.jackknife
-    if jk is not None and jk[1] is not None and jk[2] is not None and jk[2] > 0:
-        return _GroupTerms(s.n, r, p, s.n * jk[0], s.n * jk[2], s.n * jk[1], v_p, c)
-    return _GroupTerms(s.n, r, p, max(v_r, 0.0), v_p, c, v_p, c)
+    delta = (max(v_r, 0.0), v_p, c)
+    if s.jackknife is None:
+        return _GroupTerms(s.n, r, p, *delta, *delta)
+    rr, rp, pp = s.jackknife
+    if rp is None or pp is None:
+        return None
+    return _GroupTerms(s.n, r, p, s.n * rr, s.n * pp, s.n * rp, *delta)
 
 
 def compare_cuped(
@@ -321,10 +326,12 @@ def compare_cuped(
       as fixed, as in CUPED). This θ minimizes a + b, so the adjustment never increases
       the variance for the estimated moments. With the groups' jackknife sums
       (`variance: jackknife`) V_R, V_P and C in a and b are the jackknife's (n·Σu², n·Σv²,
-      n·Σuv) while θ stays the delta method's, so the estimate is the same under either
-      variance (`_group_terms`). gbstats pools the unweighted sums,
-      (C_T + C_C)/(V_P,T + V_P,C), which is the same θ only when n_T = n_C; with unequal
-      arms (a 90/10 split) it can be far from the minimum, so we deliberately differ;
+      n·Σuv) while θ and the no-gain fallback below stay the delta method's, so the
+      estimate is the same under either variance (`_group_terms`); `variance_reduction` is
+      then the jackknife's and can be ≤ 0 where the delta method's is not. gbstats pools
+      the unweighted sums, (C_T + C_C)/(V_P,T + V_P,C), which is the same θ only when
+      n_T = n_C; with unequal arms (a 90/10 split) it can be far from the minimum, so we
+      deliberately differ;
     - Welch–Satterthwaite ν from a and b with `inference.compare`'s formula (used for both
       effects), or the normal distribution for ``test="z"``; CI = est ± q·SE (one-sided
       `alternative`: as in `inference.interval`).
@@ -341,7 +348,8 @@ def compare_cuped(
 
     Fallbacks (the numbers and status of ``inference.compare`` on the (M, D) part):
     ``cuped_status`` ``fallback_no_pre_data`` when ΣY = 0 or V_P = 0 in a group,
-    ``fallback_no_gain`` when Var_adj ≥ Var_unadj (including Var_unadj = 0); too few units
+    ``fallback_no_gain`` when Var_adj ≥ Var_unadj by the delta method (including
+    Var_unadj = 0); too few units
     or ΣD = 0 give ``not_compared`` and null estimates. Raises only for invalid ``alpha``
     or ``test``.
     """
@@ -356,14 +364,19 @@ def compare_cuped(
         return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
 
     theta = (t.delta_c / t.n + c.delta_c / c.n) / (t.delta_v_p / t.n + c.delta_v_p / c.n)
+
+    def adjusted(g: _GroupTerms, v_r: float, v_p: float, cov: float) -> float:
+        return max(v_r + theta * theta * v_p - 2.0 * theta * cov, 0.0) / g.n
+
     var_unadj = t.v_r / t.n + c.v_r / c.n
-    a = max(t.v_r + theta * theta * t.v_p - 2.0 * theta * t.c, 0.0) / t.n
-    b = max(c.v_r + theta * theta * c.v_p - 2.0 * theta * c.c, 0.0) / c.n
+    a, b = adjusted(t, t.v_r, t.v_p, t.c), adjusted(c, c.v_r, c.v_p, c.c)
     var_adj = a + b
-    if not (math.isfinite(theta) and math.isfinite(var_adj) and math.isfinite(var_unadj)):
+    delta_adj = sum(adjusted(g, g.delta_v_r, g.delta_v_p, g.delta_c) for g in (t, c))
+    delta_unadj = t.delta_v_r / t.n + c.delta_v_r / c.n
+    if not all(map(math.isfinite, (theta, var_adj, var_unadj, delta_adj, delta_unadj))):
         return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
     reduction = 1.0 - var_adj / var_unadj if var_unadj > 0 else None
-    if not var_adj < var_unadj:
+    if not delta_adj < delta_unadj:
         return _from_unadjusted(
             unadjusted, CupedStatus.NO_GAIN, raw_ratio, theta=theta, variance_reduction=reduction
         )
