@@ -2,7 +2,8 @@
 
 The whole pipeline (Spark staging + reducer) is checked against an independent oracle:
 statsmodels OLS of user revenue on a treatment dummy with CR0 standard errors clustered by
-org equals the delta-method SE computed with 1/n moments (Deng, Lu & Qin 2021).
+org equals the delta-method SE computed with 1/n moments (Deng, Lu & Qin 2021), with
+`variance: delta` (120 orgs would get the cluster jackknife by default: `test_jackknife`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 import statsmodels.formula.api as smf
 
 from cluster_spark import pipeline
-from tests.helpers import ANALYSIS_DATE, T0, make_config
+from cluster_spark.config import parse_config
+from tests.helpers import ANALYSIS_DATE, T0, config_dict
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,9 @@ def test_pipeline_se_equals_cluster_robust_ols_and_naive_se_is_too_small(
     spark.createDataFrame(
         events, "org_id string, user_id string, event string, value double, ts timestamp"
     ).write.format("delta").save(str(tmp_path / "events"))
-    raw_rows = pipeline.run(spark, make_config(tmp_path), ANALYSIS_DATE)
+    raw = config_dict(tmp_path)
+    raw["experiments"][0]["variance"] = "delta"  # the oracle is CR0: the delta method's
+    raw_rows = pipeline.run(spark, parse_config(raw), ANALYSIS_DATE)
     rows = {(r["metric"], r["variant"]): r for r in raw_rows}
     t, c = rows[("revenue_per_user", "treatment")], rows[("revenue_per_user", "control")]
 

@@ -41,16 +41,21 @@ def orgs():
     return out
 
 
+def _plan(org: str) -> str:
+    """A slice of 10 orgs per arm: orgs 0, 1, 4, 5, ... are on `team`, the rest `enterprise`."""
+    return "team" if int(org[1:]) % 4 < 2 else "enterprise"
+
+
 @pytest.fixture(scope="module")
 def tables(spark, tmp_path_factory, orgs):
     root = tmp_path_factory.mktemp("jackknife")
-    exposures = [("e1", org, arm, T0) for org, arm, _, _ in orgs]
+    exposures = [("e1", org, arm, T0, _plan(org)) for org, arm, _, _ in orgs]
     events = []
     for org, _, pre, post in orgs:
         for i, (x, y) in enumerate(zip(pre, post, strict=True)):
             events.append((org, f"{org}u{i}", "purchase", float(x), T0 - dt.timedelta(days=2)))
             events.append((org, f"{org}u{i}", "purchase", float(y), T0 + dt.timedelta(hours=5)))
-    write_delta(spark, exposures, EXPOSURE_DDL, root / "exposures")
+    write_delta(spark, exposures, EXPOSURE_DDL + ", plan string", root / "exposures")
     write_delta(spark, events, EVENT_DDL, root / "events")
     return root
 
@@ -65,18 +70,29 @@ def _run(spark, root, variance: str | None, out: str):
         "start": T0.date().isoformat(),
         "metrics": ["revenue_per_user"],
         "cuped_lookback_days": 7,
+        "dimensions": ["plan"],
     }
     if variance is not None:
         experiment["variance"] = variance
     raw = config_dict(root, [experiment])
+    raw["exposures"]["dimensions"] = ["plan"]
     raw["output"] = {k: f"{root}/{out}/{k}" for k in ("staging", "results", "diagnostics")}
     rows = pipeline.run(spark, parse_config(raw), ANALYSIS_DATE)
-    return {r["variant"]: r for r in rows if r["metric"] == "revenue_per_user"}
+    return {
+        (r["variant"] if r["dimension"] is None else (r["slice"], r["variant"])): r
+        for r in rows
+        if r["metric"] == "revenue_per_user"
+    }
 
 
-def _arm(orgs, arm):
-    """(m, d, x, y) per org of one arm: revenue and users, in the experiment and before."""
-    chosen = [(post.sum(), post.size, pre.sum(), pre.size) for _, a, pre, post in orgs if a == arm]
+def _arm(orgs, arm, plan=None):
+    """(m, d, x, y) per org of one arm (and plan): revenue and users, in the experiment and
+    before."""
+    chosen = [
+        (post.sum(), post.size, pre.sum(), pre.size)
+        for org, a, pre, post in orgs
+        if a == arm and plan in (None, _plan(org))
+    ]
     return [np.array(v, dtype=float) for v in zip(*chosen, strict=True)]
 
 
@@ -147,6 +163,21 @@ def test_jackknife_variances_equal_the_leave_one_org_out_ratios(runs, orgs):
     assert t["mde_abs"] == pytest.approx(mde, rel=1e-9)
     unadjusted = sum((u[arm] ** 2).sum() for arm in ARMS)
     assert t["variance_reduction"] == pytest.approx(1 - se * se / unadjusted, rel=1e-9)
+
+
+def test_slices_get_the_jackknife_of_their_own_orgs(runs, orgs):
+    rows = runs["jackknife"]
+    for plan in ("team", "enterprise"):
+        t = rows[(plan, "treatment")]
+        theta = t["cuped_theta"] if t["cuped_applied"] else 0.0
+        var = 0.0
+        for arm in ARMS:
+            u, v = _loo(*_arm(orgs, arm, plan)[:2]), _loo(*_arm(orgs, arm, plan)[2:])
+            row = rows[(plan, arm)]
+            assert row["n_units"] == 10 and row["variance_method"] == "jackknife"
+            assert row["stderr"] == pytest.approx(math.sqrt((u**2).sum()), rel=1e-9)
+            var += ((u - theta * v) ** 2).sum()
+        assert t["effect_abs_stderr"] == pytest.approx(math.sqrt(var), rel=1e-9)
 
 
 def test_delta_twin_keeps_the_delta_method_and_the_jackknife_is_wider(runs, orgs):

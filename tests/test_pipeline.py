@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import pytest
 from delta.tables import DeltaTable
@@ -49,6 +50,7 @@ RESULT_SCHEMA = [
     ("df", "double"),
     ("alpha", "double"),
     ("test", "string"),
+    ("variance_method", "string"),
     ("alternative", "string"),
     ("status", "string"),
     ("winsorized", "boolean"),
@@ -148,7 +150,15 @@ def test_run_writes_documented_results(spark, tiny):
     assert treat.effect_abs == pytest.approx(21 / 4 - 17 / 3)
     assert treat.effect_rel == pytest.approx((21 / 4 - 17 / 3) / (17 / 3))
     assert treat.effect_abs_ci_low < treat.effect_abs < treat.effect_abs_ci_high
-    assert treat.control_variant == "control" and treat.status == "ok"
+    # The default variance with 5 orgs is the cluster jackknife, Σ (R without org g − R)²:
+    # control 7 − 17/3 and 10/2 − 17/3; treatment 0 − 21/4, 21/3 − 21/4 and 0 (o6 has d = 0)
+    assert ctrl.variance_method == treat.variance_method == "jackknife"
+    assert ctrl.stderr == pytest.approx(math.sqrt(16 / 9 + 4 / 9), rel=1e-12)
+    assert treat.stderr == pytest.approx(math.sqrt(21**2 / 16 + 7**2 / 16), rel=1e-12)
+    # Welch's ν = (a + b)²/(a²/2 + b²/1) ≈ 2.28, q ≈ 3.9: q·SE(R_C) ≈ 5.8 > R_C = 17/3, so
+    # the control's mean is not significantly different from 0 and Fieller's CI unbounded
+    assert treat.control_variant == "control" and treat.status == "relative_ci_unbounded"
+    assert treat.effect_rel_ci_low is None and treat.effect_abs_ci_low is not None
     assert rows[("purchases_per_org", "treatment")].mean == pytest.approx(2 / 3)
     staged = spark.read.format("delta").load(config.output.staging.path)
     # 2 metrics × 2 variants, and the analysis-unit balance rows (users per org) per variant
@@ -443,7 +453,8 @@ def test_bayesian_results_reach_the_results_table(spark, tiny):
         "experiment_id"
     ).save(path)
     raw = config_dict(tiny)
-    raw["experiments"][0] |= {"engine": "bayesian"}
+    # the delta method: 2 control orgs leave the jackknife's R_C indistinguishable from 0
+    raw["experiments"][0] |= {"engine": "bayesian", "variance": "delta"}
     config = parse_config(raw)
     pipeline.run(spark, config, ANALYSIS_DATE)
     rows = [r.asDict() for r in _results(spark, config).collect()]

@@ -105,7 +105,8 @@ def sliced(spark, tmp_path_factory):
         spark, _attribute_rows(), "org string, region string, updated_at timestamp", root / "orgs"
     )
     raw = config_dict(root)
-    raw["exposures"]["dimensions"] = ["plan"]
+    raw["experiments"][0]["variance"] = "delta"  # the oracle is CR0 (slices' jackknife:
+    raw["exposures"]["dimensions"] = ["plan"]  # test_jackknife)
     raw["unit_attributes"] = {
         "orgs": {
             "path": f"{root}/orgs",
@@ -326,7 +327,8 @@ def _cuped_data(spark, root, orgs: list[int]) -> None:
 
 def _cuped_config(root, **experiment):
     raw = config_dict(root)
-    raw["exposures"]["dimensions"] = ["plan"]
+    raw["experiments"][0]["variance"] = "delta"  # the oracle is CR0 (slices' jackknife:
+    raw["exposures"]["dimensions"] = ["plan"]  # test_jackknife)
     raw["metrics"]["revenue_per_user"]["numerator"]["winsorize"] = {"upper": 0.8}
     raw["experiments"][0] |= {"cuped_lookback_days": 7, "min_slice_units": 2, **experiment}
     return parse_config(raw)
