@@ -155,7 +155,7 @@ def test_run_writes_documented_results(spark, tiny):
     assert ctrl.variance_method == treat.variance_method == "jackknife"
     assert ctrl.stderr == pytest.approx(math.sqrt(16 / 9 + 4 / 9), rel=1e-12)
     assert treat.stderr == pytest.approx(math.sqrt(21**2 / 16 + 7**2 / 16), rel=1e-12)
-    # Welch's ν = (a + b)²/(a²/2 + b²/1) ≈ 2.28, q ≈ 3.9: q·SE(R_C) ≈ 5.8 > R_C = 17/3, so
+    # Welch's ν = (a + b)²/(a²/2 + b²/1) ≈ 2.28, q ≈ 3.84: q·SE(R_C) ≈ 5.72 > R_C ≈ 5.67, so
     # the control's mean is not significantly different from 0 and Fieller's CI unbounded
     assert treat.control_variant == "control" and treat.status == "relative_ci_unbounded"
     assert treat.effect_rel_ci_low is None and treat.effect_abs_ci_low is not None
