@@ -18,7 +18,9 @@ TEST_CONF = {
     "spark.sql.adaptive.enabled": "false",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
-    "spark.driver.memory": "2g",
+    # 3g: at 2g the heap of one JVM through ~250 tests once ran out while building a
+    # broadcast (a flaky OutOfMemoryError in a late module); the machine has 24 GiB
+    "spark.driver.memory": "3g",
 }
 
 
