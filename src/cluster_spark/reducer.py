@@ -75,15 +75,16 @@ def variance_methods(
     have fewer than `JACKKNIFE_BELOW_UNITS` assignment units in the segment (a slice
     counts its own). Under CUPED a group without its pre-period sums (a unit holds the
     whole ΣY) falls back to the unadjusted comparison (`cuped._group_terms`)."""
-    per_metric: dict[str, list[CupedStats]] = defaultdict(list)
-    for (metric, _, _), s in groups.items():
-        per_metric[metric].append(s)
+    staged: dict[str, bool] = {}  # every group of the metric has its sums
+    units: dict[str, int] = defaultdict(int)  # over the variants, unwinsorized
+    for (metric, _, winsorized), s in groups.items():
+        has = s.jackknife is not None and s.jackknife[0] is not None
+        staged[metric] = staged.get(metric, True) and has
+        units[metric] += 0 if winsorized else s.n
     methods = {}
-    for metric, stats in per_metric.items():
-        staged = all(s.jackknife is not None and s.jackknife[0] is not None for s in stats)
-        units = sum(s.n for (m, _, w), s in groups.items() if m == metric and not w)
-        small = experiment.variance == "jackknife" or units < JACKKNIFE_BELOW_UNITS
-        use = staged and experiment.variance != "delta" and small
+    for metric, whole in staged.items():
+        small = experiment.variance == "jackknife" or units[metric] < JACKKNIFE_BELOW_UNITS
+        use = whole and experiment.variance != "delta" and small
         methods[metric] = "jackknife" if use else "delta"
     kept = {
         key: s if methods[key[0]] == "jackknife" else dataclasses.replace(s, jackknife=None)

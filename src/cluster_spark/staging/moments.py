@@ -149,9 +149,14 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
     if all(e.variance == "delta" for e in plan.experiments):  # no experiment reads them
         return group.select(*kept, *[F.lit(None).alias(c) for c in JACKKNIFE_COLUMNS])
     jackknife = jackknife_sums(values, group, plan)
-    on = [F.col(k).eqNullSafe(F.col(f"_jk_{k}")) for k in GROUP_KEYS]
     # group-level rows on both sides: the planner broadcasts them or not
-    return group.join(jackknife, on, "left").select(*kept, *JACKKNIFE_COLUMNS)
+    return group.join(jackknife, _same_group(), "left").select(*kept, *JACKKNIFE_COLUMNS)
+
+
+def _same_group() -> list[Column]:
+    """The join condition of a group's row with its `_jk_`-prefixed keys (NULL-safe: the
+    overall rows have NULL dimension and slice)."""
+    return [F.col(k).eqNullSafe(F.col(f"_jk_{k}")) for k in GROUP_KEYS]
 
 
 def jackknife_sums(values: DataFrame, group: DataFrame, plan: Plan) -> DataFrame:
@@ -177,13 +182,12 @@ def jackknife_sums(values: DataFrame, group: DataFrame, plan: Plan) -> DataFrame
         pre[0].cast("double").alias("_jk_y"),
         F.when(pre[0] != 0, pre[1] / pre[0]).cast("double").alias("_jk_p"),
     )
-    on = [F.col(k).eqNullSafe(F.col(f"_jk_{k}")) for k in GROUP_KEYS]
     # N − d_g is exactly 0 when g is the only unit with a nonzero d (adding zeros is exact)
     rest_d, rest_y = F.col("_jk_n") - F.col("d"), F.col("_jk_y") - F.col("y")
     u = F.when(inc & (rest_d != 0), (F.col("_jk_r") * F.col("d") - m) / rest_d)
     v = F.when(inc & (rest_y != 0), (F.col("_jk_p") * F.col("y") - x) / rest_y)
     keys = [f"_jk_{k}" for k in GROUP_KEYS]
-    staged = values.join(F.broadcast(totals), on)  # group-level rows, never unit-level
+    staged = values.join(F.broadcast(totals), _same_group())  # group-level rows only
     defined_r = F.count(F.when(inc & (rest_d == 0), 1)) == 0
     sums = [F.when(defined_r, F.sum(u * u)).alias("jk_rr")]
     if plan.cuped:
