@@ -71,14 +71,22 @@ def run_check(tmp_path: Path, *args: str, **env: str) -> tuple[int, dict, str]:
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
         **env,
     )
-    proc = subprocess.run(
-        [str(AIRFLOW_PY), str(CHECK), *args],
-        cwd=tmp_path,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    try:
+        proc = subprocess.run(
+            [str(AIRFLOW_PY), str(CHECK), *args],
+            cwd=tmp_path,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    except subprocess.TimeoutExpired as err:
+        # Show what the run printed so far (the task log), not just "timed out".
+        text = "".join(
+            part.decode(errors="replace") if isinstance(part, bytes) else part
+            for part in (err.stdout or "", err.stderr or "")
+        )
+        pytest.fail(f"airflow_dag_check.py {' '.join(args)} ran over 600 s:\n{text[-8000:]}")
     out = proc.stdout + proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     report = json.loads(lines[-1]) if lines else {}
@@ -144,6 +152,9 @@ def test_dag_test_runs_one_day_into_delta(airflow_venv, spark, tmp_path):
         "--test",
         demo.ANALYSIS_DATE.isoformat(),
         CLUSTER_SPARK_CONFIG=str(config),
+        # No retries: a failed first try fails the test with its log at once, instead of
+        # waiting out the DAG's 10-minute retry delay (a CI run once timed out that way).
+        CLUSTER_SPARK_RETRIES="0",
         # Airflow Variables, here from the environment (AIRFLOW_VAR_<NAME>).
         AIRFLOW_VAR_CLUSTER_SPARK_ROOT=str(root),
         AIRFLOW_VAR_CLUSTER_SPARK_MASTER="local[2]",
