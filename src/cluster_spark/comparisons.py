@@ -1,7 +1,8 @@
 """Treatment vs control: every comparison column of a results row, per metric kind.
 
 The moments kinds (mean, ratio) are compared by the delta method (Deng, Knoblich & Lu
-2018, §3; `stats.inference.compare`) or with CUPED (Deng et al. 2013; `stats.cuped`),
+2018, §3; `stats.inference.compare`) or with CUPED (Deng et al. 2013; `stats.cuped`; with
+several covariates `stats.regression`),
 `compare_groups`; a kind with its own statistics (`kinds.Kind.stats`, e.g. quantiles) by
 its module's `compare` and `fieller`, `compare_own_kind`. Both then go through the same
 tail, `_finish_comparison`: the MDE, Fieller's relative CI, a guardrail's non-inferiority
@@ -16,10 +17,11 @@ from typing import Any
 from cluster_spark.config import Experiment
 from cluster_spark.kinds import Kind
 from cluster_spark.stats import decisions, intervals, power, sequential
-from cluster_spark.stats.cuped import CupedStats, compare_cuped
+from cluster_spark.stats.cuped import CupedComparison, CupedStats, compare_cuped
 from cluster_spark.stats.inference import Comparison, compare
 from cluster_spark.stats.intervals import FiellerRatio
 from cluster_spark.stats.ratio import RatioStats
+from cluster_spark.stats.regression import compare_regression
 from cluster_spark.status import CupedStatus, Status
 
 
@@ -84,7 +86,7 @@ def compare_groups(
     if r_c.jackknife is not None and control_variance is not None:
         control_variance = r_c.jackknife * r_c.n
     if experiment.cuped_lookback_days:
-        cc = compare_cuped(t, c, alpha=alpha, test=test, alternative=side)
+        cc = _adjusted(t, c, experiment, metric, alpha=alpha, test=test, alternative=side)
         cols = _comparison_columns(cc)
         cols.update(
             cuped_applied=cc.adjusted,
@@ -108,7 +110,7 @@ def compare_groups(
     return _finish_comparison(
         cols,
         ratio,
-        lambda: compare_groups_two_sided(t, c, experiment),
+        lambda: compare_groups_two_sided(t, c, experiment, metric),
         experiment,
         variant,
         metric,
@@ -185,14 +187,24 @@ def _harm_interval(cols: dict[str, Any]) -> tuple[float | None, float | None]:
     return low, high
 
 
+def _adjusted(
+    t: CupedStats, c: CupedStats, experiment: Experiment, metric: str, **options: Any
+) -> CupedComparison:
+    """CUPED on the metric's own pre-period (Deng et al. 2013), or regression adjustment
+    with the experiment's other covariates as well (`stats.regression`)."""
+    if experiment.covariates_of(metric):
+        return compare_regression(t, c, **options)
+    return compare_cuped(t, c, **options)
+
+
 def compare_groups_two_sided(
-    t: CupedStats, c: CupedStats, experiment: Experiment
+    t: CupedStats, c: CupedStats, experiment: Experiment, metric: str
 ) -> dict[str, Any]:
     """The CI columns of the two-sided comparison (for guardrails under one-sided tests:
     harm is always judged two-sided)."""
     alpha, test = experiment.alpha, experiment.test
     if experiment.cuped_lookback_days:
-        cc = compare_cuped(t, c, alpha=alpha, test=test)
+        cc = _adjusted(t, c, experiment, metric, alpha=alpha, test=test)
         cols, ratio = _comparison_columns(cc), cc.fieller
     else:
         cols = _comparison_columns(compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test))

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from cluster_spark.errors import ConfigError
+from cluster_spark.kinds import KINDS
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Scalar = str | int | float | bool | dt.date | dt.datetime
@@ -578,6 +579,12 @@ class Experiment(_Model):
     #: needs each group staged whole; where it is not (or a unit holds a whole group's
     #: denominator) the delta method is used. `results.variance_method` says which.
     variance: Literal["auto", "jackknife", "delta"] = "auto"
+    #: Regression adjustment with several covariates (docs/methods.md, "Several
+    #: covariates"): metrics of this experiment whose values over the CUPED pre-period
+    #: (`cuped_lookback_days`, required: a covariate must be measured before exposure)
+    #: adjust every metric besides its own pre-period, as Eppo's CUPED++. Empty (default):
+    #: each metric is adjusted by its own pre-period only (CUPED).
+    covariates: list[Name] = []
 
     @field_validator("id", mode="after")
     @classmethod
@@ -631,6 +638,7 @@ class Experiment(_Model):
                 "sequential: true needs sequential_n_star (the planned number of assignment "
                 "units over all variants, where the confidence sequence is tightest)"
             )
+        self._check_covariates()
         if self.engine == "bayesian" and self.sequential:
             raise ValueError("sequential: true applies to engine: frequentist, not bayesian")
         if self.engine != "bayesian" and "bayesian" in self.model_fields_set:
@@ -639,6 +647,27 @@ class Experiment(_Model):
                 "engine: bayesian only"
             )
         return self
+
+    def _check_covariates(self) -> None:
+        if len(set(self.covariates)) != len(self.covariates):
+            raise ValueError(f"covariates are listed twice: {self.covariates}")
+        unknown = [k for k in self.covariates if k not in self.metrics]
+        if unknown:
+            raise ValueError(
+                f"covariates {unknown} are not metrics of the experiment (its metrics: "
+                f"{self.metrics}); a covariate is a metric's pre-exposure value"
+            )
+        if self.covariates and self.cuped_lookback_days is None:
+            raise ValueError(
+                f"covariates {self.covariates} need cuped_lookback_days: a covariate is a "
+                "metric's value before exposure, and without a pre-period its only value is "
+                "measured after exposure, where the treatment can move it"
+            )
+
+    def covariates_of(self, metric: str) -> list[str]:
+        """The covariates that adjust `metric` besides its own pre-period, in config order
+        (none for a name that is not a metric of the experiment)."""
+        return [k for k in self.covariates if k != metric] if metric in self.metrics else []
 
     @property
     def start_time(self) -> dt.datetime:
@@ -813,6 +842,13 @@ class Config(_Model):
                     problems.append(
                         f"experiments[{i}].dimensions: '{dim}' must come from exactly one "
                         f"place; it comes from {where}"
+                    )
+            for k in exp.covariates:
+                kind = self.metrics[k].kind if k in self.metrics else None
+                if kind is not None and KINDS[kind].stage is not None:
+                    problems.append(
+                        f"experiments[{i}].covariates: '{k}' is a {kind} metric; a covariate "
+                        "is a metric summarised by its moments (ratio, mean, ...)"
                     )
             for m in exp.metrics:
                 for src in self.metric_sources(self.metrics.get(m)):

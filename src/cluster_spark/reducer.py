@@ -73,8 +73,9 @@ def variance_methods(
     metric's variance method (`jackknife` or `delta`, per `Experiment.variance`): the
     jackknife when every group of the metric has its sums and, for `auto`, its variants
     have fewer than `JACKKNIFE_BELOW_UNITS` assignment units in the segment (a slice
-    counts its own). Under CUPED a group without its pre-period sums (a unit holds the
-    whole ΣY) falls back to the unadjusted comparison (`cuped._group_terms`)."""
+    counts its own), and the metric has no covariates besides its own pre-period. Under
+    CUPED a group without its pre-period sums (a unit holds the whole ΣY) falls back to the
+    unadjusted comparison (`cuped._group_terms`)."""
     staged: dict[str, bool] = {}  # every group of the metric has its sums
     units: dict[str, int] = defaultdict(int)  # over the variants, unwinsorized
     for (metric, _, winsorized), s in groups.items():
@@ -84,7 +85,9 @@ def variance_methods(
     methods = {}
     for metric, whole in staged.items():
         small = experiment.variance == "jackknife" or units[metric] < JACKKNIFE_BELOW_UNITS
-        use = whole and experiment.variance != "delta" and small
+        # several covariates: their jackknife is not staged (`stats.regression`)
+        several = bool(experiment.covariates_of(metric))
+        use = whole and experiment.variance != "delta" and small and not several
         methods[metric] = "jackknife" if use else "delta"
     kept = {
         key: s if methods[key[0]] == "jackknife" else dataclasses.replace(s, jackknife=None)

@@ -20,7 +20,8 @@ from cluster_spark.kinds import KINDS
 
 #: The per-unit contract (staging.units → staging.options and staging.moments): one row per
 #: experiment × assignment unit × metric; m, d are the unit's numerator and denominator,
-#: x, y the CUPED pre-period ones (0 without CUPED); complete and baked say whether the
+#: x, y the CUPED pre-period ones (0 without CUPED); w the (x, y) of each of the
+#: experiment's other `covariates` (NULL without, NULL-padded); complete and baked say whether the
 #: unit is in the metric under the completed-window and bake rules. A unit's overall row
 #: has NULL `dimension` and `slice`; with slices it has one more row per dimension.
 UNIT_VALUES_COLUMNS: list[tuple[str, str]] = [
@@ -34,6 +35,7 @@ UNIT_VALUES_COLUMNS: list[tuple[str, str]] = [
     ("d", "double"),
     ("x", "double"),
     ("y", "double"),
+    ("w", "array<double>"),
     ("complete", "boolean"),
     ("baked", "boolean"),
 ]
@@ -82,6 +84,12 @@ KIND_COLUMNS = tuple(c for kind in KINDS.values() for c in kind.columns)
 #: is undefined (a unit holding the whole ΣD) and on kinds with their own stage.
 JACKKNIFE_COLUMNS = ("jk_rr", "jk_rp", "jk_pp")
 
+#: Regression adjustment with several covariates (`stats.regression`), NULL without the
+#: experiment's `covariates`: the means of v = (m, d, x, y, w₁, w₂, …) over the included
+#: units and the upper triangle of their centered cross-products, row by row; NULL-padded
+#: beyond the metric's own covariates (`Experiment.covariates_of`).
+COVARIATE_COLUMNS = ("cov_mean", "cov_css")
+
 
 STAGING_COLUMNS: list[tuple[str, str]] = [
     ("experiment_id", "string"),
@@ -108,6 +116,7 @@ STAGING_COLUMNS: list[tuple[str, str]] = [
     *[(c, "double") for c in ANALYSIS_UNIT_COLUMNS[1:]],
     *[(c, "double") for c in KIND_COLUMNS],
     *[(c, "double") for c in JACKKNIFE_COLUMNS],
+    *[(c, "array<double>") for c in COVARIATE_COLUMNS],
     ("run_id", "string"),
 ]
 

@@ -13,7 +13,13 @@ from pyspark.sql import functions as F
 from cluster_spark.staging.options import conversion, included
 from cluster_spark.staging.plan import SUB, UNIT, Plan
 from cluster_spark.staging.slices import segments
-from cluster_spark.tables import CAP_COLUMNS, CUPED_COLUMNS, JACKKNIFE_COLUMNS, PRE_CAP_COLUMNS
+from cluster_spark.tables import (
+    CAP_COLUMNS,
+    COVARIATE_COLUMNS,
+    CUPED_COLUMNS,
+    JACKKNIFE_COLUMNS,
+    PRE_CAP_COLUMNS,
+)
 
 
 def moments(prefix: str, m: Column, d: Column, keep: Column) -> list[Column]:
@@ -144,6 +150,7 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
         F.count(F.when(~F.col("complete"), 1)).alias("n_incomplete_window"),
         F.count(F.when(F.col("complete") & ~F.col("baked"), 1)).alias("n_unbaked"),
         *[F.first(c, ignorenulls=True).alias(c) for c in CAP_COLUMNS + PRE_CAP_COLUMNS],
+        *_covariate_moments(plan, [m, F.col("d"), x, F.col("y")], inc),
     )
     kept = [c for c in group.columns if c not in ("_sum_x", "_sum_y")]
     if all(e.variance == "delta" for e in plan.experiments):  # no experiment reads them
@@ -151,6 +158,18 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
     jackknife = jackknife_sums(values, group, plan)
     # group-level rows on both sides: the planner broadcasts them or not
     return group.join(jackknife, _same_group(), "left").select(*kept, *JACKKNIFE_COLUMNS)
+
+
+def _covariate_moments(plan: Plan, own: list[Column], inc: Column) -> list[Column]:
+    """`tables.COVARIATE_COLUMNS`: the means and centered cross-products (covar_pop × n)
+    of v = (m, d, x, y, w₁, …) over the included units; NULL without covariates."""
+    width = plan.covariate_width
+    if not width:
+        return [F.lit(None).cast("array<double>").alias(c) for c in COVARIATE_COLUMNS]
+    v = [F.when(inc, c) for c in [*own, *[F.col("w")[i] for i in range(width)]]]
+    n = F.count(F.when(inc, 1))
+    css = [F.covar_pop(v[a], v[b]) * n for a in range(len(v)) for b in range(a, len(v))]
+    return [F.array(*map(F.avg, v)).alias("cov_mean"), F.array(*css).alias("cov_css")]
 
 
 def _same_group() -> list[Column]:

@@ -169,6 +169,7 @@ def winsorize(values: DataFrame, plan: Plan) -> DataFrame:
         "d",
         "x",
         "y",
+        "w",
         "complete",
         "baked",
         F.lit(False).alias("winsorized"),
@@ -198,6 +199,7 @@ def _clamped(rows: DataFrame, plan: Plan, names: list[str]) -> DataFrame:
         _clamp("d", "den_lower_cap", "den_upper_cap", ignore_den).alias("d"),
         _clamp("x", "pre_num_lower_cap", "pre_num_upper_cap", ignore_num).alias("x"),
         _clamp("y", "pre_den_lower_cap", "pre_den_upper_cap", ignore_den).alias("y"),
+        "w",  # other metrics' pre-period values: not clamped
         "complete",
         "baked",
         F.lit(True).alias("winsorized"),

@@ -60,6 +60,12 @@ class Plan:
         return any(e.cuped_lookback_days for e in self.experiments)
 
     @property
+    def covariate_width(self) -> int:
+        """Length of the per-unit covariate array `w`: (X_k, Y_k) for each of the widest
+        experiment's `covariates` (0: no experiment of the plan has any)."""
+        return 2 * max(len(e.covariates) for e in self.experiments)
+
+    @property
     def dimensions(self) -> dict[str, str]:
         """Dimension → where its values come from (`exposures` or a `unit_attributes`
         name), over the plan's experiments (one assignment unit: one place each)."""

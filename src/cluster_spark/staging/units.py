@@ -168,6 +168,30 @@ def _value_entries(plan: Plan, per_unit: PerUnit) -> tuple[list[Column], list[st
         column = plan.components[(name, role)][0] + suffix
         return F.coalesce(F.col(column).cast("double"), F.lit(0.0))
 
+    def pre_values(name: str) -> list[Column]:
+        """(X, Y) of metric `name` over the pre-period, 0 numerator where Y is for a
+        conversion rate (as `moments._values` does for x)."""
+        metric = plan.metrics[name]
+        x = value(name, "num", metric.numerator, "_pre")
+        y = value(name, "den", metric.denominator_or_unit, "_pre")
+        if metric.kind == "ratio" and metric.conversion_rate:
+            x = F.when(y == 0, F.lit(0.0)).otherwise(x)
+        return [x, y]
+
+    def covariates(name: str) -> Column:
+        """`w`: per experiment, (X_k, Y_k) of each covariate of `name` besides itself
+        (`Experiment.covariates_of`), NULL-padded to the plan's `covariate_width`."""
+        width = plan.covariate_width
+        if not width:
+            return F.lit(None).cast("array<double>")
+        pad = F.lit(None).cast("double")
+        arrays = {}
+        for e in plan.experiments:
+            own = [c for k in e.covariates_of(name) for c in pre_values(k)]
+            arrays[e.id] = F.array(*own, *[pad] * (width - len(own)))
+        pairs = [x for e, a in arrays.items() for x in (F.lit(e), a)]
+        return F.element_at(F.create_map(*pairs), F.col("experiment_id"))
+
     entries = []
     for name, metric in plan.metrics.items():
         if KINDS[metric.kind].stage is not None:
@@ -180,6 +204,7 @@ def _value_entries(plan: Plan, per_unit: PerUnit) -> tuple[list[Column], list[st
                 value(name, "den", metric.denominator_or_unit).alias("d"),
                 value(name, "num", metric.numerator, "_pre").alias("x"),
                 value(name, "den", metric.denominator_or_unit, "_pre").alias("y"),
+                covariates(name).alias("w"),
                 complete.alias("complete"),
                 baked.alias("baked"),
             )
@@ -194,6 +219,7 @@ def _value_entries(plan: Plan, per_unit: PerUnit) -> tuple[list[Column], list[st
             F.lit(1.0).alias("d"),
             F.lit(0.0).alias("x"),
             F.lit(0.0).alias("y"),
+            F.lit(None).cast("array<double>").alias("w"),
             F.lit(True).alias("complete"),
             F.lit(True).alias("baked"),
         )

@@ -18,10 +18,11 @@ status code and, where the adjustment cannot be made or does not help, the unadj
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from cluster_spark.stats.comoments import CovariateMoments
 from cluster_spark.stats.inference import (
     Alternative,
     Comparison,
@@ -88,6 +89,9 @@ class CupedStats(GroupMeans):
     css_dy: float
     css_xy: float
     jackknife: tuple[float, float | None, float | None] | None = None
+    #: With the experiment's `covariates`: the moments of (M, D, X, Y, X_2, Y_2, …), the
+    #: metric's own pre-period first (`regression.CovariateMoments`); kept by ``+``.
+    covariates: CovariateMoments | None = None
 
     @classmethod
     def empty(cls) -> CupedStats:
@@ -103,7 +107,8 @@ class CupedStats(GroupMeans):
         rr, rp, pp = (row.get(c) for c in JACKKNIFE_COLUMNS)
         jackknife = None if rr is None else (rr, rp, pp)
         moments = {k: 0.0 if v is None else v for k, v in values.items()}
-        return cls(n, **moments, jackknife=jackknife)
+        covariates = _covariate_moments(n, row.get("cov_mean"), row.get("cov_css"))
+        return cls(n, **moments, jackknife=jackknife, covariates=covariates)
 
     @classmethod
     def from_values(
@@ -154,7 +159,9 @@ class CupedStats(GroupMeans):
             name: getattr(self, name) + getattr(other, name) + delta[a] * delta[b] * w
             for name, (a, b) in zip(CSS_FIELDS, _PAIRS, strict=True)
         }
-        return CupedStats(n=n, **means, **css)
+        both = self.covariates is not None and other.covariates is not None
+        covariates = self.covariates + other.covariates if both else None
+        return CupedStats(n=n, **means, **css, covariates=covariates)
 
     @property
     def css(self) -> tuple[float, ...]:
@@ -228,6 +235,23 @@ class CupedStats(GroupMeans):
         return v if math.isfinite(v) else None
 
 
+def _covariate_moments(
+    n: int, means: Sequence[float | None] | None, css: Sequence[float | None] | None
+) -> CovariateMoments | None:
+    """The staged `cov_mean`/`cov_css` of a group, padded with NULLs beyond the metric's
+    own variables (a pass stages as many as its widest experiment needs): its leading
+    q means and the q × q block of the cross-products; None without them or units."""
+    if not n or not means or css is None or means[0] is None:
+        return None
+    size = len(means)
+    q = next((i for i, v in enumerate(means) if v is None), size)
+    rows = [(a, b) for a in range(size) for b in range(a, size)]
+    kept = [v for (a, b), v in zip(rows, css, strict=True) if b < q]
+    if None in kept:
+        return None
+    return CovariateMoments(n, tuple(means[:q]), tuple(kept))
+
+
 @dataclass(frozen=True)
 class CupedComparison(Comparison):
     """Treatment vs control after CUPED adjustment, with the unadjusted comparison beside it.
@@ -247,6 +271,8 @@ class CupedComparison(Comparison):
     """
 
     theta: float | None = None
+    #: every covariate's coefficient (`regression.compare_regression`), else None
+    thetas: tuple[float, ...] | None = None
     variance_reduction: float | None = None
     adjusted: bool = False
     cuped_status: str = CupedStatus.NOT_COMPARED

@@ -1,0 +1,167 @@
+"""Regression adjustment of ratio metrics with several covariates (no Spark).
+
+CUPED (`stats.cuped`) adjusts a metric's ratio R = ΣM/ΣD by its own pre-period ratio. Here
+R is adjusted by K pre-period ratios at once, W_k = ΣX_k/ΣY_k: the metric's own first, then
+the experiment's `covariates` (other metrics before exposure, as Eppo's CUPED++). It is
+regression adjustment (Lin 2013, "Agnostic notes on regression adjustments to experimental
+data") of the delta-method linearizations (Deng, Knoblich & Lu, KDD 2018) with one
+coefficient vector θ pooled over both arms with 1/n weights (the θ of Deng et al. 2013,
+CUPED, made a vector), so with K = 1 it is `cuped.compare_cuped` (docs/methods.md,
+"Several covariates").
+
+A group is summarised by `comoments.CovariateMoments` (``CupedStats.covariates``), staged
+per group (`staging.moments`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cluster_spark.stats.comoments import CovariateMoments
+from cluster_spark.stats.cuped import CupedComparison, CupedStats, _from_unadjusted
+from cluster_spark.stats.inference import (
+    Alternative,
+    Test,
+    absolute_columns,
+    compare,
+    comparison_status,
+    control_mean_significant,
+    reference_distribution,
+    relative_columns,
+)
+from cluster_spark.stats.intervals import FiellerRatio
+from cluster_spark.status import CupedStatus, Status
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """A group's ratio R, pre-period ratios W (K), and the delta method's V_R = g_RᵀΛg_R,
+    C_k = g_RᵀΛg_k and V_W = [g_kᵀΛg_l] (Λ the sample covariance of v, n − 1)."""
+
+    n: int
+    r: float
+    w: np.ndarray
+    v_r: float
+    c: np.ndarray
+    v_w: np.ndarray
+
+
+def _terms(s: CovariateMoments) -> _Terms | None:
+    """None when n < 2, ΣD = 0 or some ΣY_k = 0 (its pre-period ratio is undefined)."""
+    mean = np.asarray(s.means)
+    if s.n < 2 or mean[1] == 0 or np.any(mean[3::2] == 0):
+        return None
+    k = (len(mean) - 2) // 2
+    grads = np.zeros((k + 1, len(mean)))
+    grads[0, :2] = (1.0 / mean[1], -mean[0] / mean[1] ** 2)
+    for i in range(k):
+        x, y = mean[2 + 2 * i], mean[3 + 2 * i]
+        grads[i + 1, 2 + 2 * i : 4 + 2 * i] = (1.0 / y, -x / y**2)
+    cov = grads @ (s.matrix() / (s.n - 1)) @ grads.T
+    if not np.all(np.isfinite(cov)):
+        return None
+    w = mean[2::2] / mean[3::2]
+    r, v_r = float(mean[0] / mean[1]), max(float(cov[0, 0]), 0.0)
+    return _Terms(s.n, r, w, v_r, cov[0, 1:], cov[1:, 1:])
+
+
+def compare_regression(
+    treatment: CupedStats,
+    control: CupedStats,
+    alpha: float = 0.05,
+    test: Test = "welch",
+    alternative: Alternative = "two-sided",
+) -> CupedComparison:
+    """Treatment vs control adjusted by K pre-period covariates (``CupedStats.covariates``:
+    the metric's own pre-period first, then the experiment's other covariates).
+
+    Per group g, with the terms of `_terms`:
+
+    - θ = (Σ_g V_W,g/n_g)⁺ (Σ_g C_g/n_g), the vector minimizing Var(Δ_adj) below (the
+      pseudo-inverse: collinear covariates share their coefficient); Δ_adj = (R_T − R_C)
+      − θᵀ(W_T − W_C);
+    - Var(Δ_adj) = a + b, a = (V_R − 2θᵀC + θᵀV_Wθ)_T/n_T, b likewise (θ fixed, as CUPED);
+    - Welch–Satterthwaite ν from a and b (`inference.compare`), or z; CI = est ± q·SE;
+    - relative lift Δ_adj/|R_C| with Var = [a + (k²V_R − 2kθᵀC + θᵀV_Wθ)_C/n_C]/R_C²,
+      k = 1 + Δ_adj/R_C; Fieller's inputs a = R_C + Δ_adj, b = R_C, Var a = a_T +
+      θᵀV_W,Cθ/n_C, Var b = V_R,C/n_C, Cov = θᵀC_C/n_C (as `cuped.compare_cuped`).
+
+    ``theta`` is θ₁ (the own pre-period's coefficient); ``thetas`` of the result: all of
+    them. Fallbacks as `cuped.compare_cuped`: ``fallback_no_pre_data`` when a group lacks
+    the moments or a pre-period ratio or its variance is undefined or 0, ``fallback_no_gain``
+    when the adjusted variance is not smaller. Always the delta method's variance: the
+    jackknife of several covariates is not staged.
+    """
+    unadjusted = compare(
+        treatment.ratio_stats, control.ratio_stats, alpha=alpha, test=test, alternative=alternative
+    )
+    raw_ratio = FiellerRatio.of_groups(treatment.ratio_stats, control.ratio_stats)
+    if unadjusted.status in (Status.TOO_FEW_UNITS, Status.ZERO_DENOMINATOR):
+        return _from_unadjusted(unadjusted, CupedStatus.NOT_COMPARED, raw_ratio)
+    if treatment.covariates is None or control.covariates is None:
+        return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
+    t, c = _terms(treatment.covariates), _terms(control.covariates)
+    if (
+        t is None
+        or c is None
+        or not (np.all(t.v_w.diagonal() > 0) and np.all(c.v_w.diagonal() > 0))
+    ):
+        return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
+
+    theta = np.linalg.pinv(t.v_w / t.n + c.v_w / c.n) @ (t.c / t.n + c.c / c.n)
+
+    def adjusted(g: _Terms) -> float:
+        return max(float(g.v_r - 2.0 * theta @ g.c + theta @ g.v_w @ theta), 0.0) / g.n
+
+    a, b = adjusted(t), adjusted(c)
+    var_adj, var_unadj = a + b, t.v_r / t.n + c.v_r / c.n
+    if not all(map(math.isfinite, (*theta, var_adj, var_unadj))):
+        return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
+    reduction = 1.0 - var_adj / var_unadj if var_unadj > 0 else None
+    if not var_adj < var_unadj:
+        return _from_unadjusted(
+            unadjusted,
+            CupedStatus.NO_GAIN,
+            raw_ratio,
+            theta=float(theta[0]),
+            variance_reduction=reduction,
+        )
+
+    df, dist, q = reference_distribution(a, b, t.n, c.n, alpha, test, alternative)
+    effect_abs = float((t.r - theta @ t.w) - (c.r - theta @ c.w))
+    se_abs = math.sqrt(var_adj)
+    out = absolute_columns(effect_abs, se_abs, q, dist.sf, df, alternative)
+    zero_se = se_abs == 0
+    informative = control_mean_significant(c.r, c.v_r / c.n, q)
+    c_theta, c_quad = float(theta @ c.c), float(theta @ c.v_w @ theta)
+    if c.r != 0:
+        k = 1.0 + effect_abs / c.r
+        b_rel = max(k * k * c.v_r - 2.0 * k * c_theta + c_quad, 0.0) / c.n
+        se_rel = math.sqrt(a + b_rel) / abs(c.r)
+        if math.isfinite(se_rel):
+            rel = relative_columns(
+                effect_abs / abs(c.r), se_rel, informative, q, dist.sf, alternative
+            )
+            out |= rel
+            zero_se = zero_se or se_rel == 0
+    return CupedComparison(
+        **out,
+        theta=float(theta[0]),
+        thetas=tuple(theta.tolist()),
+        variance_reduction=reduction,
+        adjusted=True,
+        status=comparison_status(out, zero_se, informative),
+        cuped_status=CupedStatus.APPLIED,
+        control_unit_variance=b * c.n,
+        unadjusted=unadjusted,
+        fieller=FiellerRatio(
+            a=c.r + effect_abs,
+            b=c.r,
+            var_a=a + c_quad / c.n,
+            var_b=c.v_r / c.n,
+            cov=c_theta / c.n,
+        ),
+    )
