@@ -300,3 +300,11 @@ def test_a_quantile_covariate_is_a_config_error(tmp_path):
     raw["experiments"][0]["metrics"].append("p90")
     with pytest.raises(ConfigError, match=r"covariates: 'p90' is a quantile metric"):
         parse_config(raw)
+
+
+def test_covariates_do_not_change_the_incremental_state_fingerprint(tmp_path):
+    """The state holds first-level event aggregates; covariates are chosen after them."""
+    before = parse_config(_config(tmp_path, "x", None)).fingerprint()
+    assert parse_config(_config(tmp_path, "x", ["sessions_per_user"])).fingerprint() == before
+    longer = _config(tmp_path, "x", ["sessions_per_user"], cuped_lookback_days=14)
+    assert parse_config(longer).fingerprint() != before

@@ -902,12 +902,12 @@ class Config(_Model):
 
     def fingerprint(self) -> str:
         """A hash of every key but `output`, `incremental` and the experiments' `engine`,
-        `bayesian` and `variance` (the reducer's alone): the state of an incremental refresh was
-        computed under it."""
-        reducer_only = {"engine", "bayesian", "variance"}
+        `bayesian`, `variance` and `covariates` (applied after the state's first level): the
+        state of an incremental refresh was computed under it."""
+        not_in_state = {"engine", "bayesian", "variance", "covariates"}
         kept = self.model_dump(
             mode="json",
-            exclude={"output": True, "incremental": True, "experiments": {"__all__": reducer_only}},
+            exclude={"output": True, "incremental": True, "experiments": {"__all__": not_in_state}},
         )
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
