@@ -53,7 +53,14 @@ def orgs():
 @pytest.fixture(scope="module")
 def tables(spark, tmp_path_factory, orgs):
     root = tmp_path_factory.mktemp("covariates")
-    exposures = [("e1", org, arm, T0) for org, arm, *_ in orgs]
+    exposures = [("e1", org, arm, T0, _plan(org)) for org, arm, *_ in orgs]
+    attributes = []
+    for org, *_ in orgs:
+        g = int(org[1:])
+        if g % 7:  # every 7th org has no row: its seats are missing
+            attributes.append((org, T0 - dt.timedelta(days=30), str(_seats(org))))
+        attributes.append((org, T0 + dt.timedelta(days=1), "9999"))  # after exposure: ignored
+    write_delta(spark, attributes, "org string, updated_at timestamp, seats string", root / "orgs")
     events = []
     for org, _, s_pre, r_pre, s_post, r_post in orgs:
         for i in range(s_pre.size):
@@ -61,12 +68,28 @@ def tables(spark, tmp_path_factory, orgs):
             for at, sessions, revenue in ((PRE, s_pre[i], r_pre[i]), (POST, s_post[i], r_post[i])):
                 events += [(org, user, "session", 1.0, at)] * int(sessions)
                 events.append((org, user, "purchase", float(revenue), at))
-    write_delta(spark, exposures, EXPOSURE_DDL, root / "exposures")
+    write_delta(spark, exposures, EXPOSURE_DDL + ", plan string", root / "exposures")
     write_delta(spark, events, EVENT_DDL, root / "events")
     return root
 
 
-def _config(root, out: str, covariates: list[str] | None, **extra):
+def _plan(org: str) -> str | None:
+    """4 plans by org number (one of them NULL), so `max_levels: 2` pools one into (other)."""
+    return ("team", "team", "business", "enterprise", None, "team", "business")[int(org[1:]) % 7]
+
+
+def _seats(org: str) -> int:
+    return 5 + (int(org[1:]) * 37) % 90
+
+
+ATTRIBUTES = [
+    "sessions_per_user",
+    {"attribute": "plan", "max_levels": 2},
+    {"attribute": "seats", "type": "numeric"},
+]
+
+
+def _config(root, out: str, covariates: list | None, **extra):
     experiment = {
         "id": "e1",
         "assignment_unit": "org_id",
@@ -81,6 +104,15 @@ def _config(root, out: str, covariates: list[str] | None, **extra):
     if covariates is not None:
         experiment["covariates"] = covariates
     raw = config_dict(root, [experiment])
+    raw["exposures"]["dimensions"] = ["plan"]
+    raw["unit_attributes"] = {
+        "orgs": {
+            "path": f"{root}/orgs",
+            "timestamp": "updated_at",
+            "ids": {"org_id": "org"},
+            "dimensions": ["seats"],
+        }
+    }
     raw["metrics"]["sessions_per_user"] = {
         "kind": "ratio",
         "numerator": {
@@ -97,7 +129,11 @@ def _config(root, out: str, covariates: list[str] | None, **extra):
 @pytest.fixture(scope="module")
 def runs(spark, tables):
     out = {}
-    for name, covariates in (("covariates", ["sessions_per_user"]), ("cuped", None)):
+    for name, covariates in (
+        ("covariates", ["sessions_per_user"]),
+        ("cuped", None),
+        ("attributes", ATTRIBUTES),
+    ):
         rows = pipeline.run(spark, parse_config(_config(tables, name, covariates)), ANALYSIS_DATE)
         out[name] = {(r["metric"], r["variant"]): r for r in rows if r["dimension"] is None}
     return out
@@ -123,16 +159,34 @@ def _linearized(num, den):
     return ratio + (num - ratio * den) / den.mean()
 
 
-def _oracle(orgs):
+def _attribute_columns(orgs, arm):
+    """Per org of the arm: indicators of plan business, (other) (= enterprise) and (null)
+    (team, the largest, is the reference), seats (0 when missing) and a missing indicator."""
+    chosen = [org for org, a, *_ in orgs if a == arm]
+    plan = [_plan(org) for org in chosen]
+    seats = [0.0 if int(org[1:]) % 7 == 0 else float(_seats(org)) for org in chosen]
+    return np.column_stack(
+        [
+            [p == "business" for p in plan],
+            [p == "enterprise" for p in plan],
+            [p is None for p in plan],
+            seats,
+            [int(org[1:]) % 7 == 0 for org in chosen],
+        ]
+    ).astype(float)
+
+
+def _oracle(orgs, attributes: bool = False):
     """(θ, effect, HC2 SE, CR0 SE, per-arm residual variances, n) by statsmodels on the
-    per-org frame."""
+    per-org frame; `attributes`: plan and seats too."""
     cols = _per_org(orgs)
     ell, cov, arm, weight = [], [], [], []
     for i, a in enumerate(ARMS):
         m, d, x, y, xs, ys = cols[a]
         n = m.size
         ell.append(_linearized(m, d))
-        cov.append(np.column_stack([_linearized(x, y), _linearized(xs, ys)]))
+        extra = [_attribute_columns(orgs, a)] if attributes else []
+        cov.append(np.column_stack([_linearized(x, y), _linearized(xs, ys), *extra]))
         arm.append(np.full(n, float(i)))
         weight.append(np.full(n, 1.0 / (n * (n - 1))))  # Σ_g V/n_g: the 1/n-pooled θ
     ell, cov, arm, weight = map(np.concatenate, (ell, cov, arm, weight))
@@ -179,6 +233,24 @@ def test_two_covariates_equal_weighted_least_squares_with_hc2_errors(runs, orgs)
     r_c = m.sum() / d.sum()
     assert row["effect_rel"] == pytest.approx(effect / r_c, rel=1e-9)
     assert row["mean_adjusted"] == pytest.approx(r_c + effect, rel=1e-12)
+
+
+def test_unit_attributes_as_covariates_equal_weighted_least_squares(runs, orgs):
+    """Plan (categorical, at exposure; 2 levels kept, one pooled into (other), NULL its own
+    level) and seats (numeric, from the latest attribute row before exposure: the rows after
+    it are ignored; missing for every 7th org) beside two pre-period metrics."""
+    theta, effect, hc2, *_ = _oracle(orgs, attributes=True)
+    assert theta.size == 7 and abs(theta[5]) > 0  # seats
+    row = runs["attributes"][("revenue_per_user", "treatment")]
+    assert row["cuped_applied"] and row["variance_method"] == "delta"
+    assert row["cuped_theta"] == pytest.approx(theta[0], rel=1e-9)
+    assert row["effect_abs"] == pytest.approx(effect, rel=1e-9)
+    assert row["effect_abs_stderr"] == pytest.approx(hc2, rel=1e-9)
+    # sessions per user is adjusted by its own pre-period and the attributes
+    sessions = runs["attributes"][("sessions_per_user", "treatment")]
+    plain = runs["cuped"][("sessions_per_user", "treatment")]
+    assert sessions["cuped_applied"] and sessions["variance_method"] == "delta"
+    assert sessions["effect_abs"] != pytest.approx(plain["effect_abs"], rel=1e-9)
 
 
 def test_a_second_covariate_shrinks_the_interval_where_it_predicts(runs):
@@ -254,22 +326,30 @@ def test_covariate_moments_merge_and_read_padded_rows():
     assert _covariate_moments(0, [None] * 6, [None] * 21) is None
 
 
-def test_covariates_undefined_before_exposure_fall_back():
-    """A group whose covariate has no pre-period denominator (ΣY = 0) is not adjusted."""
+def test_a_covariate_undefined_in_a_group_is_left_out():
+    """A covariate with no pre-period denominator in one arm (ΣY_k = 0) gets θ_k = 0: the
+    rest is CUPED on the own pre-period; without an own pre-period, nothing is adjusted."""
     rng = np.random.default_rng(3)
 
-    def group(zero_sessions: bool):
+    def group(zero_sessions: bool, zero_own: bool = False):
         m, d, x, y = rng.lognormal(0, 1, (4, 30))
+        x = m * rng.lognormal(0, 0.3, 30)  # predictive
         xs, ys = rng.lognormal(0, 1, (2, 30))
         if zero_sessions:
             xs, ys = np.zeros(30), np.zeros(30)
+        if zero_own:
+            x, y = np.zeros(30), np.zeros(30)
         s = CupedStats.from_values(m, d, x, y)
         return dataclasses.replace(s, covariates=CovariateMoments.from_values([m, d, x, y, xs, ys]))
 
-    out = compare_regression(group(False), group(True))
-    assert out.cuped_status == CupedStatus.NO_PRE_DATA and not out.adjusted
-    fine = compare_regression(group(False), group(False))
-    assert fine.cuped_status in (CupedStatus.APPLIED, CupedStatus.NO_GAIN)
+    t, c = group(False), group(True)
+    out, cuped = compare_regression(t, c), compare_cuped(t, c)
+    assert out.cuped_status == cuped.cuped_status == CupedStatus.APPLIED
+    assert out.thetas[1] == 0.0
+    assert out.effect_abs == pytest.approx(cuped.effect_abs, rel=1e-12)
+    assert out.effect_abs_stderr == pytest.approx(cuped.effect_abs_stderr, rel=1e-12)
+    lost = compare_regression(group(False, zero_own=True), group(False))
+    assert lost.cuped_status == CupedStatus.NO_PRE_DATA and not lost.adjusted
 
 
 @pytest.mark.parametrize(
@@ -290,6 +370,15 @@ def test_covariate_config_errors_name_the_rule(tmp_path, covariates, lookback, m
     assert "covariates" in str(err.value)
 
 
+def test_an_unknown_attribute_covariate_names_where_it_was_looked_for(tmp_path):
+    raw = _config(tmp_path, "x", [{"attribute": "region"}])
+    with pytest.raises(ConfigError, match=r"covariates: 'region' must come from exactly one"):
+        parse_config(raw)
+    raw = _config(tmp_path, "x", [{"attribute": "plan", "type": "ordinal"}])
+    with pytest.raises(ConfigError, match="categorical"):
+        parse_config(raw)
+
+
 def test_a_quantile_covariate_is_a_config_error(tmp_path):
     raw = _config(tmp_path, "x", ["p90"])
     raw["metrics"]["p90"] = {
@@ -308,3 +397,47 @@ def test_covariates_do_not_change_the_incremental_state_fingerprint(tmp_path):
     assert parse_config(_config(tmp_path, "x", ["sessions_per_user"])).fingerprint() == before
     longer = _config(tmp_path, "x", ["sessions_per_user"], cuped_lookback_days=14)
     assert parse_config(longer).fingerprint() != before
+
+
+def test_post_stratification_on_one_categorical_by_hand(spark, tmp_path):
+    """No pre-period: purchases per org adjusted by the org's plan alone (indicator of B;
+    A and B tie at 3 orgs, so A, first by name, is the reference). By hand:
+    control m = (1, 3, 10), z = (0, 0, 1); treatment m = (2, 11, 13), z = (0, 1, 1).
+    Var m: 201/9 and 103/3; Cov(m, z): 8/3 and 10/3; Var z: 1/3 in both (n − 1).
+    θ = (10/3 + 8/3)/3 ÷ (2/3)/3 = 9; Δ = (26/3 − 14/3) − 9·(2/3 − 1/3) = 1;
+    a = (103/3 − 2·9·10/3 + 81/3)/3 = 4/9, b = (201/9 − 2·9·8/3 + 81/3)/3 = 4/9;
+    SE = √(8/9); ν = (8/9)²/((4/9)²/2 · 2) = 4; reduction 1 − (8/9)/(103/9 + 201/27) = 81/85.
+    (The classic post-stratified estimate Σ_k w_k(ȳ_T,k − ȳ_C,k) is also 1 here: strata A
+    0 and B 2, weighted 1/2 each.)"""
+    orgs = {
+        "c1": ("control", "A", 1),
+        "c2": ("control", "A", 3),
+        "c3": ("control", "B", 10),
+        "t1": ("treatment", "A", 2),
+        "t2": ("treatment", "B", 11),
+        "t3": ("treatment", "B", 13),
+    }
+    exposures = [("e1", org, arm, T0, plan) for org, (arm, plan, _) in orgs.items()]
+    events = [
+        (org, f"{org}u", "purchase", 1.0, T0 + dt.timedelta(hours=1 + i))
+        for org, (_, _, count) in orgs.items()
+        for i in range(count)
+    ]
+    write_delta(spark, exposures, EXPOSURE_DDL + ", plan string", tmp_path / "exposures")
+    write_delta(spark, events, EVENT_DDL, tmp_path / "events")
+    raw = config_dict(tmp_path)
+    raw["exposures"]["dimensions"] = ["plan"]
+    raw["experiments"][0] |= {
+        "metrics": ["purchases_per_org"],
+        "covariates": [{"attribute": "plan"}],
+    }
+    rows = pipeline.run(spark, parse_config(raw), ANALYSIS_DATE)
+    (t,) = [r for r in rows if r["variant"] == "treatment" and r["dimension"] is None]
+    assert t["cuped_applied"] and t["cuped_status"] == CupedStatus.APPLIED
+    assert t["cuped_theta"] is None  # no own pre-period
+    assert t["effect_abs"] == pytest.approx(1.0, rel=1e-12)
+    assert t["effect_abs_stderr"] == pytest.approx(math.sqrt(8 / 9), rel=1e-12)
+    assert t["df"] == pytest.approx(4.0, rel=1e-12)
+    assert t["variance_reduction"] == pytest.approx(81 / 85, rel=1e-12)
+    assert t["effect_rel"] == pytest.approx(1 / (14 / 3), rel=1e-12)
+    assert t["bias_p_value"] is None  # the pre-exposure check needs a pre-period

@@ -54,7 +54,7 @@ def compare_own_kind(
     c = stats.from_row(own[(metric, control)])
     alpha, side = experiment.alpha, experiment.alternative_for(metric)
     cols |= _comparison_columns(stats.compare(t, c, alpha=alpha, alternative=side))
-    if experiment.cuped_lookback_days:
+    if experiment.adjusts:
         cols.update(cuped_applied=False, cuped_status=CupedStatus.NOT_APPLICABLE)
 
     def two_sided() -> dict[str, Any]:
@@ -85,7 +85,7 @@ def compare_groups(
     control_variance = r_c.unit_variance
     if r_c.jackknife is not None and control_variance is not None:
         control_variance = r_c.jackknife * r_c.n
-    if experiment.cuped_lookback_days:
+    if experiment.adjusts:
         cc = _adjusted(t, c, experiment, metric, alpha=alpha, test=test, alternative=side)
         cols = _comparison_columns(cc)
         cols.update(
@@ -100,9 +100,10 @@ def compare_groups(
             cols.update(plain_columns(t.ratio_stats, c.ratio_stats, experiment, side, "unadjusted"))
             if cc.effect_abs is not None:  # R_C and R_C + Δ_adj: their ratio − 1 is Δ rel
                 cols.update(mean_adjusted=c.ratio + cc.effect_abs, control_mean_adjusted=c.ratio)
-        bias = compare(t.pre_stats, c.pre_stats, alpha=alpha, test=test).p_value
-        cols["bias_p_value"] = bias
-        cols["bias_flag"] = None if bias is None else bias < experiment.bias_threshold
+        if experiment.cuped_lookback_days:
+            bias = compare(t.pre_stats, c.pre_stats, alpha=alpha, test=test).p_value
+            cols["bias_p_value"] = bias
+            cols["bias_flag"] = None if bias is None else bias < experiment.bias_threshold
     else:
         raw = compare(t.ratio_stats, c.ratio_stats, alpha=alpha, test=test, alternative=side)
         cols = _comparison_columns(raw)
@@ -192,8 +193,9 @@ def _adjusted(
 ) -> CupedComparison:
     """CUPED on the metric's own pre-period (Deng et al. 2013), or regression adjustment
     with the experiment's other covariates as well (`stats.regression`)."""
-    if experiment.covariates_of(metric):
-        return compare_regression(t, c, **options)
+    if experiment.adjusted_by_covariates(metric):
+        own = bool(experiment.cuped_lookback_days)
+        return compare_regression(t, c, own=own, **options)
     return compare_cuped(t, c, **options)
 
 
@@ -203,7 +205,7 @@ def compare_groups_two_sided(
     """The CI columns of the two-sided comparison (for guardrails under one-sided tests:
     harm is always judged two-sided)."""
     alpha, test = experiment.alpha, experiment.test
-    if experiment.cuped_lookback_days:
+    if experiment.adjusts:
         cc = _adjusted(t, c, experiment, metric, alpha=alpha, test=test)
         cols, ratio = _comparison_columns(cc), cc.fieller
     else:

@@ -496,6 +496,22 @@ class Bayesian(_Model):
         return self
 
 
+class AttributeCovariate(_Model):
+    """A unit attribute as a covariate (`Experiment.covariates`): a column of the exposure
+    rows (`exposures.dimensions`) or of a `unit_attributes` table, as dimensions are, so its
+    value is the one at the unit's exposure, never a later one.
+
+    `categorical` (default): one indicator per level, the `max_levels` levels with the most
+    assignment units over the experiment's variants kept (ties: by name), the rest pooled
+    into `(other)`, NULL its own level `(null)`; the largest level is the reference.
+    `numeric`: the value as a number, with an indicator of missing values (NULL or not a
+    number: then 0)."""
+
+    attribute: Name
+    type: Literal["categorical", "numeric"] = "categorical"
+    max_levels: Annotated[int, Field(ge=1, le=100)] = 10
+
+
 #: `variance: auto` uses the cluster jackknife below this many assignment units in a
 #: metric (over all its variants; a slice counts its own): the delta method under-covers
 #: up to 1,000 heavy-tailed orgs (BENCHMARKS.md, "Few clusters"), and the two agree as
@@ -580,11 +596,12 @@ class Experiment(_Model):
     #: denominator) the delta method is used. `results.variance_method` says which.
     variance: Literal["auto", "jackknife", "delta"] = "auto"
     #: Regression adjustment with several covariates (docs/methods.md, "Several
-    #: covariates"): metrics of this experiment whose values over the CUPED pre-period
-    #: (`cuped_lookback_days`, required: a covariate must be measured before exposure)
-    #: adjust every metric besides its own pre-period, as Eppo's CUPED++. Empty (default):
-    #: each metric is adjusted by its own pre-period only (CUPED).
-    covariates: list[Name] = []
+    #: covariates"): metrics of this experiment, by their values over the CUPED pre-period
+    #: (`cuped_lookback_days`, required for them: a covariate must be measured before
+    #: exposure), as Eppo's CUPED++, and unit attributes at exposure
+    #: (`{attribute: plan}`, `AttributeCovariate`). They adjust every metric, besides its
+    #: own pre-period with `cuped_lookback_days`. Empty (default): CUPED alone.
+    covariates: list[Name | AttributeCovariate] = []
 
     @field_validator("id", mode="after")
     @classmethod
@@ -649,25 +666,53 @@ class Experiment(_Model):
         return self
 
     def _check_covariates(self) -> None:
-        if len(set(self.covariates)) != len(self.covariates):
-            raise ValueError(f"covariates are listed twice: {self.covariates}")
-        unknown = [k for k in self.covariates if k not in self.metrics]
+        names = [k if isinstance(k, str) else k.attribute for k in self.covariates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"covariates are listed twice: {names}")
+        metrics = [k for k in self.covariates if isinstance(k, str)]
+        unknown = [k for k in metrics if k not in self.metrics]
         if unknown:
             raise ValueError(
                 f"covariates {unknown} are not metrics of the experiment (its metrics: "
-                f"{self.metrics}); a covariate is a metric's pre-exposure value"
+                f"{self.metrics}); a covariate is a metric's pre-exposure value, or a unit "
+                "attribute written {attribute: NAME}"
             )
-        if self.covariates and self.cuped_lookback_days is None:
+        if metrics and self.cuped_lookback_days is None:
             raise ValueError(
-                f"covariates {self.covariates} need cuped_lookback_days: a covariate is a "
-                "metric's value before exposure, and without a pre-period its only value is "
-                "measured after exposure, where the treatment can move it"
+                f"covariates {metrics} need cuped_lookback_days: a metric covariate is its "
+                "value before exposure, and without a pre-period its only value is measured "
+                "after exposure, where the treatment can move it"
             )
 
     def covariates_of(self, metric: str) -> list[str]:
-        """The covariates that adjust `metric` besides its own pre-period, in config order
-        (none for a name that is not a metric of the experiment)."""
-        return [k for k in self.covariates if k != metric] if metric in self.metrics else []
+        """The metric covariates that adjust `metric` besides its own pre-period, in config
+        order (none for a name that is not a metric of the experiment)."""
+        if metric not in self.metrics:
+            return []
+        return [k for k in self.covariates if isinstance(k, str) and k != metric]
+
+    @property
+    def attribute_covariates(self) -> list[AttributeCovariate]:
+        """The unit attributes among `covariates`, in config order."""
+        return [k for k in self.covariates if isinstance(k, AttributeCovariate)]
+
+    @property
+    def adjusts(self) -> bool:
+        """Whether metrics are adjusted: CUPED (`cuped_lookback_days`) or covariates."""
+        return bool(self.cuped_lookback_days or self.covariates)
+
+    def adjusted_by_covariates(self, metric: str) -> bool:
+        """Whether `metric` (of this experiment) is adjusted by covariates other than its
+        own pre-period."""
+        own_only = not (self.covariates_of(metric) or self.attribute_covariates)
+        return metric in self.metrics and not own_only
+
+    @property
+    def loaded_dimensions(self) -> list[str]:
+        """The unit attributes staging reads: the slice `dimensions`, then the attribute
+        covariates that are not among them."""
+        extra = [k.attribute for k in self.attribute_covariates]
+        return [*self.dimensions, *[a for a in extra if a not in self.dimensions]]
 
     @property
     def start_time(self) -> dt.datetime:
@@ -830,7 +875,8 @@ class Config(_Model):
                     f"experiments[{i}].assignment_unit: '{exp.assignment_unit}' is not an id "
                     f"of exposures.ids {sorted(self.exposures.ids)}"
                 )
-            for dim in exp.dimensions:
+            attributes = [(a.attribute, "covariates") for a in exp.attribute_covariates]
+            for dim, key in [(d, "dimensions") for d in exp.dimensions] + attributes:
                 found = self.dimension_sources(exp, dim)
                 if len(found) != 1:
                     where = (
@@ -840,10 +886,10 @@ class Config(_Model):
                         f"the '{exp.assignment_unit}' id"
                     )
                     problems.append(
-                        f"experiments[{i}].dimensions: '{dim}' must come from exactly one "
+                        f"experiments[{i}].{key}: '{dim}' must come from exactly one "
                         f"place; it comes from {where}"
                     )
-            for k in exp.covariates:
+            for k in (k for k in exp.covariates if isinstance(k, str)):
                 kind = self.metrics[k].kind if k in self.metrics else None
                 if kind is not None and KINDS[kind].stage is not None:
                     problems.append(

@@ -84,7 +84,7 @@ def needs(config: Config, experiment_ids: Iterable[str]) -> dict[str, Need]:
     exposures.require(src.timestamp.column, "any")
     out = {"exposures": exposures}
     for e in experiments:
-        for dim in e.dimensions:
+        for dim in e.loaded_dimensions:
             (where,) = config.dimension_sources(e, dim)
             if where == "exposures":
                 exposures.require(dim, "any")

@@ -86,7 +86,7 @@ def variance_methods(
     for metric, whole in staged.items():
         small = experiment.variance == "jackknife" or units[metric] < JACKKNIFE_BELOW_UNITS
         # several covariates: their jackknife is not staged (`stats.regression`)
-        several = bool(experiment.covariates_of(metric))
+        several = experiment.adjusted_by_covariates(metric)
         use = whole and experiment.variance != "delta" and small and not several
         methods[metric] = "jackknife" if use else "delta"
     kept = {

@@ -8,6 +8,7 @@ The pipeline, one module a step:
 - `slices`: each unit's slice of every dimension (exposure columns, unit attributes).
 - `events`: one pass per metric source, the first aggregation level (unit × key).
 - `policy`: the multi-unit policy (an analysis unit under several assignment units).
+- `covariates`: the regression adjustment's covariates as per-unit columns.
 - `units`: the per-unit contract (`tables.UNIT_VALUES_COLUMNS`).
 - `options`: completed windows, bake, conversion rule, winsorization.
 - `moments`: per-group moments and the analysis-unit moments (design effect).
@@ -32,6 +33,7 @@ from pyspark.sql import functions as F
 from cluster_spark.config import Config
 from cluster_spark.inputs import Inputs
 from cluster_spark.kinds import KINDS
+from cluster_spark.staging.covariates import attribute_levels
 from cluster_spark.staging.events import SourceLevel, source_level
 from cluster_spark.staging.exposures import exposed_units
 from cluster_spark.staging.moments import analysis_unit_moments, group_statistics
@@ -172,7 +174,8 @@ def stage_plan(
     offenders, multi = _multi_unit_policy(plan, levels)
     sliced = units if slices is None else units.join(slices, ["experiment_id", UNIT], "left")
     per_unit = per_unit_frame(plan, sliced, levels, offenders, cache)
-    values = unit_value_rows(plan, per_unit, slices is not None)
+    covariates = attribute_levels(plan, slices)
+    values = unit_value_rows(plan, per_unit, slices is not None, covariates)
     diags = [exposure_diags, slice_diags, multi, *[level.diagnostics for level in levels]]
     diags.append(refresh and refresh.diagnostics(plan, spark))
     diags += events_before_exposure(plan, per_unit)
@@ -180,7 +183,8 @@ def stage_plan(
         diags.append(analysis_unit_counts(plan, values))
     winsorized = winsorize(values.drop("_n_subs"), plan)
     moments = analysis_unit_moments(plan, per_unit.per_analysis_unit, sliced)
-    stats = [_with_analysis_unit_moments(group_statistics(winsorized, plan), moments)]
+    group = group_statistics(winsorized, plan, covariates.width)
+    stats = [_with_analysis_unit_moments(group, moments)]
     for kind in sorted({KINDS[m.kind] for m in plan.metrics.values()}, key=lambda k: k.name):
         own = kind.stage_function()
         staged = own and own(spark, plan, sliced, offenders, cache)

@@ -109,10 +109,11 @@ def _values(plan: Plan) -> tuple[Column, Column, Column]:
     return m, x, F.col("complete") & F.col("baked")
 
 
-def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
+def group_statistics(values: DataFrame, plan: Plan, width: int = 0) -> DataFrame:
     """Per (experiment, metric, variant, dimension, slice, winsorized): n, sums, means and
     centered co-moments of the included units, counts of the excluded ones, and the
-    cluster jackknife's sums (`jackknife_sums`)."""
+    cluster jackknife's sums (`jackknife_sums`); `width`: the length of the covariate
+    array `w` (`staging.covariates`)."""
     m, x, inc = _values(plan)
     mi, di, xi, yi = (
         F.when(inc, m),
@@ -150,7 +151,7 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
         F.count(F.when(~F.col("complete"), 1)).alias("n_incomplete_window"),
         F.count(F.when(F.col("complete") & ~F.col("baked"), 1)).alias("n_unbaked"),
         *[F.first(c, ignorenulls=True).alias(c) for c in CAP_COLUMNS + PRE_CAP_COLUMNS],
-        *_covariate_moments(plan, [m, F.col("d"), x, F.col("y")], inc),
+        *_covariate_moments(width, [m, F.col("d"), x, F.col("y")], inc),
     )
     kept = [c for c in group.columns if c not in ("_sum_x", "_sum_y")]
     if all(e.variance == "delta" for e in plan.experiments):  # no experiment reads them
@@ -160,10 +161,9 @@ def group_statistics(values: DataFrame, plan: Plan) -> DataFrame:
     return group.join(jackknife, _same_group(), "left").select(*kept, *JACKKNIFE_COLUMNS)
 
 
-def _covariate_moments(plan: Plan, own: list[Column], inc: Column) -> list[Column]:
+def _covariate_moments(width: int, own: list[Column], inc: Column) -> list[Column]:
     """`tables.COVARIATE_COLUMNS`: the means and centered cross-products (covar_pop × n)
     of v = (m, d, x, y, w₁, …) over the included units; NULL without covariates."""
-    width = plan.covariate_width
     if not width:
         return [F.lit(None).cast("array<double>").alias(c) for c in COVARIATE_COLUMNS]
     v = [F.when(inc, c) for c in [*own, *[F.col("w")[i] for i in range(width)]]]

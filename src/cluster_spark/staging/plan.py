@@ -60,19 +60,14 @@ class Plan:
         return any(e.cuped_lookback_days for e in self.experiments)
 
     @property
-    def covariate_width(self) -> int:
-        """Length of the per-unit covariate array `w`: (X_k, Y_k) for each of the widest
-        experiment's `covariates` (0: no experiment of the plan has any)."""
-        return 2 * max(len(e.covariates) for e in self.experiments)
-
-    @property
     def dimensions(self) -> dict[str, str]:
         """Dimension → where its values come from (`exposures` or a `unit_attributes`
-        name), over the plan's experiments (one assignment unit: one place each)."""
+        name), over the plan's experiments (one assignment unit: one place each); slice
+        dimensions and attribute covariates (`Experiment.loaded_dimensions`)."""
         return {
             dim: self.config.dimension_sources(e, dim)[0]
             for e in self.experiments
-            for dim in e.dimensions
+            for dim in e.loaded_dimensions
         }
 
     @property

@@ -60,7 +60,7 @@ def _attribute_values(
     """(Per-unit values of the table's dimensions at exposure, dropped-rows diagnostics)."""
     table = plan.config.unit_attributes[name]
     dims = sorted(d for d, where in plan.dimensions.items() if where == name)
-    users = [e.id for e in plan.experiments if set(e.dimensions) & set(dims)]
+    users = [e.id for e in plan.experiments if set(e.loaded_dimensions) & set(dims)]
     units = units.where(F.col("experiment_id").isin(users))
     prepared = plan_inputs(spark, plan).table(attributes_label(name))
     rows = prepared.df.select(
@@ -98,8 +98,9 @@ def unit_slices(
     spark: SparkSession, plan: Plan, units: DataFrame, cache: Cache
 ) -> tuple[DataFrame | None, DataFrame | None]:
     """(Per-unit slices, diagnostics); (None, None) when no experiment of the plan has
-    dimensions. Per-unit slices: `frames.UNIT_SLICES` (one (dimension, slice) per
-    dimension the unit's experiment lists). A NULL value is the slice
+    dimensions or attribute covariates. Per-unit slices: `frames.UNIT_SLICES` (one
+    (dimension, slice) per dimension the unit's experiment lists, and `_attrs`, its raw
+    values of the attribute covariates). A NULL value is the slice
     `(null)`, always kept; per (experiment, dimension) the `max_slices` other slices with
     the most units (ties: by name) are kept and the rest pooled into `(other)`. Diagnostics:
     `assignment_units` per (variant, dimension, slice), and the attribute rows dropped
@@ -114,13 +115,16 @@ def unit_slices(
         values, dropped = _attribute_values(spark, plan, name, units)
         parts.append(values)
         diags.append(dropped)
+    values = reduce(DataFrame.unionByName, parts)
+    attrs = _covariate_attributes(plan, values)
+    if not any(e.dimensions for e in plan.experiments):  # attribute covariates only
+        no_slices = F.lit(None).cast(T.ArrayType(SEGMENT)).alias("_slices")
+        return attrs.select("*", no_slices), reduce(DataFrame.unionByName, diags) if diags else None
     wanted = _by_experiment(
         plan, {e.id: F.array(*map(F.lit, e.dimensions or [""])) for e in plan.experiments}
     )
     raw = cache.persist(
-        reduce(DataFrame.unionByName, parts)
-        .where(F.array_contains(wanted, F.col("dimension")))
-        .select(
+        values.where(F.array_contains(wanted, F.col("dimension"))).select(
             "experiment_id",
             UNIT,
             "variant",
@@ -136,7 +140,23 @@ def unit_slices(
     per_unit = sliced.groupBy("experiment_id", UNIT).agg(
         F.collect_list(F.struct("dimension", "slice")).alias("_slices")
     )
+    if attrs is not None:  # units of experiments without slices have none
+        per_unit = per_unit.join(attrs, ["experiment_id", UNIT], "full")
     return per_unit, reduce(DataFrame.unionByName, diags)
+
+
+def _covariate_attributes(plan: Plan, values: DataFrame) -> DataFrame | None:
+    """Per (experiment, unit) of an experiment with attribute covariates: `_attrs`, a map
+    of each such attribute to the unit's value (a string, NULL kept); None without."""
+    names = {e.id: [a.attribute for a in e.attribute_covariates] for e in plan.experiments}
+    if not any(names.values()):
+        return None
+    wanted = _by_experiment(plan, {e: F.array(*map(F.lit, n or [""])) for e, n in names.items()})
+    return (
+        values.where(F.array_contains(wanted, F.col("dimension")))
+        .groupBy("experiment_id", UNIT)
+        .agg(F.map_from_entries(F.collect_list(F.struct("dimension", "value"))).alias("_attrs"))
+    )
 
 
 def _pooled(plan: Plan, raw: DataFrame) -> DataFrame:

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 
 from cluster_spark.config import Component
 from cluster_spark.kinds import KINDS
+from cluster_spark.staging.covariates import Covariates, covariate_column
 from cluster_spark.staging.events import SourceLevel, counts_values
 from cluster_spark.staging.options import included
 from cluster_spark.staging.plan import SUB, UNIT, Cache, Plan, diag
@@ -155,7 +156,9 @@ def events_before_exposure(plan: Plan, per_unit: PerUnit) -> list[DataFrame]:
     return out
 
 
-def _value_entries(plan: Plan, per_unit: PerUnit) -> tuple[list[Column], list[str]]:
+def _value_entries(
+    plan: Plan, per_unit: PerUnit, covariates: Covariates
+) -> tuple[list[Column], list[str]]:
     """(A struct per moments-kind metric with its (metric, m, d, x, y, complete, baked),
     and `ANALYSIS_UNITS_METRIC`'s when some source is keyed by the analysis unit; the
     extra metric names.)"""
@@ -178,20 +181,6 @@ def _value_entries(plan: Plan, per_unit: PerUnit) -> tuple[list[Column], list[st
             x = F.when(y == 0, F.lit(0.0)).otherwise(x)
         return [x, y]
 
-    def covariates(name: str) -> Column:
-        """`w`: per experiment, (X_k, Y_k) of each covariate of `name` besides itself
-        (`Experiment.covariates_of`), NULL-padded to the plan's `covariate_width`."""
-        width = plan.covariate_width
-        if not width:
-            return F.lit(None).cast("array<double>")
-        pad = F.lit(None).cast("double")
-        arrays = {}
-        for e in plan.experiments:
-            own = [c for k in e.covariates_of(name) for c in pre_values(k)]
-            arrays[e.id] = F.array(*own, *[pad] * (width - len(own)))
-        pairs = [x for e, a in arrays.items() for x in (F.lit(e), a)]
-        return F.element_at(F.create_map(*pairs), F.col("experiment_id"))
-
     entries = []
     for name, metric in plan.metrics.items():
         if KINDS[metric.kind].stage is not None:
@@ -204,7 +193,7 @@ def _value_entries(plan: Plan, per_unit: PerUnit) -> tuple[list[Column], list[st
                 value(name, "den", metric.denominator_or_unit).alias("d"),
                 value(name, "num", metric.numerator, "_pre").alias("x"),
                 value(name, "den", metric.denominator_or_unit, "_pre").alias("y"),
-                covariates(name).alias("w"),
+                covariate_column(plan, name, covariates, pre_values).alias("w"),
                 complete.alias("complete"),
                 baked.alias("baked"),
             )
@@ -227,12 +216,14 @@ def _value_entries(plan: Plan, per_unit: PerUnit) -> tuple[list[Column], list[st
     return entries, [ANALYSIS_UNITS_METRIC]
 
 
-def unit_value_rows(plan: Plan, per_unit: PerUnit, sliced: bool) -> DataFrame:
+def unit_value_rows(
+    plan: Plan, per_unit: PerUnit, sliced: bool, covariates: Covariates | None = None
+) -> DataFrame:
     """The per-unit contract (`tables.UNIT_VALUES_COLUMNS`) and `_n_subs` (the unit's
     active analysis units): an overall row per unit and metric of its experiment, and one
     per dimension of its experiment (`slices`); zeros for units without events. `sliced`:
-    the units have `_slices`."""
-    entries, extra = _value_entries(plan, per_unit)
+    the units have `_slices`; `covariates`: the layout of `w` (`staging.covariates`)."""
+    entries, extra = _value_entries(plan, per_unit, covariates or Covariates())
     wanted = F.create_map(
         *[
             x

@@ -38,8 +38,9 @@ from cluster_spark.status import CupedStatus, Status
 
 @dataclass(frozen=True)
 class _Terms:
-    """A group's ratio R, pre-period ratios W (K), and the delta method's V_R = g_RᵀΛg_R,
-    C_k = g_RᵀΛg_k and V_W = [g_kᵀΛg_l] (Λ the sample covariance of v, n − 1)."""
+    """A group's ratio R, covariate ratios W (K; NaN where undefined), and the delta
+    method's V_R = g_RᵀΛg_R, C_k = g_RᵀΛg_k and V_W = [g_kᵀΛg_l] (Λ the sample covariance
+    of v, n − 1; rows and columns of an undefined W_k are 0)."""
 
     n: int
     r: float
@@ -48,24 +49,50 @@ class _Terms:
     c: np.ndarray
     v_w: np.ndarray
 
+    @property
+    def defined(self) -> np.ndarray:
+        return np.isfinite(self.w)
 
-def _terms(s: CovariateMoments) -> _Terms | None:
-    """None when n < 2, ΣD = 0 or some ΣY_k = 0 (its pre-period ratio is undefined)."""
+
+def _terms(s: CovariateMoments, own: bool) -> _Terms | None:
+    """None when n < 2 or ΣD = 0. `own`: v holds the metric's own pre-period (X, Y) at
+    positions 2, 3 (with `cuped_lookback_days`), else they are skipped. W_k is undefined
+    where ΣY_k = 0 (a covariate metric with no pre-period denominator in the group)."""
     mean = np.asarray(s.means)
-    if s.n < 2 or mean[1] == 0 or np.any(mean[3::2] == 0):
+    keep = [0, 1, *range(2 if own else 4, len(mean))]
+    mean, cov = mean[keep], (s.matrix() / max(s.n - 1, 1))[np.ix_(keep, keep)]
+    if s.n < 2 or mean[1] == 0:
         return None
     k = (len(mean) - 2) // 2
+    x, y = mean[2::2], mean[3::2]
+    defined = y != 0
+    safe = np.where(defined, y, 1.0)
     grads = np.zeros((k + 1, len(mean)))
     grads[0, :2] = (1.0 / mean[1], -mean[0] / mean[1] ** 2)
-    for i in range(k):
-        x, y = mean[2 + 2 * i], mean[3 + 2 * i]
-        grads[i + 1, 2 + 2 * i : 4 + 2 * i] = (1.0 / y, -x / y**2)
-    cov = grads @ (s.matrix() / (s.n - 1)) @ grads.T
-    if not np.all(np.isfinite(cov)):
+    for i in np.flatnonzero(defined):
+        grads[i + 1, 2 + 2 * i : 4 + 2 * i] = (1.0 / safe[i], -x[i] / safe[i] ** 2)
+    terms = grads @ cov @ grads.T
+    if not np.all(np.isfinite(terms)):
         return None
-    w = mean[2::2] / mean[3::2]
-    r, v_r = float(mean[0] / mean[1]), max(float(cov[0, 0]), 0.0)
-    return _Terms(s.n, r, w, v_r, cov[0, 1:], cov[1:, 1:])
+    r, v_r = float(mean[0] / mean[1]), max(float(terms[0, 0]), 0.0)
+    w = np.where(defined, x / safe, np.nan)
+    return _Terms(s.n, r, w, v_r, terms[0, 1:], terms[1:, 1:])
+
+
+def _pooled_theta(t: _Terms, c: _Terms, usable: np.ndarray) -> np.ndarray:
+    """θ = (Σ_g V_W,g/n_g)⁺ (Σ_g C_g/n_g) over the usable covariates (0 for the others),
+    solved on the correlation scale so covariates of different units weigh alike; the
+    pseudo-inverse gives collinear covariates a shared coefficient and a constant one 0."""
+    a = t.v_w / t.n + c.v_w / c.n
+    b = t.c / t.n + c.c / c.n
+    scale = np.sqrt(np.clip(a.diagonal(), 0.0, None))
+    use = usable & (scale > 0)
+    theta = np.zeros(len(b))
+    if use.any():
+        s = scale[use]
+        scaled = a[np.ix_(use, use)] / np.outer(s, s)
+        theta[use] = np.linalg.pinv(scaled, hermitian=True) @ (b[use] / s) / s
+    return theta
 
 
 def compare_regression(
@@ -74,9 +101,11 @@ def compare_regression(
     alpha: float = 0.05,
     test: Test = "welch",
     alternative: Alternative = "two-sided",
+    own: bool = True,
 ) -> CupedComparison:
-    """Treatment vs control adjusted by K pre-period covariates (``CupedStats.covariates``:
-    the metric's own pre-period first, then the experiment's other covariates).
+    """Treatment vs control adjusted by K covariates (``CupedStats.covariates``: the
+    metric's own pre-period first when `own`, then the experiment's other covariates, each
+    a ratio ΣX_k/ΣY_k: a pre-period metric, or the mean of an attribute column with Y = 1).
 
     Per group g, with the terms of `_terms`:
 
@@ -89,11 +118,13 @@ def compare_regression(
       k = 1 + Δ_adj/R_C; Fieller's inputs a = R_C + Δ_adj, b = R_C, Var a = a_T +
       θᵀV_W,Cθ/n_C, Var b = V_R,C/n_C, Cov = θᵀC_C/n_C (as `cuped.compare_cuped`).
 
-    ``theta`` is θ₁ (the own pre-period's coefficient); ``thetas`` of the result: all of
-    them. Fallbacks as `cuped.compare_cuped`: ``fallback_no_pre_data`` when a group lacks
-    the moments or a pre-period ratio or its variance is undefined or 0, ``fallback_no_gain``
-    when the adjusted variance is not smaller. Always the delta method's variance: the
-    jackknife of several covariates is not staged.
+    ``theta`` is θ₁, the own pre-period's coefficient (None without `own`); ``thetas`` of
+    the result: all of them. A covariate undefined in a group (ΣY_k = 0) is left out
+    (θ_k = 0). Fallbacks as `cuped.compare_cuped`: ``fallback_no_pre_data`` when a group
+    lacks the moments, the own pre-period's ratio or variance is undefined or 0 (with
+    `own`) or no covariate is defined in both groups; ``fallback_no_gain`` when the
+    adjusted variance is not smaller. Always the delta method's variance: the jackknife of
+    several covariates is not staged.
     """
     unadjusted = compare(
         treatment.ratio_stats, control.ratio_stats, alpha=alpha, test=test, alternative=alternative
@@ -103,15 +134,15 @@ def compare_regression(
         return _from_unadjusted(unadjusted, CupedStatus.NOT_COMPARED, raw_ratio)
     if treatment.covariates is None or control.covariates is None:
         return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
-    t, c = _terms(treatment.covariates), _terms(control.covariates)
-    if (
-        t is None
-        or c is None
-        or not (np.all(t.v_w.diagonal() > 0) and np.all(c.v_w.diagonal() > 0))
-    ):
+    t, c = _terms(treatment.covariates, own), _terms(control.covariates, own)
+    if t is None or c is None:
         return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
-
-    theta = np.linalg.pinv(t.v_w / t.n + c.v_w / c.n) @ (t.c / t.n + c.c / c.n)
+    usable = t.defined & c.defined
+    own_ok = usable[0] and t.v_w[0, 0] > 0 and c.v_w[0, 0] > 0  # CUPED's own rule
+    if (own and not own_ok) or not usable.any():
+        return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
+    theta = _pooled_theta(t, c, usable)
+    t_w, c_w = np.where(usable, t.w, 0.0), np.where(usable, c.w, 0.0)
 
     def adjusted(g: _Terms) -> float:
         return max(float(g.v_r - 2.0 * theta @ g.c + theta @ g.v_w @ theta), 0.0) / g.n
@@ -121,17 +152,18 @@ def compare_regression(
     if not all(map(math.isfinite, (*theta, var_adj, var_unadj))):
         return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
     reduction = 1.0 - var_adj / var_unadj if var_unadj > 0 else None
+    first = float(theta[0]) if own else None
     if not var_adj < var_unadj:
         return _from_unadjusted(
             unadjusted,
             CupedStatus.NO_GAIN,
             raw_ratio,
-            theta=float(theta[0]),
+            theta=first,
             variance_reduction=reduction,
         )
 
     df, dist, q = reference_distribution(a, b, t.n, c.n, alpha, test, alternative)
-    effect_abs = float((t.r - theta @ t.w) - (c.r - theta @ c.w))
+    effect_abs = float((t.r - theta @ t_w) - (c.r - theta @ c_w))
     se_abs = math.sqrt(var_adj)
     out = absolute_columns(effect_abs, se_abs, q, dist.sf, df, alternative)
     zero_se = se_abs == 0
@@ -149,7 +181,7 @@ def compare_regression(
             zero_se = zero_se or se_rel == 0
     return CupedComparison(
         **out,
-        theta=float(theta[0]),
+        theta=first,
         thetas=tuple(theta.tolist()),
         variance_reduction=reduction,
         adjusted=True,
