@@ -58,12 +58,15 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo_data(spark, tmp_path_factory):
-    """The demo's tables (400 orgs), the demo config without `incremental` beside them
-    (`full.yaml`), and the classic session's results rows on them."""
+    """The demo's tables (400 orgs), the demo config without `incremental` and with
+    covariates beside them (`full.yaml`), and the classic session's results rows on them."""
     root = tmp_path_factory.mktemp("demo")
     demo.write_demo_data(spark, root, n_orgs=400, seed=7)
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     raw.pop("incremental", None)  # the reference reads every event
+    # several covariates too: a metric's pre-period and a unit attribute (their staging
+    # builds maps, arrays and a window of levels)
+    raw["experiments"][0]["covariates"] = ["purchases_per_org", {"attribute": "plan"}]
     (root / "full.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     raw["output"] = {k: f"classic/{k}" for k in ("staging", "results", "diagnostics")}
     pipeline.run(spark, parse_config(raw, root=root), DATE)
@@ -136,7 +139,7 @@ def test_notebook_api_over_connect_with_catalog_tables(server, demo_data):
         from pyspark.sql import SparkSession
 
         spark = SparkSession.builder.remote({server!r}).getOrCreate()  # the user's own
-        raw = yaml.safe_load(open({str(DEMO_CONFIG)!r}))
+        raw = yaml.safe_load(open({str(root / "full.yaml")!r}))
         raw["output"] = {{k: {{"table": f"cs_connect.{{k}}"}} for k in
                          ("staging", "results", "diagnostics")}}
         raw["cache"] = "none"
