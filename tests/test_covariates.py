@@ -23,7 +23,7 @@ from cluster_spark.config import parse_config
 from cluster_spark.errors import ConfigError
 from cluster_spark.reducer import merge_groups
 from cluster_spark.stats.comoments import CovariateMoments
-from cluster_spark.stats.cuped import CupedStats, _covariate_moments, compare_cuped
+from cluster_spark.stats.cuped import CupedStats, _staged_covariates, compare_cuped
 from cluster_spark.stats.regression import compare_regression
 from cluster_spark.status import CupedStatus
 from tests.helpers import ANALYSIS_DATE, EVENT_DDL, EXPOSURE_DDL, T0, config_dict, write_delta
@@ -58,7 +58,8 @@ def tables(spark, tmp_path_factory, orgs):
     for org, *_ in orgs:
         g = int(org[1:])
         if g % 7:  # every 7th org has no row: its seats are missing
-            attributes.append((org, T0 - dt.timedelta(days=30), str(_seats(org))))
+            text = NOT_A_NUMBER.get(g, str(_seats(org)))
+            attributes.append((org, T0 - dt.timedelta(days=30), text))
         attributes.append((org, T0 + dt.timedelta(days=1), "9999"))  # after exposure: ignored
     write_delta(spark, attributes, "org string, updated_at timestamp, seats string", root / "orgs")
     events = []
@@ -80,6 +81,14 @@ def _plan(org: str) -> str | None:
 
 def _seats(org: str) -> int:
     return 5 + (int(org[1:]) * 37) % 90
+
+
+#: Seats that are not a number: missing, as NULL is.
+NOT_A_NUMBER = {3: "NaN", 10: "Infinity", 17: "lots"}
+
+
+def _seats_missing(org: str) -> bool:
+    return int(org[1:]) % 7 == 0 or int(org[1:]) in NOT_A_NUMBER
 
 
 ATTRIBUTES = [
@@ -164,14 +173,14 @@ def _attribute_columns(orgs, arm):
     (team, the largest, is the reference), seats (0 when missing) and a missing indicator."""
     chosen = [org for org, a, *_ in orgs if a == arm]
     plan = [_plan(org) for org in chosen]
-    seats = [0.0 if int(org[1:]) % 7 == 0 else float(_seats(org)) for org in chosen]
+    seats = [0.0 if _seats_missing(org) else float(_seats(org)) for org in chosen]
     return np.column_stack(
         [
             [p == "business" for p in plan],
             [p == "enterprise" for p in plan],
             [p is None for p in plan],
             seats,
-            [int(org[1:]) % 7 == 0 for org in chosen],
+            [_seats_missing(org) for org in chosen],
         ]
     ).astype(float)
 
@@ -238,7 +247,8 @@ def test_two_covariates_equal_weighted_least_squares_with_hc2_errors(runs, orgs)
 def test_unit_attributes_as_covariates_equal_weighted_least_squares(runs, orgs):
     """Plan (categorical, at exposure; 2 levels kept, one pooled into (other), NULL its own
     level) and seats (numeric, from the latest attribute row before exposure: the rows after
-    it are ignored; missing for every 7th org) beside two pre-period metrics."""
+    it are ignored; missing for every 7th org and where it is NaN, Infinity or text) beside
+    two pre-period metrics."""
     theta, effect, hc2, *_ = _oracle(orgs, attributes=True)
     assert theta.size == 7 and abs(theta[5]) > 0  # seats
     row = runs["attributes"][("revenue_per_user", "treatment")]
@@ -309,7 +319,7 @@ def _pairs(q: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(q) for j in range(i, q)]
 
 
-def test_covariate_moments_merge_and_read_padded_rows():
+def test_staged_covariates_merge_and_read_padded_rows():
     rng = np.random.default_rng(7)
     data = rng.lognormal(0, 1, (6, 50))
     whole = CovariateMoments.from_values(data)
@@ -320,35 +330,51 @@ def test_covariate_moments_merge_and_read_padded_rows():
     # a metric with 1 covariate in a pass staged for 2: 4 of 6 means, the 4 × 4 block
     means = [1.0, 2.0, 3.0, 4.0, None, None]
     css = [float(10 * i + j) if j < 4 else None for i, j in _pairs(6)]
-    got = _covariate_moments(9, means, css)
+    got = _staged_covariates(9, means, css)
     assert got.means == (1.0, 2.0, 3.0, 4.0)
     assert got.css == (0.0, 1.0, 2.0, 3.0, 11.0, 12.0, 13.0, 22.0, 23.0, 33.0)
-    assert _covariate_moments(0, [None] * 6, [None] * 21) is None
+    assert _staged_covariates(0, [None] * 6, [None] * 21) is None
 
 
 def test_a_covariate_undefined_in_a_group_is_left_out():
-    """A covariate with no pre-period denominator in one arm (ΣY_k = 0) gets θ_k = 0: the
-    rest is CUPED on the own pre-period; without an own pre-period, nothing is adjusted."""
+    """A covariate with no pre-period denominator in one arm (ΣY_k = 0), or constant there,
+    gets θ_k = 0 and the rest adjusts: CUPED on whichever pre-period is left."""
     rng = np.random.default_rng(3)
 
-    def group(zero_sessions: bool, zero_own: bool = False):
-        m, d, x, y = rng.lognormal(0, 1, (4, 30))
-        x = m * rng.lognormal(0, 0.3, 30)  # predictive
-        xs, ys = rng.lognormal(0, 1, (2, 30))
+    def group(zero_sessions: bool = False, zero_own: bool = False):
+        m, d = rng.lognormal(0, 1, (2, 40))
+        x, y = m * rng.lognormal(0, 0.3, 40), d.copy()
+        xs, ys = m * rng.lognormal(0, 0.5, 40), d * rng.lognormal(0, 0.1, 40)
         if zero_sessions:
-            xs, ys = np.zeros(30), np.zeros(30)
+            xs, ys = np.zeros(40), np.zeros(40)
         if zero_own:
-            x, y = np.zeros(30), np.zeros(30)
-        s = CupedStats.from_values(m, d, x, y)
-        return dataclasses.replace(s, covariates=CovariateMoments.from_values([m, d, x, y, xs, ys]))
+            x, y = np.full(40, 2.0), np.ones(40)  # constant: no variance
+        own = CupedStats.from_values(m, d, x, y)
+        data = [m, d, x, y, xs, ys]
+        return own, CupedStats.from_values(m, d, xs, ys), CovariateMoments.from_values(data)
 
-    t, c = group(False), group(True)
-    out, cuped = compare_regression(t, c), compare_cuped(t, c)
+    def with_covariates(g):
+        return dataclasses.replace(g[0], covariates=g[2])
+
+    t, c = group(), group(zero_sessions=True)
+    out = compare_regression(with_covariates(t), with_covariates(c), pairs=1)
+    cuped = compare_cuped(t[0], c[0])
     assert out.cuped_status == cuped.cuped_status == CupedStatus.APPLIED
     assert out.thetas[1] == 0.0
-    assert out.effect_abs == pytest.approx(cuped.effect_abs, rel=1e-12)
-    assert out.effect_abs_stderr == pytest.approx(cuped.effect_abs_stderr, rel=1e-12)
-    lost = compare_regression(group(False, zero_own=True), group(False))
+    for col in ("effect_abs", "effect_abs_stderr", "effect_rel_stderr", "theta"):
+        assert getattr(out, col) == pytest.approx(getattr(cuped, col), rel=1e-12), col
+    # the own pre-period constant in one arm: sessions alone adjust, as CUPED on them would
+    t, c = group(zero_own=True), group()
+    out = compare_regression(with_covariates(t), with_covariates(c), pairs=1)
+    by_sessions = compare_cuped(t[1], c[1])
+    assert out.thetas[0] == 0.0 and out.adjusted and by_sessions.adjusted
+    for col in ("effect_abs", "effect_abs_stderr", "df"):
+        assert getattr(out, col) == pytest.approx(getattr(by_sessions, col), rel=1e-12), col
+    assert out.thetas[1] == pytest.approx(by_sessions.theta, rel=1e-12)
+    # nothing left: not adjusted
+    lost = compare_regression(
+        with_covariates(group(zero_sessions=True, zero_own=True)), with_covariates(group()), pairs=1
+    )
     assert lost.cuped_status == CupedStatus.NO_PRE_DATA and not lost.adjusted
 
 
@@ -357,7 +383,8 @@ def test_a_covariate_undefined_in_a_group_is_left_out():
     [
         (["sessions_per_user"], None, "need cuped_lookback_days"),
         (["sessions"], 7, "not metrics of the experiment"),
-        (["sessions_per_user", "sessions_per_user"], 7, "listed twice"),
+        (["sessions_per_user", "sessions_per_user"], 7, r"lists \['sessions_per_user'\] twice"),
+        ([{"attribute": "plan", "max_levels": 60}], 7, "at most 40"),
     ],
 )
 def test_covariate_config_errors_name_the_rule(tmp_path, covariates, lookback, message):
@@ -376,6 +403,9 @@ def test_an_unknown_attribute_covariate_names_where_it_was_looked_for(tmp_path):
         parse_config(raw)
     raw = _config(tmp_path, "x", [{"attribute": "plan", "type": "ordinal"}])
     with pytest.raises(ConfigError, match="categorical"):
+        parse_config(raw)
+    raw = _config(tmp_path, "x", [{"attribute": "seats", "type": "numeric", "max_levels": 3}])
+    with pytest.raises(ConfigError, match="max_levels applies to type: categorical"):
         parse_config(raw)
 
 

@@ -194,8 +194,8 @@ def _adjusted(
     """CUPED on the metric's own pre-period (Deng et al. 2013), or regression adjustment
     with the experiment's other covariates as well (`stats.regression`)."""
     if experiment.adjusted_by_covariates(metric):
-        own = bool(experiment.cuped_lookback_days)
-        return compare_regression(t, c, own=own, **options)
+        own, pairs = bool(experiment.cuped_lookback_days), len(experiment.covariates_of(metric))
+        return compare_regression(t, c, own=own, pairs=pairs, **options)
     return compare_cuped(t, c, **options)
 
 

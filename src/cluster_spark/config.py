@@ -511,6 +511,25 @@ class AttributeCovariate(_Model):
     type: Literal["categorical", "numeric"] = "categorical"
     max_levels: Annotated[int, Field(ge=1, le=100)] = 10
 
+    @model_validator(mode="after")
+    def _levels_for_categorical(self) -> AttributeCovariate:
+        if self.type == "numeric" and "max_levels" in self.model_fields_set:
+            raise ValueError(
+                f"max_levels applies to type: categorical, not to '{self.attribute}' (numeric)"
+            )
+        return self
+
+    @property
+    def columns(self) -> int:
+        """The most per-unit columns it stages: levels but the reference, plus (other)
+        and (null); or the value and its missing indicator."""
+        return self.max_levels + 1 if self.type == "categorical" else 2
+
+
+#: The most covariate columns staged per metric (`Experiment.covariates`): their centered
+#: cross-products are (4 + k)(5 + k)/2 aggregates per group in one Spark aggregation.
+MAX_COVARIATE_COLUMNS = 40
+
 
 #: `variance: auto` uses the cluster jackknife below this many assignment units in a
 #: metric (over all its variants; a slice counts its own): the delta method under-covers
@@ -667,8 +686,18 @@ class Experiment(_Model):
 
     def _check_covariates(self) -> None:
         names = [k if isinstance(k, str) else k.attribute for k in self.covariates]
-        if len(set(names)) != len(names):
-            raise ValueError(f"covariates are listed twice: {names}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"covariates lists {twice} twice")
+        columns = 2 * sum(isinstance(k, str) for k in self.covariates) + sum(
+            k.columns for k in self.attribute_covariates
+        )
+        if columns > MAX_COVARIATE_COLUMNS:
+            raise ValueError(
+                f"covariates stage up to {columns} columns per metric (2 per metric, 2 per "
+                f"numeric attribute, max_levels + 1 per categorical one); at most "
+                f"{MAX_COVARIATE_COLUMNS}: lower max_levels or list fewer"
+            )
         metrics = [k for k in self.covariates if isinstance(k, str)]
         unknown = [k for k in metrics if k not in self.metrics]
         if unknown:

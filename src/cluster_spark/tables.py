@@ -20,8 +20,9 @@ from cluster_spark.kinds import KINDS
 
 #: The per-unit contract (staging.units → staging.options and staging.moments): one row per
 #: experiment × assignment unit × metric; m, d are the unit's numerator and denominator,
-#: x, y the CUPED pre-period ones (0 without CUPED); w the (x, y) of each of the
-#: experiment's other `covariates` (NULL without, NULL-padded); complete and baked say whether the
+#: x, y the CUPED pre-period ones (0 without CUPED); w the covariates' columns
+#: (`staging.covariates`; NULL when no experiment of the pass has covariates, else
+#: NULL-padded to the pass's widest); complete and baked say whether the
 #: unit is in the metric under the completed-window and bake rules. A unit's overall row
 #: has NULL `dimension` and `slice`; with slices it has one more row per dimension.
 UNIT_VALUES_COLUMNS: list[tuple[str, str]] = [
@@ -84,10 +85,10 @@ KIND_COLUMNS = tuple(c for kind in KINDS.values() for c in kind.columns)
 #: is undefined (a unit holding the whole ΣD) and on kinds with their own stage.
 JACKKNIFE_COLUMNS = ("jk_rr", "jk_rp", "jk_pp")
 
-#: Regression adjustment with several covariates (`stats.regression`), NULL without the
-#: experiment's `covariates`: the means of v = (m, d, x, y, w₁, w₂, …) over the included
-#: units and the upper triangle of their centered cross-products, row by row; NULL-padded
-#: beyond the metric's own covariates (`Experiment.covariates_of`).
+#: Regression adjustment with several covariates (`stats.regression`): the means of
+#: v = (m, d, x, y, w₁, w₂, …) over the included units and the upper triangle of their
+#: centered cross-products, row by row; NULL-padded beyond the metric's own covariates
+#: (`staging.covariates`), NULL when no experiment of the pass has covariates.
 COVARIATE_COLUMNS = ("cov_mean", "cov_css")
 
 

@@ -174,7 +174,7 @@ def stage_plan(
     offenders, multi = _multi_unit_policy(plan, levels)
     sliced = units if slices is None else units.join(slices, ["experiment_id", UNIT], "left")
     per_unit = per_unit_frame(plan, sliced, levels, offenders, cache)
-    covariates = attribute_levels(plan, slices)
+    covariates = attribute_levels(plan, per_unit.wide)
     values = unit_value_rows(plan, per_unit, slices is not None, covariates)
     diags = [exposure_diags, slice_diags, multi, *[level.diagnostics for level in levels]]
     diags.append(refresh and refresh.diagnostics(plan, spark))

@@ -1,21 +1,27 @@
 """Covariates of the regression adjustment (`Experiment.covariates`; `stats.regression`) as
-per-unit columns: the array `w` of pairs (X_k, Y_k) whose ratio ΣX_k/ΣY_k is the group's
-covariate — a metric's pre-period numerator and denominator, or (z, 1) for a unit
-attribute: an indicator of a categorical level, a numeric value, or a missing-value
-indicator. `w` is NULL-padded to the pass's `width` (its widest experiment and metric).
+per-unit columns: the array `w`, per metric, first the pairs (X_k, Y_k) of its metric
+covariates (`Experiment.covariates_of`: each one's pre-period numerator and denominator,
+whose ratio ΣX_k/ΣY_k is the group's covariate), then one value z per attribute column (the
+group's covariate is its mean): an indicator of a categorical level, a numeric value, or a
+missing-value indicator. `w` is NULL-padded to the pass's `width` (its widest experiment
+and moments metric).
 
 The levels of categorical attributes are the few group-level rows this module collects
 (`attribute_levels`): they name the indicator columns."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+from cluster_spark.config import Experiment
+from cluster_spark.kinds import KINDS
 from cluster_spark.staging.plan import Plan
 from cluster_spark.status import NULL_SLICE, OTHER_SLICE
 
@@ -23,18 +29,18 @@ from cluster_spark.status import NULL_SLICE, OTHER_SLICE
 @dataclass(frozen=True)
 class Covariates:
     """`levels`: per (experiment, categorical attribute) its levels, the reference (the
-    largest) first; `width`: the length of `w` in the pass, two entries a covariate
-    (0: no covariates)."""
+    largest named value) first; `width`: the length of `w` in the pass (0: none)."""
 
     levels: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     width: int = 0
 
 
-def attribute_levels(plan: Plan, per_unit_slices: DataFrame | None) -> Covariates:
-    """The categorical attributes' levels, from the units' `_attrs` (`slices.unit_slices`):
-    per (experiment, attribute) the `max_levels` values with the most units (ties: by
-    name), then `(other)` if more values exist, then `(null)` if some unit has none. One
-    small collect; nothing when no experiment has a categorical attribute covariate."""
+def attribute_levels(plan: Plan, per_unit: DataFrame) -> Covariates:
+    """The categorical attributes' levels, from the units' `_attrs` (`slices.unit_slices`,
+    on the persisted per-unit frame): per (experiment, attribute) the `max_levels` values
+    with the most units (ties: by name), then `(other)` if more values exist, then `(null)`
+    if some unit has none. One small collect (at most `max_levels` + 1 rows per attribute);
+    nothing when no experiment has a categorical attribute covariate."""
     wanted = {
         (e.id, a.attribute): a.max_levels
         for e in plan.experiments
@@ -42,10 +48,11 @@ def attribute_levels(plan: Plan, per_unit_slices: DataFrame | None) -> Covariate
         if a.type == "categorical"
     }
     levels: dict[tuple[str, str], list[str]] = {}
-    if wanted and per_unit_slices is not None:
+    if wanted:
+        pairs = [(F.col("experiment_id") == e) & (F.col("attribute") == a) for e, a in wanted]
         counts = (
-            per_unit_slices.where(F.col("_attrs").isNotNull())
-            .select("experiment_id", F.explode("_attrs").alias("attribute", "value"))
+            per_unit.select("experiment_id", F.explode("_attrs").alias("attribute", "value"))
+            .where(reduce(operator.or_, pairs))
             .groupBy("experiment_id", "attribute", "value")
             .count()
         )
@@ -70,29 +77,29 @@ def attribute_levels(plan: Plan, per_unit_slices: DataFrame | None) -> Covariate
             if any(r["value"] is None for r in mine):
                 out.append(NULL_SLICE)
             levels[key] = out
-    return Covariates(levels, _width(plan, levels))
+    moments = [n for n, m in plan.metrics.items() if KINDS[m.kind].stage is None]
+    width = max(
+        (_width(e, n, levels) for e in plan.experiments for n in moments if n in e.metrics),
+        default=0,
+    )
+    return Covariates(levels, width)
 
 
-def _width(plan: Plan, levels: dict[tuple[str, str], list[str]]) -> int:
-    """The length of `w`: two entries a pair, for the pass's widest experiment and metric."""
-    pairs = [len(_layout(e, m, levels)) for e in plan.experiments for m in e.metrics]
-    return 2 * max(pairs, default=0)
-
-
-def _layout(experiment, metric: str, levels) -> list[tuple[str, str, str | None]]:
-    """The covariate pairs of `metric` in `experiment`, in order: (kind, name, level) with
-    kind `metric` (its pre-period X, Y), `level` (an indicator), `numeric` or `missing`."""
-    out: list[tuple[str, str, str | None]] = [
-        ("metric", k, None) for k in experiment.covariates_of(metric)
-    ]
+def _attribute_columns(experiment: Experiment, levels) -> list[tuple[str, str, str | None]]:
+    """The attribute columns of `w`, in order: (kind, attribute, level) with kind `level`
+    (an indicator; every level but the reference), `numeric` or `missing`."""
+    out: list[tuple[str, str, str | None]] = []
     for a in experiment.attribute_covariates:
         if a.type == "numeric":
             out += [("numeric", a.attribute, None), ("missing", a.attribute, None)]
-        else:  # every level but the reference
-            out += [
-                ("level", a.attribute, v) for v in levels.get((experiment.id, a.attribute), [])[1:]
-            ]
+        else:
+            named = levels.get((experiment.id, a.attribute), [])
+            out += [("level", a.attribute, v) for v in named[1:]]
     return out
+
+
+def _width(experiment: Experiment, metric: str, levels) -> int:
+    return 2 * len(experiment.covariates_of(metric)) + len(_attribute_columns(experiment, levels))
 
 
 def covariate_column(
@@ -105,30 +112,38 @@ def covariate_column(
     pre-period X and Y columns of the per-unit frame)."""
     if not covariates.width:
         return F.lit(None).cast("array<double>")
-    one, pad = F.lit(1.0), F.lit(None).cast("double")
     arrays = {}
     for e in plan.experiments:
-        pairs: list[Column] = []
-        kept = {}
-        for kind, name, level in _layout(e, metric, covariates.levels):
-            value = F.element_at(F.col("_attrs"), F.lit(name)) if kind != "metric" else None
-            if kind == "metric":
-                pairs += pre_values(name)
-            elif kind == "numeric":
-                pairs += [F.coalesce(value.try_cast("double"), F.lit(0.0)), one]
-            elif kind == "missing":
-                pairs += [F.when(value.try_cast("double").isNull(), 1.0).otherwise(0.0), one]
-            else:
-                if name not in kept:
-                    named = covariates.levels[(e.id, name)]
-                    kept[name] = [v for v in named if v not in (OTHER_SLICE, NULL_SLICE)]
-                if level == NULL_SLICE:
-                    hit = value.isNull()
-                elif level == OTHER_SLICE:
-                    hit = value.isNotNull() & ~value.isin(kept[name])
-                else:
-                    hit = value == level
-                pairs += [F.when(hit, 1.0).otherwise(0.0), one]
-        arrays[e.id] = F.array(*pairs, *[pad] * (covariates.width - len(pairs)))
+        values = [c for k in e.covariates_of(metric) for c in pre_values(k)]
+        if metric in e.metrics:
+            values += [
+                _attribute(e, c, covariates.levels)
+                for c in _attribute_columns(e, covariates.levels)
+            ]
+        pad = [F.lit(None).cast("double")] * (covariates.width - len(values))
+        arrays[e.id] = F.array(*values, *pad)
     entries = [x for e, a in arrays.items() for x in (F.lit(e), a)]
     return F.element_at(F.create_map(*entries), F.col("experiment_id"))
+
+
+def _attribute(experiment: Experiment, column: tuple[str, str, str | None], levels) -> Column:
+    """One attribute column of `w`: 0/1 or the numeric value (0 when missing: NULL, not a
+    number, NaN or infinite)."""
+    kind, name, level = column
+    value = F.element_at(F.col("_attrs"), F.lit(name))
+    if kind in ("numeric", "missing"):
+        number = value.try_cast("double")
+        usable = number.isNotNull() & ~F.isnan(number) & (F.abs(number) != float("inf"))
+        if kind == "numeric":
+            return F.when(usable, number).otherwise(F.lit(0.0))
+        return F.when(usable, F.lit(0.0)).otherwise(F.lit(1.0))
+    if level == NULL_SLICE:
+        hit = value.isNull()
+    elif level == OTHER_SLICE:
+        named = levels[(experiment.id, name)]
+        hit = value.isNotNull() & ~value.isin(
+            [v for v in named if v not in (OTHER_SLICE, NULL_SLICE)]
+        )
+    else:
+        hit = value == level
+    return F.when(hit, F.lit(1.0)).otherwise(F.lit(0.0))

@@ -143,7 +143,7 @@ _UNIT_VALUES = {
     "d": "the denominator value (1 for a mean over units)",
     "x": "m over the CUPED pre-period (0 without CUPED)",
     "y": "d over the CUPED pre-period (0 without CUPED)",
-    "w": "(x, y) of the experiment's other covariates (NULL without `covariates`)",
+    "w": "the covariates' columns (`staging.covariates`; NULL when the pass has none)",
     "complete": "the unit's window has ended (completed-window rule)",
     "baked": "the bake delay has passed",
 }

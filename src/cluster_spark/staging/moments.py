@@ -163,7 +163,8 @@ def group_statistics(values: DataFrame, plan: Plan, width: int = 0) -> DataFrame
 
 def _covariate_moments(width: int, own: list[Column], inc: Column) -> list[Column]:
     """`tables.COVARIATE_COLUMNS`: the means and centered cross-products (covar_pop × n)
-    of v = (m, d, x, y, w₁, …) over the included units; NULL without covariates."""
+    of v = (m, d, x, y, w₁, …) over the included units; NULL when no experiment of the
+    pass has covariates."""
     if not width:
         return [F.lit(None).cast("array<double>").alias(c) for c in COVARIATE_COLUMNS]
     v = [F.when(inc, c) for c in [*own, *[F.col("w")[i] for i in range(width)]]]

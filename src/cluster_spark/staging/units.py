@@ -17,7 +17,7 @@ from cluster_spark.config import Component
 from cluster_spark.kinds import KINDS
 from cluster_spark.staging.covariates import Covariates, covariate_column
 from cluster_spark.staging.events import SourceLevel, counts_values
-from cluster_spark.staging.options import included
+from cluster_spark.staging.options import conversion, included
 from cluster_spark.staging.plan import SUB, UNIT, Cache, Plan, diag
 from cluster_spark.staging.policy import apply_multi_unit_policy
 from cluster_spark.staging.slices import segments
@@ -172,14 +172,10 @@ def _value_entries(
         return F.coalesce(F.col(column).cast("double"), F.lit(0.0))
 
     def pre_values(name: str) -> list[Column]:
-        """(X, Y) of metric `name` over the pre-period, 0 numerator where Y is for a
-        conversion rate (as `moments._values` does for x)."""
+        """(X, Y) of metric `name` over the pre-period, under the conversion-rate rule."""
         metric = plan.metrics[name]
-        x = value(name, "num", metric.numerator, "_pre")
         y = value(name, "den", metric.denominator_or_unit, "_pre")
-        if metric.kind == "ratio" and metric.conversion_rate:
-            x = F.when(y == 0, F.lit(0.0)).otherwise(x)
-        return [x, y]
+        return [conversion(metric, value(name, "num", metric.numerator, "_pre"), y), y]
 
     entries = []
     for name, metric in plan.metrics.items():

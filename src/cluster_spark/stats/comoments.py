@@ -47,6 +47,10 @@ class CovariateMoments:
     def __add__(self, other: CovariateMoments) -> CovariateMoments:
         """Moments of the union of two disjoint sets of units (Chan et al.'s update:
         css_ab = css_ab,A + css_ab,B + δ_a δ_b n_A n_B / n)."""
+        if len(self.means) != len(other.means):
+            raise ValueError(
+                f"cannot merge moments of {len(self.means)} and {len(other.means)} values"
+            )
         if other.n == 0:
             return self
         if self.n == 0:

@@ -90,7 +90,7 @@ class CupedStats(GroupMeans):
     css_xy: float
     jackknife: tuple[float, float | None, float | None] | None = None
     #: With the experiment's `covariates`: the moments of (M, D, X, Y, X_2, Y_2, …), the
-    #: metric's own pre-period first (`regression.CovariateMoments`); kept by ``+``.
+    #: metric's own pre-period first (`comoments.CovariateMoments`); kept by ``+``.
     covariates: CovariateMoments | None = None
 
     @classmethod
@@ -107,7 +107,7 @@ class CupedStats(GroupMeans):
         rr, rp, pp = (row.get(c) for c in JACKKNIFE_COLUMNS)
         jackknife = None if rr is None else (rr, rp, pp)
         moments = {k: 0.0 if v is None else v for k, v in values.items()}
-        covariates = _covariate_moments(n, row.get("cov_mean"), row.get("cov_css"))
+        covariates = _staged_covariates(n, row.get("cov_mean"), row.get("cov_css"))
         return cls(n, **moments, jackknife=jackknife, covariates=covariates)
 
     @classmethod
@@ -235,7 +235,7 @@ class CupedStats(GroupMeans):
         return v if math.isfinite(v) else None
 
 
-def _covariate_moments(
+def _staged_covariates(
     n: int, means: Sequence[float | None] | None, css: Sequence[float | None] | None
 ) -> CovariateMoments | None:
     """The staged `cov_mean`/`cov_css` of a group, padded with NULLs beyond the metric's

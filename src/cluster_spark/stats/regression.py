@@ -54,28 +54,32 @@ class _Terms:
         return np.isfinite(self.w)
 
 
-def _terms(s: CovariateMoments, own: bool) -> _Terms | None:
-    """None when n < 2 or ΣD = 0. `own`: v holds the metric's own pre-period (X, Y) at
-    positions 2, 3 (with `cuped_lookback_days`), else they are skipped. W_k is undefined
-    where ΣY_k = 0 (a covariate metric with no pre-period denominator in the group)."""
+def _terms(s: CovariateMoments, own: bool, pairs: int) -> _Terms | None:
+    """None when n < 2 or ΣD = 0. v = (M, D, X, Y, then `pairs` pairs (X_k, Y_k) of other
+    metrics, then attribute columns z_j); `own`: X, Y are the metric's own pre-period (with
+    `cuped_lookback_days`), else they are skipped. A pair's covariate is ΣX_k/ΣY_k,
+    undefined (NaN) where ΣY_k = 0; an attribute column's is its mean z̄_j (gradient 1)."""
     mean = np.asarray(s.means)
     keep = [0, 1, *range(2 if own else 4, len(mean))]
     mean, cov = mean[keep], (s.matrix() / max(s.n - 1, 1))[np.ix_(keep, keep)]
     if s.n < 2 or mean[1] == 0:
         return None
-    k = (len(mean) - 2) // 2
-    x, y = mean[2::2], mean[3::2]
+    n_pairs = pairs + (1 if own else 0)
+    singles = len(mean) - 2 - 2 * n_pairs
+    x, y = mean[2 : 2 + 2 * n_pairs : 2], mean[3 : 2 + 2 * n_pairs : 2]
     defined = y != 0
     safe = np.where(defined, y, 1.0)
-    grads = np.zeros((k + 1, len(mean)))
+    grads = np.zeros((1 + n_pairs + singles, len(mean)))
     grads[0, :2] = (1.0 / mean[1], -mean[0] / mean[1] ** 2)
     for i in np.flatnonzero(defined):
-        grads[i + 1, 2 + 2 * i : 4 + 2 * i] = (1.0 / safe[i], -x[i] / safe[i] ** 2)
+        grads[1 + i, 2 + 2 * i : 4 + 2 * i] = (1.0 / safe[i], -x[i] / safe[i] ** 2)
+    for j in range(singles):
+        grads[1 + n_pairs + j, 2 + 2 * n_pairs + j] = 1.0
     terms = grads @ cov @ grads.T
     if not np.all(np.isfinite(terms)):
         return None
     r, v_r = float(mean[0] / mean[1]), max(float(terms[0, 0]), 0.0)
-    w = np.where(defined, x / safe, np.nan)
+    w = np.concatenate([np.where(defined, x / safe, np.nan), mean[2 + 2 * n_pairs :]])
     return _Terms(s.n, r, w, v_r, terms[0, 1:], terms[1:, 1:])
 
 
@@ -102,10 +106,11 @@ def compare_regression(
     test: Test = "welch",
     alternative: Alternative = "two-sided",
     own: bool = True,
+    pairs: int = 0,
 ) -> CupedComparison:
     """Treatment vs control adjusted by K covariates (``CupedStats.covariates``: the
-    metric's own pre-period first when `own`, then the experiment's other covariates, each
-    a ratio ΣX_k/ΣY_k: a pre-period metric, or the mean of an attribute column with Y = 1).
+    metric's own pre-period first when `own`, then `pairs` other metrics' pre-periods, each
+    a ratio ΣX_k/ΣY_k, then attribute columns, each by its mean; `_terms`).
 
     Per group g, with the terms of `_terms`:
 
@@ -119,12 +124,12 @@ def compare_regression(
       θᵀV_W,Cθ/n_C, Var b = V_R,C/n_C, Cov = θᵀC_C/n_C (as `cuped.compare_cuped`).
 
     ``theta`` is θ₁, the own pre-period's coefficient (None without `own`); ``thetas`` of
-    the result: all of them. A covariate undefined in a group (ΣY_k = 0) is left out
-    (θ_k = 0). Fallbacks as `cuped.compare_cuped`: ``fallback_no_pre_data`` when a group
-    lacks the moments, the own pre-period's ratio or variance is undefined or 0 (with
-    `own`) or no covariate is defined in both groups; ``fallback_no_gain`` when the
-    adjusted variance is not smaller. Always the delta method's variance: the jackknife of
-    several covariates is not staged.
+    the result: all of them. A covariate undefined (ΣY_k = 0) or constant in a group is
+    left out (θ_k = 0), the own pre-period too, as CUPED leaves it out. Fallbacks as
+    `cuped.compare_cuped`: ``fallback_no_pre_data`` when a group lacks the moments or no
+    covariate is left; ``fallback_no_gain`` when the adjusted variance is not smaller.
+    Always the delta method's variance: the jackknife of several covariates is not staged.
+    Raises ValueError when the two groups' covariates differ in number.
     """
     unadjusted = compare(
         treatment.ratio_stats, control.ratio_stats, alpha=alpha, test=test, alternative=alternative
@@ -134,12 +139,15 @@ def compare_regression(
         return _from_unadjusted(unadjusted, CupedStatus.NOT_COMPARED, raw_ratio)
     if treatment.covariates is None or control.covariates is None:
         return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
-    t, c = _terms(treatment.covariates, own), _terms(control.covariates, own)
+    if len(treatment.covariates.means) != len(control.covariates.means):
+        raise ValueError("the groups' covariates differ in number: staged under other levels?")
+    t = _terms(treatment.covariates, own, pairs)
+    c = _terms(control.covariates, own, pairs)
     if t is None or c is None:
         return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
-    usable = t.defined & c.defined
-    own_ok = usable[0] and t.v_w[0, 0] > 0 and c.v_w[0, 0] > 0  # CUPED's own rule
-    if (own and not own_ok) or not usable.any():
+    # a covariate is used where it is defined and varies in both groups (CUPED's rule)
+    usable = t.defined & c.defined & (t.v_w.diagonal() > 0) & (c.v_w.diagonal() > 0)
+    if not usable.any():
         return _from_unadjusted(unadjusted, CupedStatus.NO_PRE_DATA, raw_ratio)
     theta = _pooled_theta(t, c, usable)
     t_w, c_w = np.where(usable, t.w, 0.0), np.where(usable, c.w, 0.0)
