@@ -159,7 +159,7 @@ def events_before_exposure(plan: Plan, per_unit: PerUnit) -> list[DataFrame]:
 def _value_entries(
     plan: Plan, per_unit: PerUnit, covariates: Covariates
 ) -> tuple[list[Column], list[str]]:
-    """(A struct per moments-kind metric with its (metric, m, d, x, y, complete, baked),
+    """(A struct per moments-kind metric with its (metric, m, d, x, y, w, complete, baked),
     and `ANALYSIS_UNITS_METRIC`'s when some source is keyed by the analysis unit; the
     extra metric names.)"""
 
