@@ -244,7 +244,7 @@ def test_two_covariates_equal_weighted_least_squares_with_hc2_errors(runs, orgs)
     assert row["mean_adjusted"] == pytest.approx(r_c + effect, rel=1e-12)
 
 
-def test_unit_attributes_as_covariates_equal_weighted_least_squares(runs, orgs):
+def test_unit_attributes_as_covariates_equal_weighted_least_squares(spark, tables, runs, orgs):
     """Plan (categorical, at exposure; 2 levels kept, one pooled into (other), NULL its own
     level) and seats (numeric, from the latest attribute row before exposure: the rows after
     it are ignored; missing for every 7th org and where it is NaN, Infinity or text) beside
@@ -261,6 +261,11 @@ def test_unit_attributes_as_covariates_equal_weighted_least_squares(runs, orgs):
     plain = runs["cuped"][("sessions_per_user", "treatment")]
     assert sessions["cuped_applied"] and sessions["variance_method"] == "delta"
     assert sessions["effect_abs"] != pytest.approx(plain["effect_abs"], rel=1e-9)
+    # the units whose seats are not a number are counted, not silently zero
+    diagnostics = spark.read.format("delta").load(f"{tables}/attributes/diagnostics")
+    (missing,) = diagnostics.where("check = 'covariate_missing:seats'").collect()
+    # 18 orgs (0, 7, …, 119) with no row before exposure, and NaN, Infinity, "lots"
+    assert missing.value == sum(_seats_missing(org) for org, *_ in orgs) == 18 + 3
 
 
 def test_a_second_covariate_shrinks_the_interval_where_it_predicts(runs):
@@ -405,8 +410,9 @@ def test_an_unknown_attribute_covariate_names_where_it_was_looked_for(tmp_path):
     with pytest.raises(ConfigError, match="categorical"):
         parse_config(raw)
     raw = _config(tmp_path, "x", [{"attribute": "seats", "type": "numeric", "max_levels": 3}])
-    with pytest.raises(ConfigError, match="max_levels applies to type: categorical"):
+    with pytest.raises(ConfigError, match="max_levels applies to type: categorical") as err:
         parse_config(raw)
+    assert "valid string" not in str(err.value)  # not also judged as a metric's name
 
 
 def test_a_quantile_covariate_is_a_config_error(tmp_path):

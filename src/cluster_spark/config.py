@@ -526,6 +526,13 @@ class AttributeCovariate(_Model):
         return self.max_levels + 1 if self.type == "categorical" else 2
 
 
+#: A covariate: a metric's name, or a mapping for a unit attribute (a mapping's errors are
+#: reported against `AttributeCovariate` alone, not against both forms).
+Covariate = Annotated[
+    Annotated[Name, Tag("metric")] | Annotated[AttributeCovariate, Tag("attribute")],
+    Discriminator(lambda v: "attribute" if isinstance(v, dict | AttributeCovariate) else "metric"),
+]
+
 #: The most covariate columns staged per metric (`Experiment.covariates`): their centered
 #: cross-products are (4 + k)(5 + k)/2 aggregates per group in one Spark aggregation.
 MAX_COVARIATE_COLUMNS = 40
@@ -620,7 +627,7 @@ class Experiment(_Model):
     #: exposure), as Eppo's CUPED++, and unit attributes at exposure
     #: (`{attribute: plan}`, `AttributeCovariate`). They adjust every metric, besides its
     #: own pre-period with `cuped_lookback_days`. Empty (default): CUPED alone.
-    covariates: list[Name | AttributeCovariate] = []
+    covariates: list[Covariate] = []
 
     @field_validator("id", mode="after")
     @classmethod

@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 from cluster_spark.config import Config
 from cluster_spark.inputs import Inputs
 from cluster_spark.kinds import KINDS
-from cluster_spark.staging.covariates import attribute_levels
+from cluster_spark.staging.covariates import attribute_levels, missing_numbers
 from cluster_spark.staging.events import SourceLevel, source_level
 from cluster_spark.staging.exposures import exposed_units
 from cluster_spark.staging.moments import analysis_unit_moments, group_statistics
@@ -179,6 +179,7 @@ def stage_plan(
     diags = [exposure_diags, slice_diags, multi, *[level.diagnostics for level in levels]]
     diags.append(refresh and refresh.diagnostics(plan, spark))
     diags += events_before_exposure(plan, per_unit)
+    diags.append(missing_numbers(plan, per_unit.wide))
     if per_unit.keyed:  # a source has the analysis unit: count the active ones
         diags.append(analysis_unit_counts(plan, values))
     winsorized = winsorize(values.drop("_n_subs"), plan)

@@ -22,7 +22,7 @@ from pyspark.sql.window import Window
 
 from cluster_spark.config import Experiment
 from cluster_spark.kinds import KINDS
-from cluster_spark.staging.plan import Plan
+from cluster_spark.staging.plan import Plan, diag
 from cluster_spark.status import NULL_SLICE, OTHER_SLICE
 
 
@@ -132,8 +132,7 @@ def _attribute(experiment: Experiment, column: tuple[str, str, str | None], leve
     kind, name, level = column
     value = F.element_at(F.col("_attrs"), F.lit(name))
     if kind in ("numeric", "missing"):
-        number = value.try_cast("double")
-        usable = number.isNotNull() & ~F.isnan(number) & (F.abs(number) != float("inf"))
+        number, usable = _number(name)
         if kind == "numeric":
             return F.when(usable, number).otherwise(F.lit(0.0))
         return F.when(usable, F.lit(0.0)).otherwise(F.lit(1.0))
@@ -147,3 +146,27 @@ def _attribute(experiment: Experiment, column: tuple[str, str, str | None], leve
     else:
         hit = value == level
     return F.when(hit, F.lit(1.0)).otherwise(F.lit(0.0))
+
+
+def _number(name: str) -> tuple[Column, Column]:
+    """(The unit's value of attribute `name` as a double, whether it is a usable number:
+    not NULL, text, NaN or infinite)."""
+    number = F.element_at(F.col("_attrs"), F.lit(name)).try_cast("double")
+    return number, number.isNotNull() & ~F.isnan(number) & (F.abs(number) != float("inf"))
+
+
+def missing_numbers(plan: Plan, per_unit: DataFrame) -> DataFrame | None:
+    """Diagnostics `covariate_missing:<attribute>` per experiment with a numeric attribute
+    covariate: its units whose value is not a usable number (taken as 0, with the missing
+    indicator 1). All of them missing means the attribute adjusts nothing: text in a
+    column meant as numbers, say. None without numeric attribute covariates."""
+    parts = []
+    for e in plan.experiments:
+        for a in e.attribute_covariates:
+            if a.type == "numeric":
+                missing = F.count(F.when(~_number(a.attribute)[1], 1)).alias("n")
+                counts = per_unit.where(F.col("experiment_id") == e.id).groupBy("experiment_id")
+                parts.append(
+                    diag(counts.agg(missing), f"covariate_missing:{a.attribute}", F.col("n"))
+                )
+    return reduce(DataFrame.unionByName, parts) if parts else None
