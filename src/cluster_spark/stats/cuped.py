@@ -281,6 +281,20 @@ class CupedComparison(Comparison):
     fieller: FiellerRatio | None = None
 
 
+def unadjusted_comparison(
+    treatment: CupedStats,
+    control: CupedStats,
+    alpha: float,
+    test: Test,
+    alternative: Alternative,
+) -> tuple[Comparison, FiellerRatio | None]:
+    """The delta-method comparison of the (M, D) parts and Fieller's inputs for it: what
+    an adjustment reports when it falls back."""
+    t, c = treatment.ratio_stats, control.ratio_stats
+    unadjusted = compare(t, c, alpha=alpha, test=test, alternative=alternative)
+    return unadjusted, FiellerRatio.of_groups(t, c)
+
+
 def _from_unadjusted(
     unadjusted: Comparison,
     cuped_status: CupedStatus,
@@ -379,10 +393,7 @@ def compare_cuped(
     or ΣD = 0 give ``not_compared`` and null estimates. Raises only for invalid ``alpha``
     or ``test``.
     """
-    unadjusted = compare(
-        treatment.ratio_stats, control.ratio_stats, alpha=alpha, test=test, alternative=alternative
-    )
-    raw_ratio = FiellerRatio.of_groups(treatment.ratio_stats, control.ratio_stats)
+    unadjusted, raw_ratio = unadjusted_comparison(treatment, control, alpha, test, alternative)
     if unadjusted.status in (Status.TOO_FEW_UNITS, Status.ZERO_DENOMINATOR):
         return _from_unadjusted(unadjusted, CupedStatus.NOT_COMPARED, raw_ratio)
     t, c = _group_terms(treatment), _group_terms(control)

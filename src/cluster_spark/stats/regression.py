@@ -21,12 +21,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from cluster_spark.stats.comoments import CovariateMoments
-from cluster_spark.stats.cuped import CupedComparison, CupedStats, _from_unadjusted
+from cluster_spark.stats.cuped import (
+    CupedComparison,
+    CupedStats,
+    _from_unadjusted,
+    unadjusted_comparison,
+)
 from cluster_spark.stats.inference import (
     Alternative,
     Test,
     absolute_columns,
-    compare,
     comparison_status,
     control_mean_significant,
     reference_distribution,
@@ -131,10 +135,7 @@ def compare_regression(
     Always the delta method's variance: the jackknife of several covariates is not staged.
     Raises ValueError when the two groups' covariates differ in number.
     """
-    unadjusted = compare(
-        treatment.ratio_stats, control.ratio_stats, alpha=alpha, test=test, alternative=alternative
-    )
-    raw_ratio = FiellerRatio.of_groups(treatment.ratio_stats, control.ratio_stats)
+    unadjusted, raw_ratio = unadjusted_comparison(treatment, control, alpha, test, alternative)
     if unadjusted.status in (Status.TOO_FEW_UNITS, Status.ZERO_DENOMINATOR):
         return _from_unadjusted(unadjusted, CupedStatus.NOT_COMPARED, raw_ratio)
     if treatment.covariates is None or control.covariates is None:
