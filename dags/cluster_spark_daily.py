@@ -18,6 +18,8 @@ Settings:
     CLUSTER_SPARK_HOME      the project checkout (default: the parent of this dags/ folder)
     CLUSTER_SPARK_CONFIG    the YAML config (default: $CLUSTER_SPARK_HOME/conf/demo.yaml)
     CLUSTER_SPARK_RETRIES   task retries (default 2)
+    CLUSTER_SPARK_RETRY_DELAY_S
+                            seconds before a task's first retry (default 600; doubles after)
   when a task runs: Airflow Variable, else the environment variable, else the default:
     cluster_spark_root             CLUSTER_SPARK_ROOT      base of relative table paths
                                                            (default $CLUSTER_SPARK_HOME/out/demo)
@@ -44,6 +46,7 @@ DAG_ID = "cluster_spark_daily"
 HOME = Path(os.environ.get("CLUSTER_SPARK_HOME") or Path(__file__).resolve().parents[1])
 CONFIG = Path(os.environ.get("CLUSTER_SPARK_CONFIG") or HOME / "conf" / "demo.yaml")
 RETRIES = int(os.environ.get("CLUSTER_SPARK_RETRIES", "2"))
+RETRY_DELAY = dt.timedelta(seconds=float(os.environ.get("CLUSTER_SPARK_RETRY_DELAY_S", "600")))
 
 COMMAND = r"""
 set -euo pipefail
@@ -108,7 +111,7 @@ with DAG(
     default_args={
         "owner": "cluster_spark",
         "retries": RETRIES,
-        "retry_delay": dt.timedelta(minutes=10),
+        "retry_delay": RETRY_DELAY,
         "retry_exponential_backoff": True,
         "execution_timeout": dt.timedelta(hours=3),
     },

@@ -78,6 +78,7 @@ def main() -> int:
         report["run"] = {
             "state": str(run.state),
             "tasks": {ti.task_id: str(ti.state) for ti in run.get_task_instances()},
+            "tries": {ti.task_id: ti.try_number for ti in run.get_task_instances()},
         }
         ok = report["run"]["state"] == "success"
     print(json.dumps(report))
