@@ -1,11 +1,14 @@
 """What triggers each Spark job of one `cluster-spark run` pass (issue #30, item 1)?
 
     .venv/bin/python bench/jobs.py [--events 200000] [--out out/bench] [--cache memory|none]
+                                   [--save rows.json]
 
 Runs `pipeline.run` on bench/run.py's config and data of one size with Spark's event log on,
 then lists every job from the log: its id, the call site (the first frame of cluster_spark
 or bench code that triggered it, from the job's `callSite.long` property), its stages and
 tasks, and its wall time; then the jobs per call site. Job counts barely depend on size.
+`--save` writes the pass's results and diagnostics rows (sorted, without the run id) to
+compare a change's numbers bit for bit with `cmp`.
 """
 
 from __future__ import annotations
@@ -68,11 +71,22 @@ def jobs_of(log_dir: Path) -> list[dict]:
     return [jobs[k] for k in sorted(jobs)]
 
 
+def _rows_json(outcome: pipeline.Outcome) -> str:
+    """Results and diagnostics rows as sorted JSON lines, without what differs per run."""
+    out = []
+    for table, rows in (("results", outcome.results), ("diagnostics", outcome.diagnostics)):
+        for row in rows:
+            kept = {k: v for k, v in row.items() if k not in ("run_id", "created_at")}
+            out.append(json.dumps({"table": table, **kept}, sort_keys=True, default=str))
+    return "\n".join(sorted(out)) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench")
     parser.add_argument("--cache", choices=("memory", "none"), default="memory")
+    parser.add_argument("--save", type=Path, help="write the results and diagnostics rows here")
     args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="cs-eventlog-"))
     conf = {
@@ -95,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         first = spark.sparkContext.statusTracker().getJobIdsForGroup(None)
         skip = max(first, default=-1)
         spark.sparkContext.setJobGroup("pass", "one pass")
-        pipeline.run(spark, config, metrics.ANALYSIS_DATE)
+        outcome = pipeline.run_outcome(spark, config, metrics.ANALYSIS_DATE)
     finally:
         spark.stop()
+    if args.save:
+        args.save.write_text(_rows_json(outcome))
     jobs = [j for j in jobs_of(logs) if j["id"] > skip]
     print(f"{len(jobs)} jobs in one pass ({args.events:,} events, cache: {args.cache})")
     for j in jobs:
