@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _site(props: dict) -> str:
     """The innermost frame of this repository in the job's call site, else its short site."""
-    long = props.get("callSite.long") or ""
+    long = props.get("callSite.long") or props.get("callSite.short") or ""
     ours = [ln.strip() for ln in long.splitlines() if str(REPO) in ln]
     if ours:
         return ours[0].replace(str(REPO) + "/", "")

@@ -149,6 +149,16 @@ def test_show_of_a_dimension_the_results_do_not_have_is_a_usage_error(
     ) in capsys.readouterr().err
 
 
+def test_demo_outside_the_checkout_says_where_its_config_is(tmp_path, monkeypatch, started, capsys):
+    """`cluster-spark demo` reads conf/demo.yaml relative to where it runs: elsewhere it
+    says so (exit 64) before any Spark work, instead of a bare "config file not found"."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo", "--orgs", "10"]) == 64
+    err = capsys.readouterr().err
+    assert "reads conf/demo.yaml of the cluster_spark checkout" in err and "--config" in err
+    assert started == [] and not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- item 8: Spark settings
 
 

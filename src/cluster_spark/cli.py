@@ -31,6 +31,9 @@ from cluster_spark import checks
 from cluster_spark.config import Config, load_config
 from cluster_spark.errors import EXIT_USAGE, ClusterSparkError, UsageError
 
+#: `cluster-spark demo`'s config, relative to the checkout it runs in.
+DEMO_CONFIG = Path("conf/demo.yaml")
+
 #: Spark settings of `-q`: only errors in Spark's log, no progress bars.
 QUIET_CONF = {"spark.log.level": "ERROR", "spark.ui.showConsoleProgress": "false"}
 
@@ -163,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log", type=Path, default=Path("out/connect-server.log"))
     serve.add_argument("--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE")
     demo = sub.add_parser("demo", help="generate a synthetic cluster experiment and analyse it")
-    demo.add_argument("--config", type=Path, default=Path("conf/demo.yaml"))
+    demo.add_argument("--config", type=Path, default=DEMO_CONFIG)
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     demo.add_argument("--orgs", type=int, default=8000)
     demo.add_argument("--seed", type=int, default=7)
@@ -497,6 +500,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     from cluster_spark import demo, pipeline
 
     console = Console(width=200)
+    if args.config == DEMO_CONFIG and not DEMO_CONFIG.exists():
+        raise UsageError(
+            f"cluster-spark demo reads {DEMO_CONFIG} of the cluster_spark checkout: run it "
+            "from the checkout's directory, or give that file with --config"
+        )
     config = load_config(args.config, root=args.out)
     for table in ("data", "staging", "results", "diagnostics"):  # the demo starts afresh
         shutil.rmtree(args.out / table, ignore_errors=True)
