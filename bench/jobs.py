@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench")
     parser.add_argument("--cache", choices=("memory", "none"), default="memory")
     parser.add_argument("--save", type=Path, help="write the results and diagnostics rows here")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Spark setting, e.g. spark.sql.adaptive.enabled=false")  # fmt: skip
     args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="cs-eventlog-"))
     conf = {
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "spark.ui.enabled": "false",
         "spark.databricks.delta.snapshotPartitions": "2",
     }
+    conf.update(item.split("=", 1) for item in args.conf)
     spark = build_spark("cluster_spark jobs", local_master="local[2]", extra_conf=conf)
     set_log_level(spark, "ERROR")
     try:
@@ -109,13 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         first = spark.sparkContext.statusTracker().getJobIdsForGroup(None)
         skip = max(first, default=-1)
         spark.sparkContext.setJobGroup("pass", "one pass")
+        t0 = time.perf_counter()
         outcome = pipeline.run_outcome(spark, config, metrics.ANALYSIS_DATE)
+        took = time.perf_counter() - t0
     finally:
         spark.stop()
     if args.save:
         args.save.write_text(_rows_json(outcome))
     jobs = [j for j in jobs_of(logs) if j["id"] > skip]
-    print(f"{len(jobs)} jobs in one pass ({args.events:,} events, cache: {args.cache})")
+    print(f"{len(jobs)} jobs in one pass ({args.events:,} events, cache: {args.cache}, "
+          f"{took:.1f} s)")  # fmt: skip
     for j in jobs:
         print(f"{j['id']:4d} {j.get('seconds', 0):6.2f}s {len(j['stages']):2d} stages "
               f"{j['tasks']:4d} tasks  {j['site']}")  # fmt: skip

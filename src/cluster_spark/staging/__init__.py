@@ -38,7 +38,7 @@ from cluster_spark.staging.events import SourceLevel, source_level
 from cluster_spark.staging.exposures import exposed_units
 from cluster_spark.staging.moments import analysis_unit_moments, group_statistics
 from cluster_spark.staging.options import winsorize
-from cluster_spark.staging.plan import UNIT, Cache, Plan, plans
+from cluster_spark.staging.plan import UNIT, Cache, Plan, per_experiment_diags, plans
 from cluster_spark.staging.policy import multi_unit_offenders
 from cluster_spark.staging.refresh import Refresh, plan_refresh
 from cluster_spark.staging.slices import unit_slices
@@ -178,8 +178,9 @@ def stage_plan(
     values = unit_value_rows(plan, per_unit, slices is not None, covariates)
     diags = [exposure_diags, slice_diags, multi, *[level.diagnostics for level in levels]]
     diags.append(refresh and refresh.diagnostics(plan, spark))
-    diags += events_before_exposure(plan, per_unit)
-    diags.append(missing_numbers(plan, per_unit.wide))
+    # per-experiment counts over the per-unit frame, one aggregation for all of them
+    checks = [*events_before_exposure(plan), *missing_numbers(plan)]
+    diags.append(per_experiment_diags(per_unit.wide, checks))
     if per_unit.keyed:  # a source has the analysis unit: count the active ones
         diags.append(analysis_unit_counts(plan, values))
     winsorized = winsorize(values.drop("_n_subs"), plan)

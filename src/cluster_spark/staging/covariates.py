@@ -22,7 +22,7 @@ from pyspark.sql.window import Window
 
 from cluster_spark.config import Experiment
 from cluster_spark.kinds import KINDS
-from cluster_spark.staging.plan import Plan, diag
+from cluster_spark.staging.plan import Check, Plan
 from cluster_spark.status import NULL_SLICE, OTHER_SLICE
 
 
@@ -155,18 +155,14 @@ def _number(name: str) -> tuple[Column, Column]:
     return number, number.isNotNull() & ~F.isnan(number) & (F.abs(number) != float("inf"))
 
 
-def missing_numbers(plan: Plan, per_unit: DataFrame) -> DataFrame | None:
-    """Diagnostics `covariate_missing:<attribute>` per experiment with a numeric attribute
-    covariate: its units whose value is not a usable number (taken as 0, with the missing
-    indicator 1). All of them missing means the attribute adjusts nothing: text in a
-    column meant as numbers, say. None without numeric attribute covariates."""
-    parts = []
-    for e in plan.experiments:
-        for a in e.attribute_covariates:
-            if a.type == "numeric":
-                missing = F.count(F.when(~_number(a.attribute)[1], 1)).alias("n")
-                counts = per_unit.where(F.col("experiment_id") == e.id).groupBy("experiment_id")
-                parts.append(
-                    diag(counts.agg(missing), f"covariate_missing:{a.attribute}", F.col("n"))
-                )
-    return reduce(DataFrame.unionByName, parts) if parts else None
+def missing_numbers(plan: Plan) -> list[Check]:
+    """Checks `covariate_missing:<attribute>` of each experiment with a numeric attribute
+    covariate, over the per-unit frame: its units whose value is not a usable number (taken
+    as 0, with the missing indicator 1). All of them missing means the attribute adjusts
+    nothing: text in a column meant as numbers, say."""
+    return [
+        (f"covariate_missing:{a.attribute}", F.count(F.when(~_number(a.attribute)[1], 1)), e.id)
+        for e in plan.experiments
+        for a in e.attribute_covariates
+        if a.type == "numeric"
+    ]

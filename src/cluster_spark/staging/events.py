@@ -35,7 +35,16 @@ from cluster_spark.staging.filters import (
     shift,
     utc_day,
 )
-from cluster_spark.staging.plan import SUB, TS, UNIT, Cache, Plan, diag, experiment_ids
+from cluster_spark.staging.plan import (
+    SUB,
+    TS,
+    UNIT,
+    Cache,
+    Plan,
+    diag,
+    experiment_ids,
+    for_each_experiment,
+)
 
 if TYPE_CHECKING:
     from cluster_spark.staging.refresh import Refresh
@@ -501,7 +510,7 @@ def _source_diagnostics(
     ]
     if isinstance(route, IdMapping):
         checks.append((f"unmapped_ids:{source}", "unmapped"))
-    per_source = no_unit.crossJoin(experiment_ids(spark, plan))
+    per_source = for_each_experiment(no_unit, [e.id for e in plan.experiments])
     diags = [diag(per_source, check, F.col(col)) for check, col in checks]
     in_exp, only = _in_experiment_checks(plan, source, parts, key_type, total)
     per_exp = _per_experiment(spark, plan, level1, in_exp)

@@ -107,7 +107,7 @@ def exposed_units(spark: SparkSession, plan: Plan, cache: Cache) -> tuple[DataFr
         "pre_start_ts",
         *[dimension_column(i) for i in range(len(plan.exposure_dimensions))],
     )
-    return units, _exposure_diagnostics(per_unit, units, exposed, single)
+    return units, _exposure_diagnostics(per_unit, exposed, single)
 
 
 def _exposure_rows(spark: SparkSession, plan: Plan) -> DataFrame:
@@ -174,21 +174,32 @@ def _per_unit(plan: Plan, rows: DataFrame) -> DataFrame:
     )
 
 
-def _exposure_diagnostics(
-    per_unit: DataFrame, units: DataFrame, exposed: Column, single: Column
-) -> DataFrame:
+def _exposure_diagnostics(per_unit: DataFrame, exposed: Column, single: Column) -> DataFrame:
     """Duplicate exposures, units in several variants, NULL ids, assignment units per
-    variant, first exposures per UTC day and unknown variant labels."""
-    per_exp = per_unit.groupBy("experiment_id").agg(
-        F.coalesce(F.sum(F.when(exposed & single, F.col("n_rows") - 1)), F.lit(0)).alias("dup"),
-        F.count(F.when(exposed & ~single, 1)).alias("multi"),
-        F.sum("n_null").alias("nulls"),
-    )
-    counts = units.groupBy("experiment_id", "variant").count()
+    variant, first exposures per UTC day and unknown variant labels. The first five come
+    from one aggregation of `per_unit` over three grouping sets (experiment; experiment
+    and variant; experiment, variant and day), so one shuffle; the assignment units are
+    its rows that are `exposed & single`."""
     # first exposures per arm and UTC exposure day (unix days: independent of the session
     # time zone), for SRM over time (`stats.srm`)
     day = F.date_from_unix_date(F.floor(F.unix_seconds(F.col("exposure_ts")) / 86_400).cast("int"))
-    per_day = units.groupBy("experiment_id", "variant", day.alias("_day")).count()
+    keys = ["experiment_id", "variant", "_day"]
+    sets = (
+        per_unit.select("*", day.alias("_day"))
+        .groupingSets([keys[:1], keys[:2], keys], *keys)
+        .agg(
+            # bits of the keys left out, last key lowest: 3 experiment, 1 variant, 0 day
+            F.grouping_id().alias("_set"),
+            F.coalesce(F.sum(F.when(exposed & single, F.col("n_rows") - 1)), F.lit(0)).alias("dup"),
+            F.count(F.when(exposed & ~single, 1)).alias("multi"),
+            F.sum("n_null").alias("nulls"),
+            F.count(F.when(exposed & single, 1)).alias("units"),
+        )
+    )
+    per_exp = sets.where(F.col("_set") == 3)
+    # groups of assignment units only: a variant or day of other rows alone is no group
+    counts = sets.where((F.col("_set") == 1) & (F.col("units") > 0))
+    per_day = sets.where((F.col("_set") == 0) & (F.col("units") > 0))
     first_exposures = F.concat(F.lit(f"{FIRST_EXPOSURES}:"), F.col("_day").cast("string"))
     return reduce(
         DataFrame.unionByName,
@@ -196,8 +207,8 @@ def _exposure_diagnostics(
             diag(per_exp, "duplicate_exposures", F.col("dup")),
             diag(per_exp, "units_in_several_variants", F.col("multi")),
             diag(per_exp, "exposures_with_null_ids", F.col("nulls")),
-            diag(counts, "assignment_units", F.col("count"), variant=F.col("variant")),
-            diag(per_day, first_exposures, F.col("count"), variant=F.col("variant")),
+            diag(counts, "assignment_units", F.col("units"), variant=F.col("variant")),
+            diag(per_day, first_exposures, F.col("units"), variant=F.col("variant")),
             diag(
                 _unknown_labels(per_unit),
                 "unknown_variants",

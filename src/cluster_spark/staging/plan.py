@@ -149,6 +149,41 @@ def diag(
     )
 
 
+#: A per-experiment check: (check name, aggregate over an experiment's rows, the one
+#: experiment it is for or None for each).
+Check = tuple[str, Column, str | None]
+
+
+def per_experiment_diags(df: DataFrame, checks: list[Check]) -> DataFrame | None:
+    """Diagnostics rows of several checks over `df` from one aggregation by experiment (one
+    shuffle however many checks): a row per check for each experiment that has rows in
+    `df` (or the one the check is for); None without checks."""
+    if not checks:
+        return None
+    sums = df.groupBy("experiment_id").agg(
+        *[value.alias(f"_c{i}") for i, (_, value, _) in enumerate(checks)]
+    )
+    entries = F.array(
+        *[
+            F.struct(
+                F.lit(check).alias("check"),
+                F.col(f"_c{i}").cast("bigint").alias("value"),
+                (F.lit(True) if only is None else F.col("experiment_id") == only).alias("keep"),
+            )
+            for i, (check, _, only) in enumerate(checks)
+        ]
+    )
+    rows = sums.select("experiment_id", F.explode(entries).alias("_d")).where(F.col("_d.keep"))
+    return diag(rows, F.col("_d.check"), F.col("_d.value"))
+
+
+def for_each_experiment(df: DataFrame, ids: list[str]) -> DataFrame:
+    """Each row of `df` once per experiment id, in an `experiment_id` column: a cross join
+    with the ids as literals (no join, so no broadcast job)."""
+    each = F.explode(F.array(*[F.lit(i) for i in ids]).cast("array<string>"))
+    return df.select("*", each.alias("experiment_id"))
+
+
 def experiment_ids(spark: SparkSession, plan: Plan) -> DataFrame:
     return literal_frame(spark, [(e.id,) for e in plan.experiments], [("experiment_id", "string")])
 

@@ -9,7 +9,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cluster_spark.errors import DataQualityError
-from cluster_spark.staging.plan import SUB, UNIT, Plan, diag, experiment_ids
+from cluster_spark.staging.plan import SUB, UNIT, Plan, diag
 
 
 def multi_unit_offenders(
@@ -33,10 +33,17 @@ def multi_unit_offenders(
         .agg(F.count(F.lit(1)).alias("n_units"), F.min_by(UNIT, "_first_ts").alias("_first_unit"))
     )
     bad = subs.where(F.col("n_units") > 1)
-    counts = experiment_ids(rows[0].sparkSession, plan).join(
-        bad.groupBy("experiment_id").count(), "experiment_id", "left"
-    )
-    found = diag(counts, "analysis_units_in_several_units", F.coalesce(F.col("count"), F.lit(0)))
+    # one count per experiment of the plan (0 without offenders) from a global aggregate:
+    # no join with a frame of the experiment ids, so no broadcast job
+    ids = [e.id for e in plan.experiments]
+    of = F.col("experiment_id")
+    totals = bad.agg(*[F.count(F.when(of == e, 1)).alias(f"_n{i}") for i, e in enumerate(ids)])
+    each = [
+        F.struct(F.lit(e).alias("experiment_id"), F.col(f"_n{i}").alias("n"))
+        for i, e in enumerate(ids)
+    ]
+    counts = totals.select(F.explode(F.array(*each)).alias("_c")).select("_c.*")
+    found = diag(counts, "analysis_units_in_several_units", F.col("n"))
     failing = [e.id for e in plan.experiments if e.multi_unit_policy == "fail"]
     if failing:
         offenders = bad.where(F.col("experiment_id").isin(failing)).limit(5).collect()

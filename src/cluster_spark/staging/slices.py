@@ -18,7 +18,7 @@ from pyspark.sql.window import Window
 
 from cluster_spark.inputs import attributes_label, plan_inputs
 from cluster_spark.staging.exposures import dimension_column
-from cluster_spark.staging.plan import UNIT, Cache, Plan, diag, experiment_ids
+from cluster_spark.staging.plan import UNIT, Cache, Plan, diag, for_each_experiment
 from cluster_spark.status import NULL_SLICE, OTHER_SLICE
 
 SEGMENT = T.StructType(
@@ -69,9 +69,7 @@ def _attribute_values(
         *[F.col(d).cast("string").alias(f"_v{i}") for i, d in enumerate(dims)],
     )
     usable = F.col(UNIT).isNotNull() & F.col("_at").isNotNull()
-    dropped = rows.agg(F.count(F.when(~usable, 1)).alias("n")).crossJoin(
-        experiment_ids(spark, plan).where(F.col("experiment_id").isin(users))
-    )
+    dropped = for_each_experiment(rows.agg(F.count(F.when(~usable, 1)).alias("n")), users)
     # The latest row at or before the exposure: max of (time, values) structs; rows at
     # one instant: the largest values (UnitAttributes).
     latest = (

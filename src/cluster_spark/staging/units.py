@@ -18,7 +18,7 @@ from cluster_spark.kinds import KINDS
 from cluster_spark.staging.covariates import Covariates, covariate_column
 from cluster_spark.staging.events import SourceLevel, counts_values
 from cluster_spark.staging.options import conversion, included
-from cluster_spark.staging.plan import SUB, UNIT, Cache, Plan, diag
+from cluster_spark.staging.plan import SUB, UNIT, Cache, Check, Plan, diag
 from cluster_spark.staging.policy import apply_multi_unit_policy
 from cluster_spark.staging.slices import segments
 from cluster_spark.tables import ANALYSIS_UNITS_METRIC
@@ -147,13 +147,12 @@ def _active_in_any(per_analysis_unit: list[DataFrame]) -> DataFrame:
     )
 
 
-def events_before_exposure(plan: Plan, per_unit: PerUnit) -> list[DataFrame]:
-    """Diagnostics `events_before_exposure:<source>` per experiment."""
-    out = []
-    for source in plan.sources:
-        pre = per_unit.wide.groupBy("experiment_id").agg(F.sum(f"_pre__{source}").alias("n"))
-        out.append(diag(pre, f"events_before_exposure:{source}", F.col("n")))
-    return out
+def events_before_exposure(plan: Plan) -> list[Check]:
+    """Checks `events_before_exposure:<source>` per experiment, over the per-unit frame."""
+    return [
+        (f"events_before_exposure:{source}", F.sum(f"_pre__{source}"), None)
+        for source in plan.sources
+    ]
 
 
 def _value_entries(
