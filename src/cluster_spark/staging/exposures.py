@@ -6,7 +6,6 @@ experiments its unit is in."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import reduce
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -178,8 +177,8 @@ def _exposure_diagnostics(per_unit: DataFrame, exposed: Column, single: Column) 
     """Duplicate exposures, units in several variants, NULL ids, assignment units per
     variant, first exposures per UTC day and unknown variant labels. The first five come
     from one aggregation of `per_unit` over three grouping sets (experiment; experiment
-    and variant; experiment, variant and day), so one shuffle; the assignment units are
-    its rows that are `exposed & single`."""
+    and variant; experiment, variant and day), so one shuffle for the five; the
+    assignment units are its rows that are `exposed & single`."""
     # first exposures per arm and UTC exposure day (unix days: independent of the session
     # time zone), for SRM over time (`stats.srm`)
     day = F.date_from_unix_date(F.floor(F.unix_seconds(F.col("exposure_ts")) / 86_400).cast("int"))
@@ -196,26 +195,41 @@ def _exposure_diagnostics(per_unit: DataFrame, exposed: Column, single: Column) 
             F.count(F.when(exposed & single, 1)).alias("units"),
         )
     )
-    per_exp = sets.where(F.col("_set") == 3)
-    # groups of assignment units only: a variant or day of other rows alone is no group
-    counts = sets.where((F.col("_set") == 1) & (F.col("units") > 0))
-    per_day = sets.where((F.col("_set") == 0) & (F.col("units") > 0))
+    # Every row comes out of the one aggregate by one explode: a filter on `_set` per kind
+    # of row would be pushed below the aggregation, making it three again.
+    null = F.lit(None).cast("string")
+
+    def rows(*entries: tuple[Column, Column, Column]) -> Column:
+        """(check, value, variant) entries as an array of structs."""
+        return F.array(
+            *[
+                F.struct(
+                    check.alias("check"), col.cast("bigint").alias("value"), v.alias("variant")
+                )
+                for check, col, v in entries
+            ]
+        )
+
+    units, variant = F.col("units"), F.col("variant")
     first_exposures = F.concat(F.lit(f"{FIRST_EXPOSURES}:"), F.col("_day").cast("string"))
-    return reduce(
-        DataFrame.unionByName,
-        [
-            diag(per_exp, "duplicate_exposures", F.col("dup")),
-            diag(per_exp, "units_in_several_variants", F.col("multi")),
-            diag(per_exp, "exposures_with_null_ids", F.col("nulls")),
-            diag(counts, "assignment_units", F.col("units"), variant=F.col("variant")),
-            diag(per_day, first_exposures, F.col("units"), variant=F.col("variant")),
-            diag(
-                _unknown_labels(per_unit),
-                "unknown_variants",
-                F.col("units"),
-                variant=F.col("variant"),
+    found = (
+        F.when(
+            F.col("_set") == 3,
+            rows(
+                (F.lit("duplicate_exposures"), F.col("dup"), null),
+                (F.lit("units_in_several_variants"), F.col("multi"), null),
+                (F.lit("exposures_with_null_ids"), F.col("nulls"), null),
             ),
-        ],
+        )
+        # groups of assignment units only: a variant or day of other rows alone is no group
+        .when((F.col("_set") == 1) & (units > 0), rows((F.lit("assignment_units"), units, variant)))
+        .when((F.col("_set") == 0) & (units > 0), rows((first_exposures, units, variant)))
+    )
+    per_kind = sets.select("experiment_id", F.explode(found).alias("_d"))  # no row for NULL
+    return diag(
+        per_kind, F.col("_d.check"), F.col("_d.value"), variant=F.col("_d.variant")
+    ).unionByName(
+        diag(_unknown_labels(per_unit), "unknown_variants", F.col("units"), variant=variant)
     )
 
 

@@ -157,7 +157,8 @@ Check = tuple[str, Column, str | None]
 def per_experiment_diags(df: DataFrame, checks: list[Check]) -> DataFrame | None:
     """Diagnostics rows of several checks over `df` from one aggregation by experiment (one
     shuffle however many checks): a row per check for each experiment that has rows in
-    `df` (or the one the check is for); None without checks."""
+    `df`, where a check for one experiment gives that experiment's row only; None without
+    checks."""
     if not checks:
         return None
     sums = df.groupBy("experiment_id").agg(
